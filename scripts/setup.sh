@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Sets up libtorch for `tch` (see README "Set-up"): a venv with torch==2.11.0 from PyPI,
+# kept outside the clone so every checkout and CI run shares it, and a `.libtorch`
+# symlink in the repository that `.cargo/config.toml` points `LIBTORCH` at.
+#
+# Idempotent: a second run only checks the venv and the link.
+# Environment:
+#   SPAN_MARKER_CACHE   cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/span-marker)
+#   PYTHON              interpreter used to create the venv (default: python3)
+set -euo pipefail
+
+TORCH_VERSION="2.11.0" # tch =0.24.0 is generated for exactly this release
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache_root="${SPAN_MARKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/span-marker}"
+venv="$cache_root/torch-$TORCH_VERSION"
+python="${PYTHON:-python3}"
+
+die() { echo "setup: error: $*" >&2; exit 1; }
+
+command -v "$python" >/dev/null 2>&1 ||
+  die "'$python' not found. Install Python 3.9+ (with the venv and pip modules) or set PYTHON=/path/to/python3."
+"$python" -c 'import venv, ensurepip' 2>/dev/null ||
+  die "'$python' lacks the venv/ensurepip modules (on Debian/Ubuntu: apt-get install python3-venv)."
+
+installed_version() {
+  [ -x "$venv/bin/python" ] || return 1
+  "$venv/bin/python" - <<'PY' 2>/dev/null
+import importlib.metadata as m
+print(m.version("torch"))
+PY
+}
+
+if [ "$(installed_version || true)" != "$TORCH_VERSION" ]; then
+  echo "setup: installing torch==$TORCH_VERSION into $venv (about 5 GB, once)"
+  mkdir -p "$cache_root"
+  tmp="$venv.partial.$$"
+  rm -rf "$tmp"
+  "$python" -m venv "$tmp" || die "could not create a venv with $python"
+  "$tmp/bin/python" -m pip --version >/dev/null 2>&1 || die "pip is missing in the new venv (install python3-pip)"
+  "$tmp/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "torch==$TORCH_VERSION" ||
+    die "pip could not install torch==$TORCH_VERSION (is PyPI reachable?)"
+  # A venv records its own path, so build it in place of the final one: move by rename.
+  rm -rf "$venv"
+  mv "$tmp" "$venv"
+  # Scripts in bin/ name the temporary path; only `python` is used afterwards.
+fi
+
+torch_dir="$("$venv/bin/python" - <<'PY'
+import importlib.util, os
+spec = importlib.util.find_spec("torch")
+print(os.path.dirname(spec.origin))
+PY
+)" || die "torch is installed in $venv but its package directory could not be found"
+[ -f "$torch_dir/lib/libtorch_cpu.so" ] || die "$torch_dir/lib/libtorch_cpu.so is missing: remove $venv and run again"
+
+ln -sfn "$torch_dir" "$repo_root/.libtorch"
+echo "setup: libtorch $TORCH_VERSION ready at $torch_dir (linked as .libtorch)"

@@ -1,0 +1,108 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the core library.
+///
+/// Variants say what was wrong and where (file, row, word); causes from other crates are kept
+/// as sources.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON file is malformed or does not have the expected shape.
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A configuration value is missing or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// The label list cannot be used (no `O` label, unknown scheme, ...).
+    #[error("invalid labels: {0}")]
+    Labels(String),
+
+    /// A tag id is outside the label list.
+    #[error("row {row}: tag id {tag} at word {word} is not a valid label id (the label list has {num_labels} labels)")]
+    TagOutOfRange {
+        row: usize,
+        word: usize,
+        tag: i64,
+        num_labels: usize,
+    },
+
+    /// A row's tokens and tags differ in length.
+    #[error("row {row}: {num_tokens} tokens but {num_tags} tags")]
+    LengthMismatch {
+        row: usize,
+        num_tokens: usize,
+        num_tags: usize,
+    },
+
+    /// An entity refers to words outside its sentence.
+    #[error("row {row}: entity ({start}, {end}) is outside the sentence of {num_words} words")]
+    EntityOutOfRange {
+        row: usize,
+        start: usize,
+        end: usize,
+        num_words: usize,
+    },
+
+    /// A word is too long to fit the model's input even on its own.
+    #[error(
+        "row {row}: word {word} has {num_tokens} tokens, more than the {budget} text tokens a sample can hold"
+    )]
+    WordTooLong {
+        row: usize,
+        word: usize,
+        num_tokens: usize,
+        budget: usize,
+    },
+
+    /// In strict mode, a sentence longer than the model's input.
+    #[error(
+        "row {row}: the sentence has {num_tokens} tokens, more than `model_max_length` = {budget} (strict mode refuses to split it into windows)"
+    )]
+    SentenceTooLong {
+        row: usize,
+        num_tokens: usize,
+        budget: usize,
+    },
+
+    /// The Hugging Face tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[source] tokenizers::Error),
+
+    /// libtorch failed.
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
+        Error::Json {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,48 @@
+//! # SpanMarker in Rust
+//!
+//! Span-based named-entity recognition after PL-Marker, compatible with Python
+//! [`span_marker`](https://github.com/tomaarsen/SpanMarkerNER) checkpoints.
+//!
+//! Every candidate span of up to `entity_max_length` words gets a start and an end marker token
+//! that share position ids with the span's boundary tokens; the encoder reads the text plus the
+//! markers under an attention mask that keeps the text blind to the markers, and a linear head
+//! classifies each span from its two marker states.
+//!
+//! The preprocessing flow, stage by stage (each stage is one module):
+//!
+//! 1. [`labels`]: detect the tagging scheme, reduce `B-PER`/`I-PER` to `PER`, turn tags into entities;
+//! 2. [`tokenizer`]: words (pre-split or from text) to token ids with word boundaries;
+//! 3. [`spans`]: the candidate spans;
+//! 4. [`encoding`]: marker positions, windows for long sentences, spreading over samples;
+//! 5. [`context`]: optional document context from neighbouring sentences;
+//! 6. [`collate`]: the `T`-length `input_ids`, `position_ids`, 3-D attention mask and labels.
+//!
+//! [`Preprocessor`] runs them all:
+//!
+//! ```no_run
+//! use span_marker::{Preprocessor, SentenceInput};
+//!
+//! let preprocessor = Preprocessor::from_dir("tests/fixtures/span-marker/tiny-bert")?;
+//! let words = ["Tom", "lives", "in", "Berlin", "."];
+//! let encoded = preprocessor.encode(&[Some(SentenceInput::Words(&words))])?;
+//! let batch = encoded.collate(0..encoded.samples.len(), &preprocessor.collate_spec(), tch::Device::Cpu)?;
+//! assert_eq!(batch.input_ids.size()[1], preprocessor.settings().total_length() as i64);
+//! # Ok::<(), span_marker::Error>(())
+//! ```
+
+pub mod collate;
+pub mod config;
+pub mod context;
+pub mod coverage;
+pub mod encoding;
+pub mod error;
+pub mod labels;
+pub mod preprocess;
+pub mod spans;
+pub mod tokenizer;
+
+pub use config::SpanMarkerConfig;
+pub use error::{Error, Result};
+pub use labels::{Entity, Labels};
+pub use preprocess::{EncodeOptions, Encoded, Preprocessor};
+pub use tokenizer::{SentenceInput, SpanMarkerTokenizer, TokenizedSentence};

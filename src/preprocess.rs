@@ -1,0 +1,269 @@
+//! Rows in, encoder-ready samples out: tokenization, labels, windows, context and spreading.
+
+use std::path::Path;
+
+use tch::Device;
+
+use crate::collate::{collate, Batch, CollateSpec};
+use crate::config::SpanMarkerConfig;
+use crate::context::{add_document_context, ContextLimits, DocumentPosition};
+use crate::coverage::EntityCoverage;
+use crate::encoding::{encode_sentence, spread, EncodedWindow, EncodingSettings, SampleRef};
+use crate::error::{Error, Result};
+use crate::labels::{Entity, Labels};
+use crate::tokenizer::{SentenceInput, SpanMarkerTokenizer, TokenizedSentence};
+
+/// Turns sentences into SpanMarker encoder inputs.
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    tokenizer: SpanMarkerTokenizer,
+    labels: Labels,
+    settings: EncodingSettings,
+    context: ContextLimits,
+}
+
+/// Optional parts of a preprocessing request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EncodeOptions<'a> {
+    /// Annotations per row (training and evaluation data).
+    pub entities: Option<&'a [Vec<Entity>]>,
+    /// Document positions per row, for document context.
+    pub documents: Option<&'a [Option<DocumentPosition>]>,
+    /// Split name used in the coverage report (`train`, `evaluation`, `test`).
+    pub split: Option<&'a str>,
+}
+
+/// The result of preprocessing a set of rows.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// Per row, its tokenization (`None` for a null row).
+    pub sentences: Vec<Option<TokenizedSentence>>,
+    /// Encoder texts, in row order; a row has none (null or no words), one, or several (long).
+    pub windows: Vec<EncodedWindow>,
+    /// Windows spread over samples, in order.
+    pub samples: Vec<SampleRef>,
+    /// Annotated entities the model cannot reach (when annotations were given).
+    pub coverage: Option<EntityCoverage>,
+}
+
+impl Encoded {
+    /// Collates `samples[range]` into tensors.
+    pub fn collate(
+        &self,
+        range: std::ops::Range<usize>,
+        spec: &CollateSpec,
+        device: Device,
+    ) -> Result<Batch> {
+        collate(&self.windows, &self.samples[range], spec, device)
+    }
+}
+
+impl Preprocessor {
+    /// Builds a preprocessor from its parts; `M` is taken from the config and the tokenizer as
+    /// the reference does, then clamped so that position ids (`i + 2`) stay inside the encoder's
+    /// `max_position_embeddings`.
+    pub fn new(
+        tokenizer: SpanMarkerTokenizer,
+        labels: Labels,
+        config: &SpanMarkerConfig,
+    ) -> Result<Self> {
+        let mut m = config.effective_model_max_length(tokenizer.model_max_length());
+        if let Some(max_positions) = config.encoder.max_position_embeddings {
+            let limit = max_positions.saturating_sub(2);
+            if m > limit {
+                tracing::info!(
+                    requested = m,
+                    used = limit,
+                    "clamping model_max_length: position ids start at 2 and must stay below max_position_embeddings = {max_positions}"
+                );
+                m = limit;
+            }
+        }
+        if m < 3 {
+            return Err(Error::Config(format!(
+                "`model_max_length` {m} is too small to hold any text"
+            )));
+        }
+        Ok(Self {
+            tokenizer,
+            labels,
+            settings: EncodingSettings {
+                model_max_length: m,
+                marker_max_length: config.marker_max_length,
+                entity_max_length: config.entity_max_length,
+                strict: false,
+            },
+            context: ContextLimits {
+                max_prev: config.max_prev_context,
+                max_next: config.max_next_context,
+            },
+        })
+    }
+
+    /// Loads `config.json` and the tokenizer files of a saved SpanMarker model directory.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = SpanMarkerConfig::from_file(dir.join("config.json"))?;
+        let tokenizer = SpanMarkerTokenizer::from_dir(
+            dir,
+            &config.encoder.model_type,
+            config.encoder.pad_token_id,
+        )?;
+        let labels = labels_from_config(&config)?;
+        Self::new(tokenizer, labels, &config)
+    }
+
+    /// Refuse sentences longer than `M` (an error naming the row) instead of windowing them.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.settings.strict = strict;
+        self
+    }
+
+    pub fn tokenizer(&self) -> &SpanMarkerTokenizer {
+        &self.tokenizer
+    }
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+    pub fn settings(&self) -> &EncodingSettings {
+        &self.settings
+    }
+
+    /// Ids and sizes for [`collate`].
+    pub fn collate_spec(&self) -> CollateSpec {
+        CollateSpec {
+            total_length: self.settings.total_length(),
+            pad_token_id: self.tokenizer.pad_token_id(),
+            start_marker_id: self.tokenizer.start_marker_id(),
+            end_marker_id: self.tokenizer.end_marker_id(),
+        }
+    }
+
+    /// Converts per-row string tags (`"B-PER"`, ...) or tag ids into entities, checking lengths.
+    pub fn entities_from_tags(
+        &self,
+        words: &[&[&str]],
+        tags: &[Vec<i64>],
+    ) -> Result<Vec<Vec<Entity>>> {
+        if words.len() != tags.len() {
+            return Err(Error::Config(format!(
+                "{} rows of tokens but {} rows of tags",
+                words.len(),
+                tags.len()
+            )));
+        }
+        words
+            .iter()
+            .zip(tags)
+            .enumerate()
+            .map(|(row, (w, t))| {
+                if w.len() != t.len() {
+                    return Err(Error::LengthMismatch {
+                        row,
+                        num_tokens: w.len(),
+                        num_tags: t.len(),
+                    });
+                }
+                self.labels.tags_to_entities(t, row)
+            })
+            .collect()
+    }
+
+    /// Preprocesses rows for inference.
+    pub fn encode(&self, rows: &[Option<SentenceInput<'_>>]) -> Result<Encoded> {
+        self.encode_with(rows, EncodeOptions::default())
+    }
+
+    /// Preprocesses rows with annotations and/or document positions.
+    #[tracing::instrument(level = "debug", skip_all, fields(rows = rows.len()))]
+    pub fn encode_with(
+        &self,
+        rows: &[Option<SentenceInput<'_>>],
+        options: EncodeOptions<'_>,
+    ) -> Result<Encoded> {
+        for (name, len) in [
+            ("entities", options.entities.map(<[_]>::len)),
+            ("document positions", options.documents.map(<[_]>::len)),
+        ] {
+            if let Some(len) = len.filter(|&l| l != rows.len()) {
+                return Err(Error::Config(format!(
+                    "{} rows but {len} {name}",
+                    rows.len()
+                )));
+            }
+        }
+        let present: Vec<(usize, SentenceInput<'_>)> = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(r, input)| input.map(|i| (r, i)))
+            .collect();
+        let inputs: Vec<SentenceInput<'_>> = present.iter().map(|(_, i)| *i).collect();
+        let mut sentences: Vec<Option<TokenizedSentence>> = vec![None; rows.len()];
+        for ((row, _), tokenized) in present.iter().zip(self.tokenizer.tokenize_batch(&inputs)?) {
+            sentences[*row] = Some(tokenized);
+        }
+
+        let settings = &self.settings;
+        let mut coverage = options.entities.map(|_| {
+            EntityCoverage::new(
+                options.split.unwrap_or("train"),
+                settings.entity_max_length,
+                settings.model_max_length,
+            )
+        });
+        let mut windows = Vec::new();
+        for (row, sentence) in sentences.iter().enumerate() {
+            let Some(sentence) = sentence else { continue };
+            let entities = options.entities.map(|e| e[row].as_slice());
+            windows.extend(encode_sentence(
+                row,
+                sentence,
+                entities,
+                self.labels.outside_id(),
+                settings,
+                coverage.as_mut(),
+            )?);
+        }
+        if let Some(documents) = options.documents {
+            add_document_context(
+                &mut windows,
+                &sentences,
+                documents,
+                settings.model_max_length,
+                self.context,
+            );
+        }
+        if let Some(coverage) = &coverage {
+            coverage.log();
+        }
+        let samples = spread(&windows, settings.total_length());
+        tracing::debug!(
+            rows = rows.len(),
+            windows = windows.len(),
+            samples = samples.len(),
+            "spread sentences over samples"
+        );
+        Ok(Encoded {
+            sentences,
+            windows,
+            samples,
+            coverage,
+        })
+    }
+}
+
+/// The label list of a saved model, checked against the reduction stored beside it.
+pub fn labels_from_config(config: &SpanMarkerConfig) -> Result<Labels> {
+    let labels = Labels::new(config.original_labels())?;
+    match &config.id2label {
+        Some(reduced) => {
+            let reduced: Vec<String> = reduced.values().cloned().collect();
+            let id2reduced: Option<Vec<usize>> = config
+                .id2reduced_id
+                .as_ref()
+                .map(|m| m.values().copied().collect());
+            labels.with_stored_reduction(&reduced, id2reduced.as_deref())
+        }
+        None => Ok(labels),
+    }
+}

@@ -1,0 +1,1 @@
+pub use span_marker;
