@@ -153,7 +153,7 @@ pub fn marker_attention_mask(
         .ge_tensor(&start)
         .logical_and(&query.lt_tensor(&(&start + &pairs * 2)));
     let is_start_marker = query.lt_tensor(&(&start + &pairs));
-    let partner = is_start_marker.where_self(&(&query + &pairs), &(&query - &pairs));
+    let partner = (&query + &pairs).where_self(&is_start_marker, &(&query - &pairs));
     let marker_sees = key_is_text
         .logical_or(&key.eq_tensor(&query))
         .logical_or(&key.eq_tensor(&partner));
