@@ -272,7 +272,6 @@ pub fn spread(windows: &[EncodedWindow], total_length: usize) -> Vec<SampleRef> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spans::num_candidates;
 
     /// A sentence of `lens.len()` words with the given token counts, `[CLS]`/`[SEP]` around.
     fn sentence(lens: &[usize]) -> TokenizedSentence {

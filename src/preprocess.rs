@@ -109,8 +109,31 @@ impl Preprocessor {
             &config.encoder.model_type,
             config.encoder.pad_token_id,
         )?;
-        let labels = labels_from_config(&config)?;
-        Self::new(tokenizer, labels, &config)
+        Self::new(tokenizer, labels_from_config(&config)?, &config)
+    }
+
+    /// The bundled tiny BERT model's preprocessing (a WordPiece vocabulary trained on CoNLL-2003),
+    /// compiled into the library: useful for trying things out without any files.
+    ///
+    /// ```
+    /// let preprocessor = span_marker::Preprocessor::bundled()?;
+    /// assert_eq!(preprocessor.labels().reduced(), ["O", "LOC", "MISC", "ORG", "PER"]);
+    /// # Ok::<(), span_marker::Error>(())
+    /// ```
+    pub fn bundled() -> Result<Self> {
+        let config = SpanMarkerConfig::from_json_str(include_str!(
+            "../tests/fixtures/span-marker/tiny-bert/config.json"
+        ))?;
+        let tokenizer = SpanMarkerTokenizer::from_json(
+            include_str!("../tests/fixtures/span-marker/tiny-bert/tokenizer.json"),
+            Some(include_str!(
+                "../tests/fixtures/span-marker/tiny-bert/tokenizer_config.json"
+            )),
+            &config.encoder.model_type,
+            config.encoder.pad_token_id,
+            Path::new("<bundled tiny-bert>"),
+        )?;
+        Self::new(tokenizer, labels_from_config(&config)?, &config)
     }
 
     /// Refuse sentences longer than `M` (an error naming the row) instead of windowing them.

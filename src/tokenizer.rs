@@ -93,14 +93,37 @@ impl SpanMarkerTokenizer {
     ) -> Result<Self> {
         let dir = dir.as_ref();
         let path = dir.join("tokenizer.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| Error::json(&path, e))?;
-
+        let tokenizer_json = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let config_path = dir.join("tokenizer_config.json");
-        let config: TokenizerConfig = match std::fs::read_to_string(&config_path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| Error::json(&config_path, e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokenizerConfig::default(),
+        let config_json = match std::fs::read_to_string(&config_path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(&config_path, e)),
+        };
+        Self::from_json(
+            &tokenizer_json,
+            config_json.as_deref(),
+            encoder_model_type,
+            fallback_pad_id,
+            dir,
+        )
+    }
+
+    /// Like [`from_dir`](Self::from_dir) with the files' contents given; `source` names them in errors.
+    pub fn from_json(
+        tokenizer_json: &str,
+        tokenizer_config_json: Option<&str>,
+        encoder_model_type: &str,
+        fallback_pad_id: Option<i64>,
+        source: &Path,
+    ) -> Result<Self> {
+        let path = source.join("tokenizer.json");
+        let config_path = source.join("tokenizer_config.json");
+        let json: Value =
+            serde_json::from_str(tokenizer_json).map_err(|e| Error::json(&path, e))?;
+        let config: TokenizerConfig = match tokenizer_config_json {
+            Some(text) => serde_json::from_str(text).map_err(|e| Error::json(&config_path, e))?,
+            None => TokenizerConfig::default(),
         };
         let is_xlmr = match config.tokenizer_class.as_deref() {
             Some(class) => class.starts_with("XLMRobertaTokenizer"),
@@ -115,7 +138,7 @@ impl SpanMarkerTokenizer {
         // Transformers treats absurdly large values (1e30) as "no limit".
         let model_max_length = config
             .model_max_length
-            .filter(|&m| m >= 1.0 && m < 1e29)
+            .filter(|&m| (1.0..1e29).contains(&m))
             .map(|m| m as usize);
         let pad_token_id = match config.pad_token.as_ref().and_then(token_content) {
             Some(content) => tokenizer.token_to_id(content).ok_or_else(|| {
@@ -129,7 +152,7 @@ impl SpanMarkerTokenizer {
                 .ok_or_else(|| {
                     Error::Config(format!(
                         "{}: no pad token and no encoder `pad_token_id`",
-                        dir.display()
+                        source.display()
                     ))
                 })?,
         };

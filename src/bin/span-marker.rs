@@ -1,4 +1,194 @@
-fn main() {
-    let t = tch::Tensor::from_slice(&[1i64, 2, 3]);
-    println!("{}", t.sum(tch::Kind::Int64));
+//! `span-marker`: command-line access to the SpanMarker pipeline.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use span_marker::spans::Span;
+use span_marker::{Encoded, Preprocessor, SentenceInput};
+
+/// The sample corpus used when no input is given.
+const SAMPLE: &str = include_str!("../../examples/sample.txt");
+
+#[derive(Parser)]
+#[command(
+    name = "span-marker",
+    version,
+    about = "SpanMarker named-entity recognition"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tokenize sentences and print their span candidates and encoder samples.
+    ///
+    /// Reads one sentence per line from FILE (`-` for stdin); without FILE, a bundled sample.
+    Candidates {
+        /// Sentences, one per line.
+        file: Option<PathBuf>,
+        /// A saved SpanMarker model directory; default: the bundled tiny BERT.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Treat each line as words separated by single spaces instead of raw text.
+        #[arg(long)]
+        words: bool,
+        /// Candidates shown per sentence (the rest are counted).
+        #[arg(long, default_value_t = 10)]
+        show: usize,
+        /// Refuse sentences longer than the model input instead of splitting them into windows.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let mut source = std::error::Error::source(&*err);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Candidates {
+            file,
+            model,
+            words,
+            show,
+            strict,
+        } => {
+            let text = read_input(file)?;
+            let preprocessor = match model {
+                Some(dir) => Preprocessor::from_dir(dir)?,
+                None => Preprocessor::bundled()?,
+            }
+            .strict(strict);
+            candidates(&preprocessor, &text, words, show)
+        }
+    }
+}
+
+fn read_input(file: Option<PathBuf>) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(match file {
+        None => SAMPLE.to_owned(),
+        Some(path) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::stdin().lock().read_to_string(&mut text)?;
+            text
+        }
+        Some(path) => {
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    })
+}
+
+fn candidates(
+    preprocessor: &Preprocessor,
+    text: &str,
+    words: bool,
+    show: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let lines: Vec<&str> = text.lines().collect();
+    let split: Vec<Vec<&str>> = lines.iter().map(|l| l.split(' ').collect()).collect();
+    let inputs: Vec<Option<SentenceInput<'_>>> = if words {
+        split
+            .iter()
+            .map(|w| Some(SentenceInput::Words(w)))
+            .collect()
+    } else {
+        lines.iter().map(|l| Some(SentenceInput::Text(l))).collect()
+    };
+    let encoded = preprocessor.encode(&inputs)?;
+    let settings = preprocessor.settings();
+    println!(
+        "model_max_length M = {}, marker_max_length K = {}, entity_max_length E = {}, encoder length T = {}",
+        settings.model_max_length,
+        settings.marker_max_length,
+        settings.entity_max_length,
+        settings.total_length()
+    );
+    for (row, line) in lines.iter().enumerate() {
+        print_row(&encoded, row, line, show);
+    }
+    let batch = encoded.collate(
+        0..encoded.samples.len(),
+        &preprocessor.collate_spec(),
+        tch::Device::Cpu,
+    )?;
+    println!(
+        "\n{} sentences -> {} windows -> {} samples; input_ids {:?}, attention_mask {:?}",
+        lines.len(),
+        encoded.windows.len(),
+        encoded.samples.len(),
+        batch.input_ids.size(),
+        batch.attention_mask.size()
+    );
+    Ok(())
+}
+
+fn print_row(encoded: &Encoded, row: usize, line: &str, show: usize) {
+    let Some(sentence) = encoded.sentences[row].as_ref() else {
+        return;
+    };
+    let spans: Vec<Span> = encoded
+        .windows
+        .iter()
+        .filter(|w| w.row == row)
+        .flat_map(|w| w.spans.iter().copied())
+        .collect();
+    let samples = encoded
+        .samples
+        .iter()
+        .filter(|s| encoded.windows[s.window].row == row)
+        .count();
+    println!(
+        "\n[{row}] {line}\n    {} words, {} tokens, {} candidates, {} sample(s)",
+        sentence.num_words(),
+        sentence.input_ids.len(),
+        spans.len(),
+        samples
+    );
+    let char_to_byte = |c: usize| line.char_indices().nth(c).map_or(line.len(), |(b, _)| b);
+    let span_text = |s: &Span| -> String {
+        match &sentence.word_chars {
+            Some(chars) => line[char_to_byte(chars[s.start as usize].0)
+                ..char_to_byte(chars[s.end as usize - 1].1)]
+                .to_owned(),
+            None => line
+                .split(' ')
+                .skip(s.start as usize)
+                .take(s.len())
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    };
+    let shown: Vec<String> = spans
+        .iter()
+        .take(show)
+        .map(|s| format!("[{}..{}) {}", s.start, s.end, span_text(s)))
+        .collect();
+    println!("    {}", shown.join(" | "));
+    if spans.len() > show {
+        println!(
+            "    ... and {} more (--show to list more)",
+            spans.len() - show
+        );
+    }
 }
