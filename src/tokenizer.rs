@@ -341,3 +341,100 @@ fn from_encoding(
         num_suffix,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A word-level tokenizer with a Metaspace pre-tokenizer, shaped like XLM-R's.
+    fn metaspace_tokenizer_json() -> String {
+        json!({
+            "version": "1.0",
+            "added_tokens": [],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true},
+            "post_processor": {"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                           {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+                "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]},
+                                               "</s>": {"id": "</s>", "ids": [2], "tokens": ["</s>"]}}},
+            "decoder": null,
+            "model": {"type": "WordLevel", "unk_token": "<unk>",
+                      "vocab": {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "▁Hello": 4, "▁,": 5, "world": 6, "▁world": 7}}
+        })
+        .to_string()
+    }
+
+    fn load(is_xlmr_class: bool) -> SpanMarkerTokenizer {
+        let config = if is_xlmr_class {
+            r#"{"tokenizer_class": "XLMRobertaTokenizer", "pad_token": "<pad>", "model_max_length": 512}"#
+        } else {
+            r#"{"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>"}"#
+        };
+        SpanMarkerTokenizer::from_json(
+            &metaspace_tokenizer_json(),
+            Some(config),
+            "xlm-roberta",
+            None,
+            Path::new("t"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn xlmr_splits_punctuation_into_words() {
+        let with = load(true)
+            .tokenize(SentenceInput::Text("Hello,world"))
+            .unwrap();
+        assert_eq!(with.num_words(), 3);
+        assert_eq!(with.input_ids, [0, 4, 5, 7, 2]);
+        assert_eq!(
+            with.word_chars.as_deref(),
+            Some(&[(0, 5), (5, 6), (6, 11)][..])
+        );
+        let without = load(false)
+            .tokenize(SentenceInput::Text("Hello,world"))
+            .unwrap();
+        assert_eq!(without.num_words(), 1);
+    }
+
+    #[test]
+    fn punctuation_is_prepended_once() {
+        let json: Value = serde_json::from_str(&metaspace_tokenizer_json()).unwrap();
+        let once = prepare_tokenizer_json(json, true);
+        let twice = prepare_tokenizer_json(once.clone(), true);
+        assert_eq!(once, twice);
+        assert_eq!(
+            once.pointer("/pre_tokenizer/pretokenizers/1/type"),
+            Some(&json!("Metaspace"))
+        );
+    }
+
+    #[test]
+    fn byte_level_gets_a_prefix_space() {
+        let json = json!({"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true},
+                          "post_processor": {"type": "RobertaProcessing", "add_prefix_space": false},
+                          "normalizer": {"type": "NFC"}});
+        let out = prepare_tokenizer_json(json, false);
+        assert_eq!(
+            out.pointer("/pre_tokenizer/add_prefix_space"),
+            Some(&json!(true))
+        );
+        assert_eq!(
+            out.pointer("/post_processor/add_prefix_space"),
+            Some(&json!(true))
+        );
+        assert_eq!(out.pointer("/normalizer/add_prefix_space"), None);
+    }
+
+    #[test]
+    fn markers_and_pad_come_from_the_tokenizer_files() {
+        let t = load(true);
+        assert_eq!(
+            (t.start_marker_id(), t.end_marker_id(), t.pad_token_id()),
+            (8, 9, 1)
+        );
+        assert_eq!(t.model_max_length(), Some(512));
+        assert_eq!(load(false).model_max_length(), None);
+    }
+}
