@@ -1,0 +1,67 @@
+//! The `span-marker` binary: the README's main job and its errors.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn span_marker() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_span-marker"))
+}
+
+#[test]
+fn candidates_runs_on_the_bundled_sample() {
+    let out = span_marker().arg("candidates").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("[0] Angela Merkel met Emmanuel Macron in Paris on Tuesday."),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[0..2) Angela Merkel"), "{stdout}");
+    assert!(
+        stdout.contains("4 sentences -> 4 windows -> 6 samples; input_ids [6, 96]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn candidates_reads_words_from_stdin() {
+    let mut child = span_marker()
+        .args(["candidates", "-", "--words", "--show", "100"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"New York is big\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("4 words, 6 tokens, 10 candidates, 1 sample(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[0..4) New York is big"), "{stdout}");
+    assert!(!stdout.contains("more (--show"), "{stdout}");
+}
+
+#[test]
+fn a_missing_model_is_a_clear_error() {
+    let out = span_marker()
+        .args(["candidates", "--model", "/no/such/model"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("error: /no/such/model/config.json: No such file"),
+        "{stderr}"
+    );
+}
