@@ -290,3 +290,48 @@ pub fn labels_from_config(config: &SpanMarkerConfig) -> Result<Labels> {
         None => Ok(labels),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = include_str!("../tests/fixtures/span-marker/tiny-bert/config.json");
+    const TOKENIZER: &str = include_str!("../tests/fixtures/span-marker/tiny-bert/tokenizer.json");
+
+    fn with_lengths(
+        model_max_length: &str,
+        tokenizer_config: Option<&str>,
+    ) -> Result<Preprocessor> {
+        let config = SpanMarkerConfig::from_json_str(&CONFIG.replace(
+            "\"model_max_length\": 64",
+            &format!("\"model_max_length\": {model_max_length}"),
+        ))?;
+        let tokenizer = SpanMarkerTokenizer::from_json(
+            TOKENIZER,
+            tokenizer_config,
+            "bert",
+            Some(0),
+            Path::new("t"),
+        )?;
+        Preprocessor::new(tokenizer, labels_from_config(&config)?, &config)
+    }
+
+    #[test]
+    fn model_max_length_follows_the_reference_then_the_position_limit() {
+        let m = |p: Result<Preprocessor>| p.unwrap().settings().model_max_length;
+        // No tokenizer limit: the config's value; null: the 512 default, clamped to 512 - 2 for BERT.
+        assert_eq!(m(with_lengths("100", None)), 100);
+        assert_eq!(m(with_lengths("null", None)), 510);
+        assert_eq!(m(with_lengths("1000", None)), 510);
+        // A tokenizer limit wins when smaller; 1e30 means "no limit".
+        assert_eq!(
+            m(with_lengths("100", Some(r#"{"model_max_length": 40}"#))),
+            40
+        );
+        assert_eq!(
+            m(with_lengths("100", Some(r#"{"model_max_length": 1e30}"#))),
+            100
+        );
+        assert!(with_lengths("2", None).is_err());
+    }
+}
