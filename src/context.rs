@@ -134,3 +134,86 @@ pub fn add_document_context(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::{encode_sentence, EncodingSettings};
+
+    /// Sentence `k` has `len` words of one token each, ids `100 * k + i`, between 1 and 2.
+    fn sentence(k: u32, len: usize) -> TokenizedSentence {
+        let mut input_ids = vec![1];
+        input_ids.extend((0..len as u32).map(|i| 100 * k + i));
+        input_ids.push(2);
+        TokenizedSentence {
+            word_tokens: (0..len).map(|i| Some((i + 1, i + 2))).collect(),
+            input_ids,
+            word_chars: None,
+            num_prefix: 1,
+            num_suffix: 1,
+        }
+    }
+
+    fn run(limits: ContextLimits, m: usize) -> Vec<EncodedWindow> {
+        let sentences: Vec<Option<TokenizedSentence>> =
+            (1..=3).map(|k| Some(sentence(k, 3))).collect();
+        let settings = EncodingSettings {
+            model_max_length: m,
+            marker_max_length: 4,
+            entity_max_length: 2,
+            strict: false,
+        };
+        let mut windows: Vec<EncodedWindow> = sentences
+            .iter()
+            .enumerate()
+            .flat_map(|(row, s)| {
+                encode_sentence(row, s.as_ref().unwrap(), None, 0, &settings, None).unwrap()
+            })
+            .collect();
+        // Rows given out of order: row 0 is the second sentence of the document.
+        let positions = vec![
+            Some(DocumentPosition::new("d", 1)),
+            Some(DocumentPosition::new("d", 0)),
+            Some(DocumentPosition::new("d", 2)),
+        ];
+        add_document_context(&mut windows, &sentences, &positions, m, limits);
+        windows
+    }
+
+    #[test]
+    fn middle_sentence_gets_next_then_previous() {
+        let w = run(ContextLimits::default(), 64);
+        assert_eq!(
+            w[0].input_ids,
+            [1, 200, 201, 202, 100, 101, 102, 300, 301, 302, 2]
+        );
+        assert_eq!(
+            w[0].start_positions[0], 4,
+            "markers shift by the prepended length"
+        );
+    }
+
+    #[test]
+    fn caps_limit_each_side() {
+        let limits = ContextLimits {
+            max_prev: Some(1),
+            max_next: Some(0),
+        };
+        let w = run(limits, 64);
+        assert_eq!(w[0].input_ids, [1, 200, 201, 202, 100, 101, 102, 2]);
+        assert_eq!(
+            w[2].input_ids,
+            [1, 100, 101, 102, 300, 301, 302, 2],
+            "one previous sentence only"
+        );
+    }
+
+    #[test]
+    fn budget_cuts_context_tokens() {
+        // M = 8: 3 own tokens + 2 specials leave 3; next takes 3 tokens, nothing left for previous.
+        let w = run(ContextLimits::default(), 8);
+        assert_eq!(w[0].input_ids, [1, 100, 101, 102, 300, 301, 302, 2]);
+        // The first sentence has no previous; next gets all the room.
+        assert_eq!(w[1].input_ids, [1, 200, 201, 202, 100, 101, 102, 2]);
+    }
+}
