@@ -248,37 +248,16 @@ fn check_model(name: &str) {
         let encoded = run_case(&preprocessor, case);
         // Per row: the text ids, word count, marker positions and labels the tokenizer produced.
         for (row, expect) in case.per_row.iter().enumerate() {
+            let at = format!("{name}/{} row {row}", case.name);
             let windows: Vec<_> = encoded.windows.iter().filter(|w| w.row == row).collect();
-            assert_eq!(windows.len(), 1, "{}/{} row {row}", name, case.name);
+            assert_eq!(windows.len(), 1, "{at}");
             let window = windows[0];
             let sentence = encoded.sentences[row].as_ref().unwrap();
-            assert_eq!(
-                sentence.num_words(),
-                expect.num_words,
-                "{}/{} row {row}",
-                name,
-                case.name
-            );
-            assert_eq!(
-                window.input_ids, expect.input_ids,
-                "{}/{} row {row}",
-                name, case.name
-            );
-            assert_eq!(
-                window.start_positions, expect.start_position_ids,
-                "{}/{} row {row}",
-                name, case.name
-            );
-            assert_eq!(
-                window.end_positions, expect.end_position_ids,
-                "{}/{} row {row}",
-                name, case.name
-            );
-            assert_eq!(
-                window.labels, expect.labels,
-                "{}/{} row {row}",
-                name, case.name
-            );
+            assert_eq!(sentence.num_words(), expect.num_words, "{at}");
+            assert_eq!(window.input_ids, expect.input_ids, "{at}");
+            assert_eq!(window.start_positions, expect.start_position_ids, "{at}");
+            assert_eq!(window.end_positions, expect.end_position_ids, "{at}");
+            assert_eq!(window.labels, expect.labels, "{at}");
         }
         let sample_rows: Vec<usize> = encoded
             .samples
