@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use span_marker::spans::Span;
-use span_marker::{Encoded, Preprocessor, SentenceInput};
+use span_marker::{Preprocessor, SentenceInput, TokenizedSentence};
 
 /// The sample corpus used when no input is given.
 const SAMPLE: &str = include_str!("../../examples/sample.txt");
@@ -106,7 +106,11 @@ fn candidates(
     show: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let lines: Vec<&str> = text.lines().collect();
-    let split: Vec<Vec<&str>> = lines.iter().map(|l| l.split(' ').collect()).collect();
+    let split: Vec<Vec<&str>> = if words {
+        lines.iter().map(|l| l.split(' ').collect()).collect()
+    } else {
+        Vec::new()
+    };
     let inputs: Vec<Option<SentenceInput<'_>>> = if words {
         split
             .iter()
@@ -124,8 +128,19 @@ fn candidates(
         settings.entity_max_length,
         settings.total_length()
     );
+    // Group spans and sample counts by row in one pass (windows and samples are in row order).
+    let mut row_spans: Vec<Vec<Span>> = vec![Vec::new(); lines.len()];
+    let mut row_samples = vec![0usize; lines.len()];
+    for window in &encoded.windows {
+        row_spans[window.row].extend_from_slice(&window.spans);
+    }
+    for sample in &encoded.samples {
+        row_samples[encoded.windows[sample.window].row] += 1;
+    }
     for (row, line) in lines.iter().enumerate() {
-        print_row(&encoded, row, line, show);
+        if let Some(sentence) = &encoded.sentences[row] {
+            print_row(sentence, &row_spans[row], row_samples[row], row, line, show);
+        }
     }
     let batch = encoded.collate(
         0..encoded.samples.len(),
@@ -143,21 +158,14 @@ fn candidates(
     Ok(())
 }
 
-fn print_row(encoded: &Encoded, row: usize, line: &str, show: usize) {
-    let Some(sentence) = encoded.sentences[row].as_ref() else {
-        return;
-    };
-    let spans: Vec<Span> = encoded
-        .windows
-        .iter()
-        .filter(|w| w.row == row)
-        .flat_map(|w| w.spans.iter().copied())
-        .collect();
-    let samples = encoded
-        .samples
-        .iter()
-        .filter(|s| encoded.windows[s.window].row == row)
-        .count();
+fn print_row(
+    sentence: &TokenizedSentence,
+    spans: &[Span],
+    samples: usize,
+    row: usize,
+    line: &str,
+    show: usize,
+) {
     println!(
         "\n[{row}] {line}\n    {} words, {} tokens, {} candidates, {} sample(s)",
         sentence.num_words(),
