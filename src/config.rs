@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 /// Keys that would make other tools run code from the checkpoint; never kept, never honoured.
 const REMOTE_CODE_KEYS: [&str; 2] = ["trust_remote_code", "auto_map"];
 
+/// The Python SpanMarker version whose checkpoint format this crate reads and writes.
+pub const REFERENCE_VERSION: &str = "1.8.1";
+
 /// The reference's default for `model_max_length_default`.
 pub const DEFAULT_MODEL_MAX_LENGTH: usize = 512;
 
@@ -119,6 +122,47 @@ impl SpanMarkerConfig {
         let mut config: Self =
             serde_json::from_str(text).map_err(|e| Error::json("config.json", e))?;
         config.strip_remote_code_keys();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration of a new SpanMarker model around `encoder`, as Python's
+    /// `SpanMarkerConfig(encoder_config=...)` builds it: the original labels go into the encoder
+    /// config; schemed labels also get the reduced `id2label`/`label2id` and `id2reduced_id`
+    /// at the top level.
+    pub fn for_encoder(
+        mut encoder: EncoderConfig,
+        labels: &crate::labels::Labels,
+        settings: &crate::model::ModelSettings,
+    ) -> Result<Self> {
+        encoder.id2label = labels.original().iter().cloned().enumerate().collect();
+        encoder.label2id = labels
+            .original()
+            .iter()
+            .enumerate()
+            .map(|(id, label)| (label.clone(), id))
+            .collect();
+        let schemed = labels.scheme() != crate::labels::LabelScheme::Unschemed;
+        let reduced = || labels.reduced().iter().cloned();
+        let config = Self {
+            architectures: default_architectures(),
+            model_type: default_model_type(),
+            encoder,
+            model_max_length: settings.model_max_length,
+            model_max_length_default: DEFAULT_MODEL_MAX_LENGTH,
+            marker_max_length: settings.marker_max_length,
+            entity_max_length: settings.entity_max_length,
+            max_prev_context: settings.max_prev_context,
+            max_next_context: settings.max_next_context,
+            trained_with_document_context: false,
+            id2label: schemed.then(|| reduced().enumerate().collect()),
+            label2id: schemed.then(|| reduced().enumerate().map(|(i, l)| (l, i)).collect()),
+            id2reduced_id: schemed
+                .then(|| labels.id2reduced().iter().copied().enumerate().collect()),
+            span_marker_version: Some(REFERENCE_VERSION.to_owned()),
+            vocab_size: None,
+            extra: Map::new(),
+        };
         config.validate()?;
         Ok(config)
     }

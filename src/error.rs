@@ -79,6 +79,22 @@ pub enum Error {
         budget: usize,
     },
 
+    /// A weights file is missing, unreadable, corrupt, or does not fit the model.
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+
+    /// The encoder architecture cannot carry SpanMarker markers (or is not implemented).
+    #[error("encoder `model_type` {model_type:?} is not supported: {reason}")]
+    UnsupportedEncoder { model_type: String, reason: String },
+
+    /// A model id could not be resolved to local files.
+    #[error("model {id:?}: {message}")]
+    Hub { id: String, message: String },
+
+    /// The requested device cannot be used.
+    #[error("device: {0}")]
+    Device(String),
+
     /// The Hugging Face tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(#[source] tokenizers::Error),
@@ -93,6 +109,13 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.into(),
+            message: message.into(),
         }
     }
 

@@ -30,13 +30,18 @@
 //! # Ok::<(), span_marker::Error>(())
 //! ```
 
+pub mod checkpoint;
 pub mod collate;
 pub mod config;
 pub mod context;
 pub mod coverage;
+pub mod device;
 pub mod encoding;
 pub mod error;
+pub mod hub;
 pub mod labels;
+pub mod model;
+pub mod predict;
 pub mod preprocess;
 pub mod spans;
 pub mod tokenizer;
@@ -44,5 +49,7 @@ pub mod tokenizer;
 pub use config::SpanMarkerConfig;
 pub use error::{Error, Result};
 pub use labels::{Entity, Labels};
+pub use model::{LoadOptions, ModelSettings, SpanMarkerModel};
+pub use predict::{PredictOptions, PredictedEntity};
 pub use preprocess::{EncodeOptions, Encoded, Preprocessor};
 pub use tokenizer::{SentenceInput, SpanMarkerTokenizer, TokenizedSentence};

@@ -104,12 +104,17 @@ impl Preprocessor {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let config = SpanMarkerConfig::from_file(dir.join("config.json"))?;
+        Self::from_config(dir, &config)
+    }
+
+    /// Loads the tokenizer files of a model directory whose `config.json` is already read.
+    pub fn from_config(dir: &Path, config: &SpanMarkerConfig) -> Result<Self> {
         let tokenizer = SpanMarkerTokenizer::from_dir(
             dir,
             &config.encoder.model_type,
             config.encoder.pad_token_id,
         )?;
-        Self::new(tokenizer, labels_from_config(&config)?, &config)
+        Self::new(tokenizer, labels_from_config(config)?, config)
     }
 
     /// The bundled tiny BERT model's preprocessing (a WordPiece vocabulary trained on CoNLL-2003),

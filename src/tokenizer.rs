@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokenizers::{AddedToken, Encoding, InputSequence, Tokenizer};
 
@@ -67,10 +68,12 @@ pub struct SpanMarkerTokenizer {
     pad_token_id: u32,
     /// `model_max_length` from `tokenizer_config.json`, if it sets one.
     model_max_length: Option<usize>,
+    /// `tokenizer_config.json` as read, written back on save.
+    config_json: Option<Value>,
 }
 
 /// What `tokenizer_config.json` contributes.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct TokenizerConfig {
     #[serde(default)]
     model_max_length: Option<f64>,
@@ -121,8 +124,13 @@ impl SpanMarkerTokenizer {
         let config_path = source.join("tokenizer_config.json");
         let json: Value =
             serde_json::from_str(tokenizer_json).map_err(|e| Error::json(&path, e))?;
-        let config: TokenizerConfig = match tokenizer_config_json {
-            Some(text) => serde_json::from_str(text).map_err(|e| Error::json(&config_path, e))?,
+        let config_json: Option<Value> = tokenizer_config_json
+            .map(|text| serde_json::from_str(text).map_err(|e| Error::json(&config_path, e)))
+            .transpose()?;
+        let config: TokenizerConfig = match &config_json {
+            Some(value) => {
+                TokenizerConfig::deserialize(value).map_err(|e| Error::json(&config_path, e))?
+            }
             None => TokenizerConfig::default(),
         };
         let is_xlmr = match config.tokenizer_class.as_deref() {
@@ -156,7 +164,9 @@ impl SpanMarkerTokenizer {
                     ))
                 })?,
         };
-        Self::new(tokenizer, pad_token_id, model_max_length)
+        let mut this = Self::new(tokenizer, pad_token_id, model_max_length)?;
+        this.config_json = config_json;
+        Ok(this)
     }
 
     /// Wraps a ready tokenizer: adds the marker tokens (a no-op when they exist) and clears any
@@ -187,7 +197,25 @@ impl SpanMarkerTokenizer {
             pad_token_id,
             model_max_length,
             tokenizer,
+            config_json: None,
         })
+    }
+
+    /// Writes `tokenizer.json` (with the marker tokens) and `tokenizer_config.json` into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("tokenizer.json");
+        let json = self.tokenizer.to_string(false).map_err(Error::Tokenizer)?;
+        crate::checkpoint::write_atomically(&path, json.as_bytes())?;
+        let config = match &self.config_json {
+            Some(config) => config.clone(),
+            None => {
+                let pad = self.tokenizer.id_to_token(self.pad_token_id);
+                json!({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": pad})
+            }
+        };
+        let text = serde_json::to_string_pretty(&config)
+            .map_err(|e| Error::json(dir.join("tokenizer_config.json"), e))?;
+        crate::checkpoint::write_atomically(&dir.join("tokenizer_config.json"), text.as_bytes())
     }
 
     pub fn start_marker_id(&self) -> u32 {

@@ -1,0 +1,467 @@
+//! BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA) in tch.
+//!
+//! All of them are the same post-LayerNorm transformer with learned absolute position
+//! embeddings; they differ only in their vocabularies, their padding index and, for ELECTRA, an
+//! embedding size below the hidden size followed by a projection. Variables are named as in
+//! Hugging Face `transformers` (`embeddings.word_embeddings.weight`,
+//! `encoder.layer.0.attention.self.query.weight`, ...), so checkpoints load without renaming.
+//!
+//! SpanMarker always passes explicit `position_ids`, all-zero `token_type_ids` and a 3-D
+//! attention mask, so the encoder takes exactly those.
+
+use serde::Deserialize;
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::config::EncoderConfig;
+use crate::error::{Error, Result};
+
+/// Hyper-parameters read from the encoder's Hugging Face config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EncoderSettings {
+    pub model_type: String,
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub intermediate_size: i64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    pub max_position_embeddings: i64,
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: i64,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    /// ELECTRA's embedding width (projected to `hidden_size` when they differ).
+    #[serde(default)]
+    pub embedding_size: Option<i64>,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+fn default_act() -> String {
+    "gelu".to_owned()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_type_vocab_size() -> i64 {
+    2
+}
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+fn default_initializer_range() -> f64 {
+    0.02
+}
+
+/// Why an encoder type cannot be used, or `None` when it can.
+fn unsupported_reason(model_type: &str) -> Option<&'static str> {
+    match model_type {
+        "bert" | "roberta" | "xlm-roberta" | "camembert" | "electra" => None,
+        "distilbert" => Some(
+            "DistilBERT's forward pass takes no `position_ids`, so span markers cannot share \
+             the positions of their words",
+        ),
+        "deberta" | "deberta-v2" => Some(
+            "DeBERTa uses relative positions, so span markers cannot share the absolute \
+             positions of their words",
+        ),
+        "albert" => Some(
+            "ALBERT (shared layers, factorised embeddings) is not implemented; use BERT, \
+             RoBERTa, XLM-RoBERTa or ELECTRA",
+        ),
+        "t5" | "mt5" | "bart" | "mbart" | "gpt2" | "llama" => Some(
+            "only bidirectional encoders with learned absolute position embeddings are \
+             supported (BERT, RoBERTa, XLM-RoBERTa, ELECTRA)",
+        ),
+        _ => Some(
+            "not a known BERT-family encoder; supported: bert, roberta, xlm-roberta, \
+             camembert, electra",
+        ),
+    }
+}
+
+impl EncoderSettings {
+    /// Reads and checks the settings of a Hugging Face encoder config.
+    pub fn from_config(config: &EncoderConfig) -> Result<Self> {
+        if let Some(reason) = unsupported_reason(&config.model_type) {
+            return Err(Error::UnsupportedEncoder {
+                model_type: config.model_type.clone(),
+                reason: reason.to_owned(),
+            });
+        }
+        let value = serde_json::to_value(config)
+            .map_err(|e| Error::Config(format!("encoder config: {e}")))?;
+        let settings: Self = serde_json::from_value(value)
+            .map_err(|e| Error::Config(format!("encoder config: {e}")))?;
+        if let Some(kind) = settings
+            .position_embedding_type
+            .as_deref()
+            .filter(|&k| k != "absolute")
+        {
+            return Err(Error::UnsupportedEncoder {
+                model_type: settings.model_type,
+                reason: format!(
+                    "position_embedding_type {kind:?}: span markers need absolute position embeddings"
+                ),
+            });
+        }
+        Activation::from_name(&settings.hidden_act).map_err(|reason| {
+            Error::UnsupportedEncoder {
+                model_type: settings.model_type.clone(),
+                reason,
+            }
+        })?;
+        if settings.hidden_size % settings.num_attention_heads != 0 {
+            return Err(Error::Config(format!(
+                "encoder hidden_size {} is not a multiple of num_attention_heads {}",
+                settings.hidden_size, settings.num_attention_heads
+            )));
+        }
+        Ok(settings)
+    }
+
+    /// Whether the architecture has a pooler (unused by SpanMarker, but part of checkpoints).
+    pub fn has_pooler(&self) -> bool {
+        self.model_type != "electra"
+    }
+
+    /// Width of the token embeddings.
+    pub fn embedding_size(&self) -> i64 {
+        self.embedding_size.unwrap_or(self.hidden_size)
+    }
+
+    /// Prefix that task models (`BertForMaskedLM`, ...) put before the base model's weights.
+    pub fn base_model_prefix(&self) -> &'static str {
+        match self.model_type.as_str() {
+            "bert" => "bert",
+            "electra" => "electra",
+            "camembert" | "roberta" | "xlm-roberta" => "roberta",
+            _ => "",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    Gelu,
+    GeluTanh,
+    Relu,
+    Silu,
+}
+
+impl Activation {
+    fn from_name(name: &str) -> std::result::Result<Self, String> {
+        Ok(match name {
+            "gelu" => Self::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Self::GeluTanh,
+            "relu" => Self::Relu,
+            "silu" | "swish" => Self::Silu,
+            other => return Err(format!("hidden_act {other:?} is not implemented")),
+        })
+    }
+
+    fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Self::Gelu => x.gelu("none"),
+            Self::GeluTanh => x.gelu("tanh"),
+            Self::Relu => x.relu(),
+            Self::Silu => x.silu(),
+        }
+    }
+}
+
+struct Layer {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    attention_output: nn::Linear,
+    attention_norm: nn::LayerNorm,
+    intermediate: nn::Linear,
+    output: nn::Linear,
+    output_norm: nn::LayerNorm,
+}
+
+/// A BERT-family encoder whose variables live under the given var-store path.
+pub struct Encoder {
+    settings: EncoderSettings,
+    activation: Activation,
+    word_embeddings: nn::Embedding,
+    position_embeddings: nn::Embedding,
+    token_type_embeddings: nn::Embedding,
+    embeddings_norm: nn::LayerNorm,
+    embeddings_project: Option<nn::Linear>,
+    layers: Vec<Layer>,
+    pooler: Option<nn::Linear>,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    /// Creates the encoder's variables under `path`. With `random_init` they are initialised as
+    /// `transformers` does (weights N(0, `initializer_range`), biases 0, LayerNorm 1 and 0);
+    /// without, weights start at zero, to be overwritten by a checkpoint. `vocab_rows` is the
+    /// number of rows of the word embedding matrix.
+    pub fn new(
+        path: nn::Path<'_>,
+        settings: EncoderSettings,
+        vocab_rows: i64,
+        random_init: bool,
+    ) -> Self {
+        let activation =
+            Activation::from_name(&settings.hidden_act).expect("checked in EncoderSettings");
+        let init = if random_init {
+            nn::Init::Randn {
+                mean: 0.,
+                stdev: settings.initializer_range,
+            }
+        } else {
+            nn::Init::Const(0.)
+        };
+        let linear_config = nn::LinearConfig {
+            ws_init: init,
+            bs_init: Some(nn::Init::Const(0.)),
+            bias: true,
+        };
+        let norm_config = nn::LayerNormConfig {
+            eps: settings.layer_norm_eps,
+            ..Default::default()
+        };
+        let embedding_config = nn::EmbeddingConfig {
+            ws_init: init,
+            ..Default::default()
+        };
+        let linear = |p: nn::Path<'_>, i: i64, o: i64| nn::linear(p, i, o, linear_config);
+        let (h, e) = (settings.hidden_size, settings.embedding_size());
+
+        let emb = &path / "embeddings";
+        let word_embeddings =
+            nn::embedding(&emb / "word_embeddings", vocab_rows, e, embedding_config);
+        let position_embeddings = nn::embedding(
+            &emb / "position_embeddings",
+            settings.max_position_embeddings,
+            e,
+            embedding_config,
+        );
+        let token_type_embeddings = nn::embedding(
+            &emb / "token_type_embeddings",
+            settings.type_vocab_size,
+            e,
+            embedding_config,
+        );
+        let embeddings_norm = nn::layer_norm(&emb / "LayerNorm", vec![e], norm_config);
+        let embeddings_project = (e != h).then(|| linear(&path / "embeddings_project", e, h));
+
+        let layers = (0..settings.num_hidden_layers)
+            .map(|i| {
+                let layer = &path / "encoder" / "layer" / i;
+                let attention = &layer / "attention";
+                let self_attention = &attention / "self";
+                Layer {
+                    query: linear(&self_attention / "query", h, h),
+                    key: linear(&self_attention / "key", h, h),
+                    value: linear(&self_attention / "value", h, h),
+                    attention_output: linear(&attention / "output" / "dense", h, h),
+                    attention_norm: nn::layer_norm(
+                        &attention / "output" / "LayerNorm",
+                        vec![h],
+                        norm_config,
+                    ),
+                    intermediate: linear(
+                        &layer / "intermediate" / "dense",
+                        h,
+                        settings.intermediate_size,
+                    ),
+                    output: linear(&layer / "output" / "dense", settings.intermediate_size, h),
+                    output_norm: nn::layer_norm(
+                        &layer / "output" / "LayerNorm",
+                        vec![h],
+                        norm_config,
+                    ),
+                }
+            })
+            .collect();
+        let pooler = settings
+            .has_pooler()
+            .then(|| linear(&path / "pooler" / "dense", h, h));
+        Self {
+            settings,
+            activation,
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            embeddings_norm,
+            embeddings_project,
+            layers,
+            pooler,
+        }
+    }
+
+    pub fn settings(&self) -> &EncoderSettings {
+        &self.settings
+    }
+
+    /// Whether the architecture has pooler weights (never used by SpanMarker).
+    pub fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+
+    /// Rows of the word embedding matrix.
+    pub fn vocab_rows(&self) -> i64 {
+        self.word_embeddings.ws.size()[0]
+    }
+
+    /// The last hidden states `[B, T, H]` for `input_ids` and `position_ids` `[B, T]` (int64)
+    /// under the boolean `attention_mask` `[B, T, T]` (query row, key column). Token types are
+    /// all zero. Dropout is active when `train` is set.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        let s = &self.settings;
+        let (b, t) = input_ids.size2().expect("input_ids is [B, T]");
+        let hidden_dropout = if train { s.hidden_dropout_prob } else { 0. };
+        let attention_dropout = if train {
+            s.attention_probs_dropout_prob
+        } else {
+            0.
+        };
+
+        // Token type 0 for every token: add its embedding row by broadcasting.
+        let mut x = self.word_embeddings.forward(input_ids)
+            + self.token_type_embeddings.ws.get(0)
+            + self.position_embeddings.forward(position_ids);
+        x = self
+            .embeddings_norm
+            .forward(&x)
+            .dropout(hidden_dropout, train);
+        if let Some(project) = &self.embeddings_project {
+            x = project.forward(&x);
+        }
+
+        // Additive bias as `transformers` builds it: 0 where attention is allowed, the dtype's
+        // minimum elsewhere. Fully masked (padding) rows then attend uniformly instead of
+        // producing NaN, which a boolean mask would do.
+        let bias = Tensor::zeros([b, 1, t, t], (x.kind(), x.device())).masked_fill(
+            &attention_mask.logical_not().unsqueeze(1),
+            min_value(x.kind()),
+        );
+        let heads = s.num_attention_heads;
+        let head_dim = s.hidden_size / heads;
+        let split = |y: Tensor| y.view([b, t, heads, head_dim]).transpose(1, 2);
+        for layer in &self.layers {
+            let q = split(layer.query.forward(&x));
+            let k = split(layer.key.forward(&x));
+            let v = split(layer.value.forward(&x));
+            let context = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&bias),
+                attention_dropout,
+                false,
+                None,
+                false,
+            )
+            .transpose(1, 2)
+            .reshape([b, t, s.hidden_size]);
+            let attended = layer
+                .attention_output
+                .forward(&context)
+                .dropout(hidden_dropout, train);
+            x = layer.attention_norm.forward(&(attended + &x));
+            let inner = self.activation.apply(&layer.intermediate.forward(&x));
+            let out = layer.output.forward(&inner).dropout(hidden_dropout, train);
+            x = layer.output_norm.forward(&(out + &x));
+        }
+        x
+    }
+}
+
+/// The most negative finite value of a floating kind (`torch.finfo(dtype).min`).
+fn min_value(kind: Kind) -> f64 {
+    match kind {
+        Kind::Half => -65504.0,
+        Kind::BFloat16 => -3.3895313892515355e38,
+        Kind::Double => f64::MIN,
+        _ => f32::MIN as f64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoder_config(json: &str) -> EncoderConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn unsupported_encoders_are_refused_with_their_reason() {
+        for (model_type, needle) in [
+            ("distilbert", "position_ids"),
+            ("deberta-v2", "relative positions"),
+            ("albert", "not implemented"),
+            ("t5", "bidirectional"),
+            ("made-up", "not a known"),
+        ] {
+            let config = encoder_config(&format!(r#"{{"model_type": "{model_type}"}}"#));
+            let err = EncoderSettings::from_config(&config)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(model_type) && err.contains(needle), "{err}");
+        }
+        let relative = encoder_config(
+            r#"{"model_type": "bert", "vocab_size": 10, "hidden_size": 4, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "intermediate_size": 8, "max_position_embeddings": 16,
+                "position_embedding_type": "relative_key"}"#,
+        );
+        let err = EncoderSettings::from_config(&relative)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("relative_key"), "{err}");
+        let missing = encoder_config(r#"{"model_type": "bert", "vocab_size": 10}"#);
+        let err = EncoderSettings::from_config(&missing)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hidden_size"), "{err}");
+    }
+
+    #[test]
+    fn padding_rows_stay_finite() {
+        let settings = EncoderSettings::from_config(&encoder_config(
+            r#"{"model_type": "bert", "vocab_size": 10, "hidden_size": 4, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "intermediate_size": 8, "max_position_embeddings": 16}"#,
+        ))
+        .unwrap();
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let encoder = Encoder::new(vs.root(), settings, 10, true);
+        let ids = Tensor::from_slice(&[2i64, 5, 3, 0]).view([1, 4]);
+        let pos = Tensor::from_slice(&[2i64, 3, 4, 1]).view([1, 4]);
+        // Text rows see the first three tokens; the padding row sees nothing.
+        let mask = Tensor::from_slice(&[
+            true, true, true, false, true, true, true, false, true, true, true, false, false,
+            false, false, false,
+        ])
+        .view([1, 4, 4]);
+        let out = encoder.forward(&ids, &pos, &mask, false);
+        assert_eq!(out.size(), [1, 4, 4]);
+        assert!(bool::try_from(out.isfinite().all()).unwrap());
+    }
+}

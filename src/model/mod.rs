@@ -1,0 +1,365 @@
+//! The SpanMarker model: a BERT-family encoder plus a linear head over marker states, loaded
+//! from and saved to checkpoints that Python `span_marker` reads and writes.
+//!
+//! ```no_run
+//! use span_marker::SpanMarkerModel;
+//!
+//! let model = SpanMarkerModel::from_pretrained("tests/fixtures/trained/tiny-bert")?;
+//! let entities = model.predict_one(
+//!     span_marker::SentenceInput::Text("Peter Blackburn met Clinton in Washington."),
+//!     &Default::default(),
+//! )?;
+//! for entity in entities {
+//!     println!("{} {} {:.3}", entity.text, entity.label, entity.score);
+//! }
+//! # Ok::<(), span_marker::Error>(())
+//! ```
+
+mod card;
+pub mod encoder;
+pub mod head;
+
+use std::path::Path;
+
+use serde_json::Value;
+use tch::nn::{self, Module};
+use tch::{Device, Tensor};
+
+pub use card::ModelCard;
+use encoder::{Encoder, EncoderSettings};
+
+use crate::checkpoint::{self, StateDict, SAFETENSORS_FILE};
+use crate::collate::Batch;
+use crate::config::{EncoderConfig, SpanMarkerConfig};
+use crate::error::{Error, Result};
+use crate::hub::{self, HubOptions};
+use crate::labels::Labels;
+use crate::preprocess::Preprocessor;
+use crate::tokenizer::SpanMarkerTokenizer;
+
+const WORD_EMBEDDINGS: &str = "encoder.embeddings.word_embeddings.weight";
+
+/// SpanMarker settings for a new model made from a plain encoder (the keyword arguments of
+/// Python's `SpanMarkerModel.from_pretrained(encoder, labels=..., ...)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSettings {
+    /// Text-token budget `M`; `None` uses the tokenizer's limit (at most 512).
+    pub model_max_length: Option<usize>,
+    /// Marker pairs per sample `K`.
+    pub marker_max_length: usize,
+    /// Longest entity in words `E`.
+    pub entity_max_length: usize,
+    pub max_prev_context: Option<usize>,
+    pub max_next_context: Option<usize>,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self {
+            model_max_length: None,
+            marker_max_length: 128,
+            entity_max_length: 8,
+            max_prev_context: None,
+            max_next_context: None,
+        }
+    }
+}
+
+/// How [`SpanMarkerModel::from_pretrained_with`] finds and builds a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Where the weights go; see [`crate::device::parse_device`].
+    pub device: Option<Device>,
+    /// Cache, revision and offline mode for model ids.
+    pub hub: HubOptions,
+    /// The label list, required when loading a plain encoder (ignored for a SpanMarker model).
+    pub labels: Option<Vec<String>>,
+    /// Settings for a new model made from a plain encoder.
+    pub settings: ModelSettings,
+}
+
+/// Logits and, when the batch has labels, the loss.
+#[derive(Debug)]
+pub struct ModelOutput {
+    /// `[B, T/2, C]` span logits (rows past each sample's marker pairs hold the bias only).
+    pub logits: Tensor,
+    /// Mean cross-entropy over labelled spans.
+    pub loss: Option<Tensor>,
+}
+
+/// A SpanMarker model with its preprocessing.
+pub struct SpanMarkerModel {
+    config: SpanMarkerConfig,
+    preprocessor: Preprocessor,
+    vs: nn::VarStore,
+    encoder: Encoder,
+    classifier: nn::Linear,
+    dropout: f64,
+}
+
+impl std::fmt::Debug for SpanMarkerModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanMarkerModel")
+            .field("encoder", &self.encoder)
+            .field("labels", &self.labels().reduced())
+            .field("device", &self.device())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpanMarkerModel {
+    /// Loads a saved SpanMarker model from a directory or a Hugging Face model id, on the CPU.
+    pub fn from_pretrained(name_or_path: &str) -> Result<Self> {
+        Self::from_pretrained_with(name_or_path, &LoadOptions::default())
+    }
+
+    /// Loads a saved SpanMarker model, or builds a new one from a plain encoder (BERT, RoBERTa,
+    /// XLM-R, ELECTRA) and `options.labels`: the marker tokens are added to its tokenizer, the
+    /// embedding matrix is resized to a multiple of 8 and the head is initialised.
+    pub fn from_pretrained_with(name_or_path: &str, options: &LoadOptions) -> Result<Self> {
+        let dir = hub::resolve(name_or_path, &options.hub)?;
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let raw: Value = serde_json::from_str(&text).map_err(|e| Error::json(&config_path, e))?;
+        let device = options.device.unwrap_or(Device::Cpu);
+        if raw.get("model_type").and_then(Value::as_str) == Some("span-marker") {
+            if options.labels.is_some() {
+                tracing::warn!(
+                    "ignoring `labels`: {name_or_path} is a SpanMarker model with its own labels"
+                );
+            }
+            Self::load_dir(&dir, device)
+        } else {
+            let labels = options.labels.as_deref().ok_or_else(|| {
+                Error::Config(format!(
+                    "{name_or_path} is a plain encoder: pass the label list (e.g. [\"O\", \"B-PER\", \"I-PER\", ...]) to build a SpanMarker model from it"
+                ))
+            })?;
+            Self::from_encoder_dir(name_or_path, &dir, raw, labels, &options.settings, device)
+        }
+    }
+
+    /// Loads a saved SpanMarker model directory: `config.json`, the weights, and the tokenizer
+    /// files with the marker tokens saved beside them.
+    pub fn load_dir(dir: &Path, device: Device) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let config = SpanMarkerConfig::from_file(&config_path)?;
+        let settings = EncoderSettings::from_config(&config.encoder).map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", config_path.display())),
+            other => other,
+        })?;
+        let preprocessor = Preprocessor::from_config(dir, &config)?;
+        let state = StateDict::read(&checkpoint::find_weights(dir)?)?;
+        let rows = state.shape(WORD_EMBEDDINGS)?[0];
+        let model = Self::build(config, preprocessor, settings, rows, &state, device, false)?;
+        state.load_into(&model.vs, |name| Some(vec![name.to_owned()]), &[])?;
+        Ok(model)
+    }
+
+    fn from_encoder_dir(
+        name_or_path: &str,
+        dir: &Path,
+        raw: Value,
+        labels: &[String],
+        settings: &ModelSettings,
+        device: Device,
+    ) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let mut encoder_config: EncoderConfig =
+            serde_json::from_value(raw).map_err(|e| Error::json(&config_path, e))?;
+        let encoder_settings = EncoderSettings::from_config(&encoder_config)?;
+        encoder_config
+            .extra
+            .insert("_name_or_path".into(), Value::from(name_or_path));
+        let labels = Labels::new(labels)?;
+        let mut config = SpanMarkerConfig::for_encoder(encoder_config, &labels, settings)?;
+        let tokenizer = SpanMarkerTokenizer::from_dir(
+            dir,
+            &config.encoder.model_type,
+            config.encoder.pad_token_id,
+        )?;
+        // As `resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)`.
+        let rows = tokenizer.len().div_ceil(8) * 8;
+        config.vocab_size = Some(rows);
+        config.encoder.vocab_size = Some(rows);
+        let preprocessor = Preprocessor::new(tokenizer, labels, &config)?;
+        let state = StateDict::read(&checkpoint::find_weights(dir)?)?;
+        let prefix = format!("{}.", encoder_settings.base_model_prefix());
+        let model = Self::build(
+            config,
+            preprocessor,
+            encoder_settings,
+            rows as i64,
+            &state,
+            device,
+            true,
+        )?;
+        state.load_into(
+            &model.vs,
+            |name| {
+                let inner = name.strip_prefix("encoder.")?;
+                let mut names = vec![inner.to_owned(), format!("{prefix}{inner}")];
+                // Checkpoints from old TensorFlow conversions name LayerNorm weights gamma/beta.
+                for (new, old) in [(".weight", ".gamma"), (".bias", ".beta")] {
+                    if inner.contains("LayerNorm") && inner.ends_with(new) {
+                        let legacy = format!("{}{old}", inner.strip_suffix(new)?);
+                        names.push(format!("{prefix}{legacy}"));
+                        names.push(legacy);
+                    }
+                }
+                Some(names)
+            },
+            &[WORD_EMBEDDINGS],
+        )?;
+        Ok(model)
+    }
+
+    /// Creates the variables (randomly initialised when `fresh`) and checks the head and the
+    /// vocabulary against the checkpoint.
+    fn build(
+        config: SpanMarkerConfig,
+        preprocessor: Preprocessor,
+        settings: EncoderSettings,
+        rows: i64,
+        state: &StateDict,
+        device: Device,
+        fresh: bool,
+    ) -> Result<Self> {
+        let num_labels = preprocessor.labels().num_reduced() as i64;
+        let hidden = settings.hidden_size;
+        if !fresh {
+            let head = state.shape("classifier.weight")?;
+            if head != [num_labels, 2 * hidden] {
+                return Err(state.error(format!(
+                    "the head `classifier.weight` has shape {head:?}, but config.json lists {num_labels} labels {:?} \
+                     and a hidden size of {hidden}: expected [{num_labels}, {}]",
+                    preprocessor.labels().reduced(),
+                    2 * hidden
+                )));
+            }
+        }
+        let tokenizer = preprocessor.tokenizer();
+        let highest_id = tokenizer.start_marker_id().max(tokenizer.end_marker_id()) as i64;
+        if highest_id >= rows {
+            return Err(state.error(format!(
+                "the word embeddings have {rows} rows but the tokenizer's marker tokens use id {highest_id}: \
+                 the tokenizer files do not belong to these weights"
+            )));
+        }
+        let dropout = settings.hidden_dropout_prob;
+        let vs = nn::VarStore::new(device);
+        let encoder = Encoder::new(&vs.root() / "encoder", settings, rows, fresh);
+        let init = if fresh {
+            nn::Init::Randn {
+                mean: 0.,
+                stdev: encoder.settings().initializer_range,
+            }
+        } else {
+            nn::Init::Const(0.)
+        };
+        let classifier = nn::linear(
+            &vs.root() / "classifier",
+            2 * hidden,
+            num_labels,
+            nn::LinearConfig {
+                ws_init: init,
+                bs_init: Some(nn::Init::Const(0.)),
+                bias: true,
+            },
+        );
+        Ok(Self {
+            config,
+            preprocessor,
+            vs,
+            encoder,
+            classifier,
+            dropout,
+        })
+    }
+
+    /// Runs the encoder and the head on a collated batch; dropout is active when `train` is set.
+    pub fn forward(&self, batch: &Batch, train: bool) -> ModelOutput {
+        let hidden = self
+            .encoder
+            .forward(
+                &batch.input_ids,
+                &batch.position_ids,
+                &batch.attention_mask,
+                train,
+            )
+            .dropout(self.dropout, train);
+        let features = head::marker_features(
+            &hidden,
+            &batch.start_marker_indices,
+            &batch.num_marker_pairs,
+        )
+        .dropout(self.dropout, train);
+        let logits = self.classifier.forward(&features);
+        let loss = batch
+            .labels
+            .as_ref()
+            .map(|labels| head::span_loss(&logits, labels));
+        ModelOutput { logits, loss }
+    }
+
+    /// Saves `config.json`, `model.safetensors`, the tokenizer files (with the marker tokens)
+    /// and a model card, in the layout Python `span_marker` loads.
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
+        self.save_pretrained_with_card(dir, &ModelCard::default())
+    }
+
+    /// [`save_pretrained`](Self::save_pretrained) with metrics and a description for the card.
+    pub fn save_pretrained_with_card(&self, dir: impl AsRef<Path>, card: &ModelCard) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut config = self.config.clone();
+        let rows = self.encoder.vocab_rows() as usize;
+        config.vocab_size = Some(rows);
+        config.encoder.vocab_size = Some(rows);
+        let json = config.to_json_string()? + "\n";
+        checkpoint::write_atomically(&dir.join("config.json"), json.as_bytes())?;
+
+        let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        checkpoint::write_safetensors(&dir.join(SAFETENSORS_FILE), &tensors)?;
+        // A stale pickle beside the new weights would shadow nothing (safetensors is read
+        // first) but would confuse readers: remove it.
+        let stale = dir.join(checkpoint::PICKLE_FILE);
+        if stale.is_file() {
+            std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
+        }
+        self.preprocessor.tokenizer().save(dir)?;
+        let readme = card.render(&config, self.labels(), self.preprocessor.settings());
+        checkpoint::write_atomically(&dir.join("README.md"), readme.as_bytes())?;
+        tracing::info!(dir = %dir.display(), "saved SpanMarker model");
+        Ok(())
+    }
+
+    /// Moves the weights to `device`.
+    pub fn to_device(&mut self, device: Device) {
+        self.vs.set_device(device);
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+    pub fn config(&self) -> &SpanMarkerConfig {
+        &self.config
+    }
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.preprocessor
+    }
+    pub fn labels(&self) -> &Labels {
+        self.preprocessor.labels()
+    }
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+    /// The trainable variables (for optimisers and mixed precision).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+}

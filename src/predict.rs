@@ -1,0 +1,275 @@
+//! Prediction: sentences in, entities out.
+//!
+//! Every candidate span gets a softmax score and its best label; spans are then accepted
+//! greedily by descending score (ties keep enumeration order) as long as they are not `O` and
+//! none of their words is taken, and returned sorted by position. This is the reference's
+//! decoding, with two additions: an optional score threshold and optional overlapping output.
+//! Sentences longer than the model input are encoded in windows and decoded as one sentence.
+
+use serde::Serialize;
+use tch::{Device, Kind};
+
+use crate::context::DocumentPosition;
+use crate::error::{Error, Result};
+use crate::model::SpanMarkerModel;
+use crate::preprocess::{EncodeOptions, Encoded};
+use crate::spans::Span;
+use crate::tokenizer::{SentenceInput, TokenizedSentence};
+
+/// Options for [`SpanMarkerModel::predict`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictOptions {
+    /// Samples per forward pass.
+    pub batch_size: usize,
+    /// Drop entities scoring below this probability.
+    pub threshold: Option<f32>,
+    /// Return every non-`O` span instead of the best non-overlapping ones.
+    pub allow_overlapping: bool,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            threshold: None,
+            allow_overlapping: false,
+        }
+    }
+}
+
+/// One predicted entity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PredictedEntity {
+    /// The entity's text: a slice of the input text, or its words joined by single spaces.
+    pub text: String,
+    /// The (reduced) label, e.g. `PER`.
+    pub label: String,
+    /// Softmax probability of the label.
+    pub score: f32,
+    /// First word (inclusive).
+    pub word_start: usize,
+    /// Last word (exclusive).
+    pub word_end: usize,
+    /// First character (inclusive, in Unicode scalar values), for text input.
+    pub char_start: Option<usize>,
+    /// Last character (exclusive), for text input.
+    pub char_end: Option<usize>,
+}
+
+/// A candidate span with its best label and that label's probability.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoredSpan {
+    pub span: Span,
+    pub label: usize,
+    pub score: f32,
+}
+
+/// Picks entities from scored spans (given in enumeration order) as described in the module docs.
+pub fn decode(
+    mut spans: Vec<ScoredSpan>,
+    num_words: usize,
+    outside_id: usize,
+    options: &PredictOptions,
+) -> Vec<ScoredSpan> {
+    spans.retain(|s| s.label != outside_id && options.threshold.is_none_or(|t| s.score >= t));
+    // Stable: equal scores keep enumeration order, as Python's `sorted(..., reverse=True)`.
+    spans.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut taken = vec![false; num_words];
+    let mut accepted = Vec::new();
+    for s in spans {
+        let words = s.span.start as usize..s.span.end as usize;
+        if options.allow_overlapping || !taken[words.clone()].iter().any(|&t| t) {
+            taken[words].fill(true);
+            accepted.push(s);
+        }
+    }
+    accepted.sort_by_key(|s| (s.span.start, s.span.end));
+    accepted
+}
+
+impl SpanMarkerModel {
+    /// Entities of one sentence.
+    pub fn predict_one(
+        &self,
+        input: SentenceInput<'_>,
+        options: &PredictOptions,
+    ) -> Result<Vec<PredictedEntity>> {
+        Ok(self
+            .predict(&[input], options)?
+            .pop()
+            .expect("one result per input"))
+    }
+
+    /// Entities of each sentence, in input order.
+    pub fn predict(
+        &self,
+        inputs: &[SentenceInput<'_>],
+        options: &PredictOptions,
+    ) -> Result<Vec<Vec<PredictedEntity>>> {
+        let rows: Vec<Option<SentenceInput<'_>>> = inputs.iter().copied().map(Some).collect();
+        Ok(self
+            .predict_rows(&rows, None, options)?
+            .into_iter()
+            .map(|r| r.expect("no null rows"))
+            .collect())
+    }
+
+    /// Entities per row for nullable rows (a null row gives `None`), optionally with document
+    /// positions for document-level context.
+    pub fn predict_rows(
+        &self,
+        rows: &[Option<SentenceInput<'_>>],
+        documents: Option<&[Option<DocumentPosition>]>,
+        options: &PredictOptions,
+    ) -> Result<Vec<Option<Vec<PredictedEntity>>>> {
+        if options.batch_size == 0 {
+            return Err(Error::Config("`batch_size` must be at least 1".into()));
+        }
+        if self.config().trained_with_document_context && documents.is_none() {
+            tracing::warn!("this model was trained with document-level context: predictions without it may be worse");
+        }
+        let encoded = self.preprocessor().encode_with(
+            rows,
+            EncodeOptions {
+                documents,
+                ..Default::default()
+            },
+        )?;
+        let scored = self.score_spans(&encoded, options.batch_size)?;
+        let labels = self.labels();
+        Ok(rows
+            .iter()
+            .zip(&encoded.sentences)
+            .zip(scored)
+            .map(|((input, sentence), spans)| {
+                let (input, sentence) = (input.as_ref()?, sentence.as_ref()?);
+                let entities = decode(spans, sentence.num_words(), labels.outside_id(), options);
+                Some(
+                    entities
+                        .into_iter()
+                        .map(|s| entity(input, sentence, s, &labels.reduced()[s.label]))
+                        .collect(),
+                )
+            })
+            .collect())
+    }
+
+    /// The best label and its probability for every candidate span, per row, in enumeration
+    /// order. Runs without gradients and without dropout, `batch_size` samples at a time.
+    pub fn score_spans(
+        &self,
+        encoded: &Encoded,
+        batch_size: usize,
+    ) -> Result<Vec<Vec<ScoredSpan>>> {
+        let spec = self.preprocessor().collate_spec();
+        let device = self.device();
+        let mut per_row: Vec<Vec<ScoredSpan>> = vec![Vec::new(); encoded.sentences.len()];
+        let _no_grad = tch::no_grad_guard();
+        for first in (0..encoded.samples.len()).step_by(batch_size.max(1)) {
+            let range = first..(first + batch_size).min(encoded.samples.len());
+            let batch = encoded.collate(range.clone(), &spec, device)?;
+            let logits = self.forward(&batch, false).logits;
+            let slots = logits.size()[1] as usize;
+            let (scores, labels) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
+            let scores: Vec<f32> = scores.to_device(Device::Cpu).flatten(0, -1).try_into()?;
+            let labels: Vec<i64> = labels.to_device(Device::Cpu).flatten(0, -1).try_into()?;
+            for (i, sample) in encoded.samples[range].iter().enumerate() {
+                let window = &encoded.windows[sample.window];
+                let row = &mut per_row[window.row];
+                for (j, s) in sample.spans.clone().enumerate() {
+                    row.push(ScoredSpan {
+                        span: window.spans[s],
+                        label: labels[i * slots + j] as usize,
+                        score: scores[i * slots + j],
+                    });
+                }
+            }
+        }
+        Ok(per_row)
+    }
+}
+
+fn entity(
+    input: &SentenceInput<'_>,
+    sentence: &TokenizedSentence,
+    scored: ScoredSpan,
+    label: &str,
+) -> PredictedEntity {
+    let (start, end) = (scored.span.start as usize, scored.span.end as usize);
+    let (text, chars) = match (input, &sentence.word_chars) {
+        (SentenceInput::Text(text), Some(word_chars)) => {
+            let (char_start, char_end) = (word_chars[start].0, word_chars[end - 1].1);
+            let slice: String = text
+                .chars()
+                .skip(char_start)
+                .take(char_end - char_start)
+                .collect();
+            (slice, Some((char_start, char_end)))
+        }
+        (SentenceInput::Words(words), _) => (words[start..end].join(" "), None),
+        (SentenceInput::Text(_), None) => unreachable!("text input always has character offsets"),
+    };
+    PredictedEntity {
+        text,
+        label: label.to_owned(),
+        score: scored.score,
+        word_start: start,
+        word_end: end,
+        char_start: chars.map(|c| c.0),
+        char_end: chars.map(|c| c.1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(start: u32, end: u32, label: usize, score: f32) -> ScoredSpan {
+        ScoredSpan {
+            span: Span::new(start, end),
+            label,
+            score,
+        }
+    }
+
+    #[test]
+    fn decoding_is_greedy_by_score_and_sorted_by_position() {
+        let spans = vec![
+            scored(0, 1, 1, 0.6),
+            scored(0, 2, 2, 0.9),
+            scored(1, 2, 1, 0.95),
+            scored(2, 3, 0, 0.99), // O
+            scored(3, 4, 3, 0.5),
+        ];
+        let got = decode(spans.clone(), 4, 0, &PredictOptions::default());
+        // (1,2) wins word 1, which blocks (0,2); (0,1) is then free.
+        assert_eq!(got, [spans[0], spans[2], spans[4]]);
+
+        let thresholded = PredictOptions {
+            threshold: Some(0.55),
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(spans.clone(), 4, 0, &thresholded),
+            [spans[0], spans[2]]
+        );
+
+        let overlapping = PredictOptions {
+            allow_overlapping: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(spans.clone(), 4, 0, &overlapping),
+            [spans[0], spans[1], spans[2], spans[4]]
+        );
+    }
+
+    #[test]
+    fn equal_scores_keep_enumeration_order() {
+        let spans = vec![scored(0, 2, 1, 0.5), scored(1, 2, 2, 0.5)];
+        assert_eq!(
+            decode(spans.clone(), 2, 0, &PredictOptions::default()),
+            [spans[0]]
+        );
+    }
+}
