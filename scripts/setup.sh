@@ -3,13 +3,18 @@
 # kept outside the clone so every checkout and CI run shares it, and a `.libtorch`
 # symlink in the repository that `.cargo/config.toml` points `LIBTORCH` at.
 #
-# Idempotent: a second run only checks the venv and the link.
+# The same venv gets the Python reference implementation (span_marker 1.8.1 with the
+# transformers release its fixtures were made with): the compatibility tests load models
+# saved here in Python. `.venv-python` in the repository runs that interpreter.
+#
+# Idempotent: a second run only checks the venv and the links.
 # Environment:
 #   SPAN_MARKER_CACHE   cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/span-marker)
 #   PYTHON              interpreter used to create the venv (default: python3)
 set -euo pipefail
 
 TORCH_VERSION="2.11.0" # tch =0.24.0 is generated for exactly this release
+REFERENCE_PACKAGES=("span_marker==1.8.1" "transformers==4.57.6" "datasets" "seqeval" "torch==$TORCH_VERSION")
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache_root="${SPAN_MARKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/span-marker}"
 venv="$cache_root/torch-$TORCH_VERSION"
@@ -54,4 +59,12 @@ PY
 [ -f "$torch_dir/lib/libtorch_cpu.so" ] || die "$torch_dir/lib/libtorch_cpu.so is missing: remove $venv and run again"
 
 ln -sfn "$torch_dir" "$repo_root/.libtorch"
+
+if ! "$venv/bin/python" -c 'import span_marker, transformers, sys; sys.exit(span_marker.__version__ != "1.8.1" or transformers.__version__ != "4.57.6")' 2>/dev/null; then
+  echo "setup: installing the Python reference (${REFERENCE_PACKAGES[*]}) into $venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "${REFERENCE_PACKAGES[@]}" ||
+    die "pip could not install the Python reference packages (is PyPI reachable?)"
+fi
+printf '#!/bin/sh\nexec "%s" "$@"\n' "$venv/bin/python" > "$repo_root/.venv-python"
+chmod +x "$repo_root/.venv-python"
 echo "setup: libtorch $TORCH_VERSION ready at $torch_dir (linked as .libtorch)"

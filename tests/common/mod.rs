@@ -1,0 +1,124 @@
+//! Helpers shared by the model tests: fixture paths, reference entities and comparisons.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use span_marker::{PredictedEntity, SentenceInput, SpanMarkerModel};
+use tch::Tensor;
+
+/// Largest tolerated absolute difference between our logits and the reference's.
+pub const LOGIT_TOLERANCE: f64 = 1e-4;
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    repo().join("tests/fixtures")
+}
+
+/// One case of recorded predictions: inputs of one kind and the entities per input.
+#[derive(Deserialize)]
+pub struct Case {
+    pub kind: String,
+    pub inputs: Vec<serde_json::Value>,
+    pub entities: Vec<Vec<ReferenceEntity>>,
+}
+
+/// An entity as Python `SpanMarkerModel.predict` returns it.
+#[derive(Deserialize, Debug)]
+pub struct ReferenceEntity {
+    pub span: serde_json::Value,
+    pub label: String,
+    pub score: f32,
+    pub word_start_index: Option<usize>,
+    pub word_end_index: Option<usize>,
+    pub char_start_index: Option<usize>,
+    pub char_end_index: Option<usize>,
+}
+
+/// Owned inputs of one case: words per row, or texts.
+pub enum Inputs {
+    Words(Vec<Vec<String>>),
+    Text(Vec<String>),
+}
+
+impl Inputs {
+    pub fn of(case: &Case) -> Self {
+        fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> T {
+            serde_json::from_value(v.clone()).unwrap()
+        }
+        match case.kind.as_str() {
+            "words" => Self::Words(case.inputs.iter().map(parse).collect()),
+            "text" => Self::Text(case.inputs.iter().map(parse).collect()),
+            other => panic!("unknown case kind {other}"),
+        }
+    }
+
+    /// Runs `f` on the inputs as [`SentenceInput`]s.
+    pub fn with<R>(&self, f: impl FnOnce(&[SentenceInput<'_>]) -> R) -> R {
+        match self {
+            Self::Words(rows) => {
+                let words: Vec<Vec<&str>> = rows
+                    .iter()
+                    .map(|r| r.iter().map(String::as_str).collect())
+                    .collect();
+                let inputs: Vec<SentenceInput<'_>> =
+                    words.iter().map(|w| SentenceInput::Words(w)).collect();
+                f(&inputs)
+            }
+            Self::Text(texts) => {
+                let inputs: Vec<SentenceInput<'_>> =
+                    texts.iter().map(|t| SentenceInput::Text(t)).collect();
+                f(&inputs)
+            }
+        }
+    }
+}
+
+/// Our logits for `inputs`, all samples in one batch, as the reference collates them.
+pub fn logits(model: &SpanMarkerModel, inputs: &[SentenceInput<'_>]) -> Tensor {
+    let rows: Vec<_> = inputs.iter().copied().map(Some).collect();
+    let encoded = model.preprocessor().encode(&rows).unwrap();
+    let spec = model.preprocessor().collate_spec();
+    let batch = encoded
+        .collate(0..encoded.samples.len(), &spec, model.device())
+        .unwrap();
+    tch::no_grad(|| model.forward(&batch, false).logits)
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    f64::try_from((a - b).abs().max()).unwrap()
+}
+
+pub fn assert_entities_match(got: &[PredictedEntity], want: &[ReferenceEntity], context: &str) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{context}: {got:?} vs reference {want:?}"
+    );
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.label, w.label, "{context}");
+        assert!(
+            (g.score - w.score).abs() < 1e-4,
+            "{context}: score {} vs {}",
+            g.score,
+            w.score
+        );
+        match &w.span {
+            serde_json::Value::String(text) => {
+                assert_eq!(&g.text, text, "{context}");
+                assert_eq!(g.char_start, w.char_start_index, "{context}");
+                assert_eq!(g.char_end, w.char_end_index, "{context}");
+            }
+            words => {
+                let words: Vec<String> = serde_json::from_value(words.clone()).unwrap();
+                assert_eq!(g.text, words.join(" "), "{context}");
+                assert_eq!(Some(g.word_start), w.word_start_index, "{context}");
+                assert_eq!(Some(g.word_end), w.word_end_index, "{context}");
+            }
+        }
+    }
+}
