@@ -1,0 +1,249 @@
+//! Loading models by id through a local Hugging Face cache, and clear errors for broken or
+//! incompatible checkpoints.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fixtures, logits, max_abs_diff};
+use serde_json::Value;
+use span_marker::hub::HubOptions;
+use span_marker::{LoadOptions, SentenceInput, SpanMarkerModel};
+
+/// A copy of a fixture model directory that a test may break.
+fn copy_model(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join(name), tmp.path());
+    tmp
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn load_error(dir: &Path) -> String {
+    SpanMarkerModel::from_pretrained(dir.to_str().unwrap())
+        .expect_err("loading should fail")
+        .to_string()
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut Value)) {
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+}
+
+#[test]
+fn a_model_id_resolves_through_a_local_hugging_face_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--acme--tiny-ner");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    copy_dir(
+        &fixtures().join("trained/tiny-bert"),
+        &repo.join("snapshots").join(commit),
+    );
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+
+    let options = LoadOptions {
+        hub: HubOptions {
+            cache_dir: Some(cache.path().to_owned()),
+            offline: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let by_id = SpanMarkerModel::from_pretrained_with("acme/tiny-ner", &options).unwrap();
+    let by_path =
+        SpanMarkerModel::from_pretrained(fixtures().join("trained/tiny-bert").to_str().unwrap())
+            .unwrap();
+    let words = ["Germany", "beat", "England", "."];
+    let input = [SentenceInput::Words(&words)];
+    assert_eq!(
+        max_abs_diff(&logits(&by_id, &input), &logits(&by_path, &input)),
+        0.0
+    );
+
+    // Another revision is not in the cache: offline, that is an error naming the id.
+    let options = LoadOptions {
+        hub: HubOptions {
+            revision: Some("v2".into()),
+            ..options.hub
+        },
+        ..Default::default()
+    };
+    let err = SpanMarkerModel::from_pretrained_with("acme/tiny-ner", &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("acme/tiny-ner") && err.contains("offline"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_path_that_is_neither_a_directory_nor_an_id_is_named() {
+    let err = load_error(Path::new("/no/such/model/dir"));
+    assert!(
+        err.contains("/no/such/model/dir") && err.contains("not a directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_weights_are_reported_with_the_directory() {
+    let dir = copy_model("trained/tiny-bert");
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("no weights found") && err.contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_corrupt_safetensors_file_is_reported() {
+    let dir = copy_model("trained/tiny-bert");
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("model.safetensors") && err.contains("not a valid safetensors file"),
+        "{err}"
+    );
+
+    // Truncated: a valid header whose data is cut short.
+    let bytes = std::fs::read(fixtures().join("trained/tiny-bert/model.safetensors")).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("model.safetensors") && err.contains("not a valid safetensors file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_corrupt_pickle_file_is_reported() {
+    let dir = copy_model("trained/tiny-roberta");
+    let path = dir.path().join("pytorch_model.bin");
+    std::fs::write(&path, b"definitely not a zip archive").unwrap();
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("pytorch_model.bin") && err.contains("not a PyTorch zip checkpoint"),
+        "{err}"
+    );
+
+    let bytes = std::fs::read(fixtures().join("trained/tiny-roberta/pytorch_model.bin")).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("pytorch_model.bin") && err.contains("could not read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_head_that_does_not_match_the_labels_is_reported() {
+    let dir = copy_model("trained/tiny-bert");
+    // Drop MISC: 4 reduced labels for a head with 5 outputs.
+    edit_config(dir.path(), |c| {
+        let labels = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"];
+        c["encoder"]["id2label"] = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), Value::from(*l)))
+            .collect();
+        c["encoder"]["label2id"] = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.to_string(), Value::from(i)))
+            .collect();
+        c.as_object_mut()
+            .unwrap()
+            .retain(|k, _| !["id2label", "label2id", "id2reduced_id"].contains(&k.as_str()));
+    });
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("classifier.weight") && err.contains("[5, 64]") && err.contains("4 labels"),
+        "{err}"
+    );
+}
+
+#[test]
+fn weights_of_the_wrong_shape_are_reported() {
+    let dir = copy_model("trained/tiny-bert");
+    edit_config(dir.path(), |c| {
+        c["encoder"]["intermediate_size"] = Value::from(128)
+    });
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("intermediate.dense")
+            && err.contains("has shape [64")
+            && err.contains("expects [128"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unsupported_encoders_are_refused() {
+    let dir = copy_model("trained/tiny-bert");
+    edit_config(dir.path(), |c| {
+        c["encoder"]["model_type"] = Value::from("distilbert")
+    });
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("distilbert") && err.contains("position_ids"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_or_malformed_files_are_named() {
+    let dir = copy_model("trained/tiny-bert");
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    let err = load_error(dir.path());
+    assert!(err.contains("tokenizer.json"), "{err}");
+
+    let dir = copy_model("trained/tiny-bert");
+    std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("config.json") && err.contains("invalid JSON"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tokenizer_that_does_not_fit_the_weights_is_reported() {
+    // Embeddings cut to the 4000 rows of the original vocabulary: the marker ids 4000 and 4001
+    // of the saved tokenizer are out of range.
+    let dir = copy_model("trained/tiny-bert");
+    let path: PathBuf = dir.path().join("model.safetensors");
+    let state = span_marker::checkpoint::StateDict::read(&path).unwrap();
+    let mut tensors: Vec<(String, tch::Tensor)> = state.tensors.into_iter().collect();
+    for (name, tensor) in &mut tensors {
+        if name == "encoder.embeddings.word_embeddings.weight" {
+            *tensor = tensor.narrow(0, 0, 4000);
+        }
+    }
+    span_marker::checkpoint::write_safetensors(&path, &tensors).unwrap();
+    let err = load_error(dir.path());
+    assert!(err.contains("4000 rows") && err.contains("marker"), "{err}");
+}
+
+#[test]
+fn a_plain_encoder_needs_labels() {
+    let err =
+        SpanMarkerModel::from_pretrained(fixtures().join("encoders/tiny-bert").to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("plain encoder") && err.contains("label"),
+        "{err}"
+    );
+}
