@@ -58,6 +58,14 @@ impl StateDict {
         })
     }
 
+    /// Reads safetensors bytes held in memory; `source` names them in errors.
+    pub fn from_safetensors_bytes(bytes: &[u8], source: &Path) -> Result<Self> {
+        Ok(Self {
+            path: source.to_owned(),
+            tensors: parse_safetensors(bytes, source)?,
+        })
+    }
+
     /// The tensor stored under `name`, if any.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.tensors.get(name)
@@ -184,7 +192,12 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     // copied out of it. A concurrent truncation of the file by another process is the caller's
     // responsibility, as with any memory-mapped reader.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&mmap)
+    parse_safetensors(&mmap, path)
+}
+
+/// Copies the tensors out of safetensors bytes; `path` names their source in errors.
+fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<HashMap<String, Tensor>> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))?;
     st.tensors()
         .into_iter()

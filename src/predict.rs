@@ -125,6 +125,11 @@ impl SpanMarkerModel {
         if options.batch_size == 0 {
             return Err(Error::Config("`batch_size` must be at least 1".into()));
         }
+        if let Some(t) = options.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+            return Err(Error::Config(format!(
+                "`threshold` must be a probability between 0 and 1, got {t}"
+            )));
+        }
         if self.config().trained_with_document_context && documents.is_none() {
             tracing::warn!("this model was trained with document-level context: predictions without it may be worse");
         }

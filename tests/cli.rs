@@ -65,3 +65,56 @@ fn a_missing_model_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn predict_runs_on_the_bundled_sample_and_agrees_with_the_library() {
+    let out = span_marker().args(["predict", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sample: Vec<&str> = include_str!("../examples/sample.txt").lines().collect();
+    assert_eq!(records.len(), sample.len());
+
+    let model = span_marker::SpanMarkerModel::bundled().unwrap();
+    let inputs: Vec<_> = sample
+        .iter()
+        .map(|l| span_marker::SentenceInput::Text(l))
+        .collect();
+    let expected = model.predict(&inputs, &Default::default()).unwrap();
+    for ((record, line), entities) in records.iter().zip(&sample).zip(&expected) {
+        assert_eq!(record["text"], *line);
+        assert_eq!(record["entities"], serde_json::to_value(entities).unwrap());
+    }
+    assert!(
+        expected.iter().any(|e| !e.is_empty()),
+        "the bundled model finds no entity"
+    );
+}
+
+#[test]
+fn predict_refuses_bad_options() {
+    for (args, needle) in [
+        (&["predict", "--device", "cuda:7"][..], "cuda:7"),
+        (&["predict", "--threshold", "1.5"][..], "threshold"),
+        (&["predict", "--batch-size", "0"][..], "batch_size"),
+        (
+            &["predict", "--model", "/no/such/model"][..],
+            "/no/such/model",
+        ),
+    ] {
+        let out = span_marker().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.contains("error:") && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+    }
+}

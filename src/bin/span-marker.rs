@@ -4,8 +4,11 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use span_marker::device::parse_device;
 use span_marker::spans::Span;
-use span_marker::{Preprocessor, SentenceInput, TokenizedSentence};
+use span_marker::{
+    LoadOptions, PredictOptions, Preprocessor, SentenceInput, SpanMarkerModel, TokenizedSentence,
+};
 
 /// The sample corpus used when no input is given.
 const SAMPLE: &str = include_str!("../../examples/sample.txt");
@@ -41,6 +44,34 @@ enum Command {
         /// Refuse sentences longer than the model input instead of splitting them into windows.
         #[arg(long)]
         strict: bool,
+    },
+    /// Predict entities, one sentence per line.
+    ///
+    /// Reads one sentence per line from FILE (`-` for stdin); without FILE, a bundled sample.
+    Predict {
+        /// Sentences, one per line.
+        file: Option<PathBuf>,
+        /// A SpanMarker model directory or Hugging Face model id; default: the bundled tiny BERT.
+        #[arg(long)]
+        model: Option<String>,
+        /// Treat each line as words separated by single spaces instead of raw text.
+        #[arg(long)]
+        words: bool,
+        /// Samples per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Drop entities scoring below this probability.
+        #[arg(long)]
+        threshold: Option<f32>,
+        /// Return overlapping entities too.
+        #[arg(long)]
+        overlapping: bool,
+        /// `cpu`, `cuda`, `cuda:N` or `auto`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print one JSON object per sentence instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -82,7 +113,76 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .strict(strict);
             candidates(&preprocessor, &text, words, show)
         }
+        Command::Predict {
+            file,
+            model,
+            words,
+            batch_size,
+            threshold,
+            overlapping,
+            device,
+            json,
+        } => {
+            let text = read_input(file)?;
+            let device = parse_device(&device)?;
+            let mut model = match model {
+                Some(id) => SpanMarkerModel::from_pretrained_with(
+                    &id,
+                    &LoadOptions {
+                        device: Some(device),
+                        ..Default::default()
+                    },
+                )?,
+                None => SpanMarkerModel::bundled()?,
+            };
+            model.to_device(device);
+            let options = PredictOptions {
+                batch_size,
+                threshold,
+                allow_overlapping: overlapping,
+            };
+            predict(&model, &text, words, &options, json)
+        }
     }
+}
+
+fn predict(
+    model: &SpanMarkerModel,
+    text: &str,
+    words: bool,
+    options: &PredictOptions,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let lines: Vec<&str> = text.lines().collect();
+    let split: Vec<Vec<&str>> = lines.iter().map(|l| l.split(' ').collect()).collect();
+    let inputs: Vec<SentenceInput<'_>> = if words {
+        split.iter().map(|w| SentenceInput::Words(w)).collect()
+    } else {
+        lines.iter().map(|l| SentenceInput::Text(l)).collect()
+    };
+    let predictions = model.predict(&inputs, options)?;
+    for (row, (line, entities)) in lines.iter().zip(&predictions).enumerate() {
+        if json {
+            let record = serde_json::json!({"row": row, "text": line, "entities": entities});
+            println!("{record}");
+            continue;
+        }
+        println!("[{row}] {line}");
+        for e in entities {
+            let position = match (e.char_start, e.char_end) {
+                (Some(start), Some(end)) => format!("chars {start}..{end}"),
+                _ => format!("words {}..{}", e.word_start, e.word_end),
+            };
+            println!(
+                "    {:<6} {:.3}  {}  ({position})",
+                e.label, e.score, e.text
+            );
+        }
+        if entities.is_empty() {
+            println!("    (no entities)");
+        }
+    }
+    Ok(())
 }
 
 fn read_input(file: Option<PathBuf>) -> Result<String, Box<dyn std::error::Error>> {

@@ -34,7 +34,7 @@ use crate::config::{EncoderConfig, SpanMarkerConfig};
 use crate::error::{Error, Result};
 use crate::hub::{self, HubOptions};
 use crate::labels::Labels;
-use crate::preprocess::Preprocessor;
+use crate::preprocess::{labels_from_config, Preprocessor};
 use crate::tokenizer::SpanMarkerTokenizer;
 
 const WORD_EMBEDDINGS: &str = "encoder.embeddings.word_embeddings.weight";
@@ -150,8 +150,51 @@ impl SpanMarkerModel {
         })?;
         let preprocessor = Preprocessor::from_config(dir, &config)?;
         let state = StateDict::read(&checkpoint::find_weights(dir)?)?;
+        Self::from_parts(config, preprocessor, settings, &state, device)
+    }
+
+    /// The fine-tuned tiny BERT test model (hidden size 32, CoNLL-2003 labels), compiled into
+    /// the library: for trying the API without any files. Its predictions are those of a very
+    /// small model trained for a few minutes.
+    ///
+    /// ```
+    /// let model = span_marker::SpanMarkerModel::bundled()?;
+    /// assert_eq!(model.labels().reduced(), ["O", "LOC", "MISC", "ORG", "PER"]);
+    /// # Ok::<(), span_marker::Error>(())
+    /// ```
+    pub fn bundled() -> Result<Self> {
+        const DIR: &str = "<bundled tiny-bert>";
+        let config = SpanMarkerConfig::from_json_str(include_str!(
+            "../../tests/fixtures/trained/tiny-bert/config.json"
+        ))?;
+        let settings = EncoderSettings::from_config(&config.encoder)?;
+        let tokenizer = SpanMarkerTokenizer::from_json(
+            include_str!("../../tests/fixtures/trained/tiny-bert/tokenizer.json"),
+            Some(include_str!(
+                "../../tests/fixtures/trained/tiny-bert/tokenizer_config.json"
+            )),
+            &config.encoder.model_type,
+            config.encoder.pad_token_id,
+            Path::new(DIR),
+        )?;
+        let preprocessor = Preprocessor::new(tokenizer, labels_from_config(&config)?, &config)?;
+        let state = StateDict::from_safetensors_bytes(
+            include_bytes!("../../tests/fixtures/trained/tiny-bert/model.safetensors"),
+            &Path::new(DIR).join(SAFETENSORS_FILE),
+        )?;
+        Self::from_parts(config, preprocessor, settings, &state, Device::Cpu)
+    }
+
+    /// A saved model from its read parts.
+    fn from_parts(
+        config: SpanMarkerConfig,
+        preprocessor: Preprocessor,
+        settings: EncoderSettings,
+        state: &StateDict,
+        device: Device,
+    ) -> Result<Self> {
         let rows = state.shape(WORD_EMBEDDINGS)?[0];
-        let model = Self::build(config, preprocessor, settings, rows, &state, device, false)?;
+        let model = Self::build(config, preprocessor, settings, rows, state, device, false)?;
         state.load_into(&model.vs, |name| Some(vec![name.to_owned()]), &[])?;
         Ok(model)
     }
