@@ -406,3 +406,90 @@ impl SpanMarkerModel {
         &mut self.vs
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::Entity;
+    use crate::preprocess::EncodeOptions;
+    use crate::tokenizer::SentenceInput;
+
+    const WORDS: [&str; 6] = ["Peter", "Blackburn", "visited", "Brussels", "today", "."];
+
+    fn labelled_batch(model: &SpanMarkerModel) -> Batch {
+        let entities = [vec![Entity::new(4, 0, 2), Entity::new(1, 3, 4)]];
+        let encoded = model
+            .preprocessor()
+            .encode_with(
+                &[Some(SentenceInput::Words(&WORDS))],
+                EncodeOptions {
+                    entities: Some(&entities),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let spec = model.preprocessor().collate_spec();
+        encoded
+            .collate(0..encoded.samples.len(), &spec, Device::Cpu)
+            .unwrap()
+    }
+
+    #[test]
+    fn dropout_is_active_only_in_training() {
+        let model = SpanMarkerModel::bundled().unwrap();
+        let batch = labelled_batch(&model);
+        let eval = |_| tch::no_grad(|| model.forward(&batch, false).logits);
+        let train = |_| tch::no_grad(|| model.forward(&batch, true).logits);
+        assert!(eval(0).equal(&eval(1)));
+        assert!(!train(0).equal(&train(1)));
+        assert!(!train(0).equal(&eval(0)));
+    }
+
+    #[test]
+    fn the_loss_reaches_every_weight() {
+        let model = SpanMarkerModel::bundled().unwrap();
+        let batch = labelled_batch(&model);
+        let loss = model
+            .forward(&batch, false)
+            .loss
+            .expect("labels give a loss");
+        assert!(f64::try_from(&loss).unwrap() > 0.0);
+        loss.backward();
+        for (name, var) in model.var_store().variables() {
+            // The pooler is part of checkpoints but not of SpanMarker's computation.
+            let grad = var.grad();
+            if name.contains("pooler") {
+                assert!(!grad.defined(), "{name} got a gradient");
+            } else {
+                assert!(
+                    grad.defined()
+                        && f64::try_from(grad.abs().sum(tch::Kind::Double)).unwrap() > 0.0,
+                    "{name}: no gradient"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_model_card_lists_labels_settings_and_metrics() {
+        let model = SpanMarkerModel::bundled().unwrap();
+        let card = ModelCard {
+            dataset: Some("conll2003".into()),
+            metrics: [("test_overall_f1".to_owned(), 0.91)].into(),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        model.save_pretrained_with_card(dir.path(), &card).unwrap();
+        let readme = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
+        for needle in [
+            "library_name: span-marker",
+            "| PER | B-PER, I-PER |",
+            "| MISC | B-MISC, I-MISC |",
+            "**Maximum entity length:** 4 words",
+            "| test_overall_f1 | 0.9100 |",
+            "- conll2003",
+        ] {
+            assert!(readme.contains(needle), "{needle:?} missing from\n{readme}");
+        }
+    }
+}
