@@ -40,11 +40,13 @@ pub mod encoding;
 pub mod error;
 pub mod hub;
 pub mod labels;
+pub mod metrics;
 pub mod model;
 pub mod predict;
 pub mod preprocess;
 pub mod spans;
 pub mod tokenizer;
+pub mod train;
 
 pub use config::SpanMarkerConfig;
 pub use error::{Error, Result};

@@ -7,9 +7,10 @@
 //! Sentences longer than the model input are encoded in windows and decoded as one sentence.
 
 use serde::Serialize;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::context::DocumentPosition;
+use crate::encoding::{EncodedWindow, SampleRef};
 use crate::error::{Error, Result};
 use crate::model::SpanMarkerModel;
 use crate::preprocess::{EncodeOptions, Encoded};
@@ -174,24 +175,41 @@ impl SpanMarkerModel {
             let range = first..(first + batch_size).min(encoded.samples.len());
             let batch = encoded.collate(range.clone(), &spec, device)?;
             let logits = self.forward(&batch, false).logits;
-            let slots = logits.size()[1] as usize;
-            let (scores, labels) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
-            let scores: Vec<f32> = scores.to_device(Device::Cpu).flatten(0, -1).try_into()?;
-            let labels: Vec<i64> = labels.to_device(Device::Cpu).flatten(0, -1).try_into()?;
-            for (i, sample) in encoded.samples[range].iter().enumerate() {
-                let window = &encoded.windows[sample.window];
-                let row = &mut per_row[window.row];
-                for (j, s) in sample.spans.clone().enumerate() {
-                    row.push(ScoredSpan {
-                        span: window.spans[s],
-                        label: labels[i * slots + j] as usize,
-                        score: scores[i * slots + j],
-                    });
-                }
-            }
+            push_scores(
+                &logits,
+                &encoded.samples[range],
+                &encoded.windows,
+                &mut per_row,
+            )?;
         }
         Ok(per_row)
     }
+}
+
+/// Appends the best label and its probability of every span of `samples` (whose logits are
+/// `[B, T/2, C]`) to its row in `per_row`. Samples come in order, so rows keep enumeration order.
+pub fn push_scores(
+    logits: &Tensor,
+    samples: &[SampleRef],
+    windows: &[EncodedWindow],
+    per_row: &mut [Vec<ScoredSpan>],
+) -> Result<()> {
+    let slots = logits.size()[1] as usize;
+    let (scores, labels) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
+    let scores: Vec<f32> = scores.to_device(Device::Cpu).flatten(0, -1).try_into()?;
+    let labels: Vec<i64> = labels.to_device(Device::Cpu).flatten(0, -1).try_into()?;
+    for (i, sample) in samples.iter().enumerate() {
+        let window = &windows[sample.window];
+        let row = &mut per_row[window.row];
+        for (j, s) in sample.spans.clone().enumerate() {
+            row.push(ScoredSpan {
+                span: window.spans[s],
+                label: labels[i * slots + j] as usize,
+                score: scores[i * slots + j],
+            });
+        }
+    }
+    Ok(())
 }
 
 fn entity(

@@ -1,0 +1,251 @@
+//! Training arguments, named and defaulted as in Hugging Face `TrainingArguments`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// When something happens during training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IntervalStrategy {
+    /// Never.
+    No,
+    /// Every `*_steps` optimizer steps.
+    #[default]
+    Steps,
+    /// At the end of every epoch.
+    Epoch,
+}
+
+/// Everything that shapes a training run. Unknown keys in a file are an error, so that a typo
+/// does not silently fall back to a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingArguments {
+    /// Where checkpoints, logs, plots and the final model go.
+    pub output_dir: PathBuf,
+    pub learning_rate: f64,
+    /// Decoupled weight decay (AdamW), not applied to biases and LayerNorm weights.
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    /// Linear warmup over this fraction of the steps (ignored when `warmup_steps` > 0).
+    pub warmup_ratio: f64,
+    pub warmup_steps: usize,
+    /// `linear` (warmup then linear decay to 0) or `constant` (warmup then constant).
+    pub lr_scheduler_type: String,
+    pub per_device_train_batch_size: usize,
+    pub per_device_eval_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub num_train_epochs: f64,
+    /// Total optimizer steps; overrides `num_train_epochs` when set.
+    pub max_steps: Option<usize>,
+    pub eval_strategy: IntervalStrategy,
+    pub eval_steps: Option<usize>,
+    pub save_strategy: IntervalStrategy,
+    pub save_steps: usize,
+    /// Keep at most this many checkpoints (the best one is always kept).
+    pub save_total_limit: Option<usize>,
+    pub logging_strategy: IntervalStrategy,
+    pub logging_steps: usize,
+    pub seed: u64,
+    /// Gradient clipping by global L2 norm; 0 disables it.
+    pub max_grad_norm: f64,
+    /// float16 autocast (CUDA only).
+    pub fp16: bool,
+    /// bfloat16 autocast (CUDA only).
+    pub bf16: bool,
+    /// Shuffle the training samples every epoch (seeded by `seed` and the epoch).
+    pub shuffle: bool,
+    /// Put samples of similar length into the same batch (within shuffled groups).
+    pub group_by_length: bool,
+    pub load_best_model_at_end: bool,
+    /// An evaluation key such as `eval_overall_f1` or `eval_loss` (`eval_` may be left out).
+    pub metric_for_best_model: Option<String>,
+    /// Defaults to true for every metric but a loss.
+    pub greater_is_better: Option<bool>,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
+}
+
+impl Default for TrainingArguments {
+    fn default() -> Self {
+        Self {
+            output_dir: PathBuf::from("models/span-marker"),
+            learning_rate: 5e-5,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            warmup_ratio: 0.0,
+            warmup_steps: 0,
+            lr_scheduler_type: "linear".into(),
+            per_device_train_batch_size: 8,
+            per_device_eval_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            num_train_epochs: 3.0,
+            max_steps: None,
+            eval_strategy: IntervalStrategy::No,
+            eval_steps: None,
+            save_strategy: IntervalStrategy::Steps,
+            save_steps: 500,
+            save_total_limit: None,
+            logging_strategy: IntervalStrategy::Steps,
+            logging_steps: 500,
+            seed: 42,
+            max_grad_norm: 1.0,
+            fp16: false,
+            bf16: false,
+            shuffle: true,
+            group_by_length: false,
+            load_best_model_at_end: false,
+            metric_for_best_model: None,
+            greater_is_better: None,
+            device: "auto".into(),
+        }
+    }
+}
+
+impl TrainingArguments {
+    /// Reads arguments from a JSON file; missing keys take their defaults.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let args: Self = serde_json::from_str(&text).map_err(|e| Error::json(path, e))?;
+        args.validate()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Ok(args)
+    }
+
+    /// Checks values that do not depend on the machine.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let positive = [
+            (
+                "per_device_train_batch_size",
+                self.per_device_train_batch_size,
+            ),
+            (
+                "per_device_eval_batch_size",
+                self.per_device_eval_batch_size,
+            ),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+            ),
+            ("logging_steps", self.logging_steps),
+            ("save_steps", self.save_steps),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("`{name}` must be at least 1"));
+        }
+        if !self.learning_rate.is_finite() || self.learning_rate <= 0.0 {
+            return Err(format!(
+                "`learning_rate` must be positive, got {}",
+                self.learning_rate
+            ));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Err(format!(
+                "`warmup_ratio` must be in [0, 1), got {}",
+                self.warmup_ratio
+            ));
+        }
+        if self.max_steps.is_none()
+            && (self.num_train_epochs.is_nan() || self.num_train_epochs <= 0.0)
+        {
+            return Err("`num_train_epochs` must be positive (or set `max_steps`)".into());
+        }
+        if self.max_steps == Some(0) {
+            return Err("`max_steps` must be at least 1".into());
+        }
+        if !["linear", "constant"].contains(&self.lr_scheduler_type.as_str()) {
+            return Err(format!(
+                "`lr_scheduler_type` {:?} is not supported: use \"linear\" or \"constant\"",
+                self.lr_scheduler_type
+            ));
+        }
+        if self.fp16 && self.bf16 {
+            return Err("`fp16` and `bf16` exclude each other".into());
+        }
+        if self.eval_steps == Some(0) {
+            return Err("`eval_steps` must be at least 1".into());
+        }
+        if self.load_best_model_at_end {
+            if self.eval_strategy == IntervalStrategy::No {
+                return Err("`load_best_model_at_end` needs an `eval_strategy`".into());
+            }
+            if self.save_strategy != self.eval_strategy {
+                return Err(
+                    "`load_best_model_at_end` needs `save_strategy` equal to `eval_strategy`"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps between evaluations (`eval_steps`, else `logging_steps`, as in transformers).
+    pub fn eval_interval(&self) -> usize {
+        self.eval_steps.unwrap_or(self.logging_steps)
+    }
+
+    /// The metric that picks the best checkpoint, with its `eval_` prefix.
+    pub fn best_metric_key(&self) -> String {
+        let key = self.metric_for_best_model.as_deref().unwrap_or("loss");
+        if key.starts_with("eval_") {
+            key.to_owned()
+        } else {
+            format!("eval_{key}")
+        }
+    }
+
+    /// Whether a higher value of the best-model metric is better.
+    pub fn higher_is_better(&self) -> bool {
+        self.greater_is_better
+            .unwrap_or_else(|| !self.best_metric_key().ends_with("loss"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_take_defaults_and_refuse_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("args.json");
+        std::fs::write(
+            &path,
+            r#"{"learning_rate": 1e-4, "eval_strategy": "epoch"}"#,
+        )
+        .unwrap();
+        let args = TrainingArguments::from_file(&path).unwrap();
+        assert_eq!(args.learning_rate, 1e-4);
+        assert_eq!(args.eval_strategy, IntervalStrategy::Epoch);
+        assert_eq!(args.per_device_train_batch_size, 8);
+
+        std::fs::write(&path, r#"{"learnig_rate": 1e-4}"#).unwrap();
+        let err = TrainingArguments::from_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("args.json") && err.contains("learnig_rate"),
+            "{err}"
+        );
+
+        std::fs::write(&path, r#"{"per_device_train_batch_size": 0}"#).unwrap();
+        let err = TrainingArguments::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("per_device_train_batch_size"), "{err}");
+    }
+
+    #[test]
+    fn best_metric_defaults_follow_transformers() {
+        let mut args = TrainingArguments::default();
+        assert_eq!(args.best_metric_key(), "eval_loss");
+        assert!(!args.higher_is_better());
+        args.metric_for_best_model = Some("overall_f1".into());
+        assert_eq!(args.best_metric_key(), "eval_overall_f1");
+        assert!(args.higher_is_better());
+    }
+}

@@ -1,0 +1,190 @@
+//! Evaluation: loss and entity scores of a model on annotated sentences.
+
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+
+use crate::collate::collate;
+use crate::error::{Error, Result};
+use crate::labels::Entity;
+use crate::metrics::{score_entities, EntityScores};
+use crate::model::SpanMarkerModel;
+use crate::predict::{decode, push_scores, PredictOptions, ScoredSpan};
+use crate::preprocess::{EncodeOptions, Encoded};
+use crate::tokenizer::SentenceInput;
+use crate::train::data::NerDataset;
+
+/// A dataset encoded for a model, with its gold entities.
+pub(crate) struct Prepared {
+    pub encoded: Encoded,
+    pub gold: Vec<Vec<Entity>>,
+    pub num_words: Vec<usize>,
+}
+
+/// Encodes annotated sentences, checking them first: an empty dataset, tags of the wrong
+/// length and tag ids outside the label list are errors naming the split and row. Logs the
+/// entity coverage report.
+pub(crate) fn prepare(model: &SpanMarkerModel, data: &NerDataset, split: &str) -> Result<Prepared> {
+    if data.is_empty() {
+        return Err(Error::Config(format!("the {split} dataset is empty")));
+    }
+    let preprocessor = model.preprocessor();
+    let words: Vec<Vec<&str>> = data
+        .examples
+        .iter()
+        .map(|e| e.tokens.iter().map(String::as_str).collect())
+        .collect();
+    let word_refs: Vec<&[&str]> = words.iter().map(Vec::as_slice).collect();
+    let tags: Vec<Vec<i64>> = data.examples.iter().map(|e| e.tags.clone()).collect();
+    let gold = preprocessor
+        .entities_from_tags(&word_refs, &tags)
+        .map_err(|e| Error::Config(format!("{split} dataset: {e}")))?;
+    let documents: Option<Vec<_>> = data
+        .examples
+        .iter()
+        .any(|e| e.document.is_some())
+        .then(|| data.examples.iter().map(|e| e.document.clone()).collect());
+    let rows: Vec<Option<SentenceInput<'_>>> = words
+        .iter()
+        .map(|w| Some(SentenceInput::Words(w)))
+        .collect();
+    let encoded = preprocessor.encode_with(
+        &rows,
+        EncodeOptions {
+            entities: Some(&gold),
+            documents: documents.as_deref(),
+            split: Some(split),
+        },
+    )?;
+    Ok(Prepared {
+        encoded,
+        gold,
+        num_words: words.iter().map(Vec::len).collect(),
+    })
+}
+
+/// Results of one evaluation.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// `eval`, `test`, ...
+    pub prefix: String,
+    /// Sample-weighted mean cross-entropy.
+    pub loss: f64,
+    /// Against every gold entity.
+    pub scores: EntityScores,
+    /// As the reference scores: gold entities longer than `entity_max_length` left out.
+    pub reference_scores: EntityScores,
+    pub runtime_seconds: f64,
+    pub samples_per_second: f64,
+}
+
+impl Evaluation {
+    /// Flat record with the reference's keys: `{prefix}_loss`, `{prefix}_overall_f1`, per-label
+    /// dicts `{prefix}_PER`, and `{prefix}_reference_overall_*` for the reference-compatible
+    /// figures.
+    pub fn to_record(&self) -> Map<String, Value> {
+        let p = &self.prefix;
+        let mut record = Map::new();
+        record.insert(format!("{p}_loss"), json!(self.loss));
+        for (name, scores) in [
+            ("overall", &self.scores),
+            ("reference_overall", &self.reference_scores),
+        ] {
+            record.insert(format!("{p}_{name}_precision"), json!(scores.precision));
+            record.insert(format!("{p}_{name}_recall"), json!(scores.recall));
+            record.insert(format!("{p}_{name}_f1"), json!(scores.f1));
+            record.insert(format!("{p}_{name}_accuracy"), json!(scores.accuracy));
+        }
+        for (label, score) in &self.scores.per_label {
+            record.insert(format!("{p}_{label}"), json!(score));
+        }
+        record.insert(format!("{p}_runtime"), json!(self.runtime_seconds));
+        record.insert(
+            format!("{p}_samples_per_second"),
+            json!(self.samples_per_second),
+        );
+        record
+    }
+
+    /// A value of [`to_record`](Self::to_record) by key.
+    pub fn metric(&self, key: &str) -> Option<f64> {
+        self.to_record().get(key).and_then(Value::as_f64)
+    }
+}
+
+/// Evaluates `model` on `data` in batches of `batch_size`; `prefix` names the metrics.
+pub fn evaluate(
+    model: &SpanMarkerModel,
+    data: &NerDataset,
+    prefix: &str,
+    batch_size: usize,
+) -> Result<Evaluation> {
+    if batch_size == 0 {
+        return Err(Error::Config(
+            "the evaluation batch size must be at least 1".into(),
+        ));
+    }
+    let start = Instant::now();
+    let split = if prefix == "eval" {
+        "evaluation"
+    } else {
+        prefix
+    };
+    let prepared = prepare(model, data, split)?;
+    evaluate_prepared(model, &prepared, prefix, batch_size, start)
+}
+
+pub(crate) fn evaluate_prepared(
+    model: &SpanMarkerModel,
+    prepared: &Prepared,
+    prefix: &str,
+    batch_size: usize,
+    start: Instant,
+) -> Result<Evaluation> {
+    let encoded = &prepared.encoded;
+    let spec = model.preprocessor().collate_spec();
+    let mut per_row: Vec<Vec<ScoredSpan>> = vec![Vec::new(); encoded.sentences.len()];
+    let (mut loss_sum, mut samples) = (0.0, 0usize);
+    let _no_grad = tch::no_grad_guard();
+    for chunk in encoded.samples.chunks(batch_size) {
+        let batch = collate(&encoded.windows, chunk, &spec, model.device())?;
+        let output = model.forward(&batch, false);
+        if let Some(loss) = &output.loss {
+            loss_sum += f64::try_from(loss)? * chunk.len() as f64;
+        }
+        samples += chunk.len();
+        push_scores(&output.logits, chunk, &encoded.windows, &mut per_row)?;
+    }
+    let labels = model.labels();
+    let options = PredictOptions::default();
+    let predicted: Vec<Vec<Entity>> = per_row
+        .into_iter()
+        .zip(&prepared.num_words)
+        .map(|(spans, &n)| {
+            decode(spans, n, labels.outside_id(), &options)
+                .into_iter()
+                .map(|s| Entity::new(s.label, s.span.start as usize, s.span.end as usize))
+                .collect()
+        })
+        .collect();
+    let e = model.config().entity_max_length;
+    let reachable: Vec<Vec<Entity>> = prepared
+        .gold
+        .iter()
+        .map(|g| g.iter().copied().filter(|x| x.len() <= e).collect())
+        .collect();
+    let names = labels.reduced();
+    let runtime = start.elapsed().as_secs_f64();
+    Ok(Evaluation {
+        prefix: prefix.to_owned(),
+        loss: if samples == 0 {
+            0.0
+        } else {
+            loss_sum / samples as f64
+        },
+        scores: score_entities(&prepared.gold, &predicted, &prepared.num_words, names),
+        reference_scores: score_entities(&reachable, &predicted, &prepared.num_words, names),
+        runtime_seconds: runtime,
+        samples_per_second: samples as f64 / runtime.max(1e-9),
+    })
+}

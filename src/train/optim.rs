@@ -1,0 +1,274 @@
+//! AdamW and the learning-rate schedule, written out so that their state can be checkpointed
+//! (`tch`'s optimizers do not expose it) and so that they match `torch.optim.AdamW` and
+//! `transformers`' schedules step for step.
+
+use std::collections::BTreeMap;
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Linear warmup from 0, then linear decay to 0 (`linear`) or a constant rate (`constant`),
+/// as `get_linear_schedule_with_warmup` / `get_constant_schedule_with_warmup`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub base_lr: f64,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+    pub decay: bool,
+}
+
+impl Schedule {
+    /// The learning rate of optimizer step `step` (counted from 0).
+    pub fn lr(&self, step: usize) -> f64 {
+        let factor = if step < self.warmup_steps {
+            step as f64 / self.warmup_steps.max(1) as f64
+        } else if self.decay {
+            let remaining = self.total_steps.saturating_sub(step) as f64;
+            (remaining / self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64).max(0.0)
+        } else {
+            1.0
+        };
+        self.base_lr * factor
+    }
+}
+
+/// One trainable variable with its Adam moments.
+struct Slot {
+    name: String,
+    param: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    decay: bool,
+}
+
+/// Decoupled-weight-decay Adam over named variables.
+pub struct AdamW {
+    slots: Vec<Slot>,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    /// Updates done so far (for bias correction).
+    steps: i64,
+}
+
+/// Whether `transformers`' Trainer applies weight decay to a variable: not to biases and not to
+/// LayerNorm weights.
+pub fn decays(name: &str) -> bool {
+    !(name.ends_with(".bias") || name.contains("LayerNorm"))
+}
+
+impl AdamW {
+    pub fn new(
+        variables: impl IntoIterator<Item = (String, Tensor)>,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    ) -> Self {
+        let mut slots: Vec<Slot> = variables
+            .into_iter()
+            .map(|(name, param)| Slot {
+                decay: decays(&name),
+                exp_avg: param.zeros_like(),
+                exp_avg_sq: param.zeros_like(),
+                name,
+                param,
+            })
+            .collect();
+        slots.sort_by(|a, b| a.name.cmp(&b.name));
+        Self {
+            slots,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            steps: 0,
+        }
+    }
+
+    /// Sets all gradients to zero.
+    pub fn zero_grad(&mut self) {
+        for slot in &mut self.slots {
+            let mut grad = slot.param.grad();
+            if grad.defined() {
+                let _ = grad.zero_();
+            }
+        }
+    }
+
+    /// Scales gradients so that their global L2 norm is at most `max_norm` (as
+    /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        let grads: Vec<Tensor> = self
+            .slots
+            .iter()
+            .map(|s| s.param.grad())
+            .filter(Tensor::defined)
+            .collect();
+        if grads.is_empty() {
+            return 0.0;
+        }
+        let norms: Vec<Tensor> = grads
+            .iter()
+            .map(|g| g.norm().to_kind(Kind::Float))
+            .collect();
+        let total = f64::try_from(Tensor::stack(&norms, 0).norm()).unwrap_or(f64::NAN);
+        let coef = max_norm / (total + 1e-6);
+        if max_norm > 0.0 && coef < 1.0 {
+            for mut g in grads {
+                let _ = g.g_mul_scalar_(coef);
+            }
+        }
+        total
+    }
+
+    /// Multiplies every gradient by `factor`; false when any gradient is not finite.
+    pub fn unscale_grads(&mut self, factor: f64) -> bool {
+        let mut finite = true;
+        for slot in &self.slots {
+            let mut grad = slot.param.grad();
+            if grad.defined() {
+                let _ = grad.g_mul_scalar_(factor);
+                finite &= bool::try_from(grad.isfinite().all()).unwrap_or(false);
+            }
+        }
+        finite
+    }
+
+    /// One update with learning rate `lr`, exactly as `torch.optim.AdamW` (non-amsgrad).
+    pub fn step(&mut self, lr: f64) {
+        self.steps += 1;
+        let bias1 = 1.0 - self.beta1.powi(self.steps as i32);
+        let bias2_sqrt = (1.0 - self.beta2.powi(self.steps as i32)).sqrt();
+        tch::no_grad(|| {
+            for slot in &mut self.slots {
+                let grad = slot.param.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                if slot.decay && self.weight_decay != 0.0 {
+                    let _ = slot.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                }
+                let _ = slot.exp_avg.lerp_(&grad, 1.0 - self.beta1);
+                let _ = slot
+                    .exp_avg_sq
+                    .g_mul_scalar_(self.beta2)
+                    .addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
+                let denom = slot.exp_avg_sq.sqrt() / bias2_sqrt + self.eps;
+                let _ = slot
+                    .param
+                    .addcdiv_(&(&slot.exp_avg * (-lr / bias1)), &denom);
+            }
+        });
+    }
+
+    /// Updates done so far.
+    pub fn steps(&self) -> i64 {
+        self.steps
+    }
+
+    /// The moments as named tensors (`<name>.exp_avg`, `<name>.exp_avg_sq`) plus the step count.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut state = vec![("steps".to_owned(), Tensor::from_slice(&[self.steps]))];
+        for slot in &self.slots {
+            state.push((
+                format!("{}.exp_avg", slot.name),
+                slot.exp_avg.shallow_clone(),
+            ));
+            state.push((
+                format!("{}.exp_avg_sq", slot.name),
+                slot.exp_avg_sq.shallow_clone(),
+            ));
+        }
+        state
+    }
+
+    /// Restores moments saved by [`state`](Self::state); every variable must be present.
+    pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
+        let get = |key: &str| {
+            state
+                .get(key)
+                .ok_or_else(|| Error::Config(format!("optimizer state lacks `{key}`")))
+        };
+        self.steps = i64::try_from(get("steps")?)?;
+        tch::no_grad(|| -> Result<()> {
+            for slot in &mut self.slots {
+                for (suffix, moment) in [
+                    ("exp_avg", &mut slot.exp_avg),
+                    ("exp_avg_sq", &mut slot.exp_avg_sq),
+                ] {
+                    let saved = get(&format!("{}.{suffix}", slot.name))?;
+                    if saved.size() != moment.size() {
+                        return Err(Error::Config(format!(
+                            "optimizer state `{}.{suffix}` has shape {:?}, the model {:?}",
+                            slot.name,
+                            saved.size(),
+                            moment.size()
+                        )));
+                    }
+                    moment.f_copy_(saved)?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_like_transformers() {
+        let s = Schedule {
+            base_lr: 1.0,
+            warmup_steps: 10,
+            total_steps: 110,
+            decay: true,
+        };
+        assert_eq!(s.lr(0), 0.0);
+        assert_eq!(s.lr(5), 0.5);
+        assert_eq!(s.lr(10), 1.0);
+        assert_eq!(s.lr(60), 0.5);
+        assert_eq!(s.lr(110), 0.0);
+        let constant = Schedule { decay: false, ..s };
+        assert_eq!(constant.lr(100), 1.0);
+    }
+
+    #[test]
+    fn adamw_matches_the_closed_form_first_step() {
+        // First step: m_hat = g, v_hat = g^2, so the update is lr * g / (|g| + eps) = lr * sign(g),
+        // after decoupled decay p *= 1 - lr * wd.
+        let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let loss = (&p * Tensor::from_slice(&[3.0f32, -0.5])).sum(Kind::Float);
+        loss.backward();
+        let mut opt = AdamW::new(
+            [("w.weight".to_owned(), p.shallow_clone())],
+            0.9,
+            0.999,
+            1e-8,
+            0.1,
+        );
+        opt.step(0.01);
+        let got: Vec<f32> = p.detach().try_into().unwrap();
+        let want = [1.0 * (1.0 - 0.001) - 0.01, -2.0 * (1.0 - 0.001) + 0.01];
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        assert!(!decays("encoder.embeddings.LayerNorm.weight") && !decays("classifier.bias"));
+    }
+
+    #[test]
+    fn clipping_scales_to_the_max_norm() {
+        let p = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
+        (&p * Tensor::from_slice(&[3.0f32, 4.0]))
+            .sum(Kind::Float)
+            .backward();
+        let mut opt = AdamW::new([("w".to_owned(), p.shallow_clone())], 0.9, 0.999, 1e-8, 0.0);
+        assert!((opt.clip_grad_norm(1.0) - 5.0).abs() < 1e-6);
+        let clipped: Vec<f32> = p.grad().try_into().unwrap();
+        assert!((clipped[0] - 0.6).abs() < 1e-5 && (clipped[1] - 0.8).abs() < 1e-5);
+    }
+}

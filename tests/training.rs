@@ -1,0 +1,200 @@
+//! The Trainer against a recorded Python `span_marker` 1.8.1 run
+//! (`tests/fixtures/generate_training.py`), and its bad-input errors.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{fixtures, repo};
+use serde::Deserialize;
+use serde_json::Value;
+use span_marker::train::{IntervalStrategy, NerDataset, NerExample, Trainer, TrainingArguments};
+use span_marker::SpanMarkerModel;
+
+fn conll_dir() -> Option<PathBuf> {
+    let dir = repo().join("../shared/data/conll2003");
+    if dir.join("train.txt").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "skipping: the CoNLL-2003 splits are not at {}",
+            dir.display()
+        );
+        None
+    }
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    args: Value,
+    train_indices: Vec<usize>,
+    eval_indices: Vec<usize>,
+    log_history: Vec<Value>,
+    global_step: usize,
+    train_loss: f64,
+    metrics: Value,
+}
+
+fn init_model() -> SpanMarkerModel {
+    SpanMarkerModel::from_pretrained(fixtures().join("training/init").to_str().unwrap()).unwrap()
+}
+
+#[test]
+fn training_follows_the_python_reference_step_for_step() {
+    let Some(data) = conll_dir() else { return };
+    let reference: Reference = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("training/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let mut model = init_model();
+    let labels = model.labels().clone();
+    let train = NerDataset::from_conll(data.join("train.txt"), &labels)
+        .unwrap()
+        .select(&reference.train_indices)
+        .unwrap();
+    let eval = NerDataset::from_conll(data.join("dev.txt"), &labels)
+        .unwrap()
+        .select(&reference.eval_indices)
+        .unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let a = &reference.args;
+    let args = TrainingArguments {
+        output_dir: out.path().to_owned(),
+        per_device_train_batch_size: a["per_device_train_batch_size"].as_u64().unwrap() as usize,
+        per_device_eval_batch_size: a["per_device_eval_batch_size"].as_u64().unwrap() as usize,
+        learning_rate: a["learning_rate"].as_f64().unwrap(),
+        weight_decay: a["weight_decay"].as_f64().unwrap(),
+        warmup_ratio: a["warmup_ratio"].as_f64().unwrap(),
+        num_train_epochs: a["num_train_epochs"].as_f64().unwrap(),
+        max_grad_norm: a["max_grad_norm"].as_f64().unwrap(),
+        logging_steps: a["logging_steps"].as_u64().unwrap() as usize,
+        seed: a["seed"].as_u64().unwrap(),
+        // The reference run was made deterministic: batches in order, dropout 0 in the model.
+        shuffle: false,
+        save_strategy: IntervalStrategy::No,
+        device: "cpu".into(),
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(&mut model, args).unwrap();
+    let output = trainer.train(&train, None, None).unwrap();
+    assert_eq!(output.global_step, reference.global_step);
+
+    let ours: Vec<Value> = std::fs::read_to_string(out.path().join("log_history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &Value| r.get("loss").is_some())
+        .collect();
+    assert_eq!(ours.len(), reference.log_history.len());
+    let mut worst = 0.0f64;
+    for (o, r) in ours.iter().zip(&reference.log_history) {
+        let (lo, lr) = (o["loss"].as_f64().unwrap(), r["loss"].as_f64().unwrap());
+        worst = worst.max((lo - lr).abs());
+        assert!(
+            (lo - lr).abs() < 2e-3 + 0.02 * lr,
+            "step {}: loss {lo} vs reference {lr}",
+            o["step"]
+        );
+        let (ro, rr) = (
+            o["learning_rate"].as_f64().unwrap(),
+            r["learning_rate"].as_f64().unwrap(),
+        );
+        assert!(
+            (ro - rr).abs() < 1e-9,
+            "step {}: lr {ro} vs reference {rr}",
+            o["step"]
+        );
+    }
+    eprintln!("largest logged-loss difference from the reference: {worst:.5}");
+    assert!((output.train_loss - reference.train_loss).abs() < 0.01 * reference.train_loss);
+
+    let evaluation = trainer.evaluate(&eval, "eval").unwrap();
+    let m = &reference.metrics;
+    let eval_loss = m["eval_loss"].as_f64().unwrap();
+    assert!(
+        (evaluation.loss - eval_loss).abs() < 0.02 * eval_loss,
+        "{} vs {eval_loss}",
+        evaluation.loss
+    );
+    for key in ["f1", "precision", "recall", "accuracy"] {
+        let theirs = m[format!("eval_overall_{key}")].as_f64().unwrap();
+        let ours = evaluation.metric(&format!("eval_overall_{key}")).unwrap();
+        eprintln!("eval_overall_{key}: {ours:.4} (reference {theirs:.4})");
+        assert!(
+            (ours - theirs).abs() < 0.02,
+            "{key}: {ours} vs reference {theirs}"
+        );
+    }
+    assert!(out.path().join("training_curves.svg").is_file());
+    assert!(out.path().join("model.safetensors").is_file());
+}
+
+fn tiny_dataset(tags: Vec<Vec<i64>>) -> NerDataset {
+    NerDataset::new(
+        tags.into_iter()
+            .map(|t| NerExample {
+                tokens: ["Tom", "met", "Ann"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                tags: t,
+                document: None,
+            })
+            .collect(),
+    )
+}
+
+fn train_error(data: &NerDataset, args: TrainingArguments) -> String {
+    let mut model = init_model();
+    let mut trainer = match Trainer::new(&mut model, args) {
+        Ok(trainer) => trainer,
+        Err(e) => return e.to_string(),
+    };
+    trainer.train(data, None, None).unwrap_err().to_string()
+}
+
+#[test]
+fn bad_training_input_is_refused_before_any_step() {
+    let out = tempfile::tempdir().unwrap();
+    let args = || TrainingArguments {
+        output_dir: out.path().join("run"),
+        device: "cpu".into(),
+        ..Default::default()
+    };
+    let err = train_error(&tiny_dataset(vec![vec![1, 0, 42]]), args());
+    assert!(err.contains("row 0") && err.contains("42"), "{err}");
+    let err = train_error(&tiny_dataset(vec![vec![1, 0, 1], vec![1, 0]]), args());
+    assert!(
+        err.contains("row 1") && err.contains("3 tokens but 2 tags"),
+        "{err}"
+    );
+    let err = train_error(&NerDataset::default(), args());
+    assert!(err.contains("dataset is empty"), "{err}");
+    // Nothing was written for the refused runs.
+    assert!(!out.path().join("run").exists());
+
+    let file = out.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let err = train_error(
+        &tiny_dataset(vec![vec![1, 0, 1]]),
+        TrainingArguments {
+            output_dir: file,
+            ..args()
+        },
+    );
+    assert!(
+        err.contains("a-file") && err.contains("not a directory"),
+        "{err}"
+    );
+    let err = train_error(
+        &tiny_dataset(vec![vec![1, 0, 1]]),
+        TrainingArguments {
+            fp16: true,
+            ..args()
+        },
+    );
+    if !tch::Cuda::is_available() {
+        assert!(err.contains("fp16") && err.contains("CUDA"), "{err}");
+    }
+}
