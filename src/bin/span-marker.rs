@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use span_marker::device::parse_device;
 use span_marker::spans::Span;
+use span_marker::train::{NerDataset, Trainer, TrainingArguments};
 use span_marker::{
-    LoadOptions, PredictOptions, Preprocessor, SentenceInput, SpanMarkerModel, TokenizedSentence,
+    LoadOptions, ModelSettings, PredictOptions, Preprocessor, SentenceInput, SpanMarkerModel,
+    TokenizedSentence,
 };
 
 /// The sample corpus used when no input is given.
@@ -44,6 +46,46 @@ enum Command {
         /// Refuse sentences longer than the model input instead of splitting them into windows.
         #[arg(long)]
         strict: bool,
+    },
+    /// Train (or fine-tune) a model on CoNLL-style files (`word TAG` per line).
+    ///
+    /// Without --model, a new model is made from the tiny test BERT encoder. Checkpoints, the
+    /// log (`log_history.jsonl`), the training curves and the final model go to the output dir.
+    Train {
+        /// Training data.
+        #[arg(long, default_value = "examples/data/train.txt")]
+        train: PathBuf,
+        /// Evaluation data (evaluated as the arguments' `eval_strategy` says).
+        #[arg(long)]
+        eval: Option<PathBuf>,
+        /// Test data, evaluated after training with the `test` prefix.
+        #[arg(long)]
+        test: Option<PathBuf>,
+        /// A SpanMarker model or a plain encoder (directory or Hugging Face id).
+        #[arg(long, default_value = "tests/fixtures/encoders/tiny-bert")]
+        model: String,
+        /// Comma-separated label list for a new model; default: the tags of the training data.
+        #[arg(long, value_delimiter = ',')]
+        labels: Option<Vec<String>>,
+        /// Training arguments (JSON, Hugging Face names); flags below override it.
+        #[arg(long)]
+        args: Option<PathBuf>,
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        #[arg(long)]
+        max_steps: Option<usize>,
+        #[arg(long)]
+        num_train_epochs: Option<f64>,
+        /// Continue from a checkpoint directory, or `latest` in the output dir.
+        #[arg(long)]
+        resume: Option<String>,
+        /// Settings for a new model.
+        #[arg(long, default_value_t = 64)]
+        model_max_length: usize,
+        #[arg(long, default_value_t = 32)]
+        marker_max_length: usize,
+        #[arg(long, default_value_t = 6)]
+        entity_max_length: usize,
     },
     /// Predict entities, one sentence per line.
     ///
@@ -112,6 +154,70 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             .strict(strict);
             candidates(&preprocessor, &text, words, show)
+        }
+        Command::Train {
+            train,
+            eval,
+            test,
+            model,
+            labels,
+            args,
+            output_dir,
+            max_steps,
+            num_train_epochs,
+            resume,
+            model_max_length,
+            marker_max_length,
+            entity_max_length,
+        } => {
+            let mut args = match args {
+                Some(path) => TrainingArguments::from_file(path)?,
+                None => TrainingArguments::default(),
+            };
+            if let Some(dir) = output_dir {
+                args.output_dir = dir;
+            }
+            if max_steps.is_some() {
+                args.max_steps = max_steps;
+            }
+            if let Some(epochs) = num_train_epochs {
+                args.num_train_epochs = epochs;
+            }
+            let labels = match labels {
+                Some(labels) => labels,
+                None => NerDataset::conll_labels(&train)?,
+            };
+            let options = LoadOptions {
+                labels: Some(labels),
+                settings: ModelSettings {
+                    model_max_length: Some(model_max_length),
+                    marker_max_length,
+                    entity_max_length,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            // A new model's head and marker embeddings are random: seed them like the run.
+            tch::manual_seed(args.seed as i64);
+            let mut model = SpanMarkerModel::from_pretrained_with(&model, &options)?;
+            let label_list = model.labels().clone();
+            let train = NerDataset::from_conll(&train, &label_list)?;
+            let eval = eval
+                .map(|p| NerDataset::from_conll(p, &label_list))
+                .transpose()?;
+            let test = test
+                .map(|p| NerDataset::from_conll(p, &label_list))
+                .transpose()?;
+            let output_dir = args.output_dir.clone();
+            let mut trainer = Trainer::new(&mut model, args)?;
+            let output = trainer.train(&train, eval.as_ref(), resume.as_deref())?;
+            println!("{}", serde_json::Value::Object(output.metrics));
+            if let Some(test) = test {
+                let evaluation = trainer.evaluate(&test, "test")?;
+                println!("{}", serde_json::Value::Object(evaluation.to_record()));
+            }
+            eprintln!("model saved to {}", output_dir.display());
+            Ok(())
         }
         Command::Predict {
             file,

@@ -74,6 +74,24 @@ impl NerDataset {
         Ok(Self { examples })
     }
 
+    /// The label list of a CoNLL-style file: `O` first, then the other tags sorted, for making a
+    /// new model when no label list is given.
+    pub fn conll_labels(path: impl AsRef<Path>) -> Result<Vec<String>> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let tags: std::collections::BTreeSet<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("-DOCSTART-"))
+            .filter_map(|l| l.split_whitespace().last())
+            .filter(|&t| t != "O")
+            .collect();
+        Ok(std::iter::once("O")
+            .chain(tags)
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// The examples at `indices`, in that order.
     pub fn select(&self, indices: &[usize]) -> Result<Self> {
         indices
@@ -114,6 +132,10 @@ mod tests {
         )
         .unwrap();
         let data = NerDataset::from_conll(&path, &labels).unwrap();
+        assert_eq!(
+            NerDataset::conll_labels(&path).unwrap(),
+            ["O", "B-PER", "I-PER"]
+        );
         assert_eq!(data.len(), 2);
         assert_eq!(data.examples[1].tokens, ["Ann", "Lee"]);
         assert_eq!(data.examples[1].tags, [1, 2]);
