@@ -205,3 +205,77 @@ fn bad_training_input_is_refused_before_any_step() {
         assert!(err.contains("fp16") && err.contains("CUDA"), "{err}");
     }
 }
+
+#[test]
+fn evaluation_checkpoints_best_model_plots_and_card_on_the_toy_corpus() {
+    let mut model = init_model();
+    let labels = model.labels().clone();
+    // The toy corpus uses the CoNLL label set, so the fixture model can train on it directly.
+    let train = NerDataset::from_conll(repo().join("examples/data/train.txt"), &labels).unwrap();
+    let test = NerDataset::from_conll(repo().join("examples/data/test.txt"), &labels).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let args = TrainingArguments {
+        output_dir: out.path().to_owned(),
+        learning_rate: 5e-3,
+        max_steps: Some(60),
+        logging_steps: 10,
+        eval_strategy: IntervalStrategy::Steps,
+        eval_steps: Some(20),
+        save_strategy: IntervalStrategy::Steps,
+        save_steps: 20,
+        save_total_limit: Some(1),
+        load_best_model_at_end: true,
+        metric_for_best_model: Some("overall_f1".into()),
+        group_by_length: true,
+        device: "cpu".into(),
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(&mut model, args).unwrap();
+    let output = trainer.train(&train, Some(&test), None).unwrap();
+    assert_eq!(output.global_step, 60);
+
+    let log: Vec<Value> = std::fs::read_to_string(out.path().join("log_history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let evals: Vec<&Value> = log
+        .iter()
+        .filter(|r| r.get("eval_overall_f1").is_some())
+        .collect();
+    assert_eq!(evals.len(), 3);
+    for record in &evals {
+        for key in [
+            "eval_loss",
+            "eval_overall_precision",
+            "eval_reference_overall_f1",
+            "eval_PER",
+        ] {
+            assert!(record.get(key).is_some(), "{key} missing from {record}");
+        }
+    }
+    // One checkpoint besides the best one at most.
+    let checkpoints = span_marker::train::trainer::list_checkpoints(out.path()).unwrap();
+    assert!((1..=2).contains(&checkpoints.len()), "{checkpoints:?}");
+    let svg = std::fs::read_to_string(out.path().join("training_curves.svg")).unwrap();
+    assert!(svg.contains("<polyline") && svg.contains("evaluation F1"));
+    // The best checkpoint was loaded at the end: evaluating now gives its F1, which the card reports.
+    let best = evals
+        .iter()
+        .map(|r| r["eval_overall_f1"].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    let now = trainer.evaluate(&test, "eval").unwrap();
+    assert!(
+        (now.scores.f1 - best).abs() < 1e-9,
+        "{} vs best {best}",
+        now.scores.f1
+    );
+    let card = std::fs::read_to_string(out.path().join("README.md")).unwrap();
+    assert!(
+        card.contains(&format!("| eval_overall_f1 | {best:.4} |")),
+        "{card}"
+    );
+    // A saved checkpoint is a complete model.
+    let (_, dir) = checkpoints.last().unwrap();
+    SpanMarkerModel::from_pretrained(dir.to_str().unwrap()).unwrap();
+}

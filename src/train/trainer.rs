@@ -348,13 +348,26 @@ impl<'m> Trainer<'m> {
                 *self.model = SpanMarkerModel::load_dir(best, self.device)?;
             }
         }
+        // The card reports the evaluation of the model being saved: the best one when it was
+        // loaded back, else the last.
+        let best_step = args
+            .load_best_model_at_end
+            .then(|| state.best_checkpoint.as_deref().and_then(checkpoint_step))
+            .flatten();
+        let card_record = state
+            .log_history
+            .iter()
+            .rev()
+            .filter(|r| r.contains_key("eval_loss"))
+            .find(|r| {
+                best_step.is_none_or(|s| r.get("step").and_then(Value::as_u64) == Some(s as u64))
+            });
         let card = ModelCard {
-            metrics: last_evaluation
-                .as_ref()
-                .map(|e| {
-                    e.to_record()
-                        .into_iter()
-                        .filter_map(|(k, v)| v.as_f64().map(|v| (k, v)))
+            metrics: card_record
+                .map(|r| {
+                    r.iter()
+                        .filter(|(k, _)| k.starts_with("eval_"))
+                        .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -524,6 +537,15 @@ fn round4(x: f64) -> f64 {
     (x * 1e4).round() / 1e4
 }
 
+/// The step of a `checkpoint-N` directory.
+fn checkpoint_step(dir: &Path) -> Option<usize> {
+    dir.file_name()?
+        .to_str()?
+        .strip_prefix(CHECKPOINT_PREFIX)?
+        .parse()
+        .ok()
+}
+
 /// Complete checkpoints in `dir`, oldest first.
 pub fn list_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let mut found = Vec::new();
@@ -535,11 +557,7 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
-        if let Some(step) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(CHECKPOINT_PREFIX))
-            .and_then(|s| s.parse::<usize>().ok())
-        {
+        if let Some(step) = checkpoint_step(Path::new(&name)) {
             if entry.path().join(TRAINER_STATE_FILE).is_file() {
                 found.push((step, entry.path()));
             }
