@@ -5,6 +5,8 @@
 //! `LD_LIBRARY_PATH` pointing at another torch cannot take over) and, when the CUDA
 //! library is present, keep it linked even though no symbol of ours references it:
 //! otherwise the linker drops it and CUDA never registers with libtorch.
+//!
+//! It also compiles `csrc/autocast.cpp`, a one-function shim for the CUDA autocast dtype.
 
 use std::path::Path;
 
@@ -25,4 +27,22 @@ fn main() {
     if Path::new(&lib_dir).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
+    compile_shim(Path::new(&lib_dir));
+}
+
+fn compile_shim(lib_dir: &Path) {
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    let include = lib_dir.parent().unwrap_or(lib_dir).join("include");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/autocast.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .warnings(false)
+        .compile("span_marker_shim");
+    println!("cargo:rustc-link-lib=dylib=c10");
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
 }

@@ -11,7 +11,7 @@
 
 use serde::Deserialize;
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::config::EncoderConfig;
 use crate::error::{Error, Result};
@@ -355,13 +355,11 @@ impl Encoder {
             x = project.forward(&x);
         }
 
-        // Additive bias as `transformers` builds it: 0 where attention is allowed, the dtype's
-        // minimum elsewhere. Fully masked (padding) rows then attend uniformly instead of
-        // producing NaN, which a boolean mask would do.
-        let bias = Tensor::zeros([b, 1, t, t], (x.kind(), x.device())).masked_fill(
-            &attention_mask.logical_not().unsqueeze(1),
-            min_value(x.kind()),
-        );
+        // Additive bias: 0 where attention is allowed, MASKED_BIAS elsewhere. Fully masked
+        // (padding) rows then attend uniformly instead of producing NaN, which a boolean mask
+        // would do.
+        let bias = Tensor::zeros([b, 1, t, t], (x.kind(), x.device()))
+            .masked_fill(&attention_mask.logical_not().unsqueeze(1), MASKED_BIAS);
         let heads = s.num_attention_heads;
         let head_dim = s.hidden_size / heads;
         let split = |y: Tensor| y.view([b, t, heads, head_dim]).transpose(1, 2);
@@ -394,15 +392,11 @@ impl Encoder {
     }
 }
 
-/// The most negative finite value of a floating kind (`torch.finfo(dtype).min`).
-fn min_value(kind: Kind) -> f64 {
-    match kind {
-        Kind::Half => -65504.0,
-        Kind::BFloat16 => -3.3895313892515355e38,
-        Kind::Double => f64::MIN,
-        _ => f32::MIN as f64,
-    }
-}
+/// The bias of a masked attention cell. `transformers` uses the dtype's minimum; that becomes
+/// `-inf` when autocast casts the mask to float16, and fully masked rows then turn into NaN that
+/// spreads through the values of the next layer. -1e4 is finite in every dtype and still makes
+/// `exp` underflow to exactly 0, so float32 results are the same as the reference's.
+const MASKED_BIAS: f64 = -1e4;
 
 #[cfg(test)]
 mod tests {

@@ -85,15 +85,14 @@ impl<'m> Trainer<'m> {
     pub fn new(model: &'m mut SpanMarkerModel, args: TrainingArguments) -> Result<Self> {
         args.validate().map_err(Error::Config)?;
         let device = parse_device(&args.device)?;
-        if args.fp16 && !device.is_cuda() {
-            return Err(Error::Config(
-                "`fp16` needs a CUDA device: mixed precision is not available on the CPU".into(),
-            ));
+        if (args.fp16 || args.bf16) && !device.is_cuda() {
+            let which = if args.fp16 { "fp16" } else { "bf16" };
+            return Err(Error::Config(format!(
+                "`{which}` needs a CUDA device: mixed precision is not available on the CPU"
+            )));
         }
-        if args.bf16 {
-            return Err(Error::Config(
-                "`bf16` autocast cannot be selected through tch 0.24 (its autocast is float16 only): use `fp16` on CUDA".into(),
-            ));
+        if args.fp16 || args.bf16 {
+            set_cuda_autocast_bf16(args.bf16)?;
         }
         if args.output_dir.exists() && !args.output_dir.is_dir() {
             return Err(Error::Config(format!(
@@ -246,9 +245,10 @@ impl<'m> Trainer<'m> {
                     .collect();
                 let inputs = collate(&prepared.encoded.windows, &picked, &spec, self.device)?;
                 let model = &*self.model;
-                let loss = tch::autocast(args.fp16, || model.forward(&inputs, true).loss)
-                    .expect("training batches have labels")
-                    / accum as f64;
+                let loss =
+                    tch::autocast(args.fp16 || args.bf16, || model.forward(&inputs, true).loss)
+                        .expect("training batches have labels")
+                        / accum as f64;
                 match &scaler {
                     Some(s) => (&loss * s.scale).backward(),
                     None => loss.backward(),
@@ -583,6 +583,22 @@ fn rewrite_log(dir: &Path, history: &[Map<String, Value>]) -> Result<()> {
     checkpoint::write_atomically(&dir.join(LOG_FILE), text.as_bytes())
 }
 
+extern "C" {
+    /// From `csrc/autocast.cpp`: picks bfloat16 (1) or float16 (0) for CUDA autocast.
+    fn span_marker_set_cuda_autocast_bf16(bf16: i32) -> i32;
+}
+
+/// Makes `tch::autocast` use bfloat16 (`bf16`) or float16 on CUDA.
+fn set_cuda_autocast_bf16(bf16: bool) -> Result<()> {
+    // SAFETY: a plain C function without pointers; libtorch errors are caught in the shim.
+    match unsafe { span_marker_set_cuda_autocast_bf16(i32::from(bf16)) } {
+        0 => Ok(()),
+        _ => Err(Error::Config(
+            "libtorch refused the CUDA autocast dtype".into(),
+        )),
+    }
+}
+
 /// Dynamic loss scaling for float16 training, as `torch.cuda.amp.GradScaler`.
 struct LossScaler {
     scale: f64,
@@ -612,5 +628,26 @@ impl LossScaler {
             tracing::warn!(scale = self.scale, "non-finite gradients: step skipped");
         }
         finite
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_autocast_shim_is_linked_and_accepts_both_dtypes() {
+        set_cuda_autocast_bf16(true).unwrap();
+        set_cuda_autocast_bf16(false).unwrap();
+    }
+
+    #[test]
+    fn intervals_follow_their_strategy() {
+        assert!(due(IntervalStrategy::Steps, 10, 20, false));
+        assert!(!due(IntervalStrategy::Steps, 10, 25, true));
+        assert!(due(IntervalStrategy::Epoch, 10, 25, true));
+        assert!(!due(IntervalStrategy::No, 1, 1, true));
+        assert_eq!(checkpoint_step(Path::new("out/checkpoint-120")), Some(120));
+        assert_eq!(checkpoint_step(Path::new("out/.checkpoint-120.tmp")), None);
     }
 }
