@@ -20,6 +20,11 @@ pub const IGNORE_INDEX: i64 = -100;
 pub struct CollateSpec {
     /// Encoder input length `T = M + 2K`.
     pub total_length: usize,
+    /// Trim each batch to the length its longest sample needs (text, alignment and markers),
+    /// rounded up to a multiple of this, instead of padding to `T`. Only padding is removed,
+    /// and padding is masked from every text and marker row, so results are the same up to
+    /// float summation order. `None` pads to `T` as the reference does.
+    pub trim_to_multiple_of: Option<usize>,
     pub pad_token_id: u32,
     pub start_marker_id: u32,
     pub end_marker_id: u32,
@@ -50,8 +55,23 @@ pub fn collate(
     spec: &CollateSpec,
     device: Device,
 ) -> Result<Batch> {
-    let t = spec.total_length;
     let b = samples.len();
+    let t = match spec.trim_to_multiple_of {
+        Some(multiple) => {
+            let needed = samples
+                .iter()
+                .map(|s| {
+                    let n = windows[s.window].input_ids.len();
+                    n + n % 2 + 2 * s.spans.len()
+                })
+                .max()
+                .unwrap_or(0);
+            // An even length keeps `T / 2` label slots >= every sample's marker pairs.
+            let multiple = multiple.max(2).next_multiple_of(2);
+            needed.next_multiple_of(multiple).min(spec.total_length)
+        }
+        None => spec.total_length,
+    };
     let mut input_ids = vec![spec.pad_token_id as i64; b * t];
     let mut position_ids = vec![1i64; b * t];
     let with_labels = samples

@@ -7,10 +7,10 @@
 //! Sentences longer than the model input are encoded in windows and decoded as one sentence.
 
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
+use crate::collate::{collate, CollateSpec};
 use crate::context::DocumentPosition;
-use crate::encoding::{EncodedWindow, SampleRef};
 use crate::error::{Error, Result};
 use crate::model::SpanMarkerModel;
 use crate::preprocess::{EncodeOptions, Encoded};
@@ -161,55 +161,82 @@ impl SpanMarkerModel {
     }
 
     /// The best label and its probability for every candidate span, per row, in enumeration
-    /// order. Runs without gradients and without dropout, `batch_size` samples at a time.
+    /// order. Runs without gradients and without dropout, `batch_size` samples at a time,
+    /// longest samples first so that every batch is trimmed to little more than it needs.
     pub fn score_spans(
         &self,
         encoded: &Encoded,
         batch_size: usize,
     ) -> Result<Vec<Vec<ScoredSpan>>> {
-        let spec = self.preprocessor().collate_spec();
-        let device = self.device();
-        let mut per_row: Vec<Vec<ScoredSpan>> = vec![Vec::new(); encoded.sentences.len()];
-        let _no_grad = tch::no_grad_guard();
-        for first in (0..encoded.samples.len()).step_by(batch_size.max(1)) {
-            let range = first..(first + batch_size).min(encoded.samples.len());
-            let batch = encoded.collate(range.clone(), &spec, device)?;
-            let logits = self.forward(&batch, false).logits;
-            push_scores(
-                &logits,
-                &encoded.samples[range],
-                &encoded.windows,
-                &mut per_row,
-            )?;
-        }
-        Ok(per_row)
+        Ok(self.score_samples(encoded, batch_size, true)?.0)
     }
-}
 
-/// Appends the best label and its probability of every span of `samples` (whose logits are
-/// `[B, T/2, C]`) to its row in `per_row`. Samples come in order, so rows keep enumeration order.
-pub fn push_scores(
-    logits: &Tensor,
-    samples: &[SampleRef],
-    windows: &[EncodedWindow],
-    per_row: &mut [Vec<ScoredSpan>],
-) -> Result<()> {
-    let slots = logits.size()[1] as usize;
-    let (scores, labels) = logits.softmax(-1, Kind::Float).max_dim(-1, false);
-    let scores: Vec<f32> = scores.to_device(Device::Cpu).flatten(0, -1).try_into()?;
-    let labels: Vec<i64> = labels.to_device(Device::Cpu).flatten(0, -1).try_into()?;
-    for (i, sample) in samples.iter().enumerate() {
-        let window = &windows[sample.window];
-        let row = &mut per_row[window.row];
-        for (j, s) in sample.spans.clone().enumerate() {
-            row.push(ScoredSpan {
-                span: window.spans[s],
-                label: labels[i * slots + j] as usize,
-                score: scores[i * slots + j],
+    /// Scores every sample of `encoded` (in length order when `sort_by_length`, else in sample
+    /// order) and returns the spans per row, with the sample-weighted mean loss when the
+    /// samples carry labels.
+    pub(crate) fn score_samples(
+        &self,
+        encoded: &Encoded,
+        batch_size: usize,
+        sort_by_length: bool,
+    ) -> Result<(Vec<Vec<ScoredSpan>>, Option<f64>)> {
+        let spec = CollateSpec {
+            trim_to_multiple_of: Some(8),
+            ..self.preprocessor().collate_spec()
+        };
+        let samples = &encoded.samples;
+        // Each sample's spans get a slot range in one flat buffer, in sample order.
+        let mut offsets = Vec::with_capacity(samples.len() + 1);
+        offsets.push(0);
+        for sample in samples {
+            offsets.push(offsets.last().copied().unwrap_or(0) + sample.spans.len());
+        }
+        let mut best = vec![(0usize, 0f32); offsets.last().copied().unwrap_or(0)];
+        let mut order: Vec<usize> = (0..samples.len()).collect();
+        if sort_by_length {
+            order.sort_by_key(|&i| {
+                let n = encoded.windows[samples[i].window].input_ids.len();
+                std::cmp::Reverse(n + n % 2 + 2 * samples[i].spans.len())
             });
         }
+        let (mut loss_sum, mut with_loss) = (0.0, false);
+        let _no_grad = tch::no_grad_guard();
+        let mut picked = Vec::with_capacity(batch_size);
+        for chunk in order.chunks(batch_size.max(1)) {
+            picked.clear();
+            picked.extend(chunk.iter().map(|&i| samples[i].clone()));
+            let batch = collate(&encoded.windows, &picked, &spec, self.device())?;
+            let output = self.forward(&batch, false);
+            if let Some(loss) = &output.loss {
+                loss_sum += f64::try_from(loss)? * chunk.len() as f64;
+                with_loss = true;
+            }
+            let slots = output.logits.size()[1] as usize;
+            let (scores, labels) = output.logits.softmax(-1, Kind::Float).max_dim(-1, false);
+            let scores: Vec<f32> = scores.to_device(Device::Cpu).flatten(0, -1).try_into()?;
+            let labels: Vec<i64> = labels.to_device(Device::Cpu).flatten(0, -1).try_into()?;
+            for (k, &i) in chunk.iter().enumerate() {
+                let cells = &mut best[offsets[i]..offsets[i + 1]];
+                for (j, cell) in cells.iter_mut().enumerate() {
+                    *cell = (labels[k * slots + j] as usize, scores[k * slots + j]);
+                }
+            }
+        }
+        let mut per_row: Vec<Vec<ScoredSpan>> = vec![Vec::new(); encoded.sentences.len()];
+        for (i, sample) in samples.iter().enumerate() {
+            let window = &encoded.windows[sample.window];
+            let cells = &best[offsets[i]..offsets[i + 1]];
+            per_row[window.row].extend(sample.spans.clone().zip(cells).map(
+                |(s, &(label, score))| ScoredSpan {
+                    span: window.spans[s],
+                    label,
+                    score,
+                },
+            ));
+        }
+        let loss = with_loss.then(|| loss_sum / samples.len().max(1) as f64);
+        Ok((per_row, loss))
     }
-    Ok(())
 }
 
 fn entity(

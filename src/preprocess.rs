@@ -161,6 +161,7 @@ impl Preprocessor {
     pub fn collate_spec(&self) -> CollateSpec {
         CollateSpec {
             total_length: self.settings.total_length(),
+            trim_to_multiple_of: None,
             pad_token_id: self.tokenizer.pad_token_id(),
             start_marker_id: self.tokenizer.start_marker_id(),
             end_marker_id: self.tokenizer.end_marker_id(),

@@ -181,3 +181,76 @@ fn threshold_and_overlapping_options() {
         );
     }
 }
+
+#[test]
+fn the_fast_path_gives_the_entities_of_the_plain_path() {
+    // Fast: samples sorted by length, batches trimmed to what they need. Plain: sample order,
+    // every sample padded to T = M + 2K, exactly as the reference collates.
+    use span_marker::predict::{decode, ScoredSpan};
+    let model = model();
+    let text = std::fs::read_to_string(common::repo().join("examples/data/test.txt")).unwrap();
+    let sentences: Vec<Vec<&str>> = text
+        .split("\n\n")
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.lines().map(|l| l.split(' ').next().unwrap()).collect())
+        .collect();
+    let inputs: Vec<SentenceInput<'_>> =
+        sentences.iter().map(|w| SentenceInput::Words(w)).collect();
+    let options = PredictOptions {
+        batch_size: 16,
+        ..Default::default()
+    };
+    let fast = model.predict(&inputs, &options).unwrap();
+
+    let rows: Vec<_> = inputs.iter().copied().map(Some).collect();
+    let encoded = model.preprocessor().encode(&rows).unwrap();
+    let spec = model.preprocessor().collate_spec();
+    assert_eq!(spec.trim_to_multiple_of, None);
+    let mut per_row: Vec<Vec<ScoredSpan>> = vec![Vec::new(); rows.len()];
+    for first in (0..encoded.samples.len()).step_by(16) {
+        let range = first..(first + 16).min(encoded.samples.len());
+        let batch = encoded
+            .collate(range.clone(), &spec, tch::Device::Cpu)
+            .unwrap();
+        let logits = tch::no_grad(|| model.forward(&batch, false).logits);
+        let (scores, labels) = logits.softmax(-1, tch::Kind::Float).max_dim(-1, false);
+        let slots = logits.size()[1] as usize;
+        let scores: Vec<f32> = scores.flatten(0, -1).try_into().unwrap();
+        let labels: Vec<i64> = labels.flatten(0, -1).try_into().unwrap();
+        for (k, sample) in encoded.samples[range].iter().enumerate() {
+            let window = &encoded.windows[sample.window];
+            for (j, s) in sample.spans.clone().enumerate() {
+                per_row[window.row].push(ScoredSpan {
+                    span: window.spans[s],
+                    label: labels[k * slots + j] as usize,
+                    score: scores[k * slots + j],
+                });
+            }
+        }
+    }
+    let mut found = 0;
+    for ((spans, words), fast) in per_row.into_iter().zip(&sentences).zip(&fast) {
+        let plain = decode(
+            spans,
+            words.len(),
+            model.labels().outside_id(),
+            &Default::default(),
+        );
+        assert_eq!(plain.len(), fast.len(), "{words:?}");
+        for (p, f) in plain.iter().zip(fast) {
+            assert_eq!(
+                (p.span.start as usize, p.span.end as usize),
+                (f.word_start, f.word_end)
+            );
+            assert_eq!(model.labels().reduced()[p.label], f.label);
+            assert!(
+                (p.score - f.score).abs() < 1e-5,
+                "{} vs {}",
+                p.score,
+                f.score
+            );
+        }
+        found += fast.len();
+    }
+    assert!(found > 0);
+}

@@ -4,12 +4,11 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use crate::collate::collate;
 use crate::error::{Error, Result};
 use crate::labels::Entity;
 use crate::metrics::{score_entities, EntityScores};
 use crate::model::SpanMarkerModel;
-use crate::predict::{decode, push_scores, PredictOptions, ScoredSpan};
+use crate::predict::{decode, PredictOptions};
 use crate::preprocess::{EncodeOptions, Encoded};
 use crate::tokenizer::SentenceInput;
 use crate::train::data::NerDataset;
@@ -141,20 +140,9 @@ pub(crate) fn evaluate_prepared(
     batch_size: usize,
     start: Instant,
 ) -> Result<Evaluation> {
-    let encoded = &prepared.encoded;
-    let spec = model.preprocessor().collate_spec();
-    let mut per_row: Vec<Vec<ScoredSpan>> = vec![Vec::new(); encoded.sentences.len()];
-    let (mut loss_sum, mut samples) = (0.0, 0usize);
-    let _no_grad = tch::no_grad_guard();
-    for chunk in encoded.samples.chunks(batch_size) {
-        let batch = collate(&encoded.windows, chunk, &spec, model.device())?;
-        let output = model.forward(&batch, false);
-        if let Some(loss) = &output.loss {
-            loss_sum += f64::try_from(loss)? * chunk.len() as f64;
-        }
-        samples += chunk.len();
-        push_scores(&output.logits, chunk, &encoded.windows, &mut per_row)?;
-    }
+    // Sample order, as the reference batches evaluation data (the loss depends on batching).
+    let (per_row, loss) = model.score_samples(&prepared.encoded, batch_size, false)?;
+    let samples = prepared.encoded.samples.len();
     let labels = model.labels();
     let options = PredictOptions::default();
     let predicted: Vec<Vec<Entity>> = per_row
@@ -177,11 +165,7 @@ pub(crate) fn evaluate_prepared(
     let runtime = start.elapsed().as_secs_f64();
     Ok(Evaluation {
         prefix: prefix.to_owned(),
-        loss: if samples == 0 {
-            0.0
-        } else {
-            loss_sum / samples as f64
-        },
+        loss: loss.unwrap_or(0.0),
         scores: score_entities(&prepared.gold, &predicted, &prepared.num_words, names),
         reference_scores: score_entities(&reachable, &predicted, &prepared.num_words, names),
         runtime_seconds: runtime,
