@@ -118,3 +118,36 @@ fn predict_refuses_bad_options() {
         );
     }
 }
+
+#[test]
+fn bench_measures_both_implementations_and_checks_the_entities() {
+    let out = span_marker()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "bench",
+            "--sentences",
+            "60",
+            "--repeat",
+            "1",
+            "--warmup",
+            "0",
+        ])
+        .args(["--threads", "1", "--python", ".venv-python"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "torch intra-op threads 1",
+        "rust:",
+        "python:",
+        "ratio:",
+        "entities identical: yes (60 sentences",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing from\n{stdout}");
+    }
+}

@@ -12,6 +12,8 @@ use span_marker::{
     TokenizedSentence,
 };
 
+mod bench;
+
 /// The sample corpus used when no input is given.
 const SAMPLE: &str = include_str!("../../examples/sample.txt");
 
@@ -86,6 +88,30 @@ enum Command {
         marker_max_length: usize,
         #[arg(long, default_value_t = 6)]
         entity_max_length: usize,
+    },
+    /// Measure inference throughput, and with --python the Python reference's on the same
+    /// checkpoint, sentences, batch size and threads; prints the ratio and checks the entities.
+    Bench {
+        /// A saved SpanMarker model directory (Python must be able to load it too).
+        #[arg(long, default_value = "tests/fixtures/trained/tiny-bert")]
+        model: String,
+        /// Sentences in CoNLL format (`word TAG`), cycled up to --sentences.
+        #[arg(long, default_value = "examples/data/test.txt")]
+        data: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        sentences: usize,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Intra-op threads for both implementations (default: all logical CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Also run the Python reference with this interpreter (e.g. `.venv-python`).
+        #[arg(long)]
+        python: Option<PathBuf>,
     },
     /// Predict entities, one sentence per line.
     ///
@@ -219,6 +245,26 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("model saved to {}", output_dir.display());
             Ok(())
         }
+        Command::Bench {
+            model,
+            data,
+            sentences,
+            batch_size,
+            threads,
+            warmup,
+            repeat,
+            python,
+        } => bench::run(&bench::BenchOptions {
+            model,
+            data,
+            sentences,
+            batch_size,
+            threads: threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            warmup,
+            repeat,
+            python,
+        }),
         Command::Predict {
             file,
             model,

@@ -1,0 +1,193 @@
+//! `span-marker bench`: inference throughput of this crate and, side by side, of Python
+//! `span_marker` on the same checkpoint, sentences, batch size and thread count.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use span_marker::train::NerDataset;
+use span_marker::{PredictOptions, SentenceInput, SpanMarkerModel};
+
+/// What to measure.
+pub struct BenchOptions {
+    pub model: String,
+    pub data: PathBuf,
+    pub sentences: usize,
+    pub batch_size: usize,
+    pub threads: usize,
+    pub warmup: usize,
+    pub repeat: usize,
+    /// The interpreter with `span_marker` installed, to measure the reference too.
+    pub python: Option<PathBuf>,
+}
+
+type Entities = Vec<Vec<(usize, usize, String)>>;
+
+pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
+    tch::set_num_threads(options.threads as i32);
+    let model = SpanMarkerModel::from_pretrained(&options.model)?;
+    let labels = model.labels().clone();
+    let corpus = NerDataset::from_conll(&options.data, &labels)?;
+    if corpus.is_empty() {
+        return Err(format!("{}: no sentences", options.data.display()).into());
+    }
+    let sentences: Vec<Vec<String>> = corpus
+        .examples
+        .iter()
+        .cycle()
+        .take(options.sentences)
+        .map(|e| e.tokens.clone())
+        .collect();
+    let words: Vec<Vec<&str>> = sentences
+        .iter()
+        .map(|s| s.iter().map(String::as_str).collect())
+        .collect();
+    let inputs: Vec<SentenceInput<'_>> = words.iter().map(|w| SentenceInput::Words(w)).collect();
+    let predict = PredictOptions {
+        batch_size: options.batch_size,
+        ..Default::default()
+    };
+
+    let settings = model.encoder().settings();
+    println!("span-marker bench: inference");
+    println!(
+        "machine: {}, {} logical CPUs; torch intra-op threads {}",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        tch::get_num_threads()
+    );
+    println!(
+        "model: {} ({}, hidden {}, {} layers); {} sentences from {} ({} words); batch size {}; warm-up {}, repetitions {} (median)",
+        options.model,
+        settings.model_type,
+        settings.hidden_size,
+        settings.num_hidden_layers,
+        sentences.len(),
+        options.data.display(),
+        sentences.iter().map(Vec::len).sum::<usize>(),
+        options.batch_size,
+        options.warmup,
+        options.repeat
+    );
+
+    for _ in 0..options.warmup {
+        model.predict(&inputs, &predict)?;
+    }
+    let mut rates = Vec::with_capacity(options.repeat);
+    let mut ours: Entities = Vec::new();
+    for _ in 0..options.repeat.max(1) {
+        let start = Instant::now();
+        let predicted = model.predict(&inputs, &predict)?;
+        rates.push(sentences.len() as f64 / start.elapsed().as_secs_f64());
+        ours = predicted
+            .into_iter()
+            .map(|s| {
+                s.into_iter()
+                    .map(|e| (e.word_start, e.word_end, e.label))
+                    .collect()
+            })
+            .collect();
+    }
+    let rust_rate = median(&mut rates);
+    println!(
+        "rust:   {rust_rate:10.1} sentences/s, peak RSS {:.0} MB",
+        peak_rss_mb().unwrap_or(f64::NAN)
+    );
+
+    let Some(python) = &options.python else {
+        return Ok(());
+    };
+    let reference = python_reference(python, options, &sentences)?;
+    println!(
+        "python: {:10.1} sentences/s, peak RSS {:.0} MB (torch threads {})",
+        reference.rate, reference.peak_rss_mb, reference.threads
+    );
+    println!("ratio:  {:10.2}x", rust_rate / reference.rate);
+    let identical = ours == reference.entities;
+    let count: usize = ours.iter().map(Vec::len).sum();
+    println!(
+        "entities identical: {} ({} sentences, {count} entities here, {} in Python)",
+        if identical { "yes" } else { "NO" },
+        ours.len(),
+        reference.entities.iter().map(Vec::len).sum::<usize>()
+    );
+    if !identical {
+        return Err("the entities differ from the Python reference".into());
+    }
+    Ok(())
+}
+
+struct Reference {
+    rate: f64,
+    peak_rss_mb: f64,
+    threads: u64,
+    entities: Entities,
+}
+
+fn python_reference(
+    python: &Path,
+    options: &BenchOptions,
+    sentences: &[Vec<String>],
+) -> Result<Reference, Box<dyn std::error::Error>> {
+    let input = tempfile::NamedTempFile::new()?;
+    std::fs::write(input.path(), serde_json::to_string(sentences)?)?;
+    // A bare relative name (`.venv-python`) means the file here, not a search of PATH.
+    let python = std::fs::canonicalize(python).unwrap_or_else(|_| python.to_owned());
+    let output = Command::new(&python)
+        .arg("scripts/bench_reference.py")
+        .args(["--model", &options.model, "--sentences"])
+        .arg(input.path())
+        .args(["--batch-size", &options.batch_size.to_string()])
+        .args(["--threads", &options.threads.to_string()])
+        .args(["--warmup", &options.warmup.to_string()])
+        .args(["--repeat", &options.repeat.to_string()])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .map_err(|e| {
+            format!(
+                "could not run {}: {e} (run `bash scripts/setup.sh`)",
+                python.display()
+            )
+        })?;
+    if !output.status.success() {
+        return Err(format!(
+            "the Python reference failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let entities =
+        serde_json::from_value::<Vec<Vec<(usize, usize, String)>>>(value["entities"].clone())?;
+    Ok(Reference {
+        rate: value["sentences_per_second"].as_f64().unwrap_or(f64::NAN),
+        peak_rss_mb: value["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+        threads: value["torch_threads"].as_u64().unwrap_or(0),
+        entities,
+    })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
