@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 use tch::Device;
 
 use crate::checkpoint::{self, StateDict};
-use crate::collate::collate;
+use crate::collate::{collate, CollateSpec};
 use crate::device::parse_device;
 use crate::encoding::SampleRef;
 use crate::error::{Error, Result};
@@ -215,7 +215,11 @@ impl<'m> Trainer<'m> {
             .expect("valid template"),
         );
 
-        let spec = self.model.preprocessor().collate_spec();
+        // Batches trimmed to what their samples need: only masked padding goes.
+        let spec = CollateSpec {
+            trim_to_multiple_of: Some(8),
+            ..self.model.preprocessor().collate_spec()
+        };
         let accum = args.gradient_accumulation_steps;
         let steps_at_start = state.global_step;
         let mut scaler = args.fp16.then(LossScaler::new);
