@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use span_marker::train::NerDataset;
+use span_marker::train::{IntervalStrategy, NerDataset, Trainer, TrainingArguments};
 use span_marker::{PredictOptions, SentenceInput, SpanMarkerModel};
 
 /// What to measure.
@@ -19,6 +19,8 @@ pub struct BenchOptions {
     pub repeat: usize,
     /// The interpreter with `span_marker` installed, to measure the reference too.
     pub python: Option<PathBuf>,
+    /// Measure training for this many optimizer steps instead of inference.
+    pub train_steps: usize,
 }
 
 type Entities = Vec<Vec<(usize, usize, String)>>;
@@ -49,7 +51,12 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let settings = model.encoder().settings();
-    println!("span-marker bench: inference");
+    let task = if options.train_steps > 0 {
+        "training"
+    } else {
+        "inference"
+    };
+    println!("span-marker bench: {task}");
     println!(
         "machine: {}, {} logical CPUs; torch intra-op threads {}",
         cpu_model(),
@@ -70,6 +77,18 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         options.repeat
     );
 
+    if options.train_steps > 0 {
+        let data = NerDataset::new(
+            corpus
+                .examples
+                .iter()
+                .cycle()
+                .take(options.sentences)
+                .cloned()
+                .collect(),
+        );
+        return bench_training(model, &data, options);
+    }
     for _ in 0..options.warmup {
         model.predict(&inputs, &predict)?;
     }
@@ -117,6 +136,50 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Trains `options.train_steps` steps here and, when asked, in Python from the same checkpoint.
+fn bench_training(
+    mut model: SpanMarkerModel,
+    data: &NerDataset,
+    options: &BenchOptions,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let out = tempfile::tempdir()?;
+    let args = TrainingArguments {
+        output_dir: out.path().join("run"),
+        max_steps: Some(options.train_steps),
+        per_device_train_batch_size: options.batch_size,
+        save_strategy: IntervalStrategy::No,
+        logging_strategy: IntervalStrategy::No,
+        device: "cpu".into(),
+        ..Default::default()
+    };
+    let output = Trainer::new(&mut model, args)?.train(data, None, None)?;
+    let rust_rate = output.metrics["train_samples_per_second"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    println!(
+        "rust:   {rust_rate:10.1} samples/s over {} steps of {} samples, peak RSS {:.0} MB",
+        options.train_steps,
+        options.batch_size,
+        peak_rss_mb().unwrap_or(f64::NAN)
+    );
+    let Some(python) = &options.python else {
+        return Ok(());
+    };
+    let records = serde_json::json!({
+        "tokens": data.examples.iter().map(|e| &e.tokens).collect::<Vec<_>>(),
+        "ner_tags": data.examples.iter().map(|e| &e.tags).collect::<Vec<_>>(),
+    });
+    let value = run_python(python, options, &records)?;
+    let rate = value["samples_per_second"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "python: {rate:10.1} samples/s, peak RSS {:.0} MB (torch threads {})",
+        value["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+        value["torch_threads"]
+    );
+    println!("ratio:  {:10.2}x", rust_rate / rate);
+    Ok(())
+}
+
 struct Reference {
     rate: f64,
     peak_rss_mb: f64,
@@ -129,18 +192,35 @@ fn python_reference(
     options: &BenchOptions,
     sentences: &[Vec<String>],
 ) -> Result<Reference, Box<dyn std::error::Error>> {
-    let input = tempfile::NamedTempFile::new()?;
-    std::fs::write(input.path(), serde_json::to_string(sentences)?)?;
+    let value = run_python(python, options, &serde_json::to_value(sentences)?)?;
+    let entities = serde_json::from_value::<Entities>(value["entities"].clone())?;
+    Ok(Reference {
+        rate: value["sentences_per_second"].as_f64().unwrap_or(f64::NAN),
+        peak_rss_mb: value["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+        threads: value["torch_threads"].as_u64().unwrap_or(0),
+        entities,
+    })
+}
+
+/// Runs `scripts/bench_reference.py` on `input` (written to a temporary JSON file).
+fn run_python(
+    python: &Path,
+    options: &BenchOptions,
+    input: &serde_json::Value,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), input.to_string())?;
     // A bare relative name (`.venv-python`) means the file here, not a search of PATH.
     let python = std::fs::canonicalize(python).unwrap_or_else(|_| python.to_owned());
     let output = Command::new(&python)
         .arg("scripts/bench_reference.py")
         .args(["--model", &options.model, "--sentences"])
-        .arg(input.path())
+        .arg(file.path())
         .args(["--batch-size", &options.batch_size.to_string()])
         .args(["--threads", &options.threads.to_string()])
         .args(["--warmup", &options.warmup.to_string()])
         .args(["--repeat", &options.repeat.to_string()])
+        .args(["--train-steps", &options.train_steps.to_string()])
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .map_err(|e| {
@@ -156,15 +236,11 @@ fn python_reference(
         )
         .into());
     }
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let entities =
-        serde_json::from_value::<Vec<Vec<(usize, usize, String)>>>(value["entities"].clone())?;
-    Ok(Reference {
-        rate: value["sentences_per_second"].as_f64().unwrap_or(f64::NAN),
-        peak_rss_mb: value["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
-        threads: value["torch_threads"].as_u64().unwrap_or(0),
-        entities,
-    })
+    // The result is the last line: transformers may print its own records before it.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    Ok(serde_json::from_str(last)
+        .map_err(|e| format!("unexpected output from the Python reference ({e}):\n{stdout}"))?)
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -112,6 +112,9 @@ enum Command {
         /// Also run the Python reference with this interpreter (e.g. `.venv-python`).
         #[arg(long)]
         python: Option<PathBuf>,
+        /// Measure training for this many steps instead of inference.
+        #[arg(long, default_value_t = 0)]
+        train_steps: usize,
     },
     /// Predict entities, one sentence per line.
     ///
@@ -254,6 +257,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             warmup,
             repeat,
             python,
+            train_steps,
         } => bench::run(&bench::BenchOptions {
             model,
             data,
@@ -264,6 +268,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             warmup,
             repeat,
             python,
+            train_steps,
         }),
         Command::Predict {
             file,

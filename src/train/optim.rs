@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::error::{Error, Result};
 
@@ -33,18 +33,24 @@ impl Schedule {
     }
 }
 
-/// One trainable variable with its Adam moments.
-struct Slot {
-    name: String,
-    param: Tensor,
+/// Decoupled-weight-decay Adam over named variables.
+///
+/// The variables are re-pointed at views of one contiguous buffer, and the moments live in
+/// buffers of the same layout, so that an update is a handful of whole-buffer operations
+/// instead of several per variable (which dominates for small encoders). The arithmetic is
+/// `torch.optim.AdamW`'s, element by element.
+pub struct AdamW {
+    names: Vec<String>,
+    params: Vec<Tensor>,
+    /// `(offset, numel)` of each variable in the flat buffers.
+    spans: Vec<(i64, i64)>,
+    flat: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    decay: bool,
-}
-
-/// Decoupled-weight-decay Adam over named variables.
-pub struct AdamW {
-    slots: Vec<Slot>,
+    /// 1 where weight decay applies, 0 elsewhere.
+    decay_mask: Tensor,
+    /// The gradients of the current step, gathered once.
+    flat_grad: Option<Tensor>,
     beta1: f64,
     beta2: f64,
     eps: f64,
@@ -60,6 +66,7 @@ pub fn decays(name: &str) -> bool {
 }
 
 impl AdamW {
+    /// Takes over `variables` (all of one dtype and device).
     pub fn new(
         variables: impl IntoIterator<Item = (String, Tensor)>,
         beta1: f64,
@@ -67,19 +74,54 @@ impl AdamW {
         eps: f64,
         weight_decay: f64,
     ) -> Self {
-        let mut slots: Vec<Slot> = variables
-            .into_iter()
-            .map(|(name, param)| Slot {
-                decay: decays(&name),
-                exp_avg: param.zeros_like(),
-                exp_avg_sq: param.zeros_like(),
-                name,
-                param,
+        let mut variables: Vec<(String, Tensor)> = variables.into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut spans = Vec::with_capacity(variables.len());
+        let mut offset = 0;
+        for (_, param) in &variables {
+            let numel = param.numel() as i64;
+            spans.push((offset, numel));
+            offset += numel;
+        }
+        let pieces: Vec<Tensor> = variables
+            .iter()
+            .map(|(_, p)| p.detach().reshape([-1]))
+            .collect();
+        let flat = if pieces.is_empty() {
+            Tensor::zeros([0], (tch::Kind::Float, tch::Device::Cpu))
+        } else {
+            Tensor::cat(&pieces, 0)
+        };
+        let masks: Vec<Tensor> = variables
+            .iter()
+            .map(|(name, p)| {
+                let value = if decays(name) { 1.0 } else { 0.0 };
+                Tensor::full([p.numel() as i64], value, (p.kind(), p.device()))
             })
             .collect();
-        slots.sort_by(|a, b| a.name.cmp(&b.name));
+        let decay_mask = if masks.is_empty() {
+            flat.zeros_like()
+        } else {
+            Tensor::cat(&masks, 0)
+        };
+        let (mut names, mut params) = (Vec::new(), Vec::new());
+        tch::no_grad(|| {
+            for ((name, mut param), &(offset, numel)) in variables.into_iter().zip(&spans) {
+                let view = flat.narrow(0, offset, numel).view(param.size().as_slice());
+                param.set_data(&view);
+                names.push(name);
+                params.push(param);
+            }
+        });
         Self {
-            slots,
+            exp_avg: flat.zeros_like(),
+            exp_avg_sq: flat.zeros_like(),
+            names,
+            params,
+            spans,
+            flat,
+            decay_mask,
+            flat_grad: None,
             beta1,
             beta2,
             eps,
@@ -88,10 +130,35 @@ impl AdamW {
         }
     }
 
+    /// The gradients of this step as one buffer (zeros for variables without gradient).
+    fn grads(&mut self) -> &mut Tensor {
+        if self.flat_grad.is_none() {
+            let pieces: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|p| {
+                    let g = p.grad();
+                    if g.defined() {
+                        g.reshape([-1])
+                    } else {
+                        Tensor::zeros([p.numel() as i64], (p.kind(), p.device()))
+                    }
+                })
+                .collect();
+            self.flat_grad = Some(if pieces.is_empty() {
+                self.flat.zeros_like()
+            } else {
+                Tensor::cat(&pieces, 0)
+            });
+        }
+        self.flat_grad.as_mut().expect("just set")
+    }
+
     /// Sets all gradients to zero.
     pub fn zero_grad(&mut self) {
-        for slot in &mut self.slots {
-            let mut grad = slot.param.grad();
+        self.flat_grad = None;
+        for param in &self.params {
+            let mut grad = param.grad();
             if grad.defined() {
                 let _ = grad.zero_();
             }
@@ -101,40 +168,20 @@ impl AdamW {
     /// Scales gradients so that their global L2 norm is at most `max_norm` (as
     /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> = self
-            .slots
-            .iter()
-            .map(|s| s.param.grad())
-            .filter(Tensor::defined)
-            .collect();
-        if grads.is_empty() {
-            return 0.0;
-        }
-        let norms: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.norm().to_kind(Kind::Float))
-            .collect();
-        let total = f64::try_from(Tensor::stack(&norms, 0).norm()).unwrap_or(f64::NAN);
+        let grads = self.grads();
+        let total = f64::try_from(grads.norm()).unwrap_or(f64::NAN);
         let coef = max_norm / (total + 1e-6);
         if max_norm > 0.0 && coef < 1.0 {
-            for mut g in grads {
-                let _ = g.g_mul_scalar_(coef);
-            }
+            let _ = grads.g_mul_scalar_(coef);
         }
         total
     }
 
     /// Multiplies every gradient by `factor`; false when any gradient is not finite.
     pub fn unscale_grads(&mut self, factor: f64) -> bool {
-        let mut finite = true;
-        for slot in &self.slots {
-            let mut grad = slot.param.grad();
-            if grad.defined() {
-                let _ = grad.g_mul_scalar_(factor);
-                finite &= bool::try_from(grad.isfinite().all()).unwrap_or(false);
-            }
-        }
-        finite
+        let grads = self.grads();
+        let _ = grads.g_mul_scalar_(factor);
+        bool::try_from(grads.isfinite().all()).unwrap_or(false)
     }
 
     /// One update with learning rate `lr`, exactly as `torch.optim.AdamW` (non-amsgrad).
@@ -142,25 +189,19 @@ impl AdamW {
         self.steps += 1;
         let bias1 = 1.0 - self.beta1.powi(self.steps as i32);
         let bias2_sqrt = (1.0 - self.beta2.powi(self.steps as i32)).sqrt();
+        let grad = self.grads().shallow_clone();
         tch::no_grad(|| {
-            for slot in &mut self.slots {
-                let grad = slot.param.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                if slot.decay && self.weight_decay != 0.0 {
-                    let _ = slot.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
-                }
-                let _ = slot.exp_avg.lerp_(&grad, 1.0 - self.beta1);
-                let _ = slot
-                    .exp_avg_sq
-                    .g_mul_scalar_(self.beta2)
-                    .addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
-                let denom = slot.exp_avg_sq.sqrt() / bias2_sqrt + self.eps;
-                let _ = slot
-                    .param
-                    .addcdiv_(&(&slot.exp_avg * (-lr / bias1)), &denom);
+            if self.weight_decay != 0.0 {
+                let factor = 1.0 - (&self.decay_mask * (lr * self.weight_decay));
+                let _ = self.flat.g_mul_(&factor);
             }
+            let _ = self.exp_avg.lerp_(&grad, 1.0 - self.beta1);
+            let _ = self
+                .exp_avg_sq
+                .g_mul_scalar_(self.beta2)
+                .addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
+            let denom = self.exp_avg_sq.sqrt() / bias2_sqrt + self.eps;
+            let _ = self.flat.addcdiv_(&(&self.exp_avg * (-lr / bias1)), &denom);
         });
     }
 
@@ -172,14 +213,14 @@ impl AdamW {
     /// The moments as named tensors (`<name>.exp_avg`, `<name>.exp_avg_sq`) plus the step count.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut state = vec![("steps".to_owned(), Tensor::from_slice(&[self.steps]))];
-        for slot in &self.slots {
+        for (name, &(offset, numel)) in self.names.iter().zip(&self.spans) {
             state.push((
-                format!("{}.exp_avg", slot.name),
-                slot.exp_avg.shallow_clone(),
+                format!("{name}.exp_avg"),
+                self.exp_avg.narrow(0, offset, numel),
             ));
             state.push((
-                format!("{}.exp_avg_sq", slot.name),
-                slot.exp_avg_sq.shallow_clone(),
+                format!("{name}.exp_avg_sq"),
+                self.exp_avg_sq.narrow(0, offset, numel),
             ));
         }
         state
@@ -194,21 +235,20 @@ impl AdamW {
         };
         self.steps = i64::try_from(get("steps")?)?;
         tch::no_grad(|| -> Result<()> {
-            for slot in &mut self.slots {
-                for (suffix, moment) in [
-                    ("exp_avg", &mut slot.exp_avg),
-                    ("exp_avg_sq", &mut slot.exp_avg_sq),
-                ] {
-                    let saved = get(&format!("{}.{suffix}", slot.name))?;
-                    if saved.size() != moment.size() {
+            for (name, &(offset, numel)) in self.names.iter().zip(&self.spans) {
+                for (suffix, moment) in
+                    [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)]
+                {
+                    let saved = get(&format!("{name}.{suffix}"))?;
+                    if saved.numel() as i64 != numel {
                         return Err(Error::Config(format!(
-                            "optimizer state `{}.{suffix}` has shape {:?}, the model {:?}",
-                            slot.name,
-                            saved.size(),
-                            moment.size()
+                            "optimizer state `{name}.{suffix}` has {} values, the model {numel}",
+                            saved.numel()
                         )));
                     }
-                    moment.f_copy_(saved)?;
+                    moment
+                        .narrow(0, offset, numel)
+                        .f_copy_(&saved.reshape([-1]))?;
                 }
             }
             Ok(())
@@ -219,6 +259,7 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     #[test]
     fn schedule_warms_up_then_decays_like_transformers() {
@@ -268,7 +309,7 @@ mod tests {
             .backward();
         let mut opt = AdamW::new([("w".to_owned(), p.shallow_clone())], 0.9, 0.999, 1e-8, 0.0);
         assert!((opt.clip_grad_norm(1.0) - 5.0).abs() < 1e-6);
-        let clipped: Vec<f32> = p.grad().try_into().unwrap();
+        let clipped: Vec<f32> = opt.grads().shallow_clone().try_into().unwrap();
         assert!((clipped[0] - 0.6).abs() < 1e-5 && (clipped[1] - 0.8).abs() < 1e-5);
     }
 }
