@@ -75,8 +75,6 @@ pub struct Trainer<'m> {
     model: &'m mut SpanMarkerModel,
     args: TrainingArguments,
     device: Device,
-    /// Stop after this many optimizer steps in this process (to test interruption).
-    stop_after: Option<usize>,
 }
 
 impl<'m> Trainer<'m> {
@@ -105,15 +103,7 @@ impl<'m> Trainer<'m> {
             model,
             args,
             device,
-            stop_after: None,
         })
-    }
-
-    /// Stops (as if killed) after `steps` optimizer steps in this process; for tests and demos of
-    /// resumption.
-    pub fn stop_after(mut self, steps: usize) -> Self {
-        self.stop_after = Some(steps);
-        self
     }
 
     pub fn args(&self) -> &TrainingArguments {
@@ -173,12 +163,14 @@ impl<'m> Trainer<'m> {
             decay: args.lr_scheduler_type == "linear",
         };
 
+        let checkpoint = resume_from
+            .map(|from| self.resolve_checkpoint(from))
+            .transpose()?;
         let mut state = TrainerState::default();
-        if let Some(from) = resume_from {
-            let dir = self.resolve_checkpoint(from)?;
+        if let Some(dir) = &checkpoint {
             tracing::info!(checkpoint = %dir.display(), "resuming");
-            *self.model = SpanMarkerModel::load_dir(&dir, self.device)?;
-            state = read_state(&dir)?;
+            *self.model = SpanMarkerModel::load_dir(dir, self.device)?;
+            state = read_state(dir)?;
         }
         let mut optimizer = AdamW::new(
             self.model.var_store().variables(),
@@ -187,8 +179,7 @@ impl<'m> Trainer<'m> {
             args.adam_epsilon,
             args.weight_decay,
         );
-        if let Some(from) = resume_from {
-            let dir = self.resolve_checkpoint(from)?;
+        if let Some(dir) = &checkpoint {
             let saved = StateDict::read(&dir.join(OPTIMIZER_FILE))?;
             optimizer.load_state(&saved.tensors.into_iter().collect())?;
         }
@@ -322,12 +313,6 @@ impl<'m> Trainer<'m> {
                     state.epoch = epoch;
                     state.batches_done = index + 1;
                 }
-                if self.stop_after.is_some_and(|n| step - steps_at_start >= n) {
-                    progress.abandon();
-                    return Err(Error::Config(format!(
-                        "stopped after step {step} as requested"
-                    )));
-                }
             }
         }
         progress.finish();
@@ -336,15 +321,24 @@ impl<'m> Trainer<'m> {
         let runtime = started.elapsed().as_secs_f64();
         let train_loss = state.total_loss / state.global_step.max(1) as f64;
         let steps_here = (state.global_step - steps_at_start) as f64;
-        let metrics = json!({
-            "train_runtime": runtime,
-            "train_samples_per_second": steps_here * (args.per_device_train_batch_size * accum) as f64 / runtime.max(1e-9),
-            "train_steps_per_second": steps_here / runtime.max(1e-9),
-            "train_loss": train_loss,
-            "epoch": state.global_step as f64 / updates_per_epoch as f64,
-            "step": state.global_step,
-        });
-        self.log(&mut state, metrics.clone())?;
+        let samples_here = steps_here * (args.per_device_train_batch_size * accum) as f64;
+        let mut metrics = Map::new();
+        metrics.insert("train_runtime".into(), json!(runtime));
+        metrics.insert(
+            "train_samples_per_second".into(),
+            json!(samples_here / runtime.max(1e-9)),
+        );
+        metrics.insert(
+            "train_steps_per_second".into(),
+            json!(steps_here / runtime.max(1e-9)),
+        );
+        metrics.insert("train_loss".into(), json!(train_loss));
+        metrics.insert(
+            "epoch".into(),
+            json!(state.global_step as f64 / updates_per_epoch as f64),
+        );
+        metrics.insert("step".into(), json!(state.global_step));
+        self.log(&mut state, Value::Object(metrics.clone()))?;
 
         if args.load_best_model_at_end {
             if let Some(best) = &state.best_checkpoint {
@@ -383,10 +377,7 @@ impl<'m> Trainer<'m> {
         Ok(TrainOutput {
             global_step: state.global_step,
             train_loss,
-            metrics: match metrics {
-                Value::Object(m) => m,
-                _ => unreachable!(),
-            },
+            metrics,
             last_evaluation,
         })
     }
