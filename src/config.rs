@@ -109,7 +109,12 @@ impl SpanMarkerConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config = Self::from_json_str(&text).map_err(|e| match e {
+        Self::from_json_str_at(&text, path)
+    }
+
+    /// Parses and validates the text of the `config.json` at `path` (named in errors).
+    pub fn from_json_str_at(text: &str, path: &Path) -> Result<Self> {
+        let config = Self::from_json_str(text).map_err(|e| match e {
             Error::Json { source, .. } => Error::json(path, source),
             Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
             other => other,

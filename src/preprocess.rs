@@ -126,17 +126,15 @@ impl Preprocessor {
     /// # Ok::<(), span_marker::Error>(())
     /// ```
     pub fn bundled() -> Result<Self> {
-        let config = SpanMarkerConfig::from_json_str(include_str!(
-            "../tests/fixtures/span-marker/tiny-bert/config.json"
-        ))?;
+        let config = bundled_config()?;
         let tokenizer = SpanMarkerTokenizer::from_json(
-            include_str!("../tests/fixtures/span-marker/tiny-bert/tokenizer.json"),
+            include_str!("../tests/fixtures/trained/tiny-bert/tokenizer.json"),
             Some(include_str!(
-                "../tests/fixtures/span-marker/tiny-bert/tokenizer_config.json"
+                "../tests/fixtures/trained/tiny-bert/tokenizer_config.json"
             )),
             &config.encoder.model_type,
             config.encoder.pad_token_id,
-            Path::new("<bundled tiny-bert>"),
+            Path::new(BUNDLED_SOURCE),
         )?;
         Self::new(tokenizer, labels_from_config(&config)?, &config)
     }
@@ -279,6 +277,16 @@ impl Preprocessor {
             coverage,
         })
     }
+}
+
+/// How errors name the files of the bundled model.
+pub(crate) const BUNDLED_SOURCE: &str = "<bundled tiny-bert>";
+
+/// `config.json` of the bundled model (the fine-tuned tiny BERT test fixture).
+pub(crate) fn bundled_config() -> Result<SpanMarkerConfig> {
+    SpanMarkerConfig::from_json_str(include_str!(
+        "../tests/fixtures/trained/tiny-bert/config.json"
+    ))
 }
 
 /// The label list of a saved model, checked against the reduction stored beside it.

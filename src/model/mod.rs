@@ -34,7 +34,7 @@ use crate::config::{EncoderConfig, SpanMarkerConfig};
 use crate::error::{Error, Result};
 use crate::hub::{self, HubOptions};
 use crate::labels::Labels;
-use crate::preprocess::{labels_from_config, Preprocessor};
+use crate::preprocess::{bundled_config, Preprocessor, BUNDLED_SOURCE};
 use crate::tokenizer::SpanMarkerTokenizer;
 
 const WORD_EMBEDDINGS: &str = "encoder.embeddings.word_embeddings.weight";
@@ -128,7 +128,8 @@ impl SpanMarkerModel {
                     "ignoring `labels`: {name_or_path} is a SpanMarker model with its own labels"
                 );
             }
-            Self::load_dir(&dir, device)
+            let config = SpanMarkerConfig::from_json_str_at(&text, &config_path)?;
+            Self::load_dir_with_config(&dir, config, device)
         } else {
             let labels = options.labels.as_deref().ok_or_else(|| {
                 Error::Config(format!(
@@ -142,8 +143,13 @@ impl SpanMarkerModel {
     /// Loads a saved SpanMarker model directory: `config.json`, the weights, and the tokenizer
     /// files with the marker tokens saved beside them.
     pub fn load_dir(dir: &Path, device: Device) -> Result<Self> {
+        let config = SpanMarkerConfig::from_file(dir.join("config.json"))?;
+        Self::load_dir_with_config(dir, config, device)
+    }
+
+    /// [`load_dir`](Self::load_dir) with `config.json` already read.
+    fn load_dir_with_config(dir: &Path, config: SpanMarkerConfig, device: Device) -> Result<Self> {
         let config_path = dir.join("config.json");
-        let config = SpanMarkerConfig::from_file(&config_path)?;
         let settings = EncoderSettings::from_config(&config.encoder).map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("{}: {msg}", config_path.display())),
             other => other,
@@ -163,26 +169,19 @@ impl SpanMarkerModel {
     /// # Ok::<(), span_marker::Error>(())
     /// ```
     pub fn bundled() -> Result<Self> {
-        const DIR: &str = "<bundled tiny-bert>";
-        let config = SpanMarkerConfig::from_json_str(include_str!(
-            "../../tests/fixtures/trained/tiny-bert/config.json"
-        ))?;
+        let config = bundled_config()?;
         let settings = EncoderSettings::from_config(&config.encoder)?;
-        let tokenizer = SpanMarkerTokenizer::from_json(
-            include_str!("../../tests/fixtures/trained/tiny-bert/tokenizer.json"),
-            Some(include_str!(
-                "../../tests/fixtures/trained/tiny-bert/tokenizer_config.json"
-            )),
-            &config.encoder.model_type,
-            config.encoder.pad_token_id,
-            Path::new(DIR),
-        )?;
-        let preprocessor = Preprocessor::new(tokenizer, labels_from_config(&config)?, &config)?;
         let state = StateDict::from_safetensors_bytes(
             include_bytes!("../../tests/fixtures/trained/tiny-bert/model.safetensors"),
-            &Path::new(DIR).join(SAFETENSORS_FILE),
+            &Path::new(BUNDLED_SOURCE).join(SAFETENSORS_FILE),
         )?;
-        Self::from_parts(config, preprocessor, settings, &state, Device::Cpu)
+        Self::from_parts(
+            config,
+            Preprocessor::bundled()?,
+            settings,
+            &state,
+            Device::Cpu,
+        )
     }
 
     /// A saved model from its read parts.
