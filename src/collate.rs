@@ -60,10 +60,7 @@ pub fn collate(
         Some(multiple) => {
             let needed = samples
                 .iter()
-                .map(|s| {
-                    let n = windows[s.window].input_ids.len();
-                    n + n % 2 + 2 * s.spans.len()
-                })
+                .map(|s| s.encoder_length(windows))
                 .max()
                 .unwrap_or(0);
             // An even length keeps `T / 2` label slots >= every sample's marker pairs.

@@ -59,6 +59,15 @@ pub struct SampleRef {
     pub spans: Range<usize>,
 }
 
+impl SampleRef {
+    /// Encoder positions the sample needs: its text tokens, padded to an even count, then
+    /// one `<start>` and one `<end>` marker per span.
+    pub fn encoder_length(&self, windows: &[EncodedWindow]) -> usize {
+        let n = windows[self.window].input_ids.len();
+        n + n % 2 + 2 * self.spans.len()
+    }
+}
+
 /// Words of a window: `words` is the text it holds, `owned` the span starts it enumerates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct WindowPlan {

@@ -194,10 +194,7 @@ impl SpanMarkerModel {
         let mut best = vec![(0usize, 0f32); offsets.last().copied().unwrap_or(0)];
         let mut order: Vec<usize> = (0..samples.len()).collect();
         if sort_by_length {
-            order.sort_by_key(|&i| {
-                let n = encoded.windows[samples[i].window].input_ids.len();
-                std::cmp::Reverse(n + n % 2 + 2 * samples[i].spans.len())
-            });
+            order.sort_by_key(|&i| std::cmp::Reverse(samples[i].encoder_length(&encoded.windows)));
         }
         let (mut loss_sum, mut with_loss) = (0.0, false);
         let _no_grad = tch::no_grad_guard();
