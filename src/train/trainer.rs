@@ -184,11 +184,7 @@ impl<'m> Trainer<'m> {
             optimizer.load_state(&saved.tensors.into_iter().collect())?;
         }
         rewrite_log(&args.output_dir, &state.log_history)?;
-        std::fs::write(
-            args.output_dir.join(ARGS_FILE),
-            serde_json::to_string_pretty(&args).map_err(|e| Error::json(ARGS_FILE, e))?,
-        )
-        .map_err(|e| Error::io(args.output_dir.join(ARGS_FILE), e))?;
+        write_args(&args, &args.output_dir)?;
 
         tracing::info!(
             samples,
@@ -474,9 +470,7 @@ impl<'m> Trainer<'m> {
         let json =
             serde_json::to_string_pretty(state).map_err(|e| Error::json(TRAINER_STATE_FILE, e))?;
         checkpoint::write_atomically(&tmp.join(TRAINER_STATE_FILE), json.as_bytes())?;
-        let args =
-            serde_json::to_string_pretty(&self.args).map_err(|e| Error::json(ARGS_FILE, e))?;
-        checkpoint::write_atomically(&tmp.join(ARGS_FILE), args.as_bytes())?;
+        write_args(&self.args, &tmp)?;
         if target.exists() {
             std::fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
         }
@@ -560,6 +554,13 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     }
     found.sort();
     Ok(found)
+}
+
+/// Writes the arguments of a run as `training_args.json` into `dir`.
+fn write_args(args: &TrainingArguments, dir: &Path) -> Result<()> {
+    let path = dir.join(ARGS_FILE);
+    let json = serde_json::to_string_pretty(args).map_err(|e| Error::json(&path, e))?;
+    checkpoint::write_atomically(&path, json.as_bytes())
 }
 
 fn read_state(dir: &Path) -> Result<TrainerState> {
