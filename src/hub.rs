@@ -121,7 +121,7 @@ fn download(id: &str, options: &HubOptions) -> std::result::Result<(), String> {
             tracing::debug!(file, error = %e, "optional file not downloaded");
         }
     }
-    let weights = if repo.get(SAFETENSORS_FILE).is_ok() {
+    if repo.get(SAFETENSORS_FILE).is_ok() {
         Ok(())
     } else if let Ok(index) = repo.get(SAFETENSORS_INDEX_FILE) {
         download_shards(&repo, &index)
@@ -129,8 +129,7 @@ fn download(id: &str, options: &HubOptions) -> std::result::Result<(), String> {
         repo.get(PICKLE_FILE)
             .map(drop)
             .map_err(|e| format!("no weights (`{SAFETENSORS_FILE}` or `{PICKLE_FILE}`): {e}"))
-    };
-    weights
+    }
 }
 
 fn download_shards(

@@ -311,12 +311,8 @@ fn predict(
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let lines: Vec<&str> = text.lines().collect();
-    let split: Vec<Vec<&str>> = lines.iter().map(|l| l.split(' ').collect()).collect();
-    let inputs: Vec<SentenceInput<'_>> = if words {
-        split.iter().map(|w| SentenceInput::Words(w)).collect()
-    } else {
-        lines.iter().map(|l| SentenceInput::Text(l)).collect()
-    };
+    let split = split_words(&lines, words);
+    let inputs = line_inputs(&lines, &split);
     let predictions = model.predict(&inputs, options)?;
     for (row, (line, entities)) in lines.iter().zip(&predictions).enumerate() {
         if json {
@@ -356,6 +352,25 @@ fn read_input(file: Option<PathBuf>) -> Result<String, Box<dyn std::error::Error
     })
 }
 
+/// Each line's words (split at single spaces) with `--words`; nothing otherwise, since text
+/// input needs no split.
+fn split_words<'a>(lines: &[&'a str], words: bool) -> Vec<Vec<&'a str>> {
+    if words {
+        lines.iter().map(|l| l.split(' ').collect()).collect()
+    } else {
+        Vec::new()
+    }
+}
+
+/// One input per line: its words when they were split, else its text.
+fn line_inputs<'a>(lines: &[&'a str], split: &'a [Vec<&'a str>]) -> Vec<SentenceInput<'a>> {
+    if split.is_empty() {
+        lines.iter().map(|l| SentenceInput::Text(l)).collect()
+    } else {
+        split.iter().map(|w| SentenceInput::Words(w)).collect()
+    }
+}
+
 fn candidates(
     preprocessor: &Preprocessor,
     text: &str,
@@ -363,19 +378,9 @@ fn candidates(
     show: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let lines: Vec<&str> = text.lines().collect();
-    let split: Vec<Vec<&str>> = if words {
-        lines.iter().map(|l| l.split(' ').collect()).collect()
-    } else {
-        Vec::new()
-    };
-    let inputs: Vec<Option<SentenceInput<'_>>> = if words {
-        split
-            .iter()
-            .map(|w| Some(SentenceInput::Words(w)))
-            .collect()
-    } else {
-        lines.iter().map(|l| Some(SentenceInput::Text(l))).collect()
-    };
+    let split = split_words(&lines, words);
+    let inputs: Vec<Option<SentenceInput<'_>>> =
+        line_inputs(&lines, &split).into_iter().map(Some).collect();
     let encoded = preprocessor.encode(&inputs)?;
     let settings = preprocessor.settings();
     println!(
