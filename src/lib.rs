@@ -52,6 +52,6 @@ pub use config::SpanMarkerConfig;
 pub use error::{Error, Result};
 pub use labels::{Entity, Labels};
 pub use model::{LoadOptions, ModelSettings, SpanMarkerModel};
-pub use predict::{PredictOptions, PredictedEntity};
+pub use predict::{PredictOptions, PredictedEntity, RowPrediction};
 pub use preprocess::{EncodeOptions, Encoded, Preprocessor};
 pub use tokenizer::{SentenceInput, SpanMarkerTokenizer, TokenizedSentence};

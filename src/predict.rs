@@ -17,6 +17,10 @@ use crate::preprocess::{EncodeOptions, Encoded};
 use crate::spans::Span;
 use crate::tokenizer::{SentenceInput, TokenizedSentence};
 
+/// What prediction made of one row: `Ok(None)` for a null row, or the error that kept this
+/// row (and only this row) from being encoded.
+pub type RowPrediction = Result<Option<Vec<PredictedEntity>>>;
+
 /// Options for [`SpanMarkerModel::predict`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictOptions {
@@ -116,13 +120,38 @@ impl SpanMarkerModel {
     }
 
     /// Entities per row for nullable rows (a null row gives `None`), optionally with document
-    /// positions for document-level context.
+    /// positions for document-level context. A row that cannot be encoded (a word longer than
+    /// the model input) fails the whole call; see [`Self::predict_rows_each`] to keep going.
     pub fn predict_rows(
         &self,
         rows: &[Option<SentenceInput<'_>>],
         documents: Option<&[Option<DocumentPosition>]>,
         options: &PredictOptions,
     ) -> Result<Vec<Option<Vec<PredictedEntity>>>> {
+        self.predict_batch(rows, documents, options, false)?
+            .into_iter()
+            .collect()
+    }
+
+    /// Like [`Self::predict_rows`], but a row that cannot be encoded gets its own error and
+    /// the other rows still get their entities. Errors that concern the whole call (options,
+    /// the model) are still returned as the outer error.
+    pub fn predict_rows_each(
+        &self,
+        rows: &[Option<SentenceInput<'_>>],
+        documents: Option<&[Option<DocumentPosition>]>,
+        options: &PredictOptions,
+    ) -> Result<Vec<RowPrediction>> {
+        self.predict_batch(rows, documents, options, true)
+    }
+
+    fn predict_batch(
+        &self,
+        rows: &[Option<SentenceInput<'_>>],
+        documents: Option<&[Option<DocumentPosition>]>,
+        options: &PredictOptions,
+        keep_going: bool,
+    ) -> Result<Vec<RowPrediction>> {
         if options.batch_size == 0 {
             return Err(Error::Config("`batch_size` must be at least 1".into()));
         }
@@ -134,30 +163,37 @@ impl SpanMarkerModel {
         if self.config().trained_with_document_context && documents.is_none() {
             tracing::warn!("this model was trained with document-level context: predictions without it may be worse");
         }
-        let encoded = self.preprocessor().encode_with(
+        let mut encoded = self.preprocessor().encode_with(
             rows,
             EncodeOptions {
                 documents,
+                keep_going,
                 ..Default::default()
             },
         )?;
         let scored = self.score_spans(&encoded, options.batch_size)?;
         let labels = self.labels();
-        Ok(rows
+        let mut predictions: Vec<RowPrediction> = rows
             .iter()
             .zip(&encoded.sentences)
             .zip(scored)
             .map(|((input, sentence), spans)| {
-                let (input, sentence) = (input.as_ref()?, sentence.as_ref()?);
+                let (Some(input), Some(sentence)) = (input.as_ref(), sentence.as_ref()) else {
+                    return Ok(None);
+                };
                 let entities = decode(spans, sentence.num_words(), labels.outside_id(), options);
-                Some(
+                Ok(Some(
                     entities
                         .into_iter()
                         .map(|s| entity(input, sentence, s, &labels.reduced()[s.label]))
                         .collect(),
-                )
+                ))
             })
-            .collect())
+            .collect();
+        for (row, error) in encoded.failed.drain(..) {
+            predictions[row] = Err(error);
+        }
+        Ok(predictions)
     }
 
     /// The best label and its probability for every candidate span, per row, in enumeration

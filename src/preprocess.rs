@@ -31,10 +31,13 @@ pub struct EncodeOptions<'a> {
     pub documents: Option<&'a [Option<DocumentPosition>]>,
     /// Split name used in the coverage report (`train`, `evaluation`, `test`).
     pub split: Option<&'a str>,
+    /// Keep going when a row cannot be encoded (a word longer than the model input): the row
+    /// is left out and its error recorded in [`Encoded::failed`] instead of failing the call.
+    pub keep_going: bool,
 }
 
 /// The result of preprocessing a set of rows.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Encoded {
     /// Per row, its tokenization (`None` for a null row).
     pub sentences: Vec<Option<TokenizedSentence>>,
@@ -44,6 +47,9 @@ pub struct Encoded {
     pub samples: Vec<SampleRef>,
     /// Annotated entities the model cannot reach (when annotations were given).
     pub coverage: Option<EntityCoverage>,
+    /// Rows that could not be encoded, with the reason (only with
+    /// [`EncodeOptions::keep_going`]); their `sentences` entry is `None`.
+    pub failed: Vec<(usize, Error)>,
 }
 
 impl Encoded {
@@ -239,17 +245,25 @@ impl Preprocessor {
             )
         });
         let mut windows = Vec::new();
+        let mut failed = Vec::new();
         for (row, sentence) in sentences.iter().enumerate() {
             let Some(sentence) = sentence else { continue };
             let entities = options.entities.map(|e| e[row].as_slice());
-            windows.extend(encode_sentence(
+            match encode_sentence(
                 row,
                 sentence,
                 entities,
                 self.labels.outside_id(),
                 settings,
                 coverage.as_mut(),
-            )?);
+            ) {
+                Ok(encoded) => windows.extend(encoded),
+                Err(error) if options.keep_going => failed.push((row, error)),
+                Err(error) => return Err(error),
+            }
+        }
+        for (row, _) in &failed {
+            sentences[*row] = None;
         }
         if let Some(documents) = options.documents {
             add_document_context(
@@ -275,6 +289,7 @@ impl Preprocessor {
             windows,
             samples,
             coverage,
+            failed,
         })
     }
 }

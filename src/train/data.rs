@@ -15,6 +15,49 @@ pub struct NerExample {
     pub document: Option<DocumentPosition>,
 }
 
+/// One sentence of a CoNLL-style file, tags as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConllSentence {
+    pub words: Vec<String>,
+    pub tags: Vec<String>,
+    /// Line number (1-based) of its first word.
+    pub first_line: usize,
+}
+
+/// Reads a CoNLL-style file: `word TAG` per line (the tag is the last column, middle columns
+/// are ignored), a blank line or `-DOCSTART-` between sentences. A line with one column is an
+/// error naming the line.
+pub fn read_conll(path: impl AsRef<Path>) -> Result<Vec<ConllSentence>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut sentences = Vec::new();
+    let mut current: Option<ConllSentence> = None;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with("-DOCSTART-") {
+            sentences.extend(current.take());
+            continue;
+        }
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        let [word, .., tag] = columns[..] else {
+            return Err(Error::Config(format!(
+                "{}:{}: expected `word TAG`, found {line:?}",
+                path.display(),
+                number + 1
+            )));
+        };
+        let sentence = current.get_or_insert_with(|| ConllSentence {
+            words: Vec::new(),
+            tags: Vec::new(),
+            first_line: number + 1,
+        });
+        sentence.words.push(word.to_owned());
+        sentence.tags.push(tag.to_owned());
+    }
+    sentences.extend(current);
+    Ok(sentences)
+}
+
 /// Annotated sentences in order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NerDataset {
@@ -30,47 +73,30 @@ impl NerDataset {
     /// between sentences. Tags must be in `labels`; an unknown tag is an error naming the line.
     pub fn from_conll(path: impl AsRef<Path>, labels: &Labels) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut examples = Vec::new();
-        let (mut tokens, mut tags) = (Vec::new(), Vec::new());
-        let mut flush = |tokens: &mut Vec<String>, tags: &mut Vec<i64>| {
-            if !tokens.is_empty() {
-                examples.push(NerExample {
-                    tokens: std::mem::take(tokens),
-                    tags: std::mem::take(tags),
+        let examples = read_conll(path)?
+            .into_iter()
+            .map(|sentence| {
+                let tags = sentence
+                    .tags
+                    .iter()
+                    .zip(sentence.first_line..)
+                    .map(|(tag, line)| {
+                        labels.tag_id(tag).map(|id| id as i64).ok_or_else(|| {
+                            Error::Labels(format!(
+                                "{}:{line}: tag {tag:?} is not in the label list {:?}",
+                                path.display(),
+                                labels.original()
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(NerExample {
+                    tokens: sentence.words,
+                    tags,
                     document: None,
-                });
-            }
-        };
-        for (number, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with("-DOCSTART-") {
-                flush(&mut tokens, &mut tags);
-                continue;
-            }
-            let mut columns = line.split_whitespace();
-            let (Some(word), Some(tag)) = (columns.next(), line.split_whitespace().last()) else {
-                unreachable!("a non-empty trimmed line has a first and a last column")
-            };
-            if columns.next().is_none() {
-                return Err(Error::Config(format!(
-                    "{}:{}: expected `word TAG`, found {line:?}",
-                    path.display(),
-                    number + 1
-                )));
-            }
-            let id = labels.tag_id(tag).ok_or_else(|| {
-                Error::Labels(format!(
-                    "{}:{}: tag {tag:?} is not in the label list {:?}",
-                    path.display(),
-                    number + 1,
-                    labels.original()
-                ))
-            })?;
-            tokens.push(word.to_owned());
-            tags.push(id as i64);
-        }
-        flush(&mut tokens, &mut tags);
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(Self { examples })
     }
 

@@ -53,6 +53,7 @@ pub(crate) fn prepare(model: &SpanMarkerModel, data: &NerDataset, split: &str) -
             entities: Some(&gold),
             documents: documents.as_deref(),
             split: Some(split),
+            keep_going: false,
         },
     )?;
     Ok(Prepared {

@@ -23,6 +23,6 @@ mod plot;
 pub mod trainer;
 
 pub use args::{IntervalStrategy, TrainingArguments};
-pub use data::{NerDataset, NerExample};
+pub use data::{read_conll, ConllSentence, NerDataset, NerExample};
 pub use evaluate::{evaluate, Evaluation};
 pub use trainer::{TrainOutput, Trainer, TrainerState};

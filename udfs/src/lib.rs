@@ -1,1 +1,32 @@
+//! SpanMarker for dataflow engines: DataFusion UDFs, Polars expressions, training from
+//! tables, pipeline files and bulk annotation of Parquet corpora.
+//!
+//! The model work lives in the [`span_marker`] core crate; this crate only reads columns,
+//! calls the core on whole record batches and writes columns back.
+//!
+//! ```no_run
+//! # async fn demo() -> datafusion::error::Result<()> {
+//! use datafusion::prelude::*;
+//! let ctx = SessionContext::new();
+//! span_marker_udfs::sql::register_all(&ctx);
+//! ctx.sql("SET span_marker.model = 'bundled'").await?;
+//! ctx.sql("SELECT span_marker_predict_text('Angela Merkel visited Paris') AS entities")
+//!     .await?
+//!     .show()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+pub mod annotate;
+pub mod columns;
+pub mod dataset;
+mod error;
+mod model;
+pub mod pipeline;
+pub mod sources;
+pub mod sql;
+pub mod training;
+
+pub use error::{Error, Result};
+pub use model::{SharedModel, BUNDLED_MODEL};
 pub use span_marker;

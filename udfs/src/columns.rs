@@ -1,0 +1,221 @@
+//! Arrow columns in and out of the engine functions: token lists and texts of any string type
+//! in, candidate and entity lists out. The schemas here are the ones every engine shows.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float32Array, Int64Array, ListArray, StringArray, StructArray,
+};
+use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use span_marker::spans::Span;
+use span_marker::PredictedEntity;
+
+use crate::error::{Error, Result};
+
+/// Fields of one candidate span: word indices, end exclusive.
+pub fn candidate_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("start", DataType::Int64, false),
+        Field::new("end", DataType::Int64, false),
+    ])
+}
+
+/// Fields of one entity: word span, label and score, plus the character span and the text
+/// for entities found in raw text.
+pub fn entity_fields(with_text: bool) -> Fields {
+    let mut fields = vec![
+        Field::new("start", DataType::Int64, false),
+        Field::new("end", DataType::Int64, false),
+        Field::new("label", DataType::Utf8, false),
+        Field::new("score", DataType::Float32, false),
+    ];
+    if with_text {
+        fields.extend([
+            Field::new("char_start", DataType::Int64, false),
+            Field::new("char_end", DataType::Int64, false),
+            Field::new("text", DataType::Utf8, false),
+        ]);
+    }
+    Fields::from(fields)
+}
+
+/// `List<Struct{fields}>`, the type of candidate and entity columns.
+pub fn list_of(fields: Fields) -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(
+        DataType::Struct(fields),
+        true,
+    )))
+}
+
+/// Whether `data_type` is a string type the functions read.
+pub fn is_string(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
+}
+
+/// Whether `data_type` is a list (of any offset size) of strings.
+pub fn is_string_list(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            is_string(f.data_type())
+        }
+        _ => false,
+    }
+}
+
+/// Strings of any of Arrow's three string layouts.
+pub enum Strings<'a> {
+    Utf8(&'a StringArray),
+    Large(&'a datafusion::arrow::array::LargeStringArray),
+    View(&'a datafusion::arrow::array::StringViewArray),
+}
+
+impl<'a> Strings<'a> {
+    /// `array` as strings, or an error naming `column` and the type found.
+    pub fn try_new(array: &'a dyn Array, column: &str) -> Result<Self> {
+        match array.data_type() {
+            DataType::Utf8 => Ok(Self::Utf8(array.as_string::<i32>())),
+            DataType::LargeUtf8 => Ok(Self::Large(array.as_string::<i64>())),
+            DataType::Utf8View => Ok(Self::View(array.as_string_view())),
+            other => Err(Error::column(
+                column,
+                format!("expected strings (Utf8, LargeUtf8 or Utf8View), found {other}"),
+            )),
+        }
+    }
+
+    /// The string at `i`, `None` when null.
+    pub fn get(&self, i: usize) -> Option<&'a str> {
+        match self {
+            Self::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
+            Self::Large(a) => a.is_valid(i).then(|| a.value(i)),
+            Self::View(a) => a.is_valid(i).then(|| a.value(i)),
+        }
+    }
+}
+
+/// One row of a token column: null, words, or a reason the row cannot be read.
+pub type WordsRow<'a> = Option<std::result::Result<Vec<&'a str>, String>>;
+
+/// Reads a list-of-strings column row by row. A null row is `None`; a null word makes that
+/// row an error (the other rows are unaffected).
+pub fn read_words<'a>(array: &'a dyn Array, column: &str) -> Result<Vec<WordsRow<'a>>> {
+    let (values, offsets): (&dyn Array, Vec<(usize, usize)>) = match array.data_type() {
+        DataType::List(_) => {
+            let list = array.as_list::<i32>();
+            let o = list.offsets();
+            (
+                list.values().as_ref(),
+                o.windows(2)
+                    .map(|w| (w[0] as usize, w[1] as usize))
+                    .collect(),
+            )
+        }
+        DataType::LargeList(_) => {
+            let list = array.as_list::<i64>();
+            let o = list.offsets();
+            (
+                list.values().as_ref(),
+                o.windows(2)
+                    .map(|w| (w[0] as usize, w[1] as usize))
+                    .collect(),
+            )
+        }
+        DataType::FixedSizeList(_, size) => {
+            let list = array.as_fixed_size_list();
+            let size = *size as usize;
+            (
+                list.values().as_ref(),
+                (0..list.len())
+                    .map(|r| (r * size, (r + 1) * size))
+                    .collect(),
+            )
+        }
+        other => {
+            return Err(Error::column(
+                column,
+                format!("expected a list of words (List<Utf8>), found {other}"),
+            ))
+        }
+    };
+    let strings = Strings::try_new(values, &format!("{column} (list elements)"))?;
+    Ok(offsets
+        .into_iter()
+        .enumerate()
+        .map(|(row, (start, end))| {
+            array.is_valid(row).then(|| {
+                (start..end)
+                    .map(|i| {
+                        strings
+                            .get(i)
+                            .ok_or_else(|| format!("word {} is null", i - start))
+                    })
+                    .collect()
+            })
+        })
+        .collect())
+}
+
+/// A `List<Struct>` column from per-row items: `None` rows are null.
+fn list_column<T>(
+    rows: &[Option<Vec<T>>],
+    fields: Fields,
+    columns: impl FnOnce(&[&T]) -> Vec<ArrayRef>,
+) -> ArrayRef {
+    let items: Vec<&T> = rows.iter().flatten().flatten().collect();
+    let values = StructArray::new(fields.clone(), columns(&items), None);
+    let offsets = OffsetBuffer::from_lengths(rows.iter().map(|r| r.as_ref().map_or(0, Vec::len)));
+    let nulls = rows
+        .iter()
+        .any(Option::is_none)
+        .then(|| NullBuffer::from_iter(rows.iter().map(Option::is_some)));
+    let DataType::List(field) = list_of(fields) else {
+        unreachable!("list_of builds a list type")
+    };
+    Arc::new(ListArray::new(field, offsets, Arc::new(values), nulls))
+}
+
+fn int64<T>(items: &[&T], f: impl Fn(&T) -> usize) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(
+        items.iter().map(|&t| f(t) as i64),
+    ))
+}
+
+/// The candidates column: `List<Struct{start, end}>`.
+pub fn candidates_column(rows: &[Option<Vec<Span>>]) -> ArrayRef {
+    list_column(rows, candidate_fields(), |items| {
+        vec![
+            int64(items, |s| s.start as usize),
+            int64(items, |s| s.end as usize),
+        ]
+    })
+}
+
+/// The entity column: `List<Struct{start, end, label, score[, char_start, char_end, text]}>`.
+pub fn entities_column(rows: &[Option<Vec<PredictedEntity>>], with_text: bool) -> ArrayRef {
+    list_column(rows, entity_fields(with_text), |items| {
+        let mut columns = vec![
+            int64(items, |e| e.word_start),
+            int64(items, |e| e.word_end),
+            Arc::new(StringArray::from_iter_values(
+                items.iter().map(|e| e.label.as_str()),
+            )) as ArrayRef,
+            Arc::new(Float32Array::from_iter_values(
+                items.iter().map(|e| e.score),
+            )),
+        ];
+        if with_text {
+            columns.extend([
+                int64(items, |e| e.char_start.unwrap_or_default()),
+                int64(items, |e| e.char_end.unwrap_or_default()),
+                Arc::new(StringArray::from_iter_values(
+                    items.iter().map(|e| e.text.as_str()),
+                )) as ArrayRef,
+            ]);
+        }
+        columns
+    })
+}

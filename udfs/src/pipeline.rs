@@ -1,0 +1,201 @@
+//! Pipeline files: a declarative training job (sources, encoder, labels, model settings,
+//! training arguments, output) in TOML, validated whole before any work starts.
+//!
+//! ```toml
+//! [sources.train]
+//! path = "data/train.parquet"        # Parquet, CSV, JSON lines or CoNLL (`format = "conll"`)
+//! [sources.eval]
+//! path = "data/dev.parquet"
+//! [model]
+//! encoder = "bert-base-cased"        # an encoder directory or Hugging Face id
+//! labels = ["O", "B-PER", "I-PER"]   # optional with string tags
+//! [training]                          # Hugging Face TrainingArguments names
+//! output_dir = "models/my-ner"
+//! num_train_epochs = 3
+//! ```
+//!
+//! Relative paths are relative to the pipeline file's directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use span_marker::train::TrainingArguments;
+
+use crate::error::{Error, Result};
+use crate::sources::TableSource;
+use crate::training::{self, ModelSpec, TrainReport};
+
+/// The data of a pipeline.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sources {
+    pub train: TableSource,
+    #[serde(default)]
+    pub eval: Option<TableSource>,
+    #[serde(default)]
+    pub test: Option<TableSource>,
+}
+
+/// A pipeline file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// A name for logs.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub sources: Sources,
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub training: TrainingArguments,
+    /// The file it was read from (not a key of the file).
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+impl Pipeline {
+    /// Reads and validates a pipeline file; relative paths become relative to its directory.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut pipeline = Self::from_toml_str(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        pipeline.resolve_paths(base);
+        pipeline.validate()?;
+        Ok(pipeline)
+    }
+
+    /// Parses pipeline TOML; `file` names it in errors. Paths are kept as written.
+    pub fn from_toml_str(text: &str, file: &Path) -> Result<Self> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| Error::Pipeline {
+            file: file.display().to_string(),
+            key: "<syntax>".into(),
+            message: e.to_string().trim().to_owned(),
+        })?;
+        let mut pipeline: Pipeline =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| Error::Pipeline {
+                file: file.display().to_string(),
+                key: e.path().to_string(),
+                message: first_line(&e.inner().to_string()),
+            })?;
+        pipeline.file = file.to_path_buf();
+        Ok(pipeline)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for source in self.sources() {
+            if let Some(path) = source.path.as_mut() {
+                resolve(path);
+            }
+        }
+        resolve(&mut self.training.output_dir);
+        let encoder = base.join(&self.model.encoder);
+        if Path::new(&self.model.encoder).is_relative() && encoder.exists() {
+            self.model.encoder = encoder.to_string_lossy().into_owned();
+        }
+    }
+
+    fn sources(&mut self) -> impl Iterator<Item = &mut TableSource> {
+        std::iter::once(&mut self.sources.train)
+            .chain(self.sources.eval.as_mut())
+            .chain(self.sources.test.as_mut())
+    }
+
+    /// Checks everything that can be checked without training: sources, training arguments,
+    /// the encoder's location, the output directory. Errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        let error = |key: String, message: String| Error::Pipeline {
+            file: self.file.display().to_string(),
+            key,
+            message,
+        };
+        for (split, source) in [
+            ("train", Some(&self.sources.train)),
+            ("eval", self.sources.eval.as_ref()),
+            ("test", self.sources.test.as_ref()),
+        ] {
+            if let Some(source) = source {
+                source
+                    .validate()
+                    .map_err(|(key, message)| error(format!("sources.{split}.{key}"), message))?;
+            }
+        }
+        self.training
+            .validate()
+            .map_err(|message| error("training".into(), message))?;
+        if self.training.output_dir.as_os_str().is_empty() {
+            return Err(error("training.output_dir".into(), "must be set".into()));
+        }
+        if self.training.output_dir.is_file() {
+            return Err(error(
+                "training.output_dir".into(),
+                format!("{} is a file", self.training.output_dir.display()),
+            ));
+        }
+        let encoder = &self.model.encoder;
+        let looks_like_path = encoder.starts_with('.')
+            || encoder.starts_with('/')
+            || encoder.matches('/').count() > 1;
+        if looks_like_path && !Path::new(encoder).is_dir() {
+            return Err(error(
+                "model.encoder".into(),
+                format!("{encoder} is not a directory"),
+            ));
+        }
+        if let Some(labels) = &self.model.labels {
+            span_marker::Labels::new(labels)
+                .map_err(|e| error("model.labels".into(), e.to_string()))?;
+        }
+        for (key, value) in [
+            ("model.marker_max_length", self.model.marker_max_length),
+            ("model.entity_max_length", self.model.entity_max_length),
+        ] {
+            if value == 0 {
+                return Err(error(key.into(), "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the sources, trains, evaluates and saves; `resume` is `latest` or a checkpoint.
+    pub async fn run(&self, resume: Option<&str>) -> Result<TrainReport> {
+        let ctx = datafusion::prelude::SessionContext::new().enable_url_table();
+        let train = self.sources.train.read(&ctx).await?;
+        let eval = match &self.sources.eval {
+            Some(source) => Some(source.read(&ctx).await?),
+            None => None,
+        };
+        let test = match &self.sources.test {
+            Some(source) => Some(source.read(&ctx).await?),
+            None => None,
+        };
+        if let Some(name) = &self.name {
+            tracing::info!(pipeline = name, "data read, training");
+        }
+        let (model, args, resume) = (
+            self.model.clone(),
+            self.training.clone(),
+            resume.map(str::to_owned),
+        );
+        tokio::task::spawn_blocking(move || {
+            training::run(
+                &model,
+                args,
+                &train,
+                eval.as_ref(),
+                test.as_ref(),
+                resume.as_deref(),
+            )
+        })
+        .await
+        .map_err(|e| Error::file("<training>", e.to_string()))?
+    }
+}
+
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().to_owned()
+}

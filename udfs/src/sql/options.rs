@@ -1,0 +1,77 @@
+//! `SET span_marker.<key> = <value>`: the session settings of the SpanMarker functions.
+
+use datafusion::common::extensions_options;
+use datafusion::config::{ConfigExtension, ConfigOptions};
+use span_marker::PredictOptions;
+
+use crate::error::{Error, Result};
+use crate::model::SharedModel;
+
+extensions_options! {
+    /// Settings of the SpanMarker SQL functions, changed with
+    /// `SET span_marker.<key> = <value>`.
+    pub struct SpanMarkerOptions {
+        /// The model: a SpanMarker directory, a Hugging Face id, or `bundled` for the small
+        /// embedded model. Empty means the model given to `register_all_with_model`.
+        pub model: String, default = String::new()
+        /// Where the model runs: `cpu`, `cuda`, `cuda:N` or `auto`.
+        pub device: String, default = "cpu".to_owned()
+        /// Encoder samples per forward pass.
+        pub batch_size: usize, default = 32
+        /// Minimum score of an entity (0 keeps every entity the model finds).
+        pub threshold: f64, default = 0.0
+        /// Whether entities may overlap.
+        pub allow_overlapping: bool, default = false
+        /// Fail the query on a row that cannot be annotated (a word longer than the model
+        /// input, a null word) instead of returning NULL for it with a warning.
+        pub strict: bool, default = false
+        /// Default longest candidate span, in words, for `span_marker_candidates`.
+        pub entity_max_length: usize, default = 8
+    }
+}
+
+impl ConfigExtension for SpanMarkerOptions {
+    const PREFIX: &'static str = "span_marker";
+}
+
+impl SpanMarkerOptions {
+    /// The settings in force in `config` (the defaults when the extension is not registered).
+    pub fn from_config(config: &ConfigOptions) -> Self {
+        config
+            .extensions
+            .get::<SpanMarkerOptions>()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Prediction options from these settings.
+    pub fn predict_options(&self) -> Result<PredictOptions> {
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(Error::Pipeline {
+                file: "session".into(),
+                key: "span_marker.threshold".into(),
+                message: format!("must be between 0 and 1, got {}", self.threshold),
+            });
+        }
+        Ok(PredictOptions {
+            batch_size: self.batch_size,
+            threshold: (self.threshold > 0.0).then_some(self.threshold as f32),
+            allow_overlapping: self.allow_overlapping,
+        })
+    }
+
+    /// The model these settings name, or `fallback` when they name none.
+    pub fn model(&self, fallback: Option<&SharedModel>) -> Result<SharedModel> {
+        match (self.model.trim(), fallback) {
+            ("", Some(model)) => Ok(model.clone()),
+            ("", None) => Err(Error::Pipeline {
+                file: "session".into(),
+                key: "span_marker.model".into(),
+                message: "no model chosen: run `SET span_marker.model = '<model dir or hub id>'` \
+                          (or 'bundled'), or register the functions with a model"
+                    .into(),
+            }),
+            (source, _) => SharedModel::load(source, &self.device),
+        }
+    }
+}

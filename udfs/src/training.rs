@@ -1,0 +1,96 @@
+//! One training run from annotated rows, shared by pipeline files, the SQL table function and
+//! Polars: build the model from an encoder (or continue a SpanMarker model), train, evaluate,
+//! save, and report the metrics.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use span_marker::model::LoadOptions;
+use span_marker::train::{Trainer, TrainingArguments};
+use span_marker::{ModelSettings, SpanMarkerModel};
+
+use crate::dataset::{resolve_labels, AnnotatedRows};
+use crate::error::Result;
+
+/// The model to train: its encoder and SpanMarker settings (`[model]` in a pipeline file).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A plain encoder (directory or Hugging Face id) or a SpanMarker model to fine-tune further.
+    pub encoder: String,
+    /// The label list; when absent, taken from the string tags of the data.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    /// Text-token budget per sample (default: the tokenizer's limit, at most 512).
+    #[serde(default)]
+    pub model_max_length: Option<usize>,
+    /// Marker pairs per sample.
+    #[serde(default = "default_marker_max_length")]
+    pub marker_max_length: usize,
+    /// Longest entity in words.
+    #[serde(default = "default_entity_max_length")]
+    pub entity_max_length: usize,
+}
+
+fn default_marker_max_length() -> usize {
+    ModelSettings::default().marker_max_length
+}
+
+fn default_entity_max_length() -> usize {
+    ModelSettings::default().entity_max_length
+}
+
+/// What a training run produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainReport {
+    /// Where the model was saved.
+    pub output_dir: std::path::PathBuf,
+    /// Training metrics (`train_loss`, `train_runtime`, ...), the last `eval_*` and `test_*`.
+    pub metrics: Map<String, Value>,
+}
+
+/// Trains `spec` on `train`, evaluating on `eval` during training and on `test` at the end,
+/// and saves the model to `args.output_dir`. `resume` is `latest` or a checkpoint directory.
+pub fn run(
+    spec: &ModelSpec,
+    args: TrainingArguments,
+    train: &AnnotatedRows,
+    eval: Option<&AnnotatedRows>,
+    test: Option<&AnnotatedRows>,
+    resume: Option<&str>,
+) -> Result<TrainReport> {
+    let splits: Vec<&AnnotatedRows> = [Some(train), eval, test].into_iter().flatten().collect();
+    let labels = resolve_labels(spec.labels.as_deref(), &splits)?;
+    // Check every split against the labels before any weights are loaded.
+    let train_set = train.to_dataset(&labels)?;
+    let eval_set = eval.map(|e| e.to_dataset(&labels)).transpose()?;
+    let test_set = test.map(|t| t.to_dataset(&labels)).transpose()?;
+    args.validate().map_err(span_marker::Error::Config)?;
+
+    let options = LoadOptions {
+        labels: Some(labels.original().to_vec()),
+        settings: ModelSettings {
+            model_max_length: spec.model_max_length,
+            marker_max_length: spec.marker_max_length,
+            entity_max_length: spec.entity_max_length,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // A new model's head and marker embeddings are random: seed them like the run.
+    tch::manual_seed(args.seed as i64);
+    let mut model = SpanMarkerModel::from_pretrained_with(&spec.encoder, &options)?;
+    let output_dir = args.output_dir.clone();
+    let mut trainer = Trainer::new(&mut model, args)?;
+    let output = trainer.train(&train_set, eval_set.as_ref(), resume)?;
+    let mut metrics = output.metrics;
+    if let Some(evaluation) = output.last_evaluation {
+        metrics.extend(evaluation.to_record());
+    }
+    if let Some(test_set) = test_set {
+        metrics.extend(trainer.evaluate(&test_set, "test")?.to_record());
+    }
+    Ok(TrainReport {
+        output_dir,
+        metrics,
+    })
+}
