@@ -10,24 +10,12 @@
 
 use std::path::Path;
 
+include!("build-support/rpath.rs");
+
 fn main() {
-    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
-        println!(
-            "cargo:warning=torch-sys did not report its libtorch directory; no rpath embedded"
-        );
-        return;
-    };
-    println!("cargo:rerun-if-changed={lib_dir}");
-    // `.libtorch` is a per-checkout symlink: embed the directory it points at, shared by all clones.
-    let lib_dir = std::fs::canonicalize(&lib_dir)
-        .map(|p| p.display().to_string())
-        .unwrap_or(lib_dir);
-    println!("cargo:rustc-link-arg=-Wl,--disable-new-dtags,-rpath,{lib_dir}");
-    if Path::new(&lib_dir).join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    if let Some(lib_dir) = embed_libtorch_rpath() {
+        compile_shim(Path::new(&lib_dir));
     }
-    compile_shim(Path::new(&lib_dir));
 }
 
 fn compile_shim(lib_dir: &Path) {

@@ -10,8 +10,16 @@ use tch::Tensor;
 /// Largest tolerated absolute difference between our logits and the reference's.
 pub const LOGIT_TOLERANCE: f64 = 1e-4;
 
+/// The workspace root (these helpers are shared by the core's and the engine crate's tests).
 pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if manifest.join("tests/fixtures").is_dir() {
+        manifest
+    } else {
+        manifest
+            .parent()
+            .expect("the engine crate sits in the workspace")
+    }
 }
 
 pub fn fixtures() -> PathBuf {

@@ -3,8 +3,14 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+/// The binary, run from the workspace root like the README's commands.
 fn span_marker() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_span-marker"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_span-marker"));
+    command.current_dir(common::repo());
+    command
 }
 
 #[test]

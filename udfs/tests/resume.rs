@@ -1,6 +1,7 @@
 //! A training run killed with SIGKILL and resumed from its last checkpoint ends exactly where an
 //! uninterrupted run ends: same steps, same logged losses, same weights.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;
