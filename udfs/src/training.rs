@@ -48,7 +48,8 @@ pub struct TrainReport {
     pub metrics: Map<String, Value>,
 }
 
-/// Trains `spec` on `train`, evaluating on `eval` during training and on `test` at the end,
+/// Trains `spec` on `train`, evaluating on `eval` as the arguments say and at the end, and on
+/// `test` at the end,
 /// and saves the model to `args.output_dir`. `resume` is `latest` or a checkpoint directory.
 pub fn run(
     spec: &ModelSpec,
@@ -83,8 +84,9 @@ pub fn run(
     let mut trainer = Trainer::new(&mut model, args)?;
     let output = trainer.train(&train_set, eval_set.as_ref(), resume)?;
     let mut metrics = output.metrics;
-    if let Some(evaluation) = output.last_evaluation {
-        metrics.extend(evaluation.to_record());
+    // The final model on the evaluation data, whatever the evaluation schedule was.
+    if let Some(eval_set) = &eval_set {
+        metrics.extend(trainer.evaluate(eval_set, "eval")?.to_record());
     }
     if let Some(test_set) = test_set {
         metrics.extend(trainer.evaluate(&test_set, "test")?.to_record());

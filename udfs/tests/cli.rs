@@ -85,7 +85,7 @@ fn predict_runs_on_the_bundled_sample_and_agrees_with_the_library() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let sample: Vec<&str> = include_str!("../examples/sample.txt").lines().collect();
+    let sample: Vec<&str> = include_str!("../../examples/sample.txt").lines().collect();
     assert_eq!(records.len(), sample.len());
 
     let model = span_marker::SpanMarkerModel::bundled().unwrap();
