@@ -219,6 +219,7 @@ fn run_case(preprocessor: &Preprocessor, case: &PreprocessingCase) -> span_marke
         entities: entities.as_deref(),
         documents: documents.as_deref(),
         split: Some("train"),
+        keep_going: false,
     };
     preprocessor.encode_with(&inputs, options).unwrap()
 }

@@ -1,0 +1,213 @@
+//! Pipeline files and table sources: every bundled pipeline validates, a pipeline trains and
+//! evaluates end to end, malformed files are refused naming the key, and Parquet, CSV, JSON
+//! lines and queries read the same rows as the CoNLL file they were made from.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringBuilder};
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::prelude::SessionContext;
+use span_marker::train::read_conll;
+use span_marker::Labels;
+use span_marker_udfs::dataset::Tags;
+use span_marker_udfs::pipeline::Pipeline;
+use span_marker_udfs::sources::TableSource;
+
+const LABELS: [&str; 9] = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"];
+
+fn pipelines() -> PathBuf {
+    common::repo().join("pipelines")
+}
+
+#[test]
+fn bundled_pipelines_parse_and_validate() {
+    let shared = common::repo().join("../shared/data/conll2003");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(pipelines()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let pipeline = Pipeline::from_toml_str(&text, &path).unwrap();
+        if path.ends_with("conll03.toml") && !shared.is_dir() {
+            eprintln!("skipping the validation of {}: ../shared/data/conll2003 is absent", path.display());
+            continue;
+        }
+        if path.ends_with("parquet-example.toml") {
+            // Its tables come from `make_tables`; the parse above is the check here.
+            assert!(pipeline.sources.train.document_id_column.is_some());
+            continue;
+        }
+        Pipeline::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        checked += 1;
+    }
+    assert!(checked >= 1);
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A valid pipeline over the toy corpus, with `extra` appended.
+fn toy_pipeline(dir: &Path, extra: &str) -> String {
+    let repo = common::repo();
+    format!(
+        r#"
+[sources.train]
+path = "{train}"
+format = "conll"
+[sources.test]
+path = "{test}"
+format = "conll"
+[model]
+encoder = "{encoder}"
+model_max_length = 64
+marker_max_length = 32
+entity_max_length = 6
+[training]
+output_dir = "{out}"
+learning_rate = 5e-3
+per_device_train_batch_size = 16
+logging_steps = 5
+{extra}"#,
+        train = repo.join("examples/data/train.txt").display(),
+        test = repo.join("examples/data/test.txt").display(),
+        encoder = repo.join("tests/fixtures/encoders/tiny-bert").display(),
+        out = dir.join("model").display(),
+    )
+}
+
+#[test]
+fn malformed_pipelines_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = toy_pipeline(dir.path(), "");
+    let cases = [
+        (valid.replace("learning_rate", "learning_rat"), "training.learning_rat"),
+        (valid.replace("learning_rate = 5e-3", "learning_rate = \"fast\""), "training.learning_rate"),
+        (valid.replace("entity_max_length = 6", "entity_max_length = 0"), "model.entity_max_length"),
+        (valid.replace("[sources.train]", "[sources.training]"), "sources"),
+        (valid.replace("examples/data/train.txt", "examples/data/nope.txt"), "sources.train.path"),
+        (valid.replace("format = \"conll\"\n[sources.test]", "[sources.test]"), "sources.train.format"),
+        (valid.replace("tests/fixtures/encoders/tiny-bert", "tests/fixtures/encoders/nope"), "model.encoder"),
+        (format!("{valid}\n[model.extra]"), "model.extra"),
+        (valid.replace("learning_rate = 5e-3", "learning_rate = = 5e-3"), "<syntax>"),
+        (valid.replace("model_max_length = 64", "model_max_length = 64\nlabels = [\"B-PER\"]"), "model.labels"),
+        (valid.replace("per_device_train_batch_size = 16", "per_device_train_batch_size = 0"), "training"),
+    ];
+    for (text, key) in cases {
+        let path = write(dir.path(), "p.toml", &text);
+        let error = Pipeline::from_file(&path).unwrap_err().to_string();
+        assert!(error.contains(&format!("`{key}")), "{key}: {error}");
+        assert!(error.contains("p.toml"), "{error}");
+    }
+    assert!(!dir.path().join("model").exists(), "nothing was written");
+}
+
+#[test]
+fn a_pipeline_trains_evaluates_and_saves_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "toy.toml", &toy_pipeline(dir.path(), "max_steps = 200\n"));
+    let out = Command::new(env!("CARGO_BIN_EXE_span-marker"))
+        .current_dir(common::repo())
+        .args(["train", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(metrics["train_loss"].as_f64().unwrap() > 0.0, "{metrics}");
+    let f1 = metrics["test_overall_f1"].as_f64().unwrap();
+    assert!(f1 > 0.15, "200 steps start to learn the toy corpus: {metrics}");
+    let model_dir = dir.path().join("model");
+    for file in ["config.json", "model.safetensors", "tokenizer.json", "pipeline_metrics.json", "training_curves.svg", "README.md"] {
+        assert!(model_dir.join(file).is_file(), "{file}");
+    }
+    let model = span_marker::SpanMarkerModel::from_pretrained(model_dir.to_str().unwrap()).unwrap();
+    // Inferred from the string tags: `O`, then by type with `B-` before `I-`.
+    let inferred = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"];
+    assert_eq!(model.labels().original(), inferred.map(String::from).as_slice());
+}
+
+/// The toy test split as Parquet (ids), CSV (space-separated strings) and JSON lines (lists of
+/// strings), plus the words and tags they hold.
+fn write_tables(dir: &Path) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+    let sentences = read_conll(common::repo().join("examples/data/test.txt")).unwrap();
+    let labels = Labels::new(LABELS).unwrap();
+    let mut tokens = ListBuilder::new(StringBuilder::new());
+    let mut tags = ListBuilder::new(Int64Builder::new());
+    let (mut csv, mut json) = (String::from("tokens,ner_tags\n"), String::new());
+    for s in &sentences {
+        s.words.iter().for_each(|w| tokens.values().append_value(w));
+        tokens.append(true);
+        s.tags.iter().for_each(|t| tags.values().append_value(labels.tag_id(t).unwrap() as i64));
+        tags.append(true);
+        csv.push_str(&format!("\"{}\",\"{}\"\n", s.words.join(" ").replace('"', "\"\""), s.tags.join(" ")));
+        json.push_str(&serde_json::json!({"tokens": s.words, "ner_tags": s.tags}).to_string());
+        json.push('\n');
+    }
+    let columns: Vec<ArrayRef> = vec![Arc::new(tokens.finish()), Arc::new(tags.finish())];
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("tokens", columns[0].data_type().clone(), false),
+        Field::new("ner_tags", columns[1].data_type().clone(), false),
+    ]));
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(dir.join("t.parquet")).unwrap(), schema.clone(), None).unwrap();
+    writer.write(&RecordBatch::try_new(schema, columns).unwrap()).unwrap();
+    writer.close().unwrap();
+    std::fs::write(dir.join("t.csv"), csv).unwrap();
+    std::fs::write(dir.join("t.jsonl"), json).unwrap();
+    (
+        sentences.iter().map(|s| s.words.clone()).collect(),
+        sentences.iter().map(|s| s.tags.clone()).collect(),
+    )
+}
+
+#[tokio::test]
+async fn every_source_format_reads_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (words, tags) = write_tables(dir.path());
+    let labels = Labels::new(LABELS).unwrap();
+    let expected = span_marker::train::NerDataset::from_conll(common::repo().join("examples/data/test.txt"), &labels).unwrap();
+    for file in ["t.parquet", "t.csv", "t.jsonl"] {
+        let rows = TableSource::file(dir.path().join(file)).read(&SessionContext::new()).await.unwrap();
+        assert_eq!(rows.tokens, words, "{file}");
+        match &rows.tags {
+            Tags::Names(names) => assert_eq!(names, &tags, "{file}"),
+            Tags::Ids(_) => assert_eq!(file, "t.parquet"),
+        }
+        assert_eq!(rows.to_dataset(&labels).unwrap(), expected, "{file}");
+    }
+    let mut query = TableSource::file(dir.path().join("t.parquet"));
+    query.query = Some("SELECT * FROM data WHERE cardinality(tokens) > 5".into());
+    let rows = query.read(&SessionContext::new()).await.unwrap();
+    assert_eq!(rows.tokens, words.iter().filter(|w| w.len() > 5).cloned().collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn bad_sources_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tables(dir.path());
+    let ctx = SessionContext::new();
+    let mut missing_column = TableSource::file(dir.path().join("t.parquet"));
+    missing_column.tokens_column = "words".into();
+    let error = missing_column.read(&ctx).await.unwrap_err().to_string();
+    assert!(error.contains("`words`") && error.contains("tokens"), "{error}");
+    let mut wrong_type = TableSource::file(dir.path().join("t.parquet"));
+    wrong_type.tokens_column = "ner_tags".into();
+    let error = wrong_type.read(&ctx).await.unwrap_err().to_string();
+    assert!(error.contains("ner_tags"), "{error}");
+    // Integer tags without a label list, unknown string tags.
+    let rows = TableSource::file(dir.path().join("t.parquet")).read(&ctx).await.unwrap();
+    let error = span_marker_udfs::dataset::resolve_labels(None, &[&rows]).unwrap_err().to_string();
+    assert!(error.contains("label list"), "{error}");
+    let rows = TableSource::file(dir.path().join("t.jsonl")).read(&ctx).await.unwrap();
+    let error = rows.to_dataset(&Labels::new(["O", "B-PER", "I-PER"]).unwrap()).unwrap_err().to_string();
+    assert!(error.contains("row") && error.contains("unknown tag"), "{error}");
+}
