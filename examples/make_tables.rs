@@ -8,16 +8,22 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, ListBuilder, Int64Builder, RecordBatch, StringArray, StringBuilder};
+use datafusion::arrow::array::{
+    ArrayRef, Int64Array, Int64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use span_marker::train::read_conll;
 use span_marker::Labels;
 
-const LABELS: [&str; 9] = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"];
+const LABELS: [&str; 9] = [
+    "O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args().nth(1).unwrap_or_else(|| "target/example-tables".into());
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "target/example-tables".into());
     std::fs::create_dir_all(&out)?;
     let labels = Labels::new(LABELS)?;
     for split in ["train", "test"] {
@@ -30,12 +36,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             tokens.append(true);
             for tag in &sentence.tags {
-                let id = labels.tag_id(tag).ok_or_else(|| format!("unknown tag {tag}"))?;
+                let id = labels
+                    .tag_id(tag)
+                    .ok_or_else(|| format!("unknown tag {tag}"))?;
                 tags.values().append_value(id as i64);
             }
             tags.append(true);
         }
-        let documents: Vec<String> = (0..sentences.len()).map(|i| format!("doc-{}", i / 10)).collect();
+        let documents: Vec<String> = (0..sentences.len())
+            .map(|i| format!("doc-{}", i / 10))
+            .collect();
         let positions: Vec<i64> = (0..sentences.len()).map(|i| (i % 10) as i64).collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(tokens.finish()),

@@ -128,7 +128,6 @@ fn predict_refuses_bad_options() {
 #[test]
 fn bench_measures_both_implementations_and_checks_the_entities() {
     let out = span_marker()
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
             "bench",
             "--sentences",

@@ -19,7 +19,9 @@ use span_marker_udfs::dataset::Tags;
 use span_marker_udfs::pipeline::Pipeline;
 use span_marker_udfs::sources::TableSource;
 
-const LABELS: [&str; 9] = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"];
+const LABELS: [&str; 9] = [
+    "O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC",
+];
 
 fn pipelines() -> PathBuf {
     common::repo().join("pipelines")
@@ -37,7 +39,10 @@ fn bundled_pipelines_parse_and_validate() {
         let text = std::fs::read_to_string(&path).unwrap();
         let pipeline = Pipeline::from_toml_str(&text, &path).unwrap();
         if path.ends_with("conll03.toml") && !shared.is_dir() {
-            eprintln!("skipping the validation of {}: ../shared/data/conll2003 is absent", path.display());
+            eprintln!(
+                "skipping the validation of {}: ../shared/data/conll2003 is absent",
+                path.display()
+            );
             continue;
         }
         if path.ends_with("parquet-example.toml") {
@@ -91,17 +96,56 @@ fn malformed_pipelines_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let valid = toy_pipeline(dir.path(), "");
     let cases = [
-        (valid.replace("learning_rate", "learning_rat"), "training.learning_rat"),
-        (valid.replace("learning_rate = 5e-3", "learning_rate = \"fast\""), "training.learning_rate"),
-        (valid.replace("entity_max_length = 6", "entity_max_length = 0"), "model.entity_max_length"),
-        (valid.replace("[sources.train]", "[sources.training]"), "sources"),
-        (valid.replace("examples/data/train.txt", "examples/data/nope.txt"), "sources.train.path"),
-        (valid.replace("format = \"conll\"\n[sources.test]", "[sources.test]"), "sources.train.format"),
-        (valid.replace("tests/fixtures/encoders/tiny-bert", "tests/fixtures/encoders/nope"), "model.encoder"),
+        (
+            valid.replace("learning_rate", "learning_rat"),
+            "training.learning_rat",
+        ),
+        (
+            valid.replace("learning_rate = 5e-3", "learning_rate = \"fast\""),
+            "training.learning_rate",
+        ),
+        (
+            valid.replace("entity_max_length = 6", "entity_max_length = 0"),
+            "model.entity_max_length",
+        ),
+        (
+            valid.replace("[sources.train]", "[sources.training]"),
+            "sources",
+        ),
+        (
+            valid.replace("examples/data/train.txt", "examples/data/nope.txt"),
+            "sources.train.path",
+        ),
+        (
+            valid.replace("format = \"conll\"\n[sources.test]", "[sources.test]"),
+            "sources.train.format",
+        ),
+        (
+            valid.replace(
+                "tests/fixtures/encoders/tiny-bert",
+                "tests/fixtures/encoders/nope",
+            ),
+            "model.encoder",
+        ),
         (format!("{valid}\n[model.extra]"), "model.extra"),
-        (valid.replace("learning_rate = 5e-3", "learning_rate = = 5e-3"), "<syntax>"),
-        (valid.replace("model_max_length = 64", "model_max_length = 64\nlabels = [\"B-PER\"]"), "model.labels"),
-        (valid.replace("per_device_train_batch_size = 16", "per_device_train_batch_size = 0"), "training"),
+        (
+            valid.replace("learning_rate = 5e-3", "learning_rate = = 5e-3"),
+            "<syntax>",
+        ),
+        (
+            valid.replace(
+                "model_max_length = 64",
+                "model_max_length = 64\nlabels = [\"B-PER\"]",
+            ),
+            "model.labels",
+        ),
+        (
+            valid.replace(
+                "per_device_train_batch_size = 16",
+                "per_device_train_batch_size = 0",
+            ),
+            "training",
+        ),
     ];
     for (text, key) in cases {
         let path = write(dir.path(), "p.toml", &text);
@@ -115,25 +159,48 @@ fn malformed_pipelines_name_the_key() {
 #[test]
 fn a_pipeline_trains_evaluates_and_saves_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "toy.toml", &toy_pipeline(dir.path(), "max_steps = 200\n"));
+    let file = write(
+        dir.path(),
+        "toy.toml",
+        &toy_pipeline(dir.path(), "max_steps = 200\n"),
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_span-marker"))
         .current_dir(common::repo())
         .args(["train", file.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(metrics["train_loss"].as_f64().unwrap() > 0.0, "{metrics}");
     let f1 = metrics["test_overall_f1"].as_f64().unwrap();
-    assert!(f1 > 0.15, "200 steps start to learn the toy corpus: {metrics}");
+    assert!(
+        f1 > 0.15,
+        "200 steps start to learn the toy corpus: {metrics}"
+    );
     let model_dir = dir.path().join("model");
-    for file in ["config.json", "model.safetensors", "tokenizer.json", "pipeline_metrics.json", "training_curves.svg", "README.md"] {
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "pipeline_metrics.json",
+        "training_curves.svg",
+        "README.md",
+    ] {
         assert!(model_dir.join(file).is_file(), "{file}");
     }
     let model = span_marker::SpanMarkerModel::from_pretrained(model_dir.to_str().unwrap()).unwrap();
     // Inferred from the string tags: `O`, then by type with `B-` before `I-`.
-    let inferred = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"];
-    assert_eq!(model.labels().original(), inferred.map(String::from).as_slice());
+    let inferred = [
+        "O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER",
+    ];
+    assert_eq!(
+        model.labels().original(),
+        inferred.map(String::from).as_slice()
+    );
 }
 
 /// The toy test split as Parquet (ids), CSV (space-separated strings) and JSON lines (lists of
@@ -147,9 +214,15 @@ fn write_tables(dir: &Path) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
     for s in &sentences {
         s.words.iter().for_each(|w| tokens.values().append_value(w));
         tokens.append(true);
-        s.tags.iter().for_each(|t| tags.values().append_value(labels.tag_id(t).unwrap() as i64));
+        s.tags
+            .iter()
+            .for_each(|t| tags.values().append_value(labels.tag_id(t).unwrap() as i64));
         tags.append(true);
-        csv.push_str(&format!("\"{}\",\"{}\"\n", s.words.join(" ").replace('"', "\"\""), s.tags.join(" ")));
+        csv.push_str(&format!(
+            "\"{}\",\"{}\"\n",
+            s.words.join(" ").replace('"', "\"\""),
+            s.tags.join(" ")
+        ));
         json.push_str(&serde_json::json!({"tokens": s.words, "ner_tags": s.tags}).to_string());
         json.push('\n');
     }
@@ -158,8 +231,15 @@ fn write_tables(dir: &Path) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
         Field::new("tokens", columns[0].data_type().clone(), false),
         Field::new("ner_tags", columns[1].data_type().clone(), false),
     ]));
-    let mut writer = ArrowWriter::try_new(std::fs::File::create(dir.join("t.parquet")).unwrap(), schema.clone(), None).unwrap();
-    writer.write(&RecordBatch::try_new(schema, columns).unwrap()).unwrap();
+    let mut writer = ArrowWriter::try_new(
+        std::fs::File::create(dir.join("t.parquet")).unwrap(),
+        schema.clone(),
+        None,
+    )
+    .unwrap();
+    writer
+        .write(&RecordBatch::try_new(schema, columns).unwrap())
+        .unwrap();
     writer.close().unwrap();
     std::fs::write(dir.join("t.csv"), csv).unwrap();
     std::fs::write(dir.join("t.jsonl"), json).unwrap();
@@ -174,9 +254,16 @@ async fn every_source_format_reads_the_same_rows() {
     let dir = tempfile::tempdir().unwrap();
     let (words, tags) = write_tables(dir.path());
     let labels = Labels::new(LABELS).unwrap();
-    let expected = span_marker::train::NerDataset::from_conll(common::repo().join("examples/data/test.txt"), &labels).unwrap();
+    let expected = span_marker::train::NerDataset::from_conll(
+        common::repo().join("examples/data/test.txt"),
+        &labels,
+    )
+    .unwrap();
     for file in ["t.parquet", "t.csv", "t.jsonl"] {
-        let rows = TableSource::file(dir.path().join(file)).read(&SessionContext::new()).await.unwrap();
+        let rows = TableSource::file(dir.path().join(file))
+            .read(&SessionContext::new())
+            .await
+            .unwrap();
         assert_eq!(rows.tokens, words, "{file}");
         match &rows.tags {
             Tags::Names(names) => assert_eq!(names, &tags, "{file}"),
@@ -187,7 +274,14 @@ async fn every_source_format_reads_the_same_rows() {
     let mut query = TableSource::file(dir.path().join("t.parquet"));
     query.query = Some("SELECT * FROM data WHERE cardinality(tokens) > 5".into());
     let rows = query.read(&SessionContext::new()).await.unwrap();
-    assert_eq!(rows.tokens, words.iter().filter(|w| w.len() > 5).cloned().collect::<Vec<_>>());
+    assert_eq!(
+        rows.tokens,
+        words
+            .iter()
+            .filter(|w| w.len() > 5)
+            .cloned()
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -198,16 +292,33 @@ async fn bad_sources_are_named() {
     let mut missing_column = TableSource::file(dir.path().join("t.parquet"));
     missing_column.tokens_column = "words".into();
     let error = missing_column.read(&ctx).await.unwrap_err().to_string();
-    assert!(error.contains("`words`") && error.contains("tokens"), "{error}");
+    assert!(
+        error.contains("`words`") && error.contains("tokens"),
+        "{error}"
+    );
     let mut wrong_type = TableSource::file(dir.path().join("t.parquet"));
     wrong_type.tokens_column = "ner_tags".into();
     let error = wrong_type.read(&ctx).await.unwrap_err().to_string();
     assert!(error.contains("ner_tags"), "{error}");
     // Integer tags without a label list, unknown string tags.
-    let rows = TableSource::file(dir.path().join("t.parquet")).read(&ctx).await.unwrap();
-    let error = span_marker_udfs::dataset::resolve_labels(None, &[&rows]).unwrap_err().to_string();
+    let rows = TableSource::file(dir.path().join("t.parquet"))
+        .read(&ctx)
+        .await
+        .unwrap();
+    let error = span_marker_udfs::dataset::resolve_labels(None, &[&rows])
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("label list"), "{error}");
-    let rows = TableSource::file(dir.path().join("t.jsonl")).read(&ctx).await.unwrap();
-    let error = rows.to_dataset(&Labels::new(["O", "B-PER", "I-PER"]).unwrap()).unwrap_err().to_string();
-    assert!(error.contains("row") && error.contains("unknown tag"), "{error}");
+    let rows = TableSource::file(dir.path().join("t.jsonl"))
+        .read(&ctx)
+        .await
+        .unwrap();
+    let error = rows
+        .to_dataset(&Labels::new(["O", "B-PER", "I-PER"]).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("row") && error.contains("unknown tag"),
+        "{error}"
+    );
 }

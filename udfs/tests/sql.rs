@@ -46,9 +46,18 @@ fn tokens_column(rows: &[Vec<&str>], values: impl Fn(Vec<&str>) -> ArrayRef) -> 
 
 fn layouts() -> Vec<(&'static str, Box<dyn Fn(Vec<&str>) -> ArrayRef>)> {
     vec![
-        ("Utf8", Box::new(|v| Arc::new(StringArray::from(v)) as ArrayRef)),
-        ("LargeUtf8", Box::new(|v| Arc::new(LargeStringArray::from(v)) as ArrayRef)),
-        ("Utf8View", Box::new(|v| Arc::new(StringViewArray::from(v)) as ArrayRef)),
+        (
+            "Utf8",
+            Box::new(|v| Arc::new(StringArray::from(v)) as ArrayRef),
+        ),
+        (
+            "LargeUtf8",
+            Box::new(|v| Arc::new(LargeStringArray::from(v)) as ArrayRef),
+        ),
+        (
+            "Utf8View",
+            Box::new(|v| Arc::new(StringViewArray::from(v)) as ArrayRef),
+        ),
     ]
 }
 
@@ -91,7 +100,9 @@ async fn candidates_over_every_string_layout() {
             &batches
         );
         // The default longest span comes from the settings.
-        ctx.sql("SET span_marker.entity_max_length = 1").await.unwrap();
+        ctx.sql("SET span_marker.entity_max_length = 1")
+            .await
+            .unwrap();
         let batches = ctx
             .sql("SELECT span_marker_candidates(tokens) AS spans FROM corpus")
             .await
@@ -106,7 +117,11 @@ async fn candidates_over_every_string_layout() {
 
 #[tokio::test]
 async fn predict_golden_table() {
-    let ctx = context_with(tokens_column(&[vec!["Germany", "and", "France", "agreed", "."]], layouts().remove(0).1)).await;
+    let ctx = context_with(tokens_column(
+        &[vec!["Germany", "and", "France", "agreed", "."]],
+        layouts().remove(0).1,
+    ))
+    .await;
     let batches = ctx
         .sql("SELECT span_marker_predict(tokens) AS entities FROM corpus")
         .await
@@ -135,12 +150,32 @@ fn entity_rows(column: &dyn Array) -> Vec<Option<Vec<(i64, i64, String, f32)>>> 
             list.is_valid(row).then(|| {
                 let value = list.value(row);
                 let s = value.as_struct();
-                let int = |n: &str| s.column_by_name(n).unwrap().as_primitive::<datafusion::arrow::datatypes::Int64Type>().clone();
+                let int = |n: &str| {
+                    s.column_by_name(n)
+                        .unwrap()
+                        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                        .clone()
+                };
                 let (starts, ends) = (int("start"), int("end"));
-                let labels = s.column_by_name("label").unwrap().as_string::<i32>().clone();
-                let scores = s.column_by_name("score").unwrap().as_primitive::<datafusion::arrow::datatypes::Float32Type>().clone();
+                let labels = s
+                    .column_by_name("label")
+                    .unwrap()
+                    .as_string::<i32>()
+                    .clone();
+                let scores = s
+                    .column_by_name("score")
+                    .unwrap()
+                    .as_primitive::<datafusion::arrow::datatypes::Float32Type>()
+                    .clone();
                 (0..s.len())
-                    .map(|i| (starts.value(i), ends.value(i), labels.value(i).to_owned(), scores.value(i)))
+                    .map(|i| {
+                        (
+                            starts.value(i),
+                            ends.value(i),
+                            labels.value(i).to_owned(),
+                            scores.value(i),
+                        )
+                    })
                     .collect()
             })
         })
@@ -153,7 +188,10 @@ async fn predict_agrees_with_the_direct_api_on_every_layout_with_nulls() {
     let model = SpanMarkerModel::bundled().unwrap();
     let inputs: Vec<SentenceInput<'_>> = rows.iter().map(|w| SentenceInput::Words(w)).collect();
     let expected = model.predict(&inputs, &PredictOptions::default()).unwrap();
-    assert!(expected.iter().map(Vec::len).sum::<usize>() >= 3, "the fixture finds entities");
+    assert!(
+        expected.iter().map(Vec::len).sum::<usize>() >= 3,
+        "the fixture finds entities"
+    );
     for (name, layout) in layouts() {
         let ctx = context_with(tokens_column(&rows, layout)).await;
         let batches = ctx
@@ -169,7 +207,14 @@ async fn predict_agrees_with_the_direct_api_on_every_layout_with_nulls() {
         for (row, entities) in expected.iter().enumerate() {
             let want: Vec<(i64, i64, String, f32)> = entities
                 .iter()
-                .map(|e| (e.word_start as i64, e.word_end as i64, e.label.clone(), e.score))
+                .map(|e| {
+                    (
+                        e.word_start as i64,
+                        e.word_end as i64,
+                        e.label.clone(),
+                        e.score,
+                    )
+                })
                 .collect();
             assert_eq!(got[row].as_ref(), Some(&want), "{name} row {row}");
         }
@@ -178,7 +223,10 @@ async fn predict_agrees_with_the_direct_api_on_every_layout_with_nulls() {
 
 #[tokio::test]
 async fn predict_text_agrees_with_the_direct_api() {
-    let texts = ["Angela Merkel visited Paris.", "Germany and France agreed in Brussels."];
+    let texts = [
+        "Angela Merkel visited Paris.",
+        "Germany and France agreed in Brussels.",
+    ];
     let model = SpanMarkerModel::bundled().unwrap();
     let inputs: Vec<SentenceInput<'_>> = texts.iter().map(|t| SentenceInput::Text(t)).collect();
     let expected = model.predict(&inputs, &PredictOptions::default()).unwrap();
@@ -198,9 +246,17 @@ async fn predict_text_agrees_with_the_direct_api() {
             let value = list.value(row);
             let s = value.as_struct();
             let text = s.column_by_name("text").unwrap().as_string::<i32>();
-            let char_start = s.column_by_name("char_start").unwrap().as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-            let got: Vec<(String, i64)> = (0..s.len()).map(|i| (text.value(i).to_owned(), char_start.value(i))).collect();
-            let want: Vec<(String, i64)> = entities.iter().map(|e| (e.text.clone(), e.char_start.unwrap() as i64)).collect();
+            let char_start = s
+                .column_by_name("char_start")
+                .unwrap()
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let got: Vec<(String, i64)> = (0..s.len())
+                .map(|i| (text.value(i).to_owned(), char_start.value(i)))
+                .collect();
+            let want: Vec<(String, i64)> = entities
+                .iter()
+                .map(|e| (e.text.clone(), e.char_start.unwrap() as i64))
+                .collect();
             assert_eq!(got, want, "row {row}");
         }
     }
@@ -210,7 +266,11 @@ async fn predict_text_agrees_with_the_direct_api() {
 async fn settings_change_the_output() {
     let ctx = context_with(tokens_column(&sentences(), layouts().remove(0).1)).await;
     let count = |batches: &[RecordBatch]| -> usize {
-        entity_rows(batches[0].column(0).as_ref()).into_iter().flatten().map(|r| r.len()).sum()
+        entity_rows(batches[0].column(0).as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| r.len())
+            .sum()
     };
     let query = "SELECT span_marker_predict(tokens) FROM corpus";
     let all = count(&ctx.sql(query).await.unwrap().collect().await.unwrap());
@@ -219,9 +279,19 @@ async fn settings_change_the_output() {
     assert!(confident < all, "{confident} < {all}");
     ctx.sql("SET span_marker.threshold = 0").await.unwrap();
     ctx.sql("SET span_marker.batch_size = 1").await.unwrap();
-    assert_eq!(count(&ctx.sql(query).await.unwrap().collect().await.unwrap()), all);
+    assert_eq!(
+        count(&ctx.sql(query).await.unwrap().collect().await.unwrap()),
+        all
+    );
     ctx.sql("SET span_marker.batch_size = 0").await.unwrap();
-    let error = ctx.sql(query).await.unwrap().collect().await.unwrap_err().to_string();
+    let error = ctx
+        .sql(query)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("batch_size"), "{error}");
 }
 
@@ -250,10 +320,20 @@ async fn a_row_that_cannot_be_annotated_is_null_unless_strict() {
     let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
     let rows = entity_rows(batches[0].column(0).as_ref());
     assert_eq!(rows[0], None, "a null word");
-    assert!(rows[1].is_some() && rows[3].is_some(), "the other rows keep their entities");
+    assert!(
+        rows[1].is_some() && rows[3].is_some(),
+        "the other rows keep their entities"
+    );
     assert_eq!(rows[2], None, "a word longer than the model input");
     ctx.sql("SET span_marker.strict = true").await.unwrap();
-    let error = ctx.sql(query).await.unwrap().collect().await.unwrap_err().to_string();
+    let error = ctx
+        .sql(query)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("row 0") && error.contains("null"), "{error}");
 }
 
@@ -261,12 +341,24 @@ async fn a_row_that_cannot_be_annotated_is_null_unless_strict() {
 async fn type_and_arity_errors_come_at_plan_time() {
     let ctx = context_with(tokens_column(&sentences(), layouts().remove(0).1)).await;
     for (query, expected) in [
-        ("SELECT span_marker_predict('Paris')", "span_marker_predict_text"),
-        ("SELECT span_marker_predict_text(tokens) FROM corpus", "span_marker_predict"),
+        (
+            "SELECT span_marker_predict('Paris')",
+            "span_marker_predict_text",
+        ),
+        (
+            "SELECT span_marker_predict_text(tokens) FROM corpus",
+            "span_marker_predict",
+        ),
         ("SELECT span_marker_predict(1)", "list of strings"),
-        ("SELECT span_marker_candidates(tokens, 'x') FROM corpus", "entity_max_length"),
+        (
+            "SELECT span_marker_candidates(tokens, 'x') FROM corpus",
+            "entity_max_length",
+        ),
         ("SELECT span_marker_candidates()", "takes 1 or 2 argument"),
-        ("SELECT span_marker_predict(tokens, tokens) FROM corpus", "takes 1 argument"),
+        (
+            "SELECT span_marker_predict(tokens, tokens) FROM corpus",
+            "takes 1 argument",
+        ),
     ] {
         // `ctx.sql` plans the query: these fail before anything executes.
         let error = ctx.sql(query).await.unwrap_err().to_string();
@@ -279,14 +371,37 @@ async fn model_errors_say_what_to_set() {
     let ctx = SessionContext::new();
     register_all(&ctx);
     let query = "SELECT span_marker_predict(['Paris'])";
-    let error = ctx.sql(query).await.unwrap().collect().await.unwrap_err().to_string();
+    let error = ctx
+        .sql(query)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("SET span_marker.model"), "{error}");
-    ctx.sql("SET span_marker.model = '/no/such/model'").await.unwrap();
-    let error = ctx.sql(query).await.unwrap().collect().await.unwrap_err().to_string();
+    ctx.sql("SET span_marker.model = '/no/such/model'")
+        .await
+        .unwrap();
+    let error = ctx
+        .sql(query)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("/no/such/model"), "{error}");
     ctx.sql("SET span_marker.model = 'bundled'").await.unwrap();
     ctx.sql("SET span_marker.device = 'cuda:7'").await.unwrap();
-    let error = ctx.sql(query).await.unwrap().collect().await.unwrap_err().to_string();
+    let error = ctx
+        .sql(query)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.to_lowercase().contains("cuda"), "{error}");
 }
 
@@ -294,7 +409,11 @@ async fn model_errors_say_what_to_set() {
 async fn partitions_share_one_model_and_give_the_single_partition_result() {
     let rows = sentences();
     let tokens = tokens_column(&rows, layouts().remove(0).1);
-    let schema = Arc::new(Schema::new(vec![Field::new("tokens", tokens.data_type().clone(), true)]));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "tokens",
+        tokens.data_type().clone(),
+        true,
+    )]));
     let batch = RecordBatch::try_new(schema.clone(), vec![tokens]).unwrap();
     let (first, second) = (batch.slice(0, 2), batch.slice(2, batch.num_rows() - 2));
     let ctx = SessionContext::new_with_config(
@@ -311,7 +430,9 @@ async fn partitions_share_one_model_and_give_the_single_partition_result() {
         .collect()
         .await
         .unwrap();
-    let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan).unwrap().to_string();
+    let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
     assert!(plan.contains("partitions=2"), "{plan}");
     let batches = ctx
         .sql("SELECT span_marker_predict(tokens) FROM corpus")
@@ -320,7 +441,10 @@ async fn partitions_share_one_model_and_give_the_single_partition_result() {
         .collect()
         .await
         .unwrap();
-    let got: Vec<_> = batches.iter().flat_map(|b| entity_rows(b.column(0).as_ref())).collect();
+    let got: Vec<_> = batches
+        .iter()
+        .flat_map(|b| entity_rows(b.column(0).as_ref()))
+        .collect();
     let single = context_with(tokens_column(&rows, layouts().remove(0).1)).await;
     let want = single
         .sql("SELECT span_marker_predict(tokens) FROM corpus")
@@ -335,11 +459,22 @@ async fn partitions_share_one_model_and_give_the_single_partition_result() {
 #[tokio::test]
 async fn train_table_function_trains_and_returns_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let data = span_marker::train::read_conll(common::repo().join("examples/data/train.txt")).unwrap();
-    let rows: Vec<Vec<&str>> = data.iter().take(64).map(|s| s.words.iter().map(String::as_str).collect()).collect();
-    let tags: Vec<Vec<&str>> = data.iter().take(64).map(|s| s.tags.iter().map(String::as_str).collect()).collect();
+    let data =
+        span_marker::train::read_conll(common::repo().join("examples/data/train.txt")).unwrap();
+    let rows: Vec<Vec<&str>> = data
+        .iter()
+        .take(64)
+        .map(|s| s.words.iter().map(String::as_str).collect())
+        .collect();
+    let tags: Vec<Vec<&str>> = data
+        .iter()
+        .take(64)
+        .map(|s| s.tags.iter().map(String::as_str).collect())
+        .collect();
     let string_lists = |rows: &[Vec<&str>]| -> ArrayRef {
-        let values: ArrayRef = Arc::new(StringArray::from(rows.iter().flatten().copied().collect::<Vec<_>>()));
+        let values: ArrayRef = Arc::new(StringArray::from(
+            rows.iter().flatten().copied().collect::<Vec<_>>(),
+        ));
         Arc::new(ListArray::new(
             Arc::new(Field::new_list_field(DataType::Utf8, true)),
             OffsetBuffer::from_lengths(rows.iter().map(Vec::len)),
@@ -354,7 +489,11 @@ async fn train_table_function_trains_and_returns_metrics() {
     ]));
     let ctx = SessionContext::new();
     register_all(&ctx);
-    ctx.register_batch("train", RecordBatch::try_new(schema, vec![tokens, tags]).unwrap()).unwrap();
+    ctx.register_batch(
+        "train",
+        RecordBatch::try_new(schema, vec![tokens, tags]).unwrap(),
+    )
+    .unwrap();
     let encoder = common::repo().join("tests/fixtures/encoders/tiny-bert");
     let options = serde_json::json!({
         "model": {"encoder": encoder, "model_max_length": 64, "marker_max_length": 32, "entity_max_length": 4},
@@ -365,11 +504,20 @@ async fn train_table_function_trains_and_returns_metrics() {
         "SELECT metric, value FROM span_marker_train('SELECT tokens, ner_tags FROM train', '{options}') ORDER BY metric"
     );
     let df = ctx.sql(&query).await.unwrap();
-    assert!(!dir.path().join("model.safetensors").exists(), "planning does not train");
+    assert!(
+        !dir.path().join("model.safetensors").exists(),
+        "planning does not train"
+    );
     let batches = df.collect().await.unwrap();
     let names: Vec<String> = batches
         .iter()
-        .flat_map(|b| b.column(0).as_string::<i32>().iter().map(|s| s.unwrap().to_owned()).collect::<Vec<_>>())
+        .flat_map(|b| {
+            b.column(0)
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
         .collect();
     for metric in ["train_loss", "eval_overall_f1", "eval_loss"] {
         assert!(names.iter().any(|n| n == metric), "{metric} in {names:?}");
@@ -379,7 +527,10 @@ async fn train_table_function_trains_and_returns_metrics() {
 
     for (options, expected) in [
         ("{\"model\": {}}", "missing field `encoder`"),
-        ("{\"model\": {\"encoder\": \"x\"}, \"training\": {\"learning_rat\": 1}}", "learning_rat"),
+        (
+            "{\"model\": {\"encoder\": \"x\"}, \"training\": {\"learning_rat\": 1}}",
+            "learning_rat",
+        ),
         ("not json", "options"),
     ] {
         let query = format!("SELECT * FROM span_marker_train('SELECT * FROM train', '{options}')");

@@ -1,0 +1,417 @@
+//! Bulk annotation: one output row per input row, in order, with the entities of the direct
+//! API; resumption after SIGKILL without lost or duplicated rows; bad input named.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{
+    Array, AsArray, Int64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::file::properties::WriterProperties;
+use span_marker::train::read_conll;
+use span_marker::{PredictOptions, SentenceInput, SpanMarkerModel};
+use span_marker_udfs::annotate::{annotate, parts_dir, AnnotateOptions, InputColumn};
+use span_marker_udfs::SharedModel;
+
+/// `rows` sentences of the toy corpus (cycled) with an `id`, a `tokens` and a `text` column,
+/// in row groups of 500; `bad_rows` get a word longer than the model input.
+fn write_corpus(path: &Path, rows: usize, bad_rows: &[usize]) -> Vec<Vec<String>> {
+    let sentences = read_conll(common::repo().join("examples/data/test.txt")).unwrap();
+    let long_word = ".".repeat(300);
+    let words: Vec<Vec<String>> = (0..rows)
+        .map(|i| {
+            let mut w = sentences[i % sentences.len()].words.clone();
+            if bad_rows.contains(&i) {
+                w.push(long_word.clone());
+            }
+            w
+        })
+        .collect();
+    let mut tokens = ListBuilder::new(StringBuilder::new());
+    for row in &words {
+        row.iter().for_each(|w| tokens.values().append_value(w));
+        tokens.append(true);
+    }
+    let texts: Vec<String> = words.iter().map(|w| w.join(" ")).collect();
+    let tokens = tokens.finish();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("tokens", tokens.data_type().clone(), true),
+        Field::new("text", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+            Arc::new(tokens),
+            Arc::new(StringArray::from(texts)),
+        ],
+    )
+    .unwrap();
+    let properties = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(500))
+        .build();
+    let mut writer = ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        schema,
+        Some(properties),
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    words
+}
+
+fn read_all(path: &Path) -> Vec<RecordBatch> {
+    ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("id")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+/// (start, end, label) per entity, per row; `None` for a NULL row.
+fn entities(batches: &[RecordBatch]) -> Vec<Option<Vec<(i64, i64, String)>>> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        let list = batch.column_by_name("entities").unwrap().as_list::<i32>();
+        for row in 0..list.len() {
+            rows.push(list.is_valid(row).then(|| {
+                let value = list.value(row);
+                let s = value.as_struct();
+                let start = s
+                    .column_by_name("start")
+                    .unwrap()
+                    .as_primitive::<Int64Type>();
+                let end = s.column_by_name("end").unwrap().as_primitive::<Int64Type>();
+                let label = s.column_by_name("label").unwrap().as_string::<i32>();
+                (0..s.len())
+                    .map(|i| (start.value(i), end.value(i), label.value(i).to_owned()))
+                    .collect()
+            }));
+        }
+    }
+    rows
+}
+
+fn options(input: &Path, output: &Path, column: InputColumn) -> AnnotateOptions {
+    let mut options = AnnotateOptions::new(input, output, column);
+    options.chunk_rows = 128;
+    options.progress = false;
+    options
+}
+
+#[test]
+fn one_output_row_per_input_row_with_the_direct_api_entities() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("corpus.parquet");
+    let words = write_corpus(&input, 1000, &[7, 640]);
+    let output = dir.path().join("out.parquet");
+    let model = SharedModel::load("bundled", "cpu").unwrap();
+    let report = annotate(
+        &model,
+        &options(&input, &output, InputColumn::Tokens("tokens".into())),
+    )
+    .unwrap();
+    assert_eq!(report.rows, 1000);
+    assert_eq!(
+        report.failed.iter().map(|f| f.0).collect::<Vec<_>>(),
+        [7, 640],
+        "rows named by their place in the file"
+    );
+    assert!(!parts_dir(&output).exists(), "parts are merged and removed");
+    let batches = read_all(&output);
+    assert_eq!(ids(&batches), (0..1000).collect::<Vec<_>>());
+    let got = entities(&batches);
+    let direct = SpanMarkerModel::bundled().unwrap();
+    let sample: Vec<usize> = (0..1000)
+        .step_by(37)
+        .filter(|r| ![7, 640].contains(r))
+        .collect();
+    let inputs: Vec<Vec<&str>> = sample
+        .iter()
+        .map(|&r| words[r].iter().map(String::as_str).collect())
+        .collect();
+    let inputs: Vec<SentenceInput<'_>> = inputs.iter().map(|w| SentenceInput::Words(w)).collect();
+    let expected = direct.predict(&inputs, &PredictOptions::default()).unwrap();
+    for (&row, want) in sample.iter().zip(expected) {
+        let want: Vec<(i64, i64, String)> = want
+            .iter()
+            .map(|e| (e.word_start as i64, e.word_end as i64, e.label.clone()))
+            .collect();
+        assert_eq!(got[row].as_ref(), Some(&want), "row {row}");
+    }
+    assert_eq!(got[7], None);
+    assert_eq!(got[640], None);
+    assert!(
+        got.iter().flatten().map(Vec::len).sum::<usize>() > 100,
+        "the model finds entities"
+    );
+
+    // Strict mode stops at the first bad row, naming it.
+    let mut strict = options(
+        &input,
+        &dir.path().join("strict.parquet"),
+        InputColumn::Tokens("tokens".into()),
+    );
+    strict.strict = true;
+    let error = annotate(&model, &strict).unwrap_err().to_string();
+    assert!(
+        error.contains("row 7") && error.contains("corpus.parquet"),
+        "{error}"
+    );
+}
+
+#[test]
+fn text_columns_get_character_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("corpus.parquet");
+    write_corpus(&input, 50, &[]);
+    let output = dir.path().join("out.parquet");
+    let model = SharedModel::load("bundled", "cpu").unwrap();
+    annotate(
+        &model,
+        &options(&input, &output, InputColumn::Text("text".into())),
+    )
+    .unwrap();
+    let batches = read_all(&output);
+    let list = batches[0]
+        .column_by_name("entities")
+        .unwrap()
+        .as_list::<i32>();
+    let texts = batches[0]
+        .column_by_name("text")
+        .unwrap()
+        .as_string::<i32>();
+    let mut checked = 0;
+    for row in 0..list.len() {
+        let value = list.value(row);
+        let s = value.as_struct();
+        let start = s
+            .column_by_name("char_start")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        let end = s
+            .column_by_name("char_end")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        let text = s.column_by_name("text").unwrap().as_string::<i32>();
+        for i in 0..s.len() {
+            let sentence: Vec<char> = texts.value(row).chars().collect();
+            let span: String = sentence[start.value(i) as usize..end.value(i) as usize]
+                .iter()
+                .collect();
+            assert_eq!(span, text.value(i));
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}
+
+#[test]
+fn bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("corpus.parquet");
+    write_corpus(&input, 20, &[]);
+    let model = SharedModel::load("bundled", "cpu").unwrap();
+    let out = |name: &str| dir.path().join(name);
+    let cases = [
+        (
+            options(
+                &input,
+                &out("a.parquet"),
+                InputColumn::Tokens("text".into()),
+            ),
+            "text column option",
+        ),
+        (
+            options(
+                &input,
+                &out("b.parquet"),
+                InputColumn::Text("tokens".into()),
+            ),
+            "tokens column option",
+        ),
+        (
+            options(
+                &input,
+                &out("c.parquet"),
+                InputColumn::Tokens("words".into()),
+            ),
+            "`words`",
+        ),
+        (
+            options(
+                &out("missing.parquet"),
+                &out("d.parquet"),
+                InputColumn::Tokens("tokens".into()),
+            ),
+            "missing.parquet",
+        ),
+        (
+            options(
+                &common::repo().join("examples/sample.txt"),
+                &out("e.parquet"),
+                InputColumn::Tokens("tokens".into()),
+            ),
+            "not a readable Parquet file",
+        ),
+    ];
+    for (options, expected) in cases {
+        let error = annotate(&model, &options).unwrap_err().to_string();
+        assert!(error.contains(expected), "{expected}: {error}");
+        assert!(!options.output.exists());
+    }
+    let mut same_column = options(
+        &input,
+        &out("f.parquet"),
+        InputColumn::Tokens("tokens".into()),
+    );
+    same_column.output_column = "id".into();
+    let error = annotate(&model, &same_column).unwrap_err().to_string();
+    assert!(
+        error.contains("`id`") && error.contains("already has"),
+        "{error}"
+    );
+    // An existing output is never overwritten.
+    std::fs::write(out("g.parquet"), "keep me").unwrap();
+    let error = annotate(
+        &model,
+        &options(
+            &input,
+            &out("g.parquet"),
+            InputColumn::Tokens("tokens".into()),
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("already exists"), "{error}");
+    assert_eq!(
+        std::fs::read_to_string(out("g.parquet")).unwrap(),
+        "keep me"
+    );
+}
+
+fn cli_annotate(input: &Path, output: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_span-marker"));
+    command.args([
+        "annotate",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--chunk-rows",
+        "64",
+        "--show",
+        "0",
+    ]);
+    command
+}
+
+fn part_files(output: &Path) -> usize {
+    std::fs::read_dir(parts_dir(output))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("part-")
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigkill_then_resume_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("corpus.parquet");
+    write_corpus(&input, 3000, &[100]);
+    let reference: PathBuf = dir.path().join("reference.parquet");
+    let status = cli_annotate(&input, &reference)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let output = dir.path().join("out.parquet");
+    let mut child = cli_annotate(&input, &output)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while part_files(&output) < 5 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be interrupted"
+        );
+        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!output.exists(), "no partial output");
+    let done = part_files(&output);
+    assert!(
+        done >= 5 && done < 3000 / 64,
+        "interrupted midway: {done} parts"
+    );
+
+    let resumed = cli_annotate(&input, &output).output().unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(stderr.contains("done by an earlier run"), "{stderr}");
+    let (got, want) = (read_all(&output), read_all(&reference));
+    assert_eq!(
+        ids(&got),
+        (0..3000).collect::<Vec<_>>(),
+        "each row once, in order"
+    );
+    assert_eq!(entities(&got), entities(&want));
+    assert_eq!(entities(&got)[100], None);
+}
+
+#[test]
+fn a_parts_directory_of_another_job_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("corpus.parquet");
+    write_corpus(&input, 20, &[]);
+    let output = dir.path().join("out.parquet");
+    std::fs::create_dir_all(parts_dir(&output)).unwrap();
+    std::fs::write(parts_dir(&output).join("manifest.json"), r#"{"input": "other.parquet", "input_bytes": 1, "column": {"tokens": "tokens"}, "output_column": "entities", "model": "bundled", "chunk_rows": 128}"#).unwrap();
+    let model = SharedModel::load("bundled", "cpu").unwrap();
+    let error = annotate(
+        &model,
+        &options(&input, &output, InputColumn::Tokens("tokens".into())),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("another job"), "{error}");
+}
