@@ -44,7 +44,13 @@ fn tokens_column(rows: &[Vec<&str>], values: impl Fn(Vec<&str>) -> ArrayRef) -> 
     ))
 }
 
-fn layouts() -> Vec<(&'static str, Box<dyn Fn(Vec<&str>) -> ArrayRef>)> {
+/// Builds a string array of one layout from values.
+type Layout = Box<dyn Fn(Vec<&str>) -> ArrayRef>;
+
+/// One entity as (start, end, label, score).
+type EntityRow = (i64, i64, String, f32);
+
+fn layouts() -> Vec<(&'static str, Layout)> {
     vec![
         (
             "Utf8",
@@ -143,7 +149,7 @@ async fn predict_golden_table() {
 }
 
 /// Entities as (start, end, label, score) per row from an entity column.
-fn entity_rows(column: &dyn Array) -> Vec<Option<Vec<(i64, i64, String, f32)>>> {
+fn entity_rows(column: &dyn Array) -> Vec<Option<Vec<EntityRow>>> {
     let list = column.as_list::<i32>();
     (0..list.len())
         .map(|row| {
@@ -205,7 +211,7 @@ async fn predict_agrees_with_the_direct_api_on_every_layout_with_nulls() {
         assert_eq!(got.len(), rows.len() + 1, "{name}");
         assert_eq!(got[rows.len()], None, "{name}: NULL in, NULL out");
         for (row, entities) in expected.iter().enumerate() {
-            let want: Vec<(i64, i64, String, f32)> = entities
+            let want: Vec<EntityRow> = entities
                 .iter()
                 .map(|e| {
                     (
