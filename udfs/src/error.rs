@@ -14,6 +14,7 @@ pub enum Error {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error(transparent)]
     Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    #[cfg(feature = "polars")]
     #[error(transparent)]
     Polars(#[from] polars::error::PolarsError),
     #[error("{}: {source}", path.display())]
@@ -80,6 +81,7 @@ impl From<Error> for datafusion::error::DataFusionError {
     }
 }
 
+#[cfg(feature = "polars")]
 impl From<Error> for polars::error::PolarsError {
     fn from(error: Error) -> Self {
         match error {

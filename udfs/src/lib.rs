@@ -23,6 +23,7 @@ pub mod dataset;
 mod error;
 mod model;
 pub mod pipeline;
+#[cfg(feature = "polars")]
 pub mod polars_expr;
 pub mod sources;
 pub mod sql;

@@ -14,6 +14,7 @@ use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::assert_batches_eq;
 use datafusion::datasource::MemTable;
+use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::SessionContext;
 use span_marker::{PredictOptions, SentenceInput, SpanMarkerModel};
 use span_marker_udfs::sql::register_all;
@@ -542,5 +543,45 @@ async fn train_table_function_trains_and_returns_metrics() {
         let query = format!("SELECT * FROM span_marker_train('SELECT * FROM train', '{options}')");
         let error = ctx.sql(&query).await.unwrap_err().to_string();
         assert!(error.contains(expected), "{options}: {error}");
+    }
+}
+
+/// Each function's documentation holds a SQL example and its printed result: running the
+/// example prints exactly that.
+#[tokio::test]
+async fn documented_examples_print_what_they_say() {
+    let ctx = SessionContext::new();
+    register_all(&ctx);
+    for name in [
+        "span_marker_candidates",
+        "span_marker_predict",
+        "span_marker_predict_text",
+    ] {
+        let udf = ctx.udf(name).unwrap();
+        let docs = udf.documentation().expect("documented");
+        let example = docs.sql_example.as_deref().expect("an SQL example");
+        let lines: Vec<&str> = example.lines().filter(|l| !l.starts_with("```")).collect();
+        let statements: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("> ")).collect();
+        let expected: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| !l.starts_with("> "))
+            .collect();
+        let mut printed = String::new();
+        for statement in statements {
+            let batches = ctx
+                .sql(statement.trim_end_matches(';'))
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            if !batches.is_empty() {
+                printed = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                    .unwrap()
+                    .to_string();
+            }
+        }
+        assert_eq!(printed.lines().collect::<Vec<_>>(), expected, "{name}");
     }
 }

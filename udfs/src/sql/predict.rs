@@ -33,9 +33,8 @@ impl SpanMarkerPredict {
     }
 }
 
-static DOCS: LazyLock<Documentation> =
-    LazyLock::new(|| {
-        Documentation::builder(
+static DOCS: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
         DocSection::default(),
         "Named entities in a sentence given as words, found by the model in `span_marker.model`. \
          All rows of a record batch go through the model together.",
@@ -46,15 +45,15 @@ static DOCS: LazyLock<Documentation> =
         r#"```sql
 > SET span_marker.model = 'bundled';
 > SELECT span_marker_predict(['Paris', 'is', 'in', 'France']) AS entities;
-+----------------------------------------------------------------------------------------+
-| entities                                                                               |
-+----------------------------------------------------------------------------------------+
-| [{start: 0, end: 1, label: LOC, score: 0.9..}, {start: 3, end: 4, label: LOC, score: ..}] |
-+----------------------------------------------------------------------------------------+
++--------------------------------------------------------------------------------------------------------+
+| entities                                                                                               |
++--------------------------------------------------------------------------------------------------------+
+| [{start: 0, end: 1, label: LOC, score: 0.78284544}, {start: 3, end: 4, label: LOC, score: 0.72579974}] |
++--------------------------------------------------------------------------------------------------------+
 ```"#,
     )
     .build()
-    });
+});
 
 impl ScalarUDFImpl for SpanMarkerPredict {
     fn name(&self) -> &str {

@@ -44,12 +44,12 @@ static DOCS: LazyLock<Documentation> = LazyLock::new(|| {
     .with_sql_example(
         r#"```sql
 > SET span_marker.model = 'bundled';
-> SELECT span_marker_predict_text('Paris is in France') AS entities;
-+----------------------------------------------------------------------------------------------+
-| entities                                                                                     |
-+----------------------------------------------------------------------------------------------+
-| [{start: 0, end: 1, label: LOC, score: .., char_start: 0, char_end: 5, text: Paris}, ..]   |
-+----------------------------------------------------------------------------------------------+
+> SELECT span_marker_predict_text('The European Central Bank met in Frankfurt.') AS entities;
++----------------------------------------------------------------------------------------------------+
+| entities                                                                                           |
++----------------------------------------------------------------------------------------------------+
+| [{start: 6, end: 7, label: LOC, score: 0.65032554, char_start: 33, char_end: 42, text: Frankfurt}] |
++----------------------------------------------------------------------------------------------------+
 ```"#,
     )
     .build()

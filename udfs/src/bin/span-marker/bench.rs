@@ -5,8 +5,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, ListBuilder, RecordBatch, StringBuilder,
+};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use span_marker::train::{IntervalStrategy, NerDataset, Trainer, TrainingArguments};
 use span_marker::{PredictOptions, SentenceInput, SpanMarkerModel};
+use span_marker_udfs::sql::register_all_with_model;
+use span_marker_udfs::SharedModel;
 
 /// What to measure.
 pub struct BenchOptions {
@@ -112,6 +123,14 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         "rust:   {rust_rate:10.1} sentences/s, peak RSS {:.0} MB",
         peak_rss_mb().unwrap_or(f64::NAN)
     );
+    let shared = SharedModel::new(&options.model, model);
+    for partitions in [1, 2] {
+        let sql_rate = bench_sql(&shared, &words, options, partitions, &ours)?;
+        println!(
+            "sql:    {sql_rate:10.1} sentences/s with {partitions} partition(s): {:.2}x the direct API (span_marker_predict over Parquet, entities identical)",
+            sql_rate / rust_rate
+        );
+    }
 
     let Some(python) = &options.python else {
         return Ok(());
@@ -134,6 +153,106 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         return Err("the entities differ from the Python reference".into());
     }
     Ok(())
+}
+
+/// `SELECT span_marker_predict(tokens)` over the sentences as a Parquet file (row groups of
+/// 256 rows) with `partitions` target partitions; fails unless the entities equal `expected`.
+fn bench_sql(
+    model: &SharedModel,
+    words: &[Vec<&str>],
+    options: &BenchOptions,
+    partitions: usize,
+    expected: &Entities,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("sentences.parquet");
+    let mut tokens = ListBuilder::new(StringBuilder::new());
+    for sentence in words {
+        sentence
+            .iter()
+            .for_each(|w| tokens.values().append_value(w));
+        tokens.append(true);
+    }
+    let ids = Int64Array::from_iter_values(0..words.len() as i64);
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(ids) as ArrayRef),
+        ("tokens", Arc::new(tokens.finish()) as ArrayRef),
+    ])?;
+    let properties = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(256))
+        .build();
+    let mut writer = ArrowWriter::try_new(
+        std::fs::File::create(&path)?,
+        batch.schema(),
+        Some(properties),
+    )?;
+    writer.write(&batch)?;
+    writer.close()?;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let ctx =
+        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
+    register_all_with_model(&ctx, model.clone());
+    let query = format!(
+        "SELECT id, span_marker_predict(tokens) AS e FROM '{}'",
+        path.display()
+    );
+    let ctx = ctx.enable_url_table();
+    runtime.block_on(ctx.sql(&format!(
+        "SET span_marker.batch_size = {}",
+        options.batch_size
+    )))?;
+    let run = || -> Result<(f64, Entities), Box<dyn std::error::Error>> {
+        let start = Instant::now();
+        let batches = runtime.block_on(async { ctx.sql(&query).await?.collect().await })?;
+        let rate = words.len() as f64 / start.elapsed().as_secs_f64();
+        let mut rows: Vec<(i64, Vec<(usize, usize, String)>)> = Vec::with_capacity(words.len());
+        for batch in &batches {
+            let ids = batch.column(0).as_primitive::<Int64Type>();
+            let lists = batch.column(1).as_list::<i32>();
+            for row in 0..batch.num_rows() {
+                let value = lists.value(row);
+                let entities = value.as_struct();
+                let int = |name: &str| {
+                    entities
+                        .column_by_name(name)
+                        .expect("entity field")
+                        .as_primitive::<Int64Type>()
+                        .clone()
+                };
+                let (starts, ends) = (int("start"), int("end"));
+                let labels = entities
+                    .column_by_name("label")
+                    .expect("label")
+                    .as_string::<i32>()
+                    .clone();
+                let found = (0..entities.len())
+                    .map(|i| {
+                        (
+                            starts.value(i) as usize,
+                            ends.value(i) as usize,
+                            labels.value(i).to_owned(),
+                        )
+                    })
+                    .collect();
+                rows.push((ids.value(row), found));
+            }
+        }
+        rows.sort_by_key(|(id, _)| *id);
+        Ok((rate, rows.into_iter().map(|(_, e)| e).collect()))
+    };
+    for _ in 0..options.warmup {
+        run()?;
+    }
+    let mut rates = Vec::new();
+    for _ in 0..options.repeat.max(1) {
+        let (rate, entities) = run()?;
+        if &entities != expected {
+            return Err("the SQL path's entities differ from the direct API's".into());
+        }
+        rates.push(rate);
+    }
+    Ok(median(&mut rates))
 }
 
 /// Trains `options.train_steps` steps here and, when asked, in Python from the same checkpoint.
