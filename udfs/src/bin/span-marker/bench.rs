@@ -34,7 +34,9 @@ pub struct BenchOptions {
     pub train_steps: usize,
 }
 
-type Entities = Vec<Vec<(usize, usize, String)>>;
+/// Per sentence, its entities as (word start, word end, label).
+type SentenceEntities = Vec<(usize, usize, String)>;
+type Entities = Vec<SentenceEntities>;
 
 pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     tch::set_num_threads(options.threads as i32);
@@ -206,7 +208,7 @@ fn bench_sql(
         let start = Instant::now();
         let batches = runtime.block_on(async { ctx.sql(&query).await?.collect().await })?;
         let rate = words.len() as f64 / start.elapsed().as_secs_f64();
-        let mut rows: Vec<(i64, Vec<(usize, usize, String)>)> = Vec::with_capacity(words.len());
+        let mut rows: Vec<(i64, SentenceEntities)> = Vec::with_capacity(words.len());
         for batch in &batches {
             let ids = batch.column(0).as_primitive::<Int64Type>();
             let lists = batch.column(1).as_list::<i32>();
