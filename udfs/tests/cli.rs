@@ -149,10 +149,113 @@ fn bench_measures_both_implementations_and_checks_the_entities() {
     for needle in [
         "torch intra-op threads 1",
         "rust:",
+        "sql:",
+        "with 2 partition(s)",
         "python:",
         "ratio:",
         "entities identical: yes (60 sentences",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing from\n{stdout}");
     }
+}
+
+fn run_ok(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn predict_takes_sentences_from_arguments_and_stdin() {
+    let args = run_ok(span_marker().args([
+        "predict",
+        "--json",
+        "Germany and France agreed.",
+        "Angela Merkel visited Paris.",
+    ]));
+    let mut child = span_marker()
+        .args(["predict", "--json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Germany and France agreed.\nAngela Merkel visited Paris.\n")
+        .unwrap();
+    let stdin = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(args, stdin);
+    assert_eq!(args.lines().count(), 2);
+    assert!(args.contains("\"label\":\"LOC\""), "{args}");
+}
+
+#[test]
+fn sql_over_a_parquet_file_by_path_prints_entities() {
+    let dir = tempfile::tempdir().unwrap();
+    // Write the file with the CLI itself, then query it by path.
+    run_ok(span_marker().current_dir(dir.path()).args([
+        "sql",
+        "COPY (SELECT ['Germany', 'and', 'France', 'agreed', '.'] AS tokens) TO 'sample.parquet'",
+    ]));
+    let stdout = run_ok(span_marker().current_dir(dir.path()).args([
+        "sql",
+        "SELECT span_marker_predict(tokens) AS entities FROM 'sample.parquet'",
+    ]));
+    assert!(stdout.contains("label: LOC"), "{stdout}");
+    assert!(stdout.contains("start: 0, end: 1"), "{stdout}");
+    let out = span_marker()
+        .args(["sql", "SELECT span_marker_predict(1)"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("list of strings"));
+}
+
+#[test]
+fn annotate_sample_is_the_main_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("entities.parquet");
+    let stdout =
+        run_ok(span_marker().args(["annotate", "--sample", "--output", output.to_str().unwrap()]));
+    assert!(
+        stdout.starts_with("Angela Merkel met Emmanuel Macron in Paris on Tuesday.\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("LOC"), "{stdout}");
+    assert!(output.is_file());
+    // Running it again refuses to overwrite the output.
+    let out = span_marker()
+        .args(["annotate", "--sample", "--output", output.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+}
+
+#[test]
+fn evaluate_prints_metrics_for_annotated_files() {
+    let stdout = run_ok(span_marker().args([
+        "evaluate",
+        "--model",
+        "tests/fixtures/trained/tiny-bert",
+        "--data",
+        "examples/data/test.txt",
+        "--format",
+        "conll",
+    ]));
+    let metrics: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let f1 = metrics["test_overall_f1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&f1), "{metrics}");
+    let out = span_marker()
+        .args(["evaluate", "--data", "examples/data/nope.parquet"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.parquet"));
 }

@@ -322,3 +322,46 @@ async fn bad_sources_are_named() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn document_columns_give_document_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        r#"{"tokens": ["Paris", "wins"], "ner_tags": ["B-LOC", "O"], "doc": "a", "position": 1}"#,
+        r#"{"tokens": ["Rome"], "ner_tags": ["B-LOC"], "doc": "a", "position": 0}"#,
+        r#"{"tokens": ["Oslo"], "ner_tags": ["B-LOC"], "doc": null, "position": 0}"#,
+    ];
+    std::fs::write(dir.path().join("d.jsonl"), lines[..2].join("\n")).unwrap();
+    let mut source = TableSource::file(dir.path().join("d.jsonl"));
+    source.document_id_column = Some("doc".into());
+    source.sentence_id_column = Some("position".into());
+    let rows = source.read(&SessionContext::new()).await.unwrap();
+    let positions = rows.documents.as_ref().unwrap();
+    assert_eq!(
+        positions[0],
+        span_marker::context::DocumentPosition::new("a", 1)
+    );
+    assert_eq!(
+        positions[1],
+        span_marker::context::DocumentPosition::new("a", 0)
+    );
+    let labels = Labels::new(["O", "B-LOC", "I-LOC"]).unwrap();
+    assert!(rows.to_dataset(&labels).unwrap().examples[0]
+        .document
+        .is_some());
+
+    std::fs::write(dir.path().join("d.jsonl"), lines.join("\n")).unwrap();
+    let error = source
+        .read(&SessionContext::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("row 2") && error.contains("null"), "{error}");
+    source.sentence_id_column = None;
+    let error = source
+        .read(&SessionContext::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("both"), "{error}");
+}

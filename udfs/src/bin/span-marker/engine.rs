@@ -347,14 +347,7 @@ pub fn train_conll(run: ConllTraining) -> CliResult {
     Ok(())
 }
 
-pub fn evaluate(
-    model: &str,
-    device: &str,
-    data: &Path,
-    tokens_column: String,
-    tags_column: String,
-    batch_size: usize,
-) -> CliResult {
+pub fn evaluate(model: &str, device: &str, source: &TableSource, batch_size: usize) -> CliResult {
     let model = if model == BUNDLED_MODEL {
         let mut bundled = SpanMarkerModel::bundled()?;
         bundled.to_device(parse_device(device)?);
@@ -368,9 +361,6 @@ pub fn evaluate(
             },
         )?
     };
-    let mut source = TableSource::file(data);
-    source.tokens_column = tokens_column;
-    source.tags_column = tags_column;
     let runtime = tokio::runtime::Runtime::new()?;
     let rows = runtime.block_on(source.read(&SessionContext::new()))?;
     let dataset = rows.to_dataset(model.labels())?;

@@ -98,6 +98,9 @@ enum Command {
         /// Annotated data.
         #[arg(long)]
         data: PathBuf,
+        /// `parquet`, `csv`, `json` or `conll`; default: from the extension.
+        #[arg(long)]
+        format: Option<String>,
         /// The list-of-words column (tables).
         #[arg(long, default_value = "tokens")]
         tokens_column: String,
@@ -257,18 +260,21 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Evaluate {
             model,
             data,
+            format,
             tokens_column,
             tags_column,
             batch_size,
             device,
-        } => engine::evaluate(
-            &model,
-            &device,
-            &data,
-            tokens_column,
-            tags_column,
-            batch_size,
-        ),
+        } => {
+            let mut source = span_marker_udfs::sources::TableSource::file(data);
+            source.format = format
+                .map(|f| serde_json::from_value(serde_json::Value::String(f.to_lowercase())))
+                .transpose()
+                .map_err(|e| format!("--format: {e}"))?;
+            source.tokens_column = tokens_column;
+            source.tags_column = tags_column;
+            engine::evaluate(&model, &device, &source, batch_size)
+        }
         Command::Annotate(args) => engine::annotate(args),
         Command::Sql(args) => engine::sql(args),
         Command::Bench {
