@@ -17,10 +17,10 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use span_marker::{PredictOptions, PredictedEntity, SentenceInput};
+use span_marker::{PredictOptions, SentenceInput};
 
 use crate::columns::{
-    entities_column, entity_fields, is_string, is_string_list, list_of, read_words, Strings,
+    entities_column, entity_fields, is_string, is_string_list, list_of, read_word_rows, Strings,
 };
 use crate::error::{Error, Result};
 use crate::model::SharedModel;
@@ -253,48 +253,25 @@ fn annotate_batch(
     let array = batch
         .column_by_name(name)
         .ok_or_else(|| Error::column(name, "missing from a record batch"))?;
-    let mut unreadable = Vec::new();
-    let words_rows;
+    let (words, unreadable);
     let rows: Vec<Option<SentenceInput<'_>>> = match &options.column {
         InputColumn::Tokens(_) => {
-            words_rows = read_words(array.as_ref(), name)?
-                .into_iter()
-                .enumerate()
-                .map(|(row, words)| match words {
-                    Some(Ok(words)) => Some(words),
-                    Some(Err(reason)) => {
-                        unreadable.push((row, reason));
-                        None
-                    }
-                    None => None,
-                })
-                .collect::<Vec<_>>();
-            words_rows
+            (words, unreadable) = read_word_rows(array.as_ref(), name)?;
+            words
                 .iter()
                 .map(|w| w.as_deref().map(SentenceInput::Words))
                 .collect()
         }
         InputColumn::Text(_) => {
+            unreadable = Vec::new();
             let texts = Strings::try_new(array.as_ref(), name)?;
             (0..array.len())
                 .map(|i| texts.get(i).map(SentenceInput::Text))
                 .collect()
         }
     };
-    let predictions = model.predict_rows(&rows, &options.predict)?;
-    let mut entities: Vec<Option<Vec<PredictedEntity>>> = Vec::with_capacity(rows.len());
-    let mut problems = unreadable;
-    for (row, prediction) in predictions.into_iter().enumerate() {
-        match prediction {
-            Ok(found) => entities.push(found),
-            Err(error) => {
-                problems.push((row, error.to_string()));
-                entities.push(None);
-            }
-        }
-    }
-    problems.sort();
-    for (row, reason) in problems {
+    let annotated = model.annotate_rows(&rows, &options.predict, unreadable)?;
+    for (row, reason) in annotated.failed {
         let row = first_row + row;
         if options.strict {
             return Err(Error::Row {
@@ -307,7 +284,7 @@ fn annotate_batch(
         failed.push((row, reason));
     }
     Ok(entities_column(
-        &entities,
+        &annotated.entities,
         matches!(options.column, InputColumn::Text(_)),
     ))
 }

@@ -159,6 +159,28 @@ pub fn read_words<'a>(array: &'a dyn Array, column: &str) -> Result<Vec<WordsRow
         .collect())
 }
 
+/// Per row, the words of a list-of-strings column (`None` for a null row or a row that cannot
+/// be read), and the rows that cannot be read (a null word) with the reason.
+pub type ReadableWords<'a> = (Vec<Option<Vec<&'a str>>>, Vec<(usize, String)>);
+
+/// [`read_words`] with unreadable rows set apart, so that they fail alone.
+pub fn read_word_rows<'a>(array: &'a dyn Array, column: &str) -> Result<ReadableWords<'a>> {
+    let mut unreadable = Vec::new();
+    let rows = read_words(array, column)?
+        .into_iter()
+        .enumerate()
+        .map(|(row, words)| match words {
+            Some(Ok(words)) => Some(words),
+            Some(Err(reason)) => {
+                unreadable.push((row, reason));
+                None
+            }
+            None => None,
+        })
+        .collect();
+    Ok((rows, unreadable))
+}
+
 /// A `List<Struct>` column from per-row items: `None` rows are null.
 fn list_column<T>(
     rows: &[Option<Vec<T>>],

@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use span_marker::device::parse_device;
 use span_marker::model::LoadOptions;
-use span_marker::{PredictOptions, RowPrediction, SentenceInput, SpanMarkerModel};
+use span_marker::{PredictOptions, PredictedEntity, RowPrediction, SentenceInput, SpanMarkerModel};
 
 use crate::error::Result;
 
@@ -117,4 +117,38 @@ impl SharedModel {
     ) -> Result<Vec<RowPrediction>> {
         Ok(self.lock().predict_rows_each(rows, None, options)?)
     }
+
+    /// Entities per row, with the rows that got none because they failed, here or before
+    /// (`failed`: rows the caller could not read, given as `None` in `rows`).
+    pub fn annotate_rows(
+        &self,
+        rows: &[Option<SentenceInput<'_>>],
+        options: &PredictOptions,
+        failed: Vec<(usize, String)>,
+    ) -> Result<Annotated> {
+        let mut annotated = Annotated {
+            entities: Vec::with_capacity(rows.len()),
+            failed,
+        };
+        for (row, prediction) in self.predict_rows(rows, options)?.into_iter().enumerate() {
+            match prediction {
+                Ok(entities) => annotated.entities.push(entities),
+                Err(error) => {
+                    annotated.failed.push((row, error.to_string()));
+                    annotated.entities.push(None);
+                }
+            }
+        }
+        annotated.failed.sort();
+        Ok(annotated)
+    }
+}
+
+/// What [`SharedModel::annotate_rows`] made of a batch of rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Annotated {
+    /// Per row, its entities; `None` for a null row or a failed one.
+    pub entities: Vec<Option<Vec<PredictedEntity>>>,
+    /// The rows that failed, in row order, with the reason.
+    pub failed: Vec<(usize, String)>,
 }

@@ -227,20 +227,14 @@ fn predict_rows(
     name: PlSmallStr,
     with_text: bool,
 ) -> PolarsResult<Column> {
-    let predictions = model.predict_rows(rows, &kwargs.options)?;
-    let mut entities: Vec<Option<Vec<PredictedEntity>>> = Vec::with_capacity(rows.len());
-    for (row, prediction) in predictions.into_iter().enumerate() {
-        match prediction {
-            Ok(found) => entities.push(found),
-            Err(error) if kwargs.strict => {
-                polars_bail!(ComputeError: "span_marker: `{name}` row {row} cannot be annotated: {error}")
-            }
-            Err(error) => {
-                tracing::warn!(column = %name, row, %error, "row not annotated, null returned");
-                entities.push(None);
-            }
+    let annotated = model.annotate_rows(rows, &kwargs.options, Vec::new())?;
+    for (row, reason) in &annotated.failed {
+        if kwargs.strict {
+            polars_bail!(ComputeError: "span_marker: `{name}` row {row} cannot be annotated: {reason}")
         }
+        tracing::warn!(column = %name, row, reason, "row not annotated, null returned");
     }
+    let entities = annotated.entities;
     let all: Vec<&PredictedEntity> = entities.iter().flatten().flatten().collect();
     let int = |n: &str, f: fn(&PredictedEntity) -> usize| {
         Series::new(

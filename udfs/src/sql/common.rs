@@ -5,7 +5,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{exec_err, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs};
-use span_marker::{PredictedEntity, SentenceInput};
+use span_marker::SentenceInput;
 
 use crate::model::SharedModel;
 use crate::sql::options::SpanMarkerOptions;
@@ -47,27 +47,15 @@ pub fn predict_column(
     let settings = SpanMarkerOptions::from_config(&args.config_options);
     let options = settings.predict_options()?;
     let model = settings.model(fallback)?;
-    let predictions = model.predict_rows(rows, &options)?;
-    let mut failures: Vec<(usize, String)> = unreadable;
-    let mut entities: Vec<Option<Vec<PredictedEntity>>> = Vec::with_capacity(rows.len());
-    for (row, prediction) in predictions.into_iter().enumerate() {
-        match prediction {
-            Ok(row_entities) => entities.push(row_entities),
-            Err(error) => {
-                failures.push((row, error.to_string()));
-                entities.push(None);
-            }
-        }
-    }
-    failures.sort();
-    if let Some((row, reason)) = failures.first() {
+    let annotated = model.annotate_rows(rows, &options, unreadable)?;
+    if let Some((row, reason)) = annotated.failed.first() {
         if settings.strict {
             return exec_err!(
                 "{name}: row {row} of the batch cannot be annotated: {reason} \
                  (SET span_marker.strict = false to get NULL for such rows)"
             );
         }
-        for (row, reason) in &failures {
+        for (row, reason) in &annotated.failed {
             tracing::warn!(
                 function = name,
                 row,
@@ -76,5 +64,8 @@ pub fn predict_column(
             );
         }
     }
-    Ok(crate::columns::entities_column(&entities, with_text))
+    Ok(crate::columns::entities_column(
+        &annotated.entities,
+        with_text,
+    ))
 }

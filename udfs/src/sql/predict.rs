@@ -11,7 +11,7 @@ use datafusion::logical_expr::{
 };
 use span_marker::SentenceInput;
 
-use crate::columns::{entity_fields, is_string_list, list_of, read_words};
+use crate::columns::{entity_fields, is_string_list, list_of, read_word_rows};
 use crate::model::SharedModel;
 use crate::sql::common::{arrays, check_arity, predict_column};
 
@@ -87,24 +87,11 @@ impl ScalarUDFImpl for SpanMarkerPredict {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = arrays(&args)?;
-        let words = if arrays[0].data_type().is_null() {
-            vec![None; arrays[0].len()]
+        let (words, unreadable) = if arrays[0].data_type().is_null() {
+            (vec![None; arrays[0].len()], Vec::new())
         } else {
-            read_words(arrays[0].as_ref(), "tokens")?
+            read_word_rows(arrays[0].as_ref(), "tokens")?
         };
-        let mut unreadable = Vec::new();
-        let words: Vec<Option<Vec<&str>>> = words
-            .into_iter()
-            .enumerate()
-            .map(|(row, words)| match words {
-                Some(Ok(words)) => Some(words),
-                Some(Err(reason)) => {
-                    unreadable.push((row, reason));
-                    None
-                }
-                None => None,
-            })
-            .collect();
         let rows: Vec<Option<SentenceInput<'_>>> = words
             .iter()
             .map(|w| w.as_deref().map(SentenceInput::Words))

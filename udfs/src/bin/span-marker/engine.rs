@@ -12,11 +12,14 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::SessionContext;
 use span_marker::device::parse_device;
-use span_marker::train::{evaluate as evaluate_model, NerDataset, Trainer, TrainingArguments};
-use span_marker::{LoadOptions, ModelSettings, PredictOptions, SpanMarkerModel};
+use span_marker::train::{evaluate as evaluate_model, TrainingArguments};
+use span_marker::{LoadOptions, PredictOptions, SpanMarkerModel};
 use span_marker_udfs::annotate::{annotate as annotate_corpus, AnnotateOptions, InputColumn};
+use span_marker_udfs::dataset::AnnotatedRows;
 use span_marker_udfs::pipeline::Pipeline;
+use span_marker_udfs::sources::Format;
 use span_marker_udfs::sources::TableSource;
+use span_marker_udfs::training::{self, ModelSpec};
 use span_marker_udfs::{SharedModel, BUNDLED_MODEL};
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -308,42 +311,36 @@ pub fn train_conll(run: ConllTraining) -> CliResult {
     if let Some(epochs) = run.num_train_epochs {
         args.num_train_epochs = epochs;
     }
-    let labels = match run.labels {
-        Some(labels) => labels,
-        None => NerDataset::conll_labels(&run.train)?,
+    let conll = |path: PathBuf| {
+        let mut source = TableSource::file(path);
+        source.format = Some(Format::Conll);
+        source
     };
-    let options = LoadOptions {
-        labels: Some(labels),
-        settings: ModelSettings {
-            model_max_length: Some(run.model_max_length),
-            marker_max_length: run.marker_max_length,
-            entity_max_length: run.entity_max_length,
-            ..Default::default()
-        },
-        ..Default::default()
+    let runtime = tokio::runtime::Runtime::new()?;
+    let ctx = SessionContext::new();
+    let read = |path: Option<PathBuf>| -> Result<Option<AnnotatedRows>, span_marker_udfs::Error> {
+        path.map(|p| runtime.block_on(conll(p).read(&ctx)))
+            .transpose()
     };
-    // A new model's head and marker embeddings are random: seed them like the run.
-    tch::manual_seed(args.seed as i64);
-    let mut model = SpanMarkerModel::from_pretrained_with(&run.model, &options)?;
-    let label_list = model.labels().clone();
-    let train = NerDataset::from_conll(&run.train, &label_list)?;
-    let eval = run
-        .eval
-        .map(|p| NerDataset::from_conll(p, &label_list))
-        .transpose()?;
-    let test = run
-        .test
-        .map(|p| NerDataset::from_conll(p, &label_list))
-        .transpose()?;
-    let output_dir = args.output_dir.clone();
-    let mut trainer = Trainer::new(&mut model, args)?;
-    let output = trainer.train(&train, eval.as_ref(), run.resume.as_deref())?;
-    println!("{}", serde_json::Value::Object(output.metrics));
-    if let Some(test) = test {
-        let evaluation = trainer.evaluate(&test, "test")?;
-        println!("{}", serde_json::Value::Object(evaluation.to_record()));
-    }
-    eprintln!("model saved to {}", output_dir.display());
+    let train = read(Some(run.train))?.expect("a training file");
+    let (eval, test) = (read(run.eval)?, read(run.test)?);
+    let spec = ModelSpec {
+        encoder: run.model,
+        labels: run.labels,
+        model_max_length: Some(run.model_max_length),
+        marker_max_length: run.marker_max_length,
+        entity_max_length: run.entity_max_length,
+    };
+    let report = training::run(
+        &spec,
+        args,
+        &train,
+        eval.as_ref(),
+        test.as_ref(),
+        run.resume.as_deref(),
+    )?;
+    println!("{}", serde_json::Value::Object(report.metrics));
+    eprintln!("model saved to {}", report.output_dir.display());
     Ok(())
 }
 
