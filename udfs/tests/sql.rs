@@ -19,6 +19,22 @@ use datafusion::prelude::SessionContext;
 use span_marker::{PredictOptions, SentenceInput, SpanMarkerModel};
 use span_marker_udfs::sql::register_all;
 
+/// Runs a query to completion.
+async fn collect(ctx: &SessionContext, query: &str) -> Vec<RecordBatch> {
+    ctx.sql(query).await.unwrap().collect().await.unwrap()
+}
+
+/// The error of a query that plans but fails when it runs.
+async fn execution_error(ctx: &SessionContext, query: &str) -> String {
+    ctx.sql(query)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 fn sentences() -> Vec<Vec<&'static str>> {
     vec![
         vec!["Angela", "Merkel", "visited", "Paris", "."],
@@ -87,13 +103,11 @@ async fn candidates_over_every_string_layout() {
     for (name, layout) in layouts() {
         let rows = vec![vec!["Paris", "is", "nice"], vec!["Hi"]];
         let ctx = context_with(tokens_column(&rows, layout)).await;
-        let batches = ctx
-            .sql("SELECT span_marker_candidates(tokens, 2) AS spans FROM corpus")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let batches = collect(
+            &ctx,
+            "SELECT span_marker_candidates(tokens, 2) AS spans FROM corpus",
+        )
+        .await;
         assert_batches_eq!(
             [
                 "+------------------------------------------------------------------------------------------------------+",
@@ -110,13 +124,11 @@ async fn candidates_over_every_string_layout() {
         ctx.sql("SET span_marker.entity_max_length = 1")
             .await
             .unwrap();
-        let batches = ctx
-            .sql("SELECT span_marker_candidates(tokens) AS spans FROM corpus")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let batches = collect(
+            &ctx,
+            "SELECT span_marker_candidates(tokens) AS spans FROM corpus",
+        )
+        .await;
         let spans = batches[0].column(0).as_list::<i32>();
         assert_eq!(spans.value_length(0), 3, "{name}");
     }
@@ -129,13 +141,11 @@ async fn predict_golden_table() {
         layouts().remove(0).1,
     ))
     .await;
-    let batches = ctx
-        .sql("SELECT span_marker_predict(tokens) AS entities FROM corpus")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = collect(
+        &ctx,
+        "SELECT span_marker_predict(tokens) AS entities FROM corpus",
+    )
+    .await;
     assert_batches_eq!(
         [
             "+------------------------------------------------------------------------------------------------------+",
@@ -201,13 +211,11 @@ async fn predict_agrees_with_the_direct_api_on_every_layout_with_nulls() {
     );
     for (name, layout) in layouts() {
         let ctx = context_with(tokens_column(&rows, layout)).await;
-        let batches = ctx
-            .sql("SELECT span_marker_predict(tokens) AS entities FROM corpus")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let batches = collect(
+            &ctx,
+            "SELECT span_marker_predict(tokens) AS entities FROM corpus",
+        )
+        .await;
         let got = entity_rows(batches[0].column(0).as_ref());
         assert_eq!(got.len(), rows.len() + 1, "{name}");
         assert_eq!(got[rows.len()], None, "{name}: NULL in, NULL out");
@@ -246,7 +254,7 @@ async fn predict_text_agrees_with_the_direct_api() {
             "SELECT span_marker_predict_text(arrow_cast(column1, 'Utf8View'){cast}) AS e FROM (VALUES {}, (NULL))",
             values.join(", ")
         );
-        let batches = ctx.sql(&query).await.unwrap().collect().await.unwrap();
+        let batches = collect(&ctx, &query).await;
         let list = batches[0].column(0).as_list::<i32>();
         assert!(list.is_null(texts.len()));
         for (row, entities) in expected.iter().enumerate() {
@@ -280,25 +288,15 @@ async fn settings_change_the_output() {
             .sum()
     };
     let query = "SELECT span_marker_predict(tokens) FROM corpus";
-    let all = count(&ctx.sql(query).await.unwrap().collect().await.unwrap());
+    let all = count(&collect(&ctx, query).await);
     ctx.sql("SET span_marker.threshold = 0.999").await.unwrap();
-    let confident = count(&ctx.sql(query).await.unwrap().collect().await.unwrap());
+    let confident = count(&collect(&ctx, query).await);
     assert!(confident < all, "{confident} < {all}");
     ctx.sql("SET span_marker.threshold = 0").await.unwrap();
     ctx.sql("SET span_marker.batch_size = 1").await.unwrap();
-    assert_eq!(
-        count(&ctx.sql(query).await.unwrap().collect().await.unwrap()),
-        all
-    );
+    assert_eq!(count(&collect(&ctx, query).await), all);
     ctx.sql("SET span_marker.batch_size = 0").await.unwrap();
-    let error = ctx
-        .sql(query)
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = execution_error(&ctx, query).await;
     assert!(error.contains("batch_size"), "{error}");
 }
 
@@ -324,7 +322,7 @@ async fn a_row_that_cannot_be_annotated_is_null_unless_strict() {
     ));
     let ctx = context_with(tokens).await;
     let query = "SELECT span_marker_predict(tokens) FROM corpus";
-    let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
+    let batches = collect(&ctx, query).await;
     let rows = entity_rows(batches[0].column(0).as_ref());
     assert_eq!(rows[0], None, "a null word");
     assert!(
@@ -333,14 +331,7 @@ async fn a_row_that_cannot_be_annotated_is_null_unless_strict() {
     );
     assert_eq!(rows[2], None, "a word longer than the model input");
     ctx.sql("SET span_marker.strict = true").await.unwrap();
-    let error = ctx
-        .sql(query)
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = execution_error(&ctx, query).await;
     assert!(error.contains("row 0") && error.contains("null"), "{error}");
 }
 
@@ -378,37 +369,16 @@ async fn model_errors_say_what_to_set() {
     let ctx = SessionContext::new();
     register_all(&ctx);
     let query = "SELECT span_marker_predict(['Paris'])";
-    let error = ctx
-        .sql(query)
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = execution_error(&ctx, query).await;
     assert!(error.contains("SET span_marker.model"), "{error}");
     ctx.sql("SET span_marker.model = '/no/such/model'")
         .await
         .unwrap();
-    let error = ctx
-        .sql(query)
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = execution_error(&ctx, query).await;
     assert!(error.contains("/no/such/model"), "{error}");
     ctx.sql("SET span_marker.model = 'bundled'").await.unwrap();
     ctx.sql("SET span_marker.device = 'cuda:7'").await.unwrap();
-    let error = ctx
-        .sql(query)
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = execution_error(&ctx, query).await;
     assert!(error.to_lowercase().contains("cuda"), "{error}");
 }
 
@@ -430,36 +400,22 @@ async fn partitions_share_one_model_and_give_the_single_partition_result() {
     ctx.sql("SET span_marker.model = 'bundled'").await.unwrap();
     let table = MemTable::try_new(schema, vec![vec![first], vec![second]]).unwrap();
     ctx.register_table("corpus", Arc::new(table)).unwrap();
-    let plan = ctx
-        .sql("EXPLAIN SELECT span_marker_predict(tokens) FROM corpus")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let plan = collect(
+        &ctx,
+        "EXPLAIN SELECT span_marker_predict(tokens) FROM corpus",
+    )
+    .await;
     let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
         .unwrap()
         .to_string();
     assert!(plan.contains("partitions=2"), "{plan}");
-    let batches = ctx
-        .sql("SELECT span_marker_predict(tokens) FROM corpus")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = collect(&ctx, "SELECT span_marker_predict(tokens) FROM corpus").await;
     let got: Vec<_> = batches
         .iter()
         .flat_map(|b| entity_rows(b.column(0).as_ref()))
         .collect();
     let single = context_with(tokens_column(&rows, layouts().remove(0).1)).await;
-    let want = single
-        .sql("SELECT span_marker_predict(tokens) FROM corpus")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let want = collect(&single, "SELECT span_marker_predict(tokens) FROM corpus").await;
     assert_eq!(got, entity_rows(want[0].column(0).as_ref()));
 }
 
