@@ -1,4 +1,4 @@
-//! Preprocess a few sentences with the bundled tiny BERT and show the encoder inputs.
+//! Preprocess a few sentences with the bundled model and show the encoder inputs.
 //!
 //! Run with `cargo run --example preprocess`.
 

@@ -123,7 +123,7 @@ impl Preprocessor {
         Self::new(tokenizer, labels_from_config(config)?, config)
     }
 
-    /// The bundled tiny BERT model's preprocessing (a WordPiece vocabulary trained on CoNLL-2003),
+    /// The bundled model's preprocessing (a WordPiece vocabulary trained on CoNLL-2003),
     /// compiled into the library: useful for trying things out without any files.
     ///
     /// ```
@@ -134,9 +134,9 @@ impl Preprocessor {
     pub fn bundled() -> Result<Self> {
         let config = bundled_config()?;
         let tokenizer = SpanMarkerTokenizer::from_json(
-            include_str!("../tests/fixtures/trained/tiny-bert/tokenizer.json"),
+            include_str!("../assets/bundled-model/tokenizer.json"),
             Some(include_str!(
-                "../tests/fixtures/trained/tiny-bert/tokenizer_config.json"
+                "../assets/bundled-model/tokenizer_config.json"
             )),
             &config.encoder.model_type,
             config.encoder.pad_token_id,
@@ -295,13 +295,11 @@ impl Preprocessor {
 }
 
 /// How errors name the files of the bundled model.
-pub(crate) const BUNDLED_SOURCE: &str = "<bundled tiny-bert>";
+pub(crate) const BUNDLED_SOURCE: &str = "<bundled model>";
 
 /// `config.json` of the bundled model (the fine-tuned tiny BERT test fixture).
 pub(crate) fn bundled_config() -> Result<SpanMarkerConfig> {
-    SpanMarkerConfig::from_json_str(include_str!(
-        "../tests/fixtures/trained/tiny-bert/config.json"
-    ))
+    SpanMarkerConfig::from_json_str(include_str!("../assets/bundled-model/config.json"))
 }
 
 /// The label list of a saved model, checked against the reduction stored beside it.

@@ -11,8 +11,8 @@ use span_marker::{PredictOptions, PredictedEntity, RowPrediction, SentenceInput,
 
 use crate::error::Result;
 
-/// The model source that names the small model embedded in this crate (a tiny BERT fine-tuned
-/// on CoNLL-2003): no files, no network.
+/// The model source that names the small model embedded in the core crate
+/// ([`SpanMarkerModel::bundled`], a small BERT trained on CoNLL-2003): no files, no network.
 pub const BUNDLED_MODEL: &str = "bundled";
 
 /// A loaded model that engine functions can share across threads.

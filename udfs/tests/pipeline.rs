@@ -50,6 +50,11 @@ fn bundled_pipelines_parse_and_validate() {
             assert!(pipeline.sources.train.document_id_column.is_some());
             continue;
         }
+        if path.ends_with("bundled.toml") {
+            // Its encoder is made by `scripts/make_bench_model.py` (see the file's header).
+            assert_eq!(pipeline.model.marker_max_length, 32);
+            continue;
+        }
         Pipeline::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         checked += 1;
     }

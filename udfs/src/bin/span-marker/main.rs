@@ -31,7 +31,7 @@ enum Command {
     Candidates {
         /// Sentences, one per line.
         file: Option<PathBuf>,
-        /// A saved SpanMarker model directory; default: the bundled tiny BERT.
+        /// A saved SpanMarker model directory; default: the bundled model.
         #[arg(long)]
         model: Option<PathBuf>,
         /// Treat each line as words separated by single spaces instead of raw text.
@@ -121,7 +121,7 @@ enum Command {
         /// Read sentences from this file, one per line (`-` for stdin).
         #[arg(long)]
         file: Option<PathBuf>,
-        /// A SpanMarker model directory or Hugging Face model id; default: the bundled tiny BERT.
+        /// A SpanMarker model directory or Hugging Face model id; default: the bundled model.
         #[arg(long)]
         model: Option<String>,
         /// Treat each sentence as words separated by single spaces instead of raw text.
