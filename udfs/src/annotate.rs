@@ -15,6 +15,7 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::file::properties::WriterProperties;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use span_marker::{PredictOptions, SentenceInput};
@@ -105,6 +106,10 @@ pub fn parts_dir(output: &Path) -> PathBuf {
     name.push(".parts");
     output.with_file_name(name)
 }
+
+/// Rows per row group of the written files. The Parquet writer holds a row group in memory
+/// until it is full, so this (not the corpus size) bounds the memory of the final merge.
+const OUTPUT_ROW_GROUP_ROWS: usize = 16 * 1024;
 
 fn part_path(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("part-{index:06}.parquet"))
@@ -335,7 +340,10 @@ fn write_parquet_atomically(
     let dir = path.parent().unwrap_or(Path::new("."));
     let temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
     let file = temp.reopen().map_err(|e| Error::io(temp.path(), e))?;
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), None)?;
+    let properties = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties))?;
     for batch in batches {
         writer.write(&batch?)?;
     }
