@@ -5,8 +5,11 @@ sentences (a JSON file of word lists), batch size, thread count, warm-up and rep
 one JSON object: sentences per second (median over repetitions), peak resident memory and the
 entities, so that the caller can check they are identical to its own.
 
-Training (`--train-steps N`): the sentences file holds `{"tokens": [...], "ner_tags": [...]}`;
-trains N steps with the span_marker Trainer and prints samples per second and peak memory.
+Training (`--train-steps N`): the sentences file holds `{"train": {"tokens": [...], "ner_tags":
+[...]}, "eval": null or the same}`; trains N steps with the span_marker Trainer at
+`--learning-rate`, `--repeat` times from the same checkpoint with seeds 0, 1, ..., and prints
+the median samples per second, peak memory and, with eval data, each trained model's entities
+on it.
 """
 
 import argparse
@@ -32,12 +35,19 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        help="training: fp32, bf16 or fp16 (mixed precision, CUDA); inference always runs float32",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     with open(args.sentences, encoding="utf8") as f:
         sentences = json.load(f)
-    model = SpanMarkerModel.from_pretrained(args.model)
+    model = SpanMarkerModel.from_pretrained(args.model).to(args.device)
     if args.train_steps:
         return train(model, sentences, args)
     model.eval()
@@ -45,8 +55,10 @@ def main():
         model.predict(sentences, batch_size=args.batch_size)
     rates, entities = [], None
     for _ in range(args.repeat):
+        synchronize(args.device)
         start = time.perf_counter()
         entities = model.predict(sentences, batch_size=args.batch_size)
+        synchronize(args.device)
         rates.append(len(sentences) / (time.perf_counter() - start))
     print(
         json.dumps(
@@ -63,36 +75,62 @@ def main():
     )
 
 
+def synchronize(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def train(model, data, args):
+    """Trains `args.repeat` times from the checkpoint, with seeds 0, 1, ..."""
     import tempfile
 
     from datasets import Dataset
     from span_marker import Trainer
     from transformers import TrainingArguments
 
-    dataset = Dataset.from_dict(data)
-    with tempfile.TemporaryDirectory() as tmp:
-        training_args = TrainingArguments(
-            output_dir=tmp,
-            max_steps=args.train_steps,
-            per_device_train_batch_size=args.batch_size,
-            save_strategy="no",
-            eval_strategy="no",
-            logging_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-        )
-        trainer = Trainer(model=model, args=training_args, train_dataset=dataset)
-        result = trainer.train()
+    dataset = Dataset.from_dict(data["train"])
+    rates, eval_entities = [], []
+    for seed in range(max(args.repeat, 1)):
+        if seed:
+            model = SpanMarkerModel.from_pretrained(args.model).to(args.device)
+        with tempfile.TemporaryDirectory() as tmp:
+            training_args = TrainingArguments(
+                output_dir=tmp,
+                max_steps=args.train_steps,
+                per_device_train_batch_size=args.batch_size,
+                learning_rate=args.learning_rate,
+                seed=seed,
+                save_strategy="no",
+                eval_strategy="no",
+                logging_strategy="no",
+                report_to="none",
+                use_cpu=args.device == "cpu",
+                bf16=args.precision == "bf16",
+                fp16=args.precision == "fp16",
+                dataloader_num_workers=0,
+                disable_tqdm=True,
+            )
+            trainer = Trainer(model=model, args=training_args, train_dataset=dataset)
+            result = trainer.train()
+        rates.append(result.metrics["train_samples_per_second"])
+        if data.get("eval"):
+            # The caller scores these with the same scorer as its own (the Trainer's evaluation
+            # would need the `seqeval` metric script from the Hugging Face Hub).
+            model.eval()
+            predicted = model.predict(data["eval"]["tokens"], batch_size=args.batch_size)
+            eval_entities.append(
+                [
+                    [[e["word_start_index"], e["word_end_index"], e["label"]] for e in sentence]
+                    for sentence in predicted
+                ]
+            )
     print(
         json.dumps(
             {
-                "samples_per_second": result.metrics["train_samples_per_second"],
-                "runtime": result.metrics["train_runtime"],
+                "samples_per_second": statistics.median(rates),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "torch_threads": torch.get_num_threads(),
+                "eval_entities": eval_entities,
             }
         )
     )

@@ -11,6 +11,7 @@ use tch::{Device, Kind};
 
 use crate::collate::{collate, CollateSpec};
 use crate::context::DocumentPosition;
+use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::model::SpanMarkerModel;
 use crate::preprocess::{EncodeOptions, Encoded};
@@ -30,6 +31,8 @@ pub struct PredictOptions {
     pub threshold: Option<f32>,
     /// Return every non-`O` span instead of the best non-overlapping ones.
     pub allow_overlapping: bool,
+    /// Precision of the forward passes; the 16-bit ones need the model on a CUDA device.
+    pub precision: Precision,
 }
 
 impl Default for PredictOptions {
@@ -38,6 +41,7 @@ impl Default for PredictOptions {
             batch_size: 32,
             threshold: None,
             allow_overlapping: false,
+            precision: Precision::Float32,
         }
     }
 }
@@ -160,6 +164,7 @@ impl SpanMarkerModel {
                 "`threshold` must be a probability between 0 and 1, got {t}"
             )));
         }
+        options.precision.check(self.device())?;
         if self.config().trained_with_document_context && documents.is_none() {
             tracing::warn!("this model was trained with document-level context: predictions without it may be worse");
         }
@@ -171,7 +176,7 @@ impl SpanMarkerModel {
                 ..Default::default()
             },
         )?;
-        let scored = self.score_spans(&encoded, options.batch_size)?;
+        let scored = self.score_spans(&encoded, options.batch_size, options.precision)?;
         let labels = self.labels();
         let mut predictions: Vec<RowPrediction> = rows
             .iter()
@@ -203,8 +208,9 @@ impl SpanMarkerModel {
         &self,
         encoded: &Encoded,
         batch_size: usize,
+        precision: Precision,
     ) -> Result<Vec<Vec<ScoredSpan>>> {
-        Ok(self.score_samples(encoded, batch_size, true)?.0)
+        Ok(self.score_samples(encoded, batch_size, true, precision)?.0)
     }
 
     /// Scores every sample of `encoded` (in length order when `sort_by_length`, else in sample
@@ -215,7 +221,9 @@ impl SpanMarkerModel {
         encoded: &Encoded,
         batch_size: usize,
         sort_by_length: bool,
+        precision: Precision,
     ) -> Result<(Vec<Vec<ScoredSpan>>, Option<f64>)> {
+        precision.check(self.device())?;
         let spec = CollateSpec {
             trim_to_multiple_of: Some(8),
             ..self.preprocessor().collate_spec()
@@ -239,7 +247,7 @@ impl SpanMarkerModel {
             picked.clear();
             picked.extend(chunk.iter().map(|&i| samples[i].clone()));
             let batch = collate(&encoded.windows, &picked, &spec, self.device())?;
-            let output = self.forward(&batch, false);
+            let output = precision.autocast(|| self.forward(&batch, false))?;
             if let Some(loss) = &output.loss {
                 loss_sum += f64::try_from(loss)? * chunk.len() as f64;
                 with_loss = true;

@@ -3,6 +3,7 @@
 mod common;
 
 use common::fixtures;
+use span_marker::device::Precision;
 use span_marker::{PredictOptions, PredictedEntity, SentenceInput, SpanMarkerModel};
 
 fn model() -> SpanMarkerModel {
@@ -143,6 +144,18 @@ fn results_do_not_depend_on_the_batch_size() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("batch_size"), "{err}");
+    // The model is on the CPU: 16-bit autocast is refused, naming what is needed.
+    let err = model
+        .predict(
+            &inputs,
+            &PredictOptions {
+                precision: Precision::BFloat16,
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bf16") && err.contains("CUDA"), "{err}");
 }
 
 #[test]

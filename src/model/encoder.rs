@@ -11,7 +11,9 @@
 
 use serde::Deserialize;
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Device, Tensor};
+
+use super::dropout::dropout;
 
 use crate::config::EncoderConfig;
 use crate::error::{Error, Result};
@@ -336,21 +338,13 @@ impl Encoder {
     ) -> Tensor {
         let s = &self.settings;
         let (b, t) = input_ids.size2().expect("input_ids is [B, T]");
-        let hidden_dropout = if train { s.hidden_dropout_prob } else { 0. };
-        let attention_dropout = if train {
-            s.attention_probs_dropout_prob
-        } else {
-            0.
-        };
+        let hidden_dropout = s.hidden_dropout_prob;
 
         // Token type 0 for every token: add its embedding row by broadcasting.
         let mut x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.ws.get(0)
             + self.position_embeddings.forward(position_ids);
-        x = self
-            .embeddings_norm
-            .forward(&x)
-            .dropout(hidden_dropout, train);
+        x = dropout(&self.embeddings_norm.forward(&x), hidden_dropout, train);
         if let Some(project) = &self.embeddings_project {
             x = project.forward(&x);
         }
@@ -363,33 +357,44 @@ impl Encoder {
         let heads = s.num_attention_heads;
         let head_dim = s.hidden_size / heads;
         let split = |y: Tensor| y.view([b, t, heads, head_dim]).transpose(1, 2);
+        let attention_dropout = if train {
+            s.attention_probs_dropout_prob
+        } else {
+            0.
+        };
         for layer in &self.layers {
             let q = split(layer.query.forward(&x));
             let k = split(layer.key.forward(&x));
             let v = split(layer.value.forward(&x));
-            let context = Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                Some(&bias),
-                attention_dropout,
-                false,
-                None,
-                false,
-            )
-            .transpose(1, 2)
-            .reshape([b, t, s.hidden_size]);
-            let attended = layer
-                .attention_output
-                .forward(&context)
-                .dropout(hidden_dropout, train);
+            let context = attend(&q, &k, &v, &bias, attention_dropout)
+                .transpose(1, 2)
+                .reshape([b, t, s.hidden_size]);
+            let attended = dropout(
+                &layer.attention_output.forward(&context),
+                hidden_dropout,
+                train,
+            );
             x = layer.attention_norm.forward(&(attended + &x));
             let inner = self.activation.apply(&layer.intermediate.forward(&x));
-            let out = layer.output.forward(&inner).dropout(hidden_dropout, train);
+            let out = dropout(&layer.output.forward(&inner), hidden_dropout, train);
             x = layer.output_norm.forward(&(out + &x));
         }
         x
     }
+}
+
+/// Scaled dot-product attention of `[B, heads, T, d]` queries, keys and values under an additive
+/// `bias`, with dropout `p` on the attention probabilities. libtorch's fused kernel serves
+/// every case but dropout on CPU, where it falls back to these same operations with a serial
+/// dropout mask; here the mask is drawn in parallel ([`dropout`]).
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, p: f64) -> Tensor {
+    if p > 0.0 && q.device() == Device::Cpu {
+        let d = *q.size().last().expect("queries have a head dimension");
+        let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (d as f64).sqrt()) + bias;
+        let probs = scores.softmax(-1, scores.kind());
+        return dropout(&probs, p, true).matmul(v);
+    }
+    Tensor::scaled_dot_product_attention(q, k, v, Some(bias), p, false, None, false)
 }
 
 /// The bias of a masked attention cell. `transformers` uses the dtype's minimum; that becomes

@@ -16,6 +16,7 @@
 //! ```
 
 mod card;
+pub mod dropout;
 pub mod encoder;
 pub mod head;
 
@@ -322,21 +323,19 @@ impl SpanMarkerModel {
 
     /// Runs the encoder and the head on a collated batch; dropout is active when `train` is set.
     pub fn forward(&self, batch: &Batch, train: bool) -> ModelOutput {
-        let hidden = self
-            .encoder
-            .forward(
-                &batch.input_ids,
-                &batch.position_ids,
-                &batch.attention_mask,
-                train,
-            )
-            .dropout(self.dropout, train);
+        let hidden = self.encoder.forward(
+            &batch.input_ids,
+            &batch.position_ids,
+            &batch.attention_mask,
+            train,
+        );
+        let hidden = dropout::dropout(&hidden, self.dropout, train);
         let features = head::marker_features(
             &hidden,
             &batch.start_marker_indices,
             &batch.num_marker_pairs,
-        )
-        .dropout(self.dropout, train);
+        );
+        let features = dropout::dropout(&features, self.dropout, train);
         let logits = self.classifier.forward(&features);
         let loss = batch
             .labels

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::Precision;
 use crate::error::{Error, Result};
 
 /// When something happens during training.
@@ -118,6 +119,15 @@ impl TrainingArguments {
         args.validate()
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         Ok(args)
+    }
+
+    /// The precision of forward passes that `fp16` and `bf16` ask for.
+    pub fn precision(&self) -> Precision {
+        match (self.fp16, self.bf16) {
+            (true, _) => Precision::Float16,
+            (false, true) => Precision::BFloat16,
+            (false, false) => Precision::Float32,
+        }
     }
 
     /// Checks values that do not depend on the machine.

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
+use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::labels::Entity;
 use crate::metrics::{score_entities, EntityScores};
@@ -142,7 +143,8 @@ pub(crate) fn evaluate_prepared(
     start: Instant,
 ) -> Result<Evaluation> {
     // Sample order, as the reference batches evaluation data (the loss depends on batching).
-    let (per_row, loss) = model.score_samples(&prepared.encoded, batch_size, false)?;
+    let (per_row, loss) =
+        model.score_samples(&prepared.encoded, batch_size, false, Precision::Float32)?;
     let samples = prepared.encoded.samples.len();
     let labels = model.labels();
     let options = PredictOptions::default();

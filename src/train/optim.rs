@@ -166,14 +166,14 @@ impl AdamW {
     }
 
     /// Scales gradients so that their global L2 norm is at most `max_norm` (as
-    /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+    /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping, as a scalar tensor
+    /// on the device. Everything happens there: the step never waits for the norm to reach the
+    /// host (gradients under the limit are multiplied by exactly 1).
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
         let grads = self.grads();
-        let total = f64::try_from(grads.norm()).unwrap_or(f64::NAN);
-        let coef = max_norm / (total + 1e-6);
-        if max_norm > 0.0 && coef < 1.0 {
-            let _ = grads.g_mul_scalar_(coef);
-        }
+        let total = grads.norm();
+        let coef = (total.full_like(max_norm) / (&total + 1e-6)).clamp_max(1.0);
+        let _ = grads.g_mul_(&coef);
         total
     }
 
@@ -308,8 +308,12 @@ mod tests {
             .sum(Kind::Float)
             .backward();
         let mut opt = AdamW::new([("w".to_owned(), p.shallow_clone())], 0.9, 0.999, 1e-8, 0.0);
-        assert!((opt.clip_grad_norm(1.0) - 5.0).abs() < 1e-6);
+        assert!((f64::try_from(opt.clip_grad_norm(1.0)).unwrap() - 5.0).abs() < 1e-6);
         let clipped: Vec<f32> = opt.grads().shallow_clone().try_into().unwrap();
         assert!((clipped[0] - 0.6).abs() < 1e-5 && (clipped[1] - 0.8).abs() < 1e-5);
+        // Under the limit, gradients stay exactly as they are.
+        let _ = opt.clip_grad_norm(10.0);
+        let unchanged: Vec<f32> = opt.grads().shallow_clone().try_into().unwrap();
+        assert_eq!(unchanged, clipped);
     }
 }

@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tch::Device;
+use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, StateDict};
 use crate::collate::{collate, CollateSpec};
@@ -83,15 +83,7 @@ impl<'m> Trainer<'m> {
     pub fn new(model: &'m mut SpanMarkerModel, args: TrainingArguments) -> Result<Self> {
         args.validate().map_err(Error::Config)?;
         let device = parse_device(&args.device)?;
-        if (args.fp16 || args.bf16) && !device.is_cuda() {
-            let which = if args.fp16 { "fp16" } else { "bf16" };
-            return Err(Error::Config(format!(
-                "`{which}` needs a CUDA device: mixed precision is not available on the CPU"
-            )));
-        }
-        if args.fp16 || args.bf16 {
-            set_cuda_autocast_bf16(args.bf16)?;
-        }
+        args.precision().check(device)?;
         if args.output_dir.exists() && !args.output_dir.is_dir() {
             return Err(Error::Config(format!(
                 "`output_dir` {} exists and is not a directory",
@@ -130,6 +122,7 @@ impl<'m> Trainer<'m> {
     ) -> Result<TrainOutput> {
         let started = Instant::now();
         let args = self.args.clone();
+        let precision = args.precision();
         if args.eval_strategy != IntervalStrategy::No && eval.is_none() {
             return Err(Error::Config(
                 "`eval_strategy` is set but no evaluation dataset was given".into(),
@@ -210,6 +203,10 @@ impl<'m> Trainer<'m> {
         let accum = args.gradient_accumulation_steps;
         let steps_at_start = state.global_step;
         let mut scaler = args.fp16.then(LossScaler::new);
+        // The running sum of `state.loss_since_log` lives on the device and is read back only
+        // to log or save it: a read every step would make each step wait for the device.
+        // Summed in float64 in step order, it is the very number a host sum would be.
+        let mut loss_sum = Tensor::scalar_tensor(state.loss_since_log, (Kind::Double, self.device));
         let mut last_evaluation = None;
         'epochs: for epoch in state.epoch..num_epochs {
             let order = self.epoch_order(&prepared, epoch);
@@ -236,15 +233,15 @@ impl<'m> Trainer<'m> {
                     .collect();
                 let inputs = collate(&prepared.encoded.windows, &picked, &spec, self.device)?;
                 let model = &*self.model;
-                let loss =
-                    tch::autocast(args.fp16 || args.bf16, || model.forward(&inputs, true).loss)
-                        .expect("training batches have labels")
-                        / accum as f64;
+                let loss = precision
+                    .autocast(|| model.forward(&inputs, true).loss)?
+                    .expect("training batches have labels")
+                    / accum as f64;
                 match &scaler {
                     Some(s) => (&loss * s.scale).backward(),
                     None => loss.backward(),
                 }
-                state.loss_since_log += f64::try_from(&loss)?;
+                let _ = loss_sum.g_add_(&loss.detach().to_kind(Kind::Double));
                 state.batches_done = index + 1;
 
                 let last_of_epoch = index + 1 == batches.len();
@@ -257,7 +254,7 @@ impl<'m> Trainer<'m> {
                 };
                 if finite {
                     if args.max_grad_norm > 0.0 {
-                        optimizer.clip_grad_norm(args.max_grad_norm);
+                        let _ = optimizer.clip_grad_norm(args.max_grad_norm);
                     }
                     optimizer.step(schedule.lr(state.global_step));
                 }
@@ -274,9 +271,11 @@ impl<'m> Trainer<'m> {
                     step,
                     last_of_epoch,
                 ) {
+                    state.loss_since_log = f64::try_from(&loss_sum)?;
                     let loss = state.loss_since_log / state.steps_since_log.max(1) as f64;
                     state.total_loss += state.loss_since_log;
                     state.loss_since_log = 0.0;
+                    let _ = loss_sum.zero_();
                     state.steps_since_log = 0;
                     // The rate of the step just taken, as transformers logs it.
                     let lr = schedule.lr(step - 1);
@@ -301,6 +300,7 @@ impl<'m> Trainer<'m> {
                     }
                 }
                 if due(args.save_strategy, args.save_steps, step, last_of_epoch) {
+                    state.loss_since_log = f64::try_from(&loss_sum)?;
                     if last_of_epoch {
                         state.epoch = epoch + 1;
                         state.batches_done = 0;
@@ -312,6 +312,7 @@ impl<'m> Trainer<'m> {
             }
         }
         progress.finish();
+        state.loss_since_log = f64::try_from(&loss_sum)?;
         state.total_loss += state.loss_since_log;
 
         let runtime = started.elapsed().as_secs_f64();
@@ -579,22 +580,6 @@ fn rewrite_log(dir: &Path, history: &[Map<String, Value>]) -> Result<()> {
     checkpoint::write_atomically(&dir.join(LOG_FILE), text.as_bytes())
 }
 
-extern "C" {
-    /// From `csrc/autocast.cpp`: picks bfloat16 (1) or float16 (0) for CUDA autocast.
-    fn span_marker_set_cuda_autocast_bf16(bf16: i32) -> i32;
-}
-
-/// Makes `tch::autocast` use bfloat16 (`bf16`) or float16 on CUDA.
-fn set_cuda_autocast_bf16(bf16: bool) -> Result<()> {
-    // SAFETY: a plain C function without pointers; libtorch errors are caught in the shim.
-    match unsafe { span_marker_set_cuda_autocast_bf16(i32::from(bf16)) } {
-        0 => Ok(()),
-        _ => Err(Error::Config(
-            "libtorch refused the CUDA autocast dtype".into(),
-        )),
-    }
-}
-
 /// Dynamic loss scaling for float16 training, as `torch.cuda.amp.GradScaler`.
 struct LossScaler {
     scale: f64,
@@ -630,12 +615,6 @@ impl LossScaler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_autocast_shim_is_linked_and_accepts_both_dtypes() {
-        set_cuda_autocast_bf16(true).unwrap();
-        set_cuda_autocast_bf16(false).unwrap();
-    }
 
     #[test]
     fn intervals_follow_their_strategy() {

@@ -2,6 +2,7 @@
 
 use datafusion::common::extensions_options;
 use datafusion::config::{ConfigExtension, ConfigOptions};
+use span_marker::device::Precision;
 use span_marker::PredictOptions;
 
 use crate::error::{Error, Result};
@@ -18,6 +19,8 @@ extensions_options! {
         pub device: String, default = "cpu".to_owned()
         /// Encoder samples per forward pass.
         pub batch_size: usize, default = 32
+        /// Precision of the forward passes: `fp32`, or `bf16`/`fp16` autocast on a CUDA device.
+        pub precision: String, default = "fp32".to_owned()
         /// Minimum score of an entity (0 keeps every entity the model finds).
         pub threshold: f64, default = 0.0
         /// Whether entities may overlap.
@@ -53,10 +56,19 @@ impl SpanMarkerOptions {
                 message: format!("must be between 0 and 1, got {}", self.threshold),
             });
         }
+        let precision = self
+            .precision
+            .parse::<Precision>()
+            .map_err(|e| Error::Pipeline {
+                file: "session".into(),
+                key: "span_marker.precision".into(),
+                message: e.to_string(),
+            })?;
         Ok(PredictOptions {
             batch_size: self.batch_size,
             threshold: (self.threshold > 0.0).then_some(self.threshold as f32),
             allow_overlapping: self.allow_overlapping,
+            precision,
         })
     }
 

@@ -11,7 +11,7 @@ use datafusion::arrow::util::pretty::print_batches;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::SessionContext;
-use span_marker::device::parse_device;
+use span_marker::device::{parse_device, Precision};
 use span_marker::train::{evaluate as evaluate_model, TrainingArguments};
 use span_marker::{LoadOptions, PredictOptions, SpanMarkerModel};
 use span_marker_udfs::annotate::{annotate as annotate_corpus, AnnotateOptions, InputColumn};
@@ -56,6 +56,9 @@ pub struct AnnotateArgs {
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// `fp32`, or `bf16`/`fp16` autocast on a CUDA device.
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
     /// Stop at the first row that cannot be annotated instead of writing NULL for it.
     #[arg(long)]
     strict: bool,
@@ -87,6 +90,7 @@ pub fn annotate(args: AnnotateArgs) -> CliResult {
     options.strict = args.strict;
     options.predict = PredictOptions {
         batch_size: args.batch_size,
+        precision: args.precision,
         ..Default::default()
     };
     let report = annotate_corpus(&model, &options)?;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use span_marker::device::parse_device;
+use span_marker::device::{parse_device, Precision};
 use span_marker::{LoadOptions, PredictOptions, Preprocessor, SpanMarkerModel};
 
 mod bench;
@@ -139,6 +139,9 @@ enum Command {
         /// `cpu`, `cuda`, `cuda:N` or `auto`.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// `fp32`, or `bf16`/`fp16` autocast on a CUDA device.
+        #[arg(long, default_value = "fp32")]
+        precision: Precision,
         /// Print one JSON object per sentence instead of a table.
         #[arg(long)]
         json: bool,
@@ -178,6 +181,18 @@ enum Command {
         /// Measure training for this many steps instead of inference.
         #[arg(long, default_value_t = 0)]
         train_steps: usize,
+        /// Training: the learning rate of both implementations.
+        #[arg(long, default_value_t = 5e-5)]
+        learning_rate: f64,
+        /// Training: evaluate both trained models on these sentences (CoNLL) and print F1.
+        #[arg(long)]
+        eval_data: Option<PathBuf>,
+        /// Where both implementations run: `cpu`, `cuda`, `cuda:N` or `auto`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Inference: `fp32`, or `bf16`/`fp16` autocast (CUDA) for this crate; Python runs float32.
+        #[arg(long, default_value = "fp32")]
+        precision: Precision,
     },
 }
 
@@ -188,6 +203,7 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    span_marker::device::tune_host_allocator();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -287,6 +303,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             repeat,
             python,
             train_steps,
+            learning_rate,
+            eval_data,
+            device,
+            precision,
         } => bench::run(&bench::BenchOptions {
             model,
             data,
@@ -298,6 +318,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             repeat,
             python,
             train_steps,
+            learning_rate,
+            eval_data,
+            device: parse_device(&device)?,
+            precision,
         }),
         Command::Predict {
             texts,
@@ -308,6 +332,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             threshold,
             overlapping,
             device,
+            precision,
             json,
         } => {
             let text = text::read_input(&texts, file)?;
@@ -327,6 +352,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 batch_size,
                 threshold,
                 allow_overlapping: overlapping,
+                precision,
             };
             text::predict(&model, &text, words, &options, json)
         }
