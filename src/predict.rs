@@ -164,7 +164,6 @@ impl SpanMarkerModel {
                 "`threshold` must be a probability between 0 and 1, got {t}"
             )));
         }
-        options.precision.check(self.device())?;
         if self.config().trained_with_document_context && documents.is_none() {
             tracing::warn!("this model was trained with document-level context: predictions without it may be worse");
         }

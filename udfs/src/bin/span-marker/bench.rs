@@ -76,10 +76,7 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         .take(options.sentences)
         .map(|e| e.tokens.clone())
         .collect();
-    let words: Vec<Vec<&str>> = sentences
-        .iter()
-        .map(|s| s.iter().map(String::as_str).collect())
-        .collect();
+    let words = borrowed_words(&sentences);
     let inputs: Vec<SentenceInput<'_>> = words.iter().map(|w| SentenceInput::Words(w)).collect();
     let predict = PredictOptions {
         batch_size: options.batch_size,
@@ -135,7 +132,7 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
             .map(|path| NerDataset::from_conll(path, &labels))
             .transpose()?;
         drop(model);
-        return bench_training(&data, eval.as_ref(), options);
+        return bench_training(&labels, &data, eval.as_ref(), options);
     }
     for _ in 0..options.warmup {
         model.predict(&inputs, &predict)?;
@@ -306,6 +303,14 @@ fn bench_sql(
     Ok(median(&mut rates))
 }
 
+/// The sentences as borrowed words, for [`SentenceInput::Words`].
+fn borrowed_words(sentences: &[Vec<String>]) -> Vec<Vec<&str>> {
+    sentences
+        .iter()
+        .map(|s| s.iter().map(String::as_str).collect())
+        .collect()
+}
+
 /// Each sentence's entities as (word start, word end, label).
 fn triples(predicted: Vec<Vec<PredictedEntity>>) -> Entities {
     predicted
@@ -356,6 +361,7 @@ fn eval_f1(
 /// dropout masks); with `eval`, scores every trained model on it, to compare the F1 that both
 /// reach along with the speed.
 fn bench_training(
+    labels: &Labels,
     data: &NerDataset,
     eval: Option<&NerDataset>,
     options: &BenchOptions,
@@ -363,7 +369,16 @@ fn bench_training(
     let runs = options.repeat.max(1);
     let mut rates = Vec::with_capacity(runs);
     let mut f1s = Vec::with_capacity(runs);
-    let mut labels = None;
+    let eval_sentences: Vec<Vec<String>> = eval
+        .map(|eval| eval.examples.iter().map(|e| e.tokens.clone()).collect())
+        .unwrap_or_default();
+    let eval_words = borrowed_words(&eval_sentences);
+    let eval_inputs: Vec<SentenceInput<'_>> =
+        eval_words.iter().map(|w| SentenceInput::Words(w)).collect();
+    let eval_options = PredictOptions {
+        batch_size: options.batch_size,
+        ..Default::default()
+    };
     for seed in 0..runs {
         let mut model = SpanMarkerModel::from_pretrained(&options.model)?;
         let out = tempfile::tempdir()?;
@@ -387,23 +402,10 @@ fn bench_training(
                 .unwrap_or(f64::NAN),
         );
         if let Some(eval) = eval {
-            let words: Vec<Vec<&str>> = eval
-                .examples
-                .iter()
-                .map(|e| e.tokens.iter().map(String::as_str).collect())
-                .collect();
-            let inputs: Vec<SentenceInput<'_>> =
-                words.iter().map(|w| SentenceInput::Words(w)).collect();
-            let predict = PredictOptions {
-                batch_size: options.batch_size,
-                ..Default::default()
-            };
-            let predicted = triples(model.predict(&inputs, &predict)?);
-            f1s.push(eval_f1(model.labels(), eval, &predicted)?);
+            let predicted = triples(model.predict(&eval_inputs, &eval_options)?);
+            f1s.push(eval_f1(labels, eval, &predicted)?);
         }
-        labels = Some(model.labels().clone());
     }
-    let labels = labels.expect("at least one run");
     let rust_rate = median(&mut rates);
     println!(
         "rust:   {rust_rate:10.1} samples/s over {} steps of {} samples (median of {runs} seeds), peak RSS {:.0} MB{}",
@@ -428,7 +430,7 @@ fn bench_training(
     if let Some(eval) = eval {
         let runs = serde_json::from_value::<Vec<Entities>>(value["eval_entities"].clone())?;
         for entities in &runs {
-            python_f1s.push(eval_f1(&labels, eval, entities)?);
+            python_f1s.push(eval_f1(labels, eval, entities)?);
         }
     }
     println!(
