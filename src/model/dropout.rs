@@ -129,15 +129,12 @@ mod tests {
         assert!((keep_fraction(&a.view([-1]).narrow(0, half, half)) - 0.7).abs() < 0.01);
     }
 
+    // That `tch::manual_seed` fixes the masks is tested in `tests/seeding.rs`: the generator is
+    // global, and the other unit tests of this crate draw from it concurrently.
     #[test]
-    fn dropout_follows_the_torch_seed_and_keeps_gradients() {
+    fn dropout_keeps_gradients() {
         let x = Tensor::ones([8, 100], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        tch::manual_seed(3);
         let a = dropout(&x, 0.2, true);
-        tch::manual_seed(3);
-        let b = dropout(&x, 0.2, true);
-        assert!(a.equal(&b));
-        assert!(!a.equal(&dropout(&x, 0.2, true)));
         a.sum(Kind::Float).backward();
         // The gradient is the mask itself.
         assert!(x.grad().equal(&a.detach()));
