@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
-# Every benchmark of docs/benchmarks.md in one run, side by side with Python span_marker 1.8.1:
-# inference (tiny and BERT-base-shaped models, with the SQL path against the direct API) and
-# training (the tiny model from an untrained head with the F1 both reach, and the BERT-base
-# shape). Sets up the venv, builds the release binary and makes the BERT-base-shaped model
-# (once, under the cache) first. Takes about 25 minutes on 2 CPU cores.
+# Every benchmark of docs/benchmarks.md, side by side with Python span_marker 1.8.1.
+#
+#   bash scripts/bench.sh            # everything (about 45 minutes on 2 CPU cores)
+#   bash scripts/bench.sh quick      # the tiny-model runs only (a few minutes)
+#   bash scripts/bench.sh main       # inference and training, tiny and BERT-base-shaped
+#   bash scripts/bench.sh scaling    # how inference time and memory grow with sentence
+#                                    # length and corpus size
+#
+# Inference runs check that the entities equal Python's and time the SQL path against the
+# direct API; training runs score both sides' trained models with one scorer. Sets up the venv,
+# builds the release binary and makes the random benchmark models (once, under the cache)
+# first.
 #
 # Environment:
 #   BENCH_ARGS   extra `span-marker bench` flags for every run, e.g. "--threads 1"
-#   BENCH_QUICK  set to 1 to run only the tiny-model benchmarks (a few minutes)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+part="${1:-all}"
+case "$part" in
+  all | quick | main | scaling) ;;
+  *)
+    echo "usage: bash scripts/bench.sh [all|quick|main|scaling]" >&2
+    exit 2
+    ;;
+esac
 
 cache_root="${SPAN_MARKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/span-marker}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache_root/target}"
@@ -26,15 +41,39 @@ run() {
   "$bin" bench --python "$python" "$@" "${extra[@]}"
 }
 
-run "inference, tiny BERT" --sentences 2000
-run "training, tiny BERT from an untrained head (F1 on the toy test split)" \
-  --model tests/fixtures/span-marker/tiny-bert --data examples/data/train.txt \
-  --eval-data examples/data/test.txt --train-steps 2400 --sentences 38400 --batch-size 16 \
-  --learning-rate 0.005 --repeat 5
-[ "${BENCH_QUICK:-0}" = 1 ] && exit 0
+# A random model of the given name and shape, made once under the cache.
+model() {
+  local dir="$cache_root/$1"
+  shift
+  [ -f "$dir/model/config.json" ] || "$python" scripts/make_bench_model.py "$dir" "$@" >&2
+  echo "$dir/model"
+}
 
-base="$cache_root/bench-base"
-[ -f "$base/model/config.json" ] || "$python" scripts/make_bench_model.py "$base"
-run "inference, BERT-base shape (random weights)" --model "$base/model" --sentences 200 --repeat 2
-run "training, BERT-base shape (random weights)" --model "$base/model" --train-steps 10 \
-  --sentences 400 --batch-size 8 --repeat 1
+if [ "$part" != scaling ]; then
+  run "inference, tiny BERT" --sentences 2000
+  run "training, tiny BERT from an untrained head (F1 on the toy test split)" \
+    --model tests/fixtures/span-marker/tiny-bert --data examples/data/train.txt \
+    --eval-data examples/data/test.txt --train-steps 2400 --sentences 38400 --batch-size 16 \
+    --learning-rate 0.005 --repeat 5
+fi
+if [ "$part" = all ] || [ "$part" = main ]; then
+  base="$(model bench-base)"
+  run "inference, BERT-base shape (random weights)" --model "$base" --sentences 200 --repeat 2
+  run "training, BERT-base shape (random weights)" --model "$base" --train-steps 10 \
+    --sentences 400 --batch-size 8 --repeat 1
+fi
+if [ "$part" = all ] || [ "$part" = scaling ]; then
+  # Sentence length: the same words (256 toy sentences, about 2,800 words) joined into longer
+  # sentences. Up to 8 joined sentences (about 90 words) fit the encoder's 256 tokens; longer
+  # ones are truncated by the reference and encoded in windows here, so only this crate's
+  # figures compare from there on.
+  small="$(model bench-small --hidden 256 --layers 4 --heads 4 --intermediate 1024)"
+  for join in 1 2 4 8 16 32; do
+    run "scaling: sentence length, $join toy sentence(s) joined" --model "$small" \
+      --join "$join" --sentences $((256 / join)) --repeat 2
+  done
+  # Corpus size: the tiny model over more and more sentences.
+  for sentences in 1000 10000 40000; do
+    run "scaling: corpus size, $sentences sentences" --sentences "$sentences" --repeat 1
+  done
+fi

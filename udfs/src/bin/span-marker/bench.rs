@@ -16,7 +16,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use span_marker::device::Precision;
 use span_marker::metrics::score_entities;
-use span_marker::train::{IntervalStrategy, NerDataset, Trainer, TrainingArguments};
+use span_marker::train::{IntervalStrategy, NerDataset, NerExample, Trainer, TrainingArguments};
 use span_marker::{
     Entity, Labels, PredictOptions, PredictedEntity, SentenceInput, SpanMarkerModel,
 };
@@ -29,6 +29,8 @@ pub struct BenchOptions {
     pub model: String,
     pub data: PathBuf,
     pub sentences: usize,
+    /// Each benchmark sentence joins this many consecutive sentences of `data` (at least 1).
+    pub join: usize,
     pub batch_size: usize,
     pub threads: usize,
     pub warmup: usize,
@@ -69,13 +71,11 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     if corpus.is_empty() {
         return Err(format!("{}: no sentences", options.data.display()).into());
     }
-    let sentences: Vec<Vec<String>> = corpus
-        .examples
-        .iter()
-        .cycle()
-        .take(options.sentences)
-        .map(|e| e.tokens.clone())
-        .collect();
+    if options.join == 0 {
+        return Err("--join must be at least 1".into());
+    }
+    let examples = joined_examples(&corpus, options.sentences, options.join);
+    let sentences: Vec<Vec<String>> = examples.iter().map(|e| e.tokens.clone()).collect();
     let words = borrowed_words(&sentences);
     let inputs: Vec<SentenceInput<'_>> = words.iter().map(|w| SentenceInput::Words(w)).collect();
     let predict = PredictOptions {
@@ -103,13 +103,18 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         options.precision
     );
     println!(
-        "model: {} ({}, hidden {}, {} layers); {} sentences from {} ({} words); batch size {}; warm-up {}, repetitions {} (median)",
+        "model: {} ({}, hidden {}, {} layers); {} sentences from {}{} ({} words); batch size {}; warm-up {}, repetitions {} (median)",
         options.model,
         settings.model_type,
         settings.hidden_size,
         settings.num_hidden_layers,
         sentences.len(),
         options.data.display(),
+        if options.join > 1 {
+            format!(", each {} of its sentences joined", options.join)
+        } else {
+            String::new()
+        },
         sentences.iter().map(Vec::len).sum::<usize>(),
         options.batch_size,
         options.warmup,
@@ -117,15 +122,7 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     if options.train_steps > 0 {
-        let data = NerDataset::new(
-            corpus
-                .examples
-                .iter()
-                .cycle()
-                .take(options.sentences)
-                .cloned()
-                .collect(),
-        );
+        let data = NerDataset::new(examples);
         let eval = options
             .eval_data
             .as_ref()
@@ -168,32 +165,47 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         reference.rate, reference.peak_rss_mb, reference.threads
     );
     println!("ratio:  {:10.2}x", rust_rate / reference.rate);
-    let count: usize = ours.iter().map(Vec::len).sum();
-    let theirs: usize = reference.entities.iter().map(Vec::len).sum();
-    let same = ours
+    // The reference truncates a sentence longer than one encoder input, this crate encodes it
+    // in windows: only the sentences that fit can be compared.
+    let fits = fits_one_input(&shared.lock(), &inputs)?;
+    let compared: Vec<(&SentenceEntities, &SentenceEntities)> = ours
         .iter()
         .zip(&reference.entities)
-        .filter(|(a, b)| a == b)
-        .count();
+        .zip(&fits)
+        .filter_map(|(pair, fits)| fits.then_some(pair))
+        .collect();
+    let count: usize = compared.iter().map(|(a, _)| a.len()).sum();
+    let theirs: usize = compared.iter().map(|(_, b)| b.len()).sum();
+    let same = compared.iter().filter(|(a, b)| a == b).count();
+    let left_out = match ours.len() - compared.len() {
+        0 => String::new(),
+        long => format!(
+            "; {long} sentences longer than one encoder input left out: the reference truncates them, this crate encodes them in windows"
+        ),
+    };
+    if compared.is_empty() {
+        println!("entities: none compared{left_out}");
+        return Ok(());
+    }
     if options.precision != Precision::Float32 {
         // 16-bit arithmetic may tip a close call: report the agreement instead of requiring it.
         println!(
-            "entities: {same} of {} sentences identical to Python's float32 ones ({count} entities here, {theirs} in Python)",
-            ours.len()
+            "entities: {same} of {} sentences identical to Python's float32 ones ({count} entities here, {theirs} in Python){left_out}",
+            compared.len()
         );
         return Ok(());
     }
-    let identical = ours == reference.entities;
+    let identical = same == compared.len();
     println!(
-        "entities identical: {} ({} sentences, {count} entities here, {theirs} in Python)",
+        "entities identical: {} ({} sentences, {count} entities here, {theirs} in Python){left_out}",
         if identical { "yes" } else { "NO" },
-        ours.len(),
+        compared.len(),
     );
     if !identical {
         return Err(format!(
             "the entities differ from the Python reference in {} of {} sentences",
-            ours.len() - same,
-            ours.len()
+            compared.len() - same,
+            compared.len()
         )
         .into());
     }
@@ -301,6 +313,39 @@ fn bench_sql(
         rates.push(rate);
     }
     Ok(median(&mut rates))
+}
+
+/// `count` sentences, each joining `join` consecutive sentences of `corpus` (cycled), so that
+/// sentence length can be varied with the same words.
+fn joined_examples(corpus: &NerDataset, count: usize, join: usize) -> Vec<NerExample> {
+    let mut source = corpus.examples.iter().cycle();
+    (0..count)
+        .map(|_| {
+            let mut joined = NerExample {
+                tokens: Vec::new(),
+                tags: Vec::new(),
+                document: None,
+            };
+            for part in source.by_ref().take(join) {
+                joined.tokens.extend_from_slice(&part.tokens);
+                joined.tags.extend_from_slice(&part.tags);
+            }
+            joined
+        })
+        .collect()
+}
+
+/// Per sentence, whether it fits one encoder input (one window of text tokens).
+fn fits_one_input(
+    model: &SpanMarkerModel,
+    inputs: &[SentenceInput<'_>],
+) -> Result<Vec<bool>, Box<dyn std::error::Error>> {
+    let rows: Vec<Option<SentenceInput<'_>>> = inputs.iter().copied().map(Some).collect();
+    let mut windows = vec![0usize; inputs.len()];
+    for window in model.preprocessor().encode(&rows)?.windows {
+        windows[window.row] += 1;
+    }
+    Ok(windows.into_iter().map(|n| n <= 1).collect())
 }
 
 /// The sentences as borrowed words, for [`SentenceInput::Words`].

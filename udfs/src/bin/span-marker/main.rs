@@ -166,6 +166,10 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value_t = 2000)]
         sentences: usize,
+        /// Join this many consecutive sentences of --data into each benchmark sentence (to
+        /// measure how time and memory grow with sentence length).
+        #[arg(long, default_value_t = 1)]
+        join: usize,
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
         /// Intra-op threads for both implementations (default: all logical CPUs).
@@ -297,6 +301,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             model,
             data,
             sentences,
+            join,
             batch_size,
             threads,
             warmup,
@@ -311,6 +316,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             model,
             data,
             sentences,
+            join,
             batch_size,
             threads: threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
