@@ -98,6 +98,20 @@ struct Manifest {
     output_column: String,
     model: String,
     chunk_rows: usize,
+    /// The prediction settings that change which entities are written: a resumed run must use
+    /// the same ones, or the output would mix two settings. (Batch size and device do not
+    /// change the entities; strict mode only decides whether a bad row stops the run.)
+    /// As written in decimal (`0.9`, not float32's `0.8999999761581421`).
+    #[serde(default)]
+    threshold: Option<f64>,
+    #[serde(default)]
+    allow_overlapping: bool,
+    #[serde(default = "float32_name")]
+    precision: String,
+}
+
+fn float32_name() -> String {
+    span_marker::device::Precision::Float32.to_string()
 }
 
 /// The part directory of `output`: `out.parquet` -> `out.parquet.parts/`.
@@ -143,6 +157,12 @@ pub fn annotate(model: &SharedModel, options: &AnnotateOptions) -> Result<Annota
         output_column: options.output_column.clone(),
         model: model.source().to_owned(),
         chunk_rows: options.chunk_rows,
+        threshold: options
+            .predict
+            .threshold
+            .map(|t| t.to_string().parse().unwrap_or(f64::from(t))),
+        allow_overlapping: options.predict.allow_overlapping,
+        precision: options.predict.precision.to_string(),
     };
     let done_parts = prepare_parts(&dir, &manifest, &options.output)?;
     let resumed_rows = (done_parts * options.chunk_rows).min(total_rows);
@@ -308,7 +328,8 @@ fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<usize
             return Err(Error::file(
                 dir,
                 format!(
-                    "holds an unfinished run of another job ({found:?}); remove it to start over"
+                    "holds an unfinished run of another job ({}); resume it with the same settings, or remove the directory to start over",
+                    manifest_differences(&found, manifest)
                 ),
             ));
         }
@@ -328,6 +349,26 @@ fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<usize
     let text = serde_json::to_string_pretty(manifest).expect("a manifest serializes");
     span_marker::checkpoint::write_atomically(&manifest_path, text.as_bytes())?;
     Ok(0)
+}
+
+/// The settings in which `found` differs from `wanted`, as "`key` was X, is now Y".
+fn manifest_differences(found: &Manifest, wanted: &Manifest) -> String {
+    let as_map = |manifest: &Manifest| {
+        serde_json::to_value(manifest)
+            .ok()
+            .and_then(|value| value.as_object().cloned())
+            .unwrap_or_default()
+    };
+    let (found, wanted) = (as_map(found), as_map(wanted));
+    wanted
+        .iter()
+        .filter(|(key, value)| found.get(*key) != Some(value))
+        .map(|(key, value)| {
+            let before = found.get(key).cloned().unwrap_or_default();
+            format!("`{key}` was {before}, is now {value}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Writes `batches` to `path` through a temporary file and a rename, so that `path` is either

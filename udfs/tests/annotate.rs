@@ -414,4 +414,48 @@ fn a_parts_directory_of_another_job_is_refused() {
     .unwrap_err()
     .to_string();
     assert!(error.contains("another job"), "{error}");
+    assert!(error.contains("`input` was \"other.parquet\""), "{error}");
+}
+
+/// Settings that change the entities are part of the job: resuming with another threshold
+/// would write rows of two settings into one output. Strict mode is not: a strict run that
+/// stopped at a bad row resumes without it.
+#[test]
+fn a_resumed_run_keeps_the_prediction_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("corpus.parquet");
+    write_corpus(&input, 100, &[70]);
+    let output = dir.path().join("out.parquet");
+    let model = SharedModel::load("bundled", "cpu").unwrap();
+    let mut settings = options(&input, &output, InputColumn::Tokens("tokens".into()));
+    settings.chunk_rows = 16;
+    settings.strict = true;
+    annotate(&model, &settings).unwrap_err();
+    assert_eq!(part_files(&output), 4, "the chunks before the bad row");
+
+    let mut other = settings.clone();
+    other.predict.threshold = Some(0.9);
+    let error = annotate(&model, &other).unwrap_err().to_string();
+    assert!(
+        error.contains("`threshold` was null, is now 0.9"),
+        "{error}"
+    );
+    other.predict.threshold = None;
+    other.predict.allow_overlapping = true;
+    let error = annotate(&model, &other).unwrap_err().to_string();
+    assert!(
+        error.contains("`allow_overlapping` was false, is now true"),
+        "{error}"
+    );
+
+    settings.strict = false;
+    let report = annotate(&model, &settings).unwrap();
+    assert_eq!((report.rows, report.resumed_rows), (100, 64));
+    let fresh = dir.path().join("fresh.parquet");
+    annotate(
+        &model,
+        &options(&input, &fresh, InputColumn::Tokens("tokens".into())),
+    )
+    .unwrap();
+    assert_eq!(entities(&read_all(&output)), entities(&read_all(&fresh)));
 }
