@@ -488,14 +488,21 @@ fn bench_training(
     Ok(())
 }
 
-/// `; eval F1 mean 0.xxxx (0.xxxx, ...)` over the runs, when the models were evaluated.
+/// `; eval F1 mean 0.xxxx, median 0.xxxx, min 0.xxxx (0.xxxx, ...)` over the runs (each in
+/// seed order), when the models were evaluated.
 fn f1_note(f1s: &[f64]) -> String {
     if f1s.is_empty() {
         return String::new();
     }
     let mean = f1s.iter().sum::<f64>() / f1s.len() as f64;
     let each: Vec<String> = f1s.iter().map(|f1| format!("{f1:.4}")).collect();
-    format!("; eval F1 mean {mean:.4} ({})", each.join(", "))
+    let mut sorted = f1s.to_vec();
+    let median = median(&mut sorted);
+    format!(
+        "; eval F1 mean {mean:.4}, median {median:.4}, min {:.4} ({})",
+        sorted[0],
+        each.join(", ")
+    )
 }
 
 struct Reference {
@@ -582,9 +589,15 @@ fn gpu_name(device: Device) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
+/// The median of `values` (the mean of the middle two for an even count); sorts them.
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    let half = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[half - 1] + values[half]) / 2.0
+    } else {
+        values[half]
+    }
 }
 
 fn cpu_model() -> String {
