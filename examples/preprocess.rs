@@ -36,7 +36,7 @@ fn main() -> Result<(), span_marker::Error> {
     )?;
     println!("input_ids      {:?}", batch.input_ids.size());
     println!("position_ids   {:?}", batch.position_ids.size());
-    println!("attention_mask {:?}", batch.attention_mask.size());
+    println!("attention_mask {:?}", batch.attention_mask().size());
     println!("labels         {:?}", batch.labels.map(|l| l.size()));
     Ok(())
 }

@@ -37,8 +37,11 @@ pub struct Batch {
     pub input_ids: Tensor,
     /// `[B, T]` int64.
     pub position_ids: Tensor,
-    /// `[B, T, T]` bool, query row by key column.
-    pub attention_mask: Tensor,
+    /// `[B]` int64: text tokens per sample (the SpanMarker attention pattern follows from
+    /// these, the marker indices and the pair counts; see [`Batch::attention_mask`]).
+    pub num_tokens: Tensor,
+    /// The longest text of the batch, in tokens.
+    pub text_length: i64,
     /// `[B, T / 2]` int64, [`IGNORE_INDEX`] past each sample's spans; training data only.
     pub labels: Option<Tensor>,
     /// `[B]` int64: index of the first `<start>` marker.
@@ -129,22 +132,34 @@ pub fn collate(
 
     let shape = [b as i64, t as i64];
     let to_device = |v: &[i64]| Tensor::from_slice(v).to_device(device);
-    let num_tokens = to_device(&num_tokens);
+    let num_tokens_host = num_tokens;
+    let num_tokens = to_device(&num_tokens_host);
     let start_marker_indices = to_device(&start_indices);
     let num_marker_pairs = to_device(&num_pairs);
     Ok(Batch {
         input_ids: to_device(&input_ids).view(shape),
         position_ids: to_device(&position_ids).view(shape),
-        attention_mask: marker_attention_mask(
-            &num_tokens,
-            &start_marker_indices,
-            &num_marker_pairs,
-            t as i64,
-        ),
+        text_length: num_tokens_host.iter().copied().max().unwrap_or(0),
+        num_tokens,
         labels: with_labels.then(|| to_device(&labels).view([b as i64, (t / 2) as i64])),
         start_marker_indices,
         num_marker_pairs,
     })
+}
+
+impl Batch {
+    /// The dense `[B, T, T]` boolean SpanMarker attention mask (query row, key column), as the
+    /// reference builds it. The model does not need it (see
+    /// [`MarkerAttention`](crate::model::attention::MarkerAttention)); it serves inspection and
+    /// comparison with the reference.
+    pub fn attention_mask(&self) -> Tensor {
+        marker_attention_mask(
+            &self.num_tokens,
+            &self.start_marker_indices,
+            &self.num_marker_pairs,
+            self.input_ids.size()[1],
+        )
+    }
 }
 
 /// The `[B, T, T]` SpanMarker attention mask from per-sample text length, first marker index and

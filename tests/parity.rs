@@ -284,10 +284,11 @@ fn check_model(name: &str) {
                 Device::Cpu,
             )
             .unwrap();
+        let attention_mask = batch.attention_mask();
         let got: HashMap<&str, &Tensor> = [
             ("input_ids", &batch.input_ids),
             ("position_ids", &batch.position_ids),
-            ("attention_mask", &batch.attention_mask),
+            ("attention_mask", &attention_mask),
             ("start_marker_indices", &batch.start_marker_indices),
             ("num_marker_pairs", &batch.num_marker_pairs),
         ]

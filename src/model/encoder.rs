@@ -6,13 +6,15 @@
 //! Hugging Face `transformers` (`embeddings.word_embeddings.weight`,
 //! `encoder.layer.0.attention.self.query.weight`, ...), so checkpoints load without renaming.
 //!
-//! SpanMarker always passes explicit `position_ids`, all-zero `token_type_ids` and a 3-D
-//! attention mask, so the encoder takes exactly those.
+//! SpanMarker always passes explicit `position_ids`, all-zero `token_type_ids` and its own
+//! attention pattern (a 3-D mask in the reference), so the encoder takes exactly those; the
+//! pattern is a [`MarkerAttention`], which scores only the keys the mask can allow.
 
 use serde::Deserialize;
 use tch::nn::{self, Module};
-use tch::{Device, Tensor};
+use tch::Tensor;
 
+use super::attention::MarkerAttention;
 use super::dropout::dropout;
 
 use crate::config::EncoderConfig;
@@ -327,13 +329,13 @@ impl Encoder {
     }
 
     /// The last hidden states `[B, T, H]` for `input_ids` and `position_ids` `[B, T]` (int64)
-    /// under the boolean `attention_mask` `[B, T, T]` (query row, key column). Token types are
-    /// all zero. Dropout is active when `train` is set.
+    /// under the SpanMarker `attention` pattern. Token types are all zero. Dropout is active
+    /// when `train` is set.
     pub fn forward(
         &self,
         input_ids: &Tensor,
         position_ids: &Tensor,
-        attention_mask: &Tensor,
+        attention: &MarkerAttention,
         train: bool,
     ) -> Tensor {
         let s = &self.settings;
@@ -349,24 +351,16 @@ impl Encoder {
             x = project.forward(&x);
         }
 
-        // Additive bias: 0 where attention is allowed, MASKED_BIAS elsewhere. Fully masked
-        // (padding) rows then attend uniformly instead of producing NaN, which a boolean mask
-        // would do.
-        let bias = Tensor::zeros([b, 1, t, t], (x.kind(), x.device()))
-            .masked_fill(&attention_mask.logical_not().unsqueeze(1), MASKED_BIAS);
         let heads = s.num_attention_heads;
         let head_dim = s.hidden_size / heads;
         let split = |y: Tensor| y.view([b, t, heads, head_dim]).transpose(1, 2);
-        let attention_dropout = if train {
-            s.attention_probs_dropout_prob
-        } else {
-            0.
-        };
+        let attention_dropout = s.attention_probs_dropout_prob;
         for layer in &self.layers {
             let q = split(layer.query.forward(&x));
             let k = split(layer.key.forward(&x));
             let v = split(layer.value.forward(&x));
-            let context = attend(&q, &k, &v, &bias, attention_dropout)
+            let context = attention
+                .attend(&q, &k, &v, attention_dropout, train)
                 .transpose(1, 2)
                 .reshape([b, t, s.hidden_size]);
             let attended = dropout(
@@ -382,26 +376,6 @@ impl Encoder {
         x
     }
 }
-
-/// Scaled dot-product attention of `[B, heads, T, d]` queries, keys and values under an additive
-/// `bias`, with dropout `p` on the attention probabilities. libtorch's fused kernel serves
-/// every case but dropout on CPU, where it falls back to these same operations with a serial
-/// dropout mask; here the mask is drawn in parallel ([`dropout`]).
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, p: f64) -> Tensor {
-    if p > 0.0 && q.device() == Device::Cpu {
-        let d = *q.size().last().expect("queries have a head dimension");
-        let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (d as f64).sqrt()) + bias;
-        let probs = scores.softmax(-1, scores.kind());
-        return dropout(&probs, p, true).matmul(v);
-    }
-    Tensor::scaled_dot_product_attention(q, k, v, Some(bias), p, false, None, false)
-}
-
-/// The bias of a masked attention cell. `transformers` uses the dtype's minimum; that becomes
-/// `-inf` when autocast casts the mask to float16, and fully masked rows then turn into NaN that
-/// spreads through the values of the next layer. -1e4 is finite in every dtype and still makes
-/// `exp` underflow to exactly 0, so float32 results are the same as the reference's.
-const MASKED_BIAS: f64 = -1e4;
 
 #[cfg(test)]
 mod tests {
@@ -453,13 +427,16 @@ mod tests {
         let encoder = Encoder::new(vs.root(), settings, 10, true);
         let ids = Tensor::from_slice(&[2i64, 5, 3, 0]).view([1, 4]);
         let pos = Tensor::from_slice(&[2i64, 3, 4, 1]).view([1, 4]);
-        // Text rows see the first three tokens; the padding row sees nothing.
-        let mask = Tensor::from_slice(&[
-            true, true, true, false, true, true, true, false, true, true, true, false, false,
-            false, false, false,
-        ])
-        .view([1, 4, 4]);
-        let out = encoder.forward(&ids, &pos, &mask, false);
+        // Three text tokens, no markers: the padding row sees nothing.
+        let attention = MarkerAttention::new(
+            &Tensor::from_slice(&[3i64]),
+            &Tensor::from_slice(&[4i64]),
+            &Tensor::from_slice(&[0i64]),
+            4,
+            3,
+            tch::Kind::Float,
+        );
+        let out = encoder.forward(&ids, &pos, &attention, false);
         assert_eq!(out.size(), [1, 4, 4]);
         assert!(bool::try_from(out.isfinite().all()).unwrap());
     }

@@ -15,6 +15,7 @@
 //! # Ok::<(), span_marker::Error>(())
 //! ```
 
+pub mod attention;
 mod card;
 pub mod dropout;
 pub mod encoder;
@@ -24,8 +25,9 @@ use std::path::Path;
 
 use serde_json::Value;
 use tch::nn::{self, Module};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
+use attention::MarkerAttention;
 pub use card::ModelCard;
 use encoder::{Encoder, EncoderSettings};
 
@@ -323,12 +325,17 @@ impl SpanMarkerModel {
 
     /// Runs the encoder and the head on a collated batch; dropout is active when `train` is set.
     pub fn forward(&self, batch: &Batch, train: bool) -> ModelOutput {
-        let hidden = self.encoder.forward(
-            &batch.input_ids,
-            &batch.position_ids,
-            &batch.attention_mask,
-            train,
+        let attention = MarkerAttention::new(
+            &batch.num_tokens,
+            &batch.start_marker_indices,
+            &batch.num_marker_pairs,
+            batch.input_ids.size()[1],
+            batch.text_length,
+            Kind::Float,
         );
+        let hidden = self
+            .encoder
+            .forward(&batch.input_ids, &batch.position_ids, &attention, train);
         let hidden = dropout::dropout(&hidden, self.dropout, train);
         let features = head::marker_features(
             &hidden,

@@ -138,7 +138,7 @@ pub fn candidates(
         encoded.windows.len(),
         encoded.samples.len(),
         batch.input_ids.size(),
-        batch.attention_mask.size()
+        batch.attention_mask().size()
     );
     Ok(())
 }
