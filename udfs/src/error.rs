@@ -41,6 +41,9 @@ pub enum Error {
         row: usize,
         message: String,
     },
+    /// The thread that runs the engine functions' libtorch work could not take or finish a job.
+    #[error("the model thread {0}")]
+    ModelThread(&'static str),
     /// An input or output file that cannot be used as asked.
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },

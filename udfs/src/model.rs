@@ -1,15 +1,25 @@
 //! Models shared by every engine function: loaded once per (source, device) and handed out as
 //! [`SharedModel`] handles, so that all partitions of a query and all expressions of a lazy
 //! pipeline use one copy of the weights.
+//!
+//! Their libtorch work (loading and predicting) runs on one thread of the process, whichever
+//! thread asks for it. libtorch's CPU kernels run in OpenMP teams, one per calling thread, and
+//! once the process holds more team threads than CPUs, libgomp stops spinning between parallel
+//! regions and puts its threads to sleep and wakes them for every operation: on 2 cores the
+//! same prediction ran at 6,700 sentences/s on the first thread that used libtorch and at 2,800
+//! on a second one (100,000 context switches where there were 200), which made DataFusion's
+//! partition threads, taking turns on a model, run at 40% of the direct API.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::panic::AssertUnwindSafe;
+use std::sync::{mpsc, Arc, LazyLock, Mutex, MutexGuard};
+use std::thread::ThreadId;
 
 use span_marker::device::parse_device;
 use span_marker::model::LoadOptions;
 use span_marker::{PredictOptions, PredictedEntity, RowPrediction, SentenceInput, SpanMarkerModel};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The model source that names the small model embedded in the core crate
 /// ([`SpanMarkerModel::bundled`], a small BERT trained on CoNLL-2003): no files, no network.
@@ -18,8 +28,8 @@ pub const BUNDLED_MODEL: &str = "bundled";
 /// A loaded model that engine functions can share across threads.
 ///
 /// libtorch tensors may move between threads but tch does not let them be shared, so the
-/// model sits behind a mutex: partitions take turns for the forward pass, each of which uses
-/// all intra-op threads.
+/// model sits behind a mutex; predictions run on the model thread (see the module
+/// documentation), one at a time, each using all intra-op threads.
 #[derive(Clone)]
 pub struct SharedModel {
     source: Arc<str>,
@@ -46,6 +56,78 @@ impl Eq for SharedModel {}
 impl std::hash::Hash for SharedModel {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         Arc::as_ptr(&self.model).hash(state);
+    }
+}
+
+/// Work for the model thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The one thread that runs the engine functions' libtorch work.
+struct ModelThread {
+    jobs: mpsc::Sender<Job>,
+    id: ThreadId,
+}
+
+/// Started at first use; `None` if the thread could not be started (work then runs on the
+/// calling threads).
+static MODEL_THREAD: LazyLock<Option<ModelThread>> = LazyLock::new(|| {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let started = std::thread::Builder::new()
+        .name("span-marker-model".into())
+        .spawn(move || {
+            for job in queue {
+                // A job that panics drops its reply channel, which its caller reports; the
+                // thread serves the next one.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+            }
+        });
+    match started {
+        Ok(handle) => Some(ModelThread {
+            jobs,
+            id: handle.thread().id(),
+        }),
+        Err(error) => {
+            tracing::warn!(%error, "no model thread: libtorch work runs on the calling threads");
+            None
+        }
+    }
+});
+
+/// Runs `work` on the model thread and waits for its result (directly when called from that
+/// thread, or when it could not be started).
+fn on_model_thread<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> Result<R> {
+    let Some(thread) = &*MODEL_THREAD else {
+        return Ok(work());
+    };
+    if std::thread::current().id() == thread.id {
+        return Ok(work());
+    }
+    let (reply, answer) = mpsc::channel();
+    thread
+        .jobs
+        .send(Box::new(move || {
+            let _ = reply.send(work());
+        }))
+        .map_err(|_| Error::ModelThread("has stopped"))?;
+    answer
+        .recv()
+        .map_err(|_| Error::ModelThread("failed (panicked) while working"))
+}
+
+/// A row's input, owned, to hand to the model thread.
+enum OwnedInput {
+    Words(Vec<String>),
+    Text(String),
+}
+
+impl OwnedInput {
+    fn new(input: SentenceInput<'_>) -> Self {
+        match input {
+            SentenceInput::Words(words) => {
+                Self::Words(words.iter().map(|w| w.to_string()).collect())
+            }
+            SentenceInput::Text(text) => Self::Text(text.to_owned()),
+        }
     }
 }
 
@@ -79,17 +161,20 @@ impl SharedModel {
             return Ok(model.clone());
         }
         let device = parse_device(device)?;
-        let model = if source == BUNDLED_MODEL {
-            let mut model = SpanMarkerModel::bundled()?;
-            model.to_device(device);
-            model
-        } else {
-            let options = LoadOptions {
-                device: Some(device),
-                ..Default::default()
-            };
-            SpanMarkerModel::from_pretrained_with(source, &options)?
-        };
+        let owned_source = source.to_owned();
+        let model = on_model_thread(move || {
+            if owned_source == BUNDLED_MODEL {
+                let mut model = SpanMarkerModel::bundled()?;
+                model.to_device(device);
+                Ok(model)
+            } else {
+                let options = LoadOptions {
+                    device: Some(device),
+                    ..Default::default()
+                };
+                SpanMarkerModel::from_pretrained_with(&owned_source, &options)
+            }
+        })??;
         tracing::info!(source, ?device, "loaded SpanMarker model");
         let model = Self::new(source, model);
         loaded.insert(key, model.clone());
@@ -115,7 +200,35 @@ impl SharedModel {
         rows: &[Option<SentenceInput<'_>>],
         options: &PredictOptions,
     ) -> Result<Vec<RowPrediction>> {
-        Ok(self.lock().predict_rows_each(rows, None, options)?)
+        let owned: Vec<Option<OwnedInput>> =
+            rows.iter().map(|row| row.map(OwnedInput::new)).collect();
+        let options = options.clone();
+        let model = Arc::clone(&self.model);
+        on_model_thread(move || {
+            let words: Vec<Option<Vec<&str>>> = owned
+                .iter()
+                .map(|row| match row {
+                    Some(OwnedInput::Words(words)) => {
+                        Some(words.iter().map(String::as_str).collect())
+                    }
+                    _ => None,
+                })
+                .collect();
+            let rows: Vec<Option<SentenceInput<'_>>> = owned
+                .iter()
+                .zip(&words)
+                .map(|(row, words)| match (row, words) {
+                    (Some(OwnedInput::Text(text)), _) => Some(SentenceInput::Text(text)),
+                    (Some(OwnedInput::Words(_)), Some(words)) => Some(SentenceInput::Words(words)),
+                    _ => None,
+                })
+                .collect();
+            let model = model
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            model.predict_rows_each(&rows, None, &options)
+        })?
+        .map_err(Into::into)
     }
 
     /// Entities per row, with the rows that got none because they failed, here or before

@@ -64,9 +64,22 @@ type Entities = Vec<SentenceEntities>;
 
 pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     tch::set_num_threads(options.threads as i32);
-    let mut model = SpanMarkerModel::from_pretrained(&options.model)?;
-    model.to_device(options.device);
-    let labels = model.labels().clone();
+    // Inference goes through the engine layer's model thread, the direct API and SQL alike, so
+    // that one thread of the process runs libtorch (see `span_marker_udfs::SharedModel`);
+    // training runs here.
+    let shared = (options.train_steps == 0)
+        .then(|| SharedModel::load(&options.model, &device_name(options.device)))
+        .transpose()?;
+    let (labels, settings) = match &shared {
+        Some(shared) => {
+            let model = shared.lock();
+            (model.labels().clone(), model.encoder().settings().clone())
+        }
+        None => {
+            let model = SpanMarkerModel::from_pretrained(&options.model)?;
+            (model.labels().clone(), model.encoder().settings().clone())
+        }
+    };
     let corpus = NerDataset::from_conll(&options.data, &labels)?;
     if corpus.is_empty() {
         return Err(format!("{}: no sentences", options.data.display()).into());
@@ -84,7 +97,6 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
 
-    let settings = model.encoder().settings();
     let task = if options.train_steps > 0 {
         "training"
     } else {
@@ -128,17 +140,27 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
             .as_ref()
             .map(|path| NerDataset::from_conll(path, &labels))
             .transpose()?;
-        drop(model);
         return bench_training(&labels, &data, eval.as_ref(), options);
     }
+    let Some(shared) = shared else {
+        return Err("inference needs the loaded model".into());
+    };
+    let rows: Vec<Option<SentenceInput<'_>>> = inputs.iter().copied().map(Some).collect();
+    let predict_all = || -> Result<Vec<Vec<PredictedEntity>>, Box<dyn std::error::Error>> {
+        shared
+            .predict_rows(&rows, &predict)?
+            .into_iter()
+            .map(|row| Ok(row?.unwrap_or_default()))
+            .collect()
+    };
     for _ in 0..options.warmup {
-        model.predict(&inputs, &predict)?;
+        predict_all()?;
     }
     let mut rates = Vec::with_capacity(options.repeat);
     let mut ours: Entities = Vec::new();
     for _ in 0..options.repeat.max(1) {
         let start = Instant::now();
-        let predicted = model.predict(&inputs, &predict)?;
+        let predicted = predict_all()?;
         rates.push(sentences.len() as f64 / start.elapsed().as_secs_f64());
         ours = triples(predicted);
     }
@@ -147,7 +169,6 @@ pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         "rust:   {rust_rate:10.1} sentences/s, peak RSS {:.0} MB",
         peak_rss_mb().unwrap_or(f64::NAN)
     );
-    let shared = SharedModel::new(&options.model, model);
     for partitions in [1, 2] {
         let sql_rate = bench_sql(&shared, &words, options, partitions, &ours)?;
         println!(
