@@ -410,5 +410,8 @@ pub fn train(
     let eval = eval
         .map(|e| annotated_rows(e, columns, "eval"))
         .transpose()?;
-    training::run(spec, args, &train, eval.as_ref(), None, None)
+    let spec = spec.clone();
+    crate::model::on_model_thread(move || {
+        training::run(&spec, args, &train, eval.as_ref(), None, None)
+    })?
 }
