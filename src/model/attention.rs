@@ -31,7 +31,7 @@ const MASKED_BIAS: f64 = -1e4;
 #[derive(Debug)]
 pub enum MarkerAttention {
     /// Every query scores every key under a `[B, 1, T, T]` additive bias (0 where attention is
-    /// allowed, [`MASKED_BIAS`] elsewhere).
+    /// allowed, -1e4 elsewhere).
     Dense { bias: Tensor },
     /// Every query scores the text keys, its own key and its partner's.
     Structured {
