@@ -148,48 +148,96 @@ pub fn collate(
 }
 
 impl Batch {
+    /// Where text and markers lie in each sample: what the attention pattern follows from.
+    pub fn layout(&self) -> MarkerLayout<'_> {
+        MarkerLayout {
+            num_tokens: &self.num_tokens,
+            start_marker_indices: &self.start_marker_indices,
+            num_marker_pairs: &self.num_marker_pairs,
+            total_length: self.input_ids.size()[1],
+            text_length: self.text_length,
+        }
+    }
+
     /// The dense `[B, T, T]` boolean SpanMarker attention mask (query row, key column), as the
     /// reference builds it. The model does not need it (see
     /// [`MarkerAttention`](crate::model::attention::MarkerAttention)); it serves inspection and
     /// comparison with the reference.
     pub fn attention_mask(&self) -> Tensor {
-        marker_attention_mask(
-            &self.num_tokens,
-            &self.start_marker_indices,
-            &self.num_marker_pairs,
-            self.input_ids.size()[1],
-        )
+        self.layout().attention_mask()
     }
 }
 
-/// The `[B, T, T]` SpanMarker attention mask from per-sample text length, first marker index and
-/// marker pair count, computed with broadcasting on the tensors' device.
-pub fn marker_attention_mask(
-    num_tokens: &Tensor,
-    start_marker_indices: &Tensor,
-    num_marker_pairs: &Tensor,
-    total_length: i64,
-) -> Tensor {
-    let device = num_tokens.device();
-    let b = num_tokens.size1().unwrap_or(0);
-    let position = Tensor::arange(total_length, (Kind::Int64, device));
-    let query = position.view([1, total_length, 1]);
-    let key = position.view([1, 1, total_length]);
-    let n = num_tokens.view([b, 1, 1]);
-    let start = start_marker_indices.view([b, 1, 1]);
-    let pairs = num_marker_pairs.view([b, 1, 1]);
+/// Where text and markers lie in each sample of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct MarkerLayout<'a> {
+    /// `[B]` int64: text tokens per sample.
+    pub num_tokens: &'a Tensor,
+    /// `[B]` int64: index of the first `<start>` marker.
+    pub start_marker_indices: &'a Tensor,
+    /// `[B]` int64: marker pairs `P` per sample.
+    pub num_marker_pairs: &'a Tensor,
+    /// Encoder input length `T` of the batch.
+    pub total_length: i64,
+    /// The longest text of the batch, in tokens.
+    pub text_length: i64,
+}
 
-    let key_is_text = key.lt_tensor(&n);
-    let query_is_text = query.lt_tensor(&n);
-    let query_is_marker = query
-        .ge_tensor(&start)
-        .logical_and(&query.lt_tensor(&(&start + &pairs * 2)));
-    let is_start_marker = query.lt_tensor(&(&start + &pairs));
-    let partner = (&query + &pairs).where_self(&is_start_marker, &(&query - &pairs));
-    let marker_sees = key_is_text
-        .logical_or(&key.eq_tensor(&query))
-        .logical_or(&key.eq_tensor(&partner));
-    query_is_text
-        .logical_and(&key_is_text)
-        .logical_or(&query_is_marker.logical_and(&marker_sees))
+/// The role of every position of every sample, each `[B, T, 1]` (`position` is `[1, T, 1]`).
+#[derive(Debug)]
+pub struct PositionRoles {
+    pub position: Tensor,
+    /// Text tokens, `[0, n)`.
+    pub is_text: Tensor,
+    /// `<start>` and `<end>` markers.
+    pub is_marker: Tensor,
+    /// The other marker of the position's span (the position itself outside the markers).
+    pub partner: Tensor,
+}
+
+impl MarkerLayout<'_> {
+    /// Each position's role, computed with broadcasting on the tensors' device.
+    pub fn roles(&self) -> PositionRoles {
+        let t = self.total_length;
+        let b = self.num_tokens.size1().unwrap_or(0);
+        let position = Tensor::arange(t, (Kind::Int64, self.num_tokens.device())).view([1, t, 1]);
+        let start = self.start_marker_indices.view([b, 1, 1]);
+        let pairs = self.num_marker_pairs.view([b, 1, 1]);
+        let is_marker = position
+            .ge_tensor(&start)
+            .logical_and(&position.lt_tensor(&(&start + &pairs * 2)));
+        let is_start_marker = position.lt_tensor(&(&start + &pairs));
+        let partner = (&position + &pairs)
+            .where_self(&is_start_marker, &(&position - &pairs))
+            .where_self(&is_marker, &position);
+        PositionRoles {
+            is_text: position.lt_tensor(&self.num_tokens.view([b, 1, 1])),
+            position,
+            is_marker,
+            partner,
+        }
+    }
+
+    /// Whether each of the first `keys` positions is text, `[B, 1, keys]`.
+    pub fn key_is_text(&self, keys: i64) -> Tensor {
+        let b = self.num_tokens.size1().unwrap_or(0);
+        Tensor::arange(keys, (Kind::Int64, self.num_tokens.device()))
+            .view([1, 1, keys])
+            .lt_tensor(&self.num_tokens.view([b, 1, 1]))
+    }
+
+    /// The `[B, T, T]` SpanMarker attention mask: text sees text, a marker sees text, itself
+    /// and its partner, padding sees nothing.
+    pub fn attention_mask(&self) -> Tensor {
+        let roles = self.roles();
+        let key = roles.position.view([1, 1, self.total_length]);
+        let key_is_text = self.key_is_text(self.total_length);
+        let marker_sees = key_is_text
+            .logical_or(&key.eq_tensor(&roles.position))
+            .logical_or(&key.eq_tensor(&roles.partner));
+        roles
+            .is_text
+            .logical_and(&key_is_text)
+            .logical_or(&roles.is_marker.logical_and(&marker_sees))
+    }
 }

@@ -19,7 +19,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::dropout::dropout;
-use crate::collate::marker_attention_mask;
+use crate::collate::MarkerLayout;
 
 /// The bias of a masked attention cell. `transformers` uses the dtype's minimum; that becomes
 /// `-inf` when autocast casts the mask to float16, and fully masked rows then turn into NaN that
@@ -50,83 +50,47 @@ pub enum MarkerAttention {
 const STRUCTURED_MIN_LENGTH: i64 = 256;
 
 impl MarkerAttention {
-    /// The pattern of samples with `num_tokens` text tokens, markers from
-    /// `start_marker_indices` and `num_marker_pairs` marker pairs (each `[B]`, int64) in
-    /// inputs of `total_length` tokens. `text_keys` is at least the longest text; the bias has
-    /// `kind`. The structured form is chosen for batches of at least 256 tokens whose text
-    /// keys (plus two) are at most an eighth of them, the dense one otherwise.
-    pub fn new(
-        num_tokens: &Tensor,
-        start_marker_indices: &Tensor,
-        num_marker_pairs: &Tensor,
-        total_length: i64,
-        text_keys: i64,
-        kind: Kind,
-    ) -> Self {
-        if total_length >= STRUCTURED_MIN_LENGTH && 8 * (text_keys + 2) <= total_length {
-            return Self::structured(
-                num_tokens,
-                start_marker_indices,
-                num_marker_pairs,
-                total_length,
-                text_keys,
-                kind,
-            );
+    /// The pattern of a batch laid out as `layout`; the bias has `kind`. The structured form
+    /// is chosen for batches of at least 256 tokens whose text (plus two keys) is at most an
+    /// eighth of them, the dense one otherwise.
+    pub fn new(layout: &MarkerLayout<'_>, kind: Kind) -> Self {
+        let t = layout.total_length;
+        if t >= STRUCTURED_MIN_LENGTH && 8 * (layout.text_length + 2) <= t {
+            return Self::structured(layout, kind);
         }
-        let mask = marker_attention_mask(
-            num_tokens,
-            start_marker_indices,
-            num_marker_pairs,
-            total_length,
-        );
         // Fully masked (padding) rows attend uniformly instead of producing NaN, which a
         // boolean mask would do.
-        let bias = Tensor::zeros(mask.size(), (kind, num_tokens.device()))
+        let mask = layout.attention_mask();
+        let bias = Tensor::zeros(mask.size(), (kind, layout.num_tokens.device()))
             .masked_fill(&mask.logical_not(), MASKED_BIAS)
             .unsqueeze(1);
         Self::Dense { bias }
     }
 
     /// The structured form, whatever the lengths.
-    pub fn structured(
-        num_tokens: &Tensor,
-        start_marker_indices: &Tensor,
-        num_marker_pairs: &Tensor,
-        total_length: i64,
-        text_keys: i64,
-        kind: Kind,
-    ) -> Self {
-        let device = num_tokens.device();
-        let b = num_tokens.size1().unwrap_or(0);
-        let query = Tensor::arange(total_length, (Kind::Int64, device)).view([1, total_length, 1]);
-        let n = num_tokens.view([b, 1, 1]);
-        let start = start_marker_indices.view([b, 1, 1]);
-        let pairs = num_marker_pairs.view([b, 1, 1]);
-
-        let is_marker = query
-            .ge_tensor(&start)
-            .logical_and(&query.lt_tensor(&(&start + &pairs * 2)));
-        let is_start_marker = query.lt_tensor(&(&start + &pairs));
-        let partner = (&query + &pairs)
-            .where_self(&is_start_marker, &(&query - &pairs))
-            .where_self(&is_marker, &query);
-        let sees_text = query.lt_tensor(&n).logical_or(&is_marker);
-        let key_is_text = Tensor::arange(text_keys, (Kind::Int64, device))
-            .view([1, 1, text_keys])
-            .lt_tensor(&n);
+    pub fn structured(layout: &MarkerLayout<'_>, kind: Kind) -> Self {
+        let roles = layout.roles();
+        let (b, t, text_keys) = (
+            layout.num_tokens.size1().unwrap_or(0),
+            layout.total_length,
+            layout.text_length,
+        );
         let allowed = Tensor::cat(
             &[
-                sees_text.logical_and(&key_is_text),
-                is_marker.expand([b, total_length, 2], false),
+                roles
+                    .is_text
+                    .logical_or(&roles.is_marker)
+                    .logical_and(&layout.key_is_text(text_keys)),
+                roles.is_marker.expand([b, t, 2], false),
             ],
             2,
         );
-        let bias = Tensor::zeros([b, 1, total_length, text_keys + 2], (kind, device))
+        let bias = Tensor::zeros([b, 1, t, text_keys + 2], (kind, layout.num_tokens.device()))
             .masked_fill(&allowed.logical_not().unsqueeze(1), MASKED_BIAS);
         Self::Structured {
             text_keys,
             bias,
-            partner: partner.unsqueeze(1),
+            partner: roles.partner.unsqueeze(1),
         }
     }
 
@@ -188,6 +152,36 @@ impl MarkerAttention {
 mod tests {
     use super::*;
 
+    /// Samples of `num_tokens` text tokens with markers from `start` and `pairs` pairs, in
+    /// inputs of `total_length` tokens.
+    struct Samples {
+        num_tokens: Tensor,
+        start: Tensor,
+        pairs: Tensor,
+        total_length: i64,
+    }
+
+    impl Samples {
+        fn new(num_tokens: &[i64], start: &[i64], pairs: &[i64], total_length: i64) -> Self {
+            Self {
+                num_tokens: Tensor::from_slice(num_tokens),
+                start: Tensor::from_slice(start),
+                pairs: Tensor::from_slice(pairs),
+                total_length,
+            }
+        }
+
+        fn layout(&self) -> MarkerLayout<'_> {
+            MarkerLayout {
+                num_tokens: &self.num_tokens,
+                start_marker_indices: &self.start,
+                num_marker_pairs: &self.pairs,
+                total_length: self.total_length,
+                text_length: self.num_tokens.max().int64_value(&[]),
+            }
+        }
+    }
+
     /// Dense attention under the full `[B, T, T]` SpanMarker mask, as the reference computes it.
     fn dense(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
         let bias = Tensor::zeros(mask.size(), (Kind::Double, Device::Cpu))
@@ -203,24 +197,22 @@ mod tests {
     fn both_forms_equal_attention_under_the_dense_mask() {
         // Three samples of different text lengths (odd and even), marker counts and padding;
         // the last has the longest text, so the others have markers among the text keys.
-        let num_tokens = Tensor::from_slice(&[5i64, 4, 9]);
-        let start = Tensor::from_slice(&[6i64, 4, 10]);
-        let pairs = Tensor::from_slice(&[3i64, 7, 2]);
         let (b, heads, t, d) = (3, 2, 18, 4);
+        let samples = Samples::new(&[5, 4, 9], &[6, 4, 10], &[3, 7, 2], t);
+        let layout = samples.layout();
         tch::manual_seed(0);
         let qkv: Vec<Tensor> = (0..3)
             .map(|_| Tensor::randn([b, heads, t, d], (Kind::Double, Device::Cpu)))
             .collect();
-        let mask = marker_attention_mask(&num_tokens, &start, &pairs, t);
+        let mask = layout.attention_mask();
         let want = dense(&qkv[0], &qkv[1], &qkv[2], &mask);
         // Padding rows see nothing: their states are never read, so only the others compare.
         let used = mask
             .any_dim(-1, false)
             .view([b, 1, t, 1])
             .to_kind(Kind::Double);
-        let structured =
-            MarkerAttention::structured(&num_tokens, &start, &pairs, t, 9, Kind::Double);
-        let short = MarkerAttention::new(&num_tokens, &start, &pairs, t, 9, Kind::Double);
+        let structured = MarkerAttention::structured(&layout, Kind::Double);
+        let short = MarkerAttention::new(&layout, Kind::Double);
         assert!(
             matches!(short, MarkerAttention::Dense { .. }),
             "T = 18 is short"
@@ -235,14 +227,8 @@ mod tests {
     #[test]
     fn long_batches_of_mostly_markers_take_the_structured_form() {
         let pattern = |text: i64| {
-            MarkerAttention::new(
-                &Tensor::from_slice(&[text]),
-                &Tensor::from_slice(&[text + text % 2]),
-                &Tensor::from_slice(&[100i64]),
-                512,
-                text,
-                Kind::Float,
-            )
+            let samples = Samples::new(&[text], &[text + text % 2], &[100], 512);
+            MarkerAttention::new(&samples.layout(), Kind::Float)
         };
         assert!(matches!(pattern(60), MarkerAttention::Structured { .. }));
         assert!(matches!(pattern(120), MarkerAttention::Dense { .. }));
@@ -250,14 +236,8 @@ mod tests {
 
     #[test]
     fn only_markers_see_their_partners() {
-        let attention = MarkerAttention::structured(
-            &Tensor::from_slice(&[3i64]),
-            &Tensor::from_slice(&[4i64]),
-            &Tensor::from_slice(&[2i64]),
-            8,
-            3,
-            Kind::Float,
-        );
+        let samples = Samples::new(&[3], &[4], &[2], 8);
+        let attention = MarkerAttention::structured(&samples.layout(), Kind::Float);
         let MarkerAttention::Structured { bias, partner, .. } = attention else {
             panic!("asked for the structured form");
         };

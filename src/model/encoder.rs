@@ -428,14 +428,19 @@ mod tests {
         let ids = Tensor::from_slice(&[2i64, 5, 3, 0]).view([1, 4]);
         let pos = Tensor::from_slice(&[2i64, 3, 4, 1]).view([1, 4]);
         // Three text tokens, no markers: the padding row sees nothing.
-        let attention = MarkerAttention::new(
-            &Tensor::from_slice(&[3i64]),
-            &Tensor::from_slice(&[4i64]),
-            &Tensor::from_slice(&[0i64]),
-            4,
-            3,
-            tch::Kind::Float,
+        let (num_tokens, start, pairs) = (
+            Tensor::from_slice(&[3i64]),
+            Tensor::from_slice(&[4i64]),
+            Tensor::from_slice(&[0i64]),
         );
+        let layout = crate::collate::MarkerLayout {
+            num_tokens: &num_tokens,
+            start_marker_indices: &start,
+            num_marker_pairs: &pairs,
+            total_length: 4,
+            text_length: 3,
+        };
+        let attention = MarkerAttention::new(&layout, tch::Kind::Float);
         let out = encoder.forward(&ids, &pos, &attention, false);
         assert_eq!(out.size(), [1, 4, 4]);
         assert!(bool::try_from(out.isfinite().all()).unwrap());

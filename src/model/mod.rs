@@ -325,14 +325,7 @@ impl SpanMarkerModel {
 
     /// Runs the encoder and the head on a collated batch; dropout is active when `train` is set.
     pub fn forward(&self, batch: &Batch, train: bool) -> ModelOutput {
-        let attention = MarkerAttention::new(
-            &batch.num_tokens,
-            &batch.start_marker_indices,
-            &batch.num_marker_pairs,
-            batch.input_ids.size()[1],
-            batch.text_length,
-            Kind::Float,
-        );
+        let attention = MarkerAttention::new(&batch.layout(), Kind::Float);
         let hidden = self
             .encoder
             .forward(&batch.input_ids, &batch.position_ids, &attention, train);
