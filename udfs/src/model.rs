@@ -94,8 +94,7 @@ static MODEL_THREAD: LazyLock<Option<ModelThread>> = LazyLock::new(|| {
 });
 
 /// Runs `work` on the model thread and waits for its result (directly when called from that
-/// thread, or when it could not be started). Training runs there too, so that a process that
-/// trains and predicts keeps one OpenMP team; predictions wait while it trains.
+/// thread, or when it could not be started).
 pub(crate) fn on_model_thread<R: Send + 'static>(
     work: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R> {

@@ -181,21 +181,9 @@ impl Pipeline {
             self.training.clone(),
             resume.map(str::to_owned),
         );
-        // On the model thread (see `crate::model`), waited for off the async workers.
-        tokio::task::spawn_blocking(move || {
-            crate::model::on_model_thread(move || {
-                training::run(
-                    &model,
-                    args,
-                    &train,
-                    eval.as_ref(),
-                    test.as_ref(),
-                    resume.as_deref(),
-                )
-            })
-        })
-        .await
-        .map_err(|e| Error::file("<training>", e.to_string()))??
+        tokio::task::spawn_blocking(move || training::run(model, args, train, eval, test, resume))
+            .await
+            .map_err(|e| Error::file("<training>", e.to_string()))?
     }
 }
 

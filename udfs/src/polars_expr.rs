@@ -410,8 +410,5 @@ pub fn train(
     let eval = eval
         .map(|e| annotated_rows(e, columns, "eval"))
         .transpose()?;
-    let spec = spec.clone();
-    crate::model::on_model_thread(move || {
-        training::run(&spec, args, &train, eval.as_ref(), None, None)
-    })?
+    training::run(spec.clone(), args, train, eval, None, None)
 }

@@ -51,7 +51,30 @@ pub struct TrainReport {
 /// Trains `spec` on `train`, evaluating on `eval` as the arguments say and at the end, and on
 /// `test` at the end,
 /// and saves the model to `args.output_dir`. `resume` is `latest` or a checkpoint directory.
+/// Runs on the model thread (see [`crate::model`]), so that a process that trains and predicts
+/// keeps one OpenMP team; predictions in the same process wait while it trains.
 pub fn run(
+    spec: ModelSpec,
+    args: TrainingArguments,
+    train: AnnotatedRows,
+    eval: Option<AnnotatedRows>,
+    test: Option<AnnotatedRows>,
+    resume: Option<String>,
+) -> Result<TrainReport> {
+    crate::model::on_model_thread(move || {
+        run_here(
+            &spec,
+            args,
+            &train,
+            eval.as_ref(),
+            test.as_ref(),
+            resume.as_deref(),
+        )
+    })?
+}
+
+/// [`run`] on the calling thread.
+fn run_here(
     spec: &ModelSpec,
     args: TrainingArguments,
     train: &AnnotatedRows,

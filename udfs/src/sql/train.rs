@@ -161,21 +161,11 @@ impl PartitionStream for TrainRun {
                 Some(q) => Some(options.source(q).read(&ctx).await?),
                 None => None,
             };
-            // On the model thread (see `crate::model`), waited for off the async workers.
             let report = tokio::task::spawn_blocking(move || {
-                crate::model::on_model_thread(move || {
-                    training::run(
-                        &options.model,
-                        options.training,
-                        &train,
-                        eval.as_ref(),
-                        None,
-                        None,
-                    )
-                })
+                training::run(options.model, options.training, train, eval, None, None)
             })
             .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))???;
+            .map_err(|e| DataFusionError::External(Box::new(e)))??;
             metrics_batch(&schema, &report)
         };
         Box::pin(RecordBatchStreamAdapter::new(

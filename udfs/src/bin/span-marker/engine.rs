@@ -335,14 +335,7 @@ pub fn train_conll(run: ConllTraining) -> CliResult {
         marker_max_length: run.marker_max_length,
         entity_max_length: run.entity_max_length,
     };
-    let report = training::run(
-        &spec,
-        args,
-        &train,
-        eval.as_ref(),
-        test.as_ref(),
-        run.resume.as_deref(),
-    )?;
+    let report = training::run(spec, args, train, eval, test, run.resume)?;
     println!("{}", serde_json::Value::Object(report.metrics));
     eprintln!("model saved to {}", report.output_dir.display());
     Ok(())
