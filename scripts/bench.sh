@@ -13,7 +13,7 @@
 # first.
 #
 # Environment:
-#   BENCH_ARGS   extra `span-marker bench` flags for every run, e.g. "--threads 1"
+#   BENCH_ARGS   extra `span-marker-bench` flags for every run, e.g. "--threads 1"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -29,16 +29,19 @@ esac
 cache_root="${SPAN_MARKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/span-marker}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache_root/target}"
 bash scripts/setup.sh
-cargo build --release --bin span-marker
-bin="$CARGO_TARGET_DIR/release/span-marker"
+cargo build --release -p span-marker-bench
+bin="$CARGO_TARGET_DIR/release/span-marker-bench"
 python=./.venv-python
 read -r -a extra <<<"${BENCH_ARGS:-}"
+
+# The tiny fine-tuned fixture and the toy test split: the default model and sentences.
+tiny=(--model tests/fixtures/trained/tiny-bert --data examples/data/test.txt)
 
 run() {
   echo
   echo "== $1"
   shift
-  "$bin" bench --python "$python" "$@" "${extra[@]}"
+  "$bin" --python "$python" "${tiny[@]}" "$@" "${extra[@]}"
 }
 
 # A random model of the given name and shape, made once under the cache.

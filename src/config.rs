@@ -23,6 +23,74 @@ pub const REFERENCE_VERSION: &str = "1.8.1";
 /// The reference's default for `model_max_length_default`.
 pub const DEFAULT_MODEL_MAX_LENGTH: usize = 512;
 
+/// The SpanMarker settings of a model: how long its inputs and entities may be and how much
+/// document context it reads. The one definition of these settings and of their defaults (the
+/// Python library's): `config.json` ([`SpanMarkerConfig`]), new models
+/// ([`LoadOptions`](crate::LoadOptions)), pipeline files, SQL and the command line (with the
+/// `clap` feature, as flags `--model-max-length` ...) all use it.
+///
+/// ```
+/// let settings = span_marker::ModelSettings::default();
+/// assert_eq!((settings.marker_max_length, settings.entity_max_length), (128, 8));
+/// assert_eq!(settings.model_max_length, None); // the tokenizer's limit, at most 512
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[serde(default)]
+pub struct ModelSettings {
+    /// Text-token budget `M` per sample; `None` uses the tokenizer's limit (at most 512).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub model_max_length: Option<usize>,
+    /// Marker pairs per sample `K`.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ModelSettings::DEFAULT_MARKER_MAX_LENGTH))]
+    pub marker_max_length: usize,
+    /// Longest entity in words `E`.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ModelSettings::DEFAULT_ENTITY_MAX_LENGTH))]
+    pub entity_max_length: usize,
+    /// Sentences of document context before each sentence (`None`: as many as fit).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub max_prev_context: Option<usize>,
+    /// Sentences of document context after each sentence (`None`: as many as fit).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub max_next_context: Option<usize>,
+}
+
+impl ModelSettings {
+    /// Python `span_marker`'s default `marker_max_length`.
+    pub const DEFAULT_MARKER_MAX_LENGTH: usize = 128;
+    /// Python `span_marker`'s default `entity_max_length`.
+    pub const DEFAULT_ENTITY_MAX_LENGTH: usize = 8;
+
+    /// Checks the settings; the message names the setting.
+    pub fn validate(&self) -> Result<()> {
+        for (key, value) in [
+            ("marker_max_length", Some(self.marker_max_length)),
+            ("entity_max_length", Some(self.entity_max_length)),
+            ("model_max_length", self.model_max_length),
+        ] {
+            if value == Some(0) {
+                return Err(Error::Setting {
+                    key,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self {
+            model_max_length: None,
+            marker_max_length: Self::DEFAULT_MARKER_MAX_LENGTH,
+            entity_max_length: Self::DEFAULT_ENTITY_MAX_LENGTH,
+            max_prev_context: None,
+            max_next_context: None,
+        }
+    }
+}
+
 /// Top level of a SpanMarker `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpanMarkerConfig {
@@ -32,21 +100,12 @@ pub struct SpanMarkerConfig {
     pub model_type: String,
     /// The complete configuration of the underlying encoder.
     pub encoder: EncoderConfig,
-    /// Text-token budget `M` requested by the user; `None` means the tokenizer's own limit.
-    #[serde(default)]
-    pub model_max_length: Option<usize>,
+    /// `model_max_length`, `marker_max_length`, `entity_max_length` and the context limits.
+    #[serde(flatten)]
+    pub settings: ModelSettings,
+    /// The budget used when `model_max_length` is `None` (and the tokenizer sets none lower).
     #[serde(default = "default_model_max_length")]
     pub model_max_length_default: usize,
-    /// Marker pairs per sample `K`.
-    #[serde(default = "default_marker_max_length")]
-    pub marker_max_length: usize,
-    /// Longest entity in words `E`.
-    #[serde(default = "default_entity_max_length")]
-    pub entity_max_length: usize,
-    #[serde(default)]
-    pub max_prev_context: Option<usize>,
-    #[serde(default)]
-    pub max_next_context: Option<usize>,
     #[serde(default)]
     pub trained_with_document_context: bool,
     /// Reduced (scheme-free) labels. Older files may only carry the encoder's labels.
@@ -67,6 +126,11 @@ pub struct SpanMarkerConfig {
 }
 
 /// The encoder's Hugging Face configuration (BERT, RoBERTa, XLM-R, ELECTRA, ...).
+///
+/// The hyper-parameters the encoder is built from are typed fields (all optional here: which
+/// ones an architecture needs is checked by
+/// [`EncoderSettings::from_config`](crate::model::encoder::EncoderSettings::from_config));
+/// every other key is kept verbatim in `extra`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EncoderConfig {
     pub model_type: String,
@@ -75,7 +139,30 @@ pub struct EncoderConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden_size: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_hidden_layers: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_attention_heads: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intermediate_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_act: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_dropout_prob: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_probs_dropout_prob: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_position_embeddings: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_vocab_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_norm_eps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initializer_range: Option<f64>,
+    /// ELECTRA's embedding width (projected to `hidden_size` when they differ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_embedding_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pad_token_id: Option<i64>,
     /// The original (possibly schemed) labels.
@@ -96,12 +183,6 @@ fn default_model_type() -> String {
 }
 fn default_model_max_length() -> usize {
     DEFAULT_MODEL_MAX_LENGTH
-}
-fn default_marker_max_length() -> usize {
-    128
-}
-fn default_entity_max_length() -> usize {
-    8
 }
 
 impl SpanMarkerConfig {
@@ -138,7 +219,7 @@ impl SpanMarkerConfig {
     pub fn for_encoder(
         mut encoder: EncoderConfig,
         labels: &crate::labels::Labels,
-        settings: &crate::model::ModelSettings,
+        settings: &ModelSettings,
     ) -> Result<Self> {
         encoder.id2label = labels.original().iter().cloned().enumerate().collect();
         encoder.label2id = labels
@@ -153,12 +234,8 @@ impl SpanMarkerConfig {
             architectures: default_architectures(),
             model_type: default_model_type(),
             encoder,
-            model_max_length: settings.model_max_length,
+            settings: settings.clone(),
             model_max_length_default: DEFAULT_MODEL_MAX_LENGTH,
-            marker_max_length: settings.marker_max_length,
-            entity_max_length: settings.entity_max_length,
-            max_prev_context: settings.max_prev_context,
-            max_next_context: settings.max_next_context,
             trained_with_document_context: false,
             id2label: schemed.then(|| reduced().enumerate().collect()),
             label2id: schemed.then(|| reduced().enumerate().map(|(i, l)| (l, i)).collect()),
@@ -192,17 +269,8 @@ impl SpanMarkerConfig {
                 self.model_type
             )));
         }
-        if self.entity_max_length == 0 {
-            return Err(Error::Config(
-                "`entity_max_length` must be at least 1".into(),
-            ));
-        }
-        if self.marker_max_length == 0 {
-            return Err(Error::Config(
-                "`marker_max_length` must be at least 1".into(),
-            ));
-        }
-        if self.model_max_length == Some(0) || self.model_max_length_default == 0 {
+        self.settings.validate()?;
+        if self.model_max_length_default == 0 {
             return Err(Error::Config(
                 "`model_max_length` must be at least 1".into(),
             ));
@@ -224,6 +292,7 @@ impl SpanMarkerConfig {
     /// `min(tokenizer limit, model_max_length or model_max_length_default)`, as the reference.
     pub fn effective_model_max_length(&self, tokenizer_model_max_length: Option<usize>) -> usize {
         let requested = self
+            .settings
             .model_max_length
             .unwrap_or(self.model_max_length_default);
         tokenizer_model_max_length.map_or(requested, |t| t.min(requested))

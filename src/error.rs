@@ -28,6 +28,10 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// A setting (named by its key) has a value it cannot take.
+    #[error("invalid setting `{key}`: {message}")]
+    Setting { key: &'static str, message: String },
+
     /// The label list cannot be used (no `O` label, unknown scheme, ...).
     #[error("invalid labels: {0}")]
     Labels(String),

@@ -1,5 +1,11 @@
-//! Model ids to local directories: a path is used as is; a Hugging Face id (`org/name`) is
-//! looked up in the local Hugging Face cache and, unless offline, downloaded into it.
+//! Where a model comes from, resolved in one place for every caller (the library, SQL's
+//! `span_marker.model`, the command line's `--model`, pipeline encoders):
+//!
+//! - `bundled` ([`BUNDLED`]) is the small model compiled into the library, never a path (write
+//!   `./bundled` for a directory of that name);
+//! - an existing directory is used as is;
+//! - anything else that looks like a Hugging Face id (`name` or `org/name`) is looked up in the
+//!   local Hugging Face cache and, unless offline, downloaded into it (the `hub` feature).
 //!
 //! The cache follows the Hugging Face layout (`models--org--name/snapshots/<commit>/...`) and
 //! location (`HF_HOME`, default `~/.cache/huggingface`), so models fetched by Python tools are
@@ -7,13 +13,30 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "hub")]
 use hf_hub::{Cache, Repo, RepoType};
 
+#[cfg(feature = "hub")]
 use crate::checkpoint::{PICKLE_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
 use crate::error::{Error, Result};
 
+/// The model name that selects the model compiled into the library
+/// ([`SpanMarkerModel::bundled`](crate::SpanMarkerModel::bundled)).
+pub const BUNDLED: &str = "bundled";
+
+/// Where a named model is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The model compiled into the library.
+    Bundled,
+    /// A local directory (given, or a Hugging Face cache snapshot).
+    Dir(PathBuf),
+}
+
 /// Files a model directory needs, and the optional ones fetched along.
+#[cfg(feature = "hub")]
 const REQUIRED: [&str; 1] = ["config.json"];
+#[cfg(feature = "hub")]
 const OPTIONAL: [&str; 4] = [
     "tokenizer.json",
     "tokenizer_config.json",
@@ -32,6 +55,7 @@ pub struct HubOptions {
     pub offline: bool,
 }
 
+#[cfg(feature = "hub")]
 impl HubOptions {
     fn is_offline(&self) -> bool {
         self.offline
@@ -54,6 +78,21 @@ impl HubOptions {
     }
 }
 
+/// Where `name_or_path` is: [`ModelSource::Bundled`] for [`BUNDLED`], else the directory of
+/// [`resolve`].
+///
+/// ```
+/// use span_marker::hub::{locate, ModelSource};
+/// assert_eq!(locate("bundled", &Default::default())?, ModelSource::Bundled);
+/// # Ok::<(), span_marker::Error>(())
+/// ```
+pub fn locate(name_or_path: &str, options: &HubOptions) -> Result<ModelSource> {
+    if name_or_path == BUNDLED {
+        return Ok(ModelSource::Bundled);
+    }
+    resolve(name_or_path, options).map(ModelSource::Dir)
+}
+
 /// The local directory holding `name_or_path`: the path itself when it is a directory, else
 /// the cached snapshot of the model id (downloaded first when allowed and needed).
 pub fn resolve(name_or_path: &str, options: &HubOptions) -> Result<PathBuf> {
@@ -70,23 +109,42 @@ pub fn resolve(name_or_path: &str, options: &HubOptions) -> Result<PathBuf> {
             "not a directory, and not a Hugging Face model id (`name` or `org/name`)".into(),
         ));
     }
+    cached_snapshot(name_or_path, options).map_err(hub_error)
+}
+
+/// Without the `hub` feature, model ids cannot be resolved.
+#[cfg(not(feature = "hub"))]
+fn cached_snapshot(_id: &str, _options: &HubOptions) -> std::result::Result<PathBuf, String> {
+    Err(
+        "not a directory; model ids need the `hub` feature of span-marker, which this build \
+         leaves out"
+            .into(),
+    )
+}
+
+/// The cached snapshot of model `id`, downloaded first when allowed and needed.
+#[cfg(feature = "hub")]
+fn cached_snapshot(
+    name_or_path: &str,
+    options: &HubOptions,
+) -> std::result::Result<PathBuf, String> {
     let cached = options.cache().repo(options.repo(name_or_path));
     let weights = [SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, PICKLE_FILE];
     let complete = REQUIRED.iter().all(|f| cached.get(f).is_some())
         && weights.iter().any(|f| cached.get(f).is_some());
     if !complete {
         if options.is_offline() {
-            return Err(hub_error(format!(
+            return Err(format!(
                 "not found in the Hugging Face cache at {} and offline mode is on \
                  (HF_HUB_OFFLINE): download it once with network access, or pass a local directory",
                 options.cache().path().display()
-            )));
+            ));
         }
-        download(name_or_path, options).map_err(hub_error)?;
+        download(name_or_path, options)?;
     }
     let config = cached
         .get("config.json")
-        .ok_or_else(|| hub_error("the download did not produce `config.json`".into()))?;
+        .ok_or_else(|| "the download did not produce `config.json`".to_owned())?;
     Ok(config
         .parent()
         .expect("a cached file lives in a snapshot directory")
@@ -105,6 +163,7 @@ fn is_repo_id(id: &str) -> bool {
         })
 }
 
+#[cfg(feature = "hub")]
 fn download(id: &str, options: &HubOptions) -> std::result::Result<(), String> {
     let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true);
     if let Some(dir) = &options.cache_dir {
@@ -132,6 +191,7 @@ fn download(id: &str, options: &HubOptions) -> std::result::Result<(), String> {
     }
 }
 
+#[cfg(feature = "hub")]
 fn download_shards(
     repo: &hf_hub::api::sync::ApiRepo,
     index: &Path,
@@ -167,6 +227,21 @@ mod tests {
         assert!(!is_repo_id("with space/x"));
     }
 
+    #[test]
+    fn bundled_is_a_name_not_a_path() {
+        assert_eq!(
+            locate(BUNDLED, &HubOptions::default()).unwrap(),
+            ModelSource::Bundled
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        assert_eq!(
+            locate(path, &HubOptions::default()).unwrap(),
+            ModelSource::Dir(dir.path().to_owned())
+        );
+    }
+
+    #[cfg(feature = "hub")]
     #[test]
     fn offline_lookup_of_an_uncached_id_says_where_it_looked() {
         let cache = tempfile::tempdir().unwrap();

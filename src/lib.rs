@@ -57,10 +57,11 @@ pub mod spans;
 pub mod tokenizer;
 pub mod train;
 
-pub use config::SpanMarkerConfig;
+pub use config::{ModelSettings, SpanMarkerConfig};
 pub use error::{Error, Result};
+pub use hub::BUNDLED;
 pub use labels::{Entity, Labels};
-pub use model::{LoadOptions, ModelSettings, SpanMarkerModel};
+pub use model::{LoadOptions, SpanMarkerModel};
 pub use predict::{PredictOptions, PredictedEntity, RowPrediction};
 pub use preprocess::{EncodeOptions, Encoded, Preprocessor};
 pub use tokenizer::{SentenceInput, SpanMarkerTokenizer, TokenizedSentence};

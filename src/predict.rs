@@ -22,23 +22,35 @@ use crate::tokenizer::{SentenceInput, TokenizedSentence};
 /// row (and only this row) from being encoded.
 pub type RowPrediction = Result<Option<Vec<PredictedEntity>>>;
 
-/// Options for [`SpanMarkerModel::predict`].
+/// Options for [`SpanMarkerModel::predict`]: the one definition of the prediction settings and
+/// their defaults, used by the engine functions' settings and (with the `clap` feature) as the
+/// command line's `--batch-size`, `--threshold`, `--overlapping` and `--precision`.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct PredictOptions {
     /// Samples per forward pass.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = PredictOptions::DEFAULT_BATCH_SIZE))]
     pub batch_size: usize,
     /// Drop entities scoring below this probability.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub threshold: Option<f32>,
     /// Return every non-`O` span instead of the best non-overlapping ones.
+    #[cfg_attr(feature = "clap", arg(long = "overlapping"))]
     pub allow_overlapping: bool,
-    /// Precision of the forward passes; the 16-bit ones need the model on a CUDA device.
+    /// Precision of the forward passes: `fp32`, or `bf16`/`fp16` autocast on a CUDA device.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = Precision::Float32))]
     pub precision: Precision,
+}
+
+impl PredictOptions {
+    /// The default `batch_size`.
+    pub const DEFAULT_BATCH_SIZE: usize = 32;
 }
 
 impl Default for PredictOptions {
     fn default() -> Self {
         Self {
-            batch_size: 32,
+            batch_size: Self::DEFAULT_BATCH_SIZE,
             threshold: None,
             allow_overlapping: false,
             precision: Precision::Float32,

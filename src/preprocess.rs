@@ -95,15 +95,31 @@ impl Preprocessor {
             labels,
             settings: EncodingSettings {
                 model_max_length: m,
-                marker_max_length: config.marker_max_length,
-                entity_max_length: config.entity_max_length,
+                marker_max_length: config.settings.marker_max_length,
+                entity_max_length: config.settings.entity_max_length,
                 strict: false,
             },
             context: ContextLimits {
-                max_prev: config.max_prev_context,
-                max_next: config.max_next_context,
+                max_prev: config.settings.max_prev_context,
+                max_next: config.settings.max_next_context,
             },
         })
+    }
+
+    /// The preprocessing of a saved SpanMarker model named as in
+    /// [`SpanMarkerModel::from_pretrained`](crate::SpanMarkerModel::from_pretrained): a
+    /// directory, a Hugging Face id or `bundled`. No weights are read.
+    ///
+    /// ```
+    /// let preprocessor = span_marker::Preprocessor::from_pretrained("bundled", &Default::default())?;
+    /// assert_eq!(preprocessor.settings().entity_max_length, 8);
+    /// # Ok::<(), span_marker::Error>(())
+    /// ```
+    pub fn from_pretrained(name_or_path: &str, hub: &crate::hub::HubOptions) -> Result<Self> {
+        match crate::hub::locate(name_or_path, hub)? {
+            crate::hub::ModelSource::Bundled => Self::bundled(),
+            crate::hub::ModelSource::Dir(dir) => Self::from_dir(dir),
+        }
     }
 
     /// Loads `config.json` and the tokenizer files of a saved SpanMarker model directory.

@@ -260,13 +260,13 @@ fn config_defaults_remote_code_and_validation() {
     let config = SpanMarkerConfig::from_json_str(minimal).unwrap();
     assert_eq!(
         (
-            config.marker_max_length,
-            config.entity_max_length,
+            config.settings.marker_max_length,
+            config.settings.entity_max_length,
             config.model_max_length_default
         ),
         (128, 8, 512)
     );
-    assert_eq!(config.model_max_length, None);
+    assert_eq!(config.settings.model_max_length, None);
     assert!(!config.trained_with_document_context);
     assert!(
         !config.extra.contains_key("trust_remote_code") && !config.extra.contains_key("auto_map")

@@ -10,7 +10,6 @@
 //! attention pattern (a 3-D mask in the reference), so the encoder takes exactly those; the
 //! pattern is a [`MarkerAttention`], which scores only the keys the mask can allow.
 
-use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -20,8 +19,8 @@ use super::dropout::dropout;
 use crate::config::EncoderConfig;
 use crate::error::{Error, Result};
 
-/// Hyper-parameters read from the encoder's Hugging Face config.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// The hyper-parameters an encoder is built from, with the Hugging Face defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
 pub struct EncoderSettings {
     pub model_type: String,
     pub vocab_size: i64,
@@ -29,40 +28,16 @@ pub struct EncoderSettings {
     pub num_hidden_layers: i64,
     pub num_attention_heads: i64,
     pub intermediate_size: i64,
-    #[serde(default = "default_act")]
     pub hidden_act: String,
-    #[serde(default = "default_dropout")]
     pub hidden_dropout_prob: f64,
-    #[serde(default = "default_dropout")]
     pub attention_probs_dropout_prob: f64,
     pub max_position_embeddings: i64,
-    #[serde(default = "default_type_vocab_size")]
     pub type_vocab_size: i64,
-    #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
-    #[serde(default = "default_initializer_range")]
     pub initializer_range: f64,
     /// ELECTRA's embedding width (projected to `hidden_size` when they differ).
-    #[serde(default)]
     pub embedding_size: Option<i64>,
-    #[serde(default)]
     pub position_embedding_type: Option<String>,
-}
-
-fn default_act() -> String {
-    "gelu".to_owned()
-}
-fn default_dropout() -> f64 {
-    0.1
-}
-fn default_type_vocab_size() -> i64 {
-    2
-}
-fn default_layer_norm_eps() -> f64 {
-    1e-12
-}
-fn default_initializer_range() -> f64 {
-    0.02
 }
 
 /// Why an encoder type cannot be used, or `None` when it can.
@@ -101,10 +76,34 @@ impl EncoderSettings {
                 reason: reason.to_owned(),
             });
         }
-        let value = serde_json::to_value(config)
-            .map_err(|e| Error::Config(format!("encoder config: {e}")))?;
-        let settings: Self = serde_json::from_value(value)
-            .map_err(|e| Error::Config(format!("encoder config: {e}")))?;
+        let required = |value: Option<usize>, key: &str| {
+            value.map(|v| v as i64).ok_or_else(|| {
+                Error::Config(format!(
+                    "encoder config: missing field `{key}` (needed by a {} encoder)",
+                    config.model_type
+                ))
+            })
+        };
+        let settings = Self {
+            model_type: config.model_type.clone(),
+            vocab_size: required(config.vocab_size, "vocab_size")?,
+            hidden_size: required(config.hidden_size, "hidden_size")?,
+            num_hidden_layers: required(config.num_hidden_layers, "num_hidden_layers")?,
+            num_attention_heads: required(config.num_attention_heads, "num_attention_heads")?,
+            intermediate_size: required(config.intermediate_size, "intermediate_size")?,
+            hidden_act: config.hidden_act.clone().unwrap_or_else(|| "gelu".into()),
+            hidden_dropout_prob: config.hidden_dropout_prob.unwrap_or(0.1),
+            attention_probs_dropout_prob: config.attention_probs_dropout_prob.unwrap_or(0.1),
+            max_position_embeddings: required(
+                config.max_position_embeddings,
+                "max_position_embeddings",
+            )?,
+            type_vocab_size: config.type_vocab_size.unwrap_or(2) as i64,
+            layer_norm_eps: config.layer_norm_eps.unwrap_or(1e-12),
+            initializer_range: config.initializer_range.unwrap_or(0.02),
+            embedding_size: config.embedding_size.map(|e| e as i64),
+            position_embedding_type: config.position_embedding_type.clone(),
+        };
         if let Some(kind) = settings
             .position_embedding_type
             .as_deref()
@@ -123,7 +122,9 @@ impl EncoderSettings {
                 reason,
             }
         })?;
-        if settings.hidden_size % settings.num_attention_heads != 0 {
+        if settings.num_attention_heads == 0
+            || settings.hidden_size % settings.num_attention_heads != 0
+        {
             return Err(Error::Config(format!(
                 "encoder hidden_size {} is not a multiple of num_attention_heads {}",
                 settings.hidden_size, settings.num_attention_heads

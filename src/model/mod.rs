@@ -33,40 +33,14 @@ use encoder::{Encoder, EncoderSettings};
 
 use crate::checkpoint::{self, StateDict, SAFETENSORS_FILE};
 use crate::collate::Batch;
-use crate::config::{EncoderConfig, SpanMarkerConfig};
+use crate::config::{EncoderConfig, ModelSettings, SpanMarkerConfig};
 use crate::error::{Error, Result};
-use crate::hub::{self, HubOptions};
+use crate::hub::{self, HubOptions, ModelSource};
 use crate::labels::Labels;
 use crate::preprocess::{bundled_config, Preprocessor, BUNDLED_SOURCE};
 use crate::tokenizer::SpanMarkerTokenizer;
 
 const WORD_EMBEDDINGS: &str = "encoder.embeddings.word_embeddings.weight";
-
-/// SpanMarker settings for a new model made from a plain encoder (the keyword arguments of
-/// Python's `SpanMarkerModel.from_pretrained(encoder, labels=..., ...)`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelSettings {
-    /// Text-token budget `M`; `None` uses the tokenizer's limit (at most 512).
-    pub model_max_length: Option<usize>,
-    /// Marker pairs per sample `K`.
-    pub marker_max_length: usize,
-    /// Longest entity in words `E`.
-    pub entity_max_length: usize,
-    pub max_prev_context: Option<usize>,
-    pub max_next_context: Option<usize>,
-}
-
-impl Default for ModelSettings {
-    fn default() -> Self {
-        Self {
-            model_max_length: None,
-            marker_max_length: 128,
-            entity_max_length: 8,
-            max_prev_context: None,
-            max_next_context: None,
-        }
-    }
-}
 
 /// How [`SpanMarkerModel::from_pretrained_with`] finds and builds a model.
 #[derive(Debug, Clone, Default)]
@@ -79,6 +53,15 @@ pub struct LoadOptions {
     pub labels: Option<Vec<String>>,
     /// Settings for a new model made from a plain encoder.
     pub settings: ModelSettings,
+}
+
+/// Labels given for a model that has its own are ignored, with a warning.
+fn warn_ignored_labels(name_or_path: &str, options: &LoadOptions) {
+    if options.labels.is_some() {
+        tracing::warn!(
+            "ignoring `labels`: {name_or_path} is a SpanMarker model with its own labels"
+        );
+    }
 }
 
 /// Logits and, when the batch has labels, the loss.
@@ -111,7 +94,14 @@ impl std::fmt::Debug for SpanMarkerModel {
 }
 
 impl SpanMarkerModel {
-    /// Loads a saved SpanMarker model from a directory or a Hugging Face model id, on the CPU.
+    /// Loads a saved SpanMarker model on the CPU: a directory, a Hugging Face model id, or
+    /// `bundled` (see [`hub`](crate::hub) for how names are resolved).
+    ///
+    /// ```
+    /// let model = span_marker::SpanMarkerModel::from_pretrained("bundled")?;
+    /// assert_eq!(model.labels().reduced(), ["O", "LOC", "MISC", "ORG", "PER"]);
+    /// # Ok::<(), span_marker::Error>(())
+    /// ```
     pub fn from_pretrained(name_or_path: &str) -> Result<Self> {
         Self::from_pretrained_with(name_or_path, &LoadOptions::default())
     }
@@ -120,17 +110,21 @@ impl SpanMarkerModel {
     /// XLM-R, ELECTRA) and `options.labels`: the marker tokens are added to its tokenizer, the
     /// embedding matrix is resized to a multiple of 8 and the head is initialised.
     pub fn from_pretrained_with(name_or_path: &str, options: &LoadOptions) -> Result<Self> {
-        let dir = hub::resolve(name_or_path, &options.hub)?;
+        let device = options.device.unwrap_or(Device::Cpu);
+        let dir = match hub::locate(name_or_path, &options.hub)? {
+            ModelSource::Bundled => {
+                warn_ignored_labels(name_or_path, options);
+                let mut model = Self::bundled()?;
+                model.to_device(device);
+                return Ok(model);
+            }
+            ModelSource::Dir(dir) => dir,
+        };
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
         let raw: Value = serde_json::from_str(&text).map_err(|e| Error::json(&config_path, e))?;
-        let device = options.device.unwrap_or(Device::Cpu);
         if raw.get("model_type").and_then(Value::as_str) == Some("span-marker") {
-            if options.labels.is_some() {
-                tracing::warn!(
-                    "ignoring `labels`: {name_or_path} is a SpanMarker model with its own labels"
-                );
-            }
+            warn_ignored_labels(name_or_path, options);
             let config = SpanMarkerConfig::from_json_str_at(&text, &config_path)?;
             Self::load_dir_with_config(&dir, config, device)
         } else {

@@ -158,7 +158,7 @@ pub(crate) fn evaluate_prepared(
                 .collect()
         })
         .collect();
-    let e = model.config().entity_max_length;
+    let e = model.config().settings.entity_max_length;
     let reachable: Vec<Vec<Entity>> = prepared
         .gold
         .iter()

@@ -19,6 +19,7 @@ pub mod args;
 pub mod data;
 pub mod evaluate;
 pub mod optim;
+#[cfg(feature = "plots")]
 mod plot;
 pub mod trainer;
 

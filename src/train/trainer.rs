@@ -11,7 +11,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -26,9 +25,8 @@ use crate::error::{Error, Result};
 use crate::model::{ModelCard, SpanMarkerModel};
 use crate::train::args::{IntervalStrategy, TrainingArguments};
 use crate::train::data::NerDataset;
-use crate::train::evaluate::{evaluate_prepared, prepare, Evaluation, Prepared};
+use crate::train::evaluate::{evaluate_prepared, prepare as encode_split, Evaluation, Prepared};
 use crate::train::optim::{AdamW, Schedule};
-use crate::train::plot::plot_history;
 
 /// File names inside a checkpoint and the output directory.
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
@@ -114,6 +112,12 @@ impl<'m> Trainer<'m> {
 
     /// Trains on `train`, evaluating on `eval` as the arguments say. `resume_from` is a
     /// checkpoint directory, or `"latest"` for the newest one in `output_dir`.
+    ///
+    /// The run reads as its steps: [`prepare`](Self::prepare) checks and encodes the data and
+    /// restores a checkpoint, [`run_epochs`](Self::run_epochs) takes the optimizer steps (each
+    /// [`accumulate`](Self::accumulate)s its micro-batches, [`update`](Self::update)s the
+    /// weights, then logs, evaluates and saves when due), and [`finish`](Self::finish) reports
+    /// and saves the model.
     pub fn train(
         &mut self,
         train: &NerDataset,
@@ -121,40 +125,31 @@ impl<'m> Trainer<'m> {
         resume_from: Option<&str>,
     ) -> Result<TrainOutput> {
         let started = Instant::now();
-        let args = self.args.clone();
-        let precision = args.precision();
+        let mut run = self.prepare(train, eval, resume_from)?;
+        self.run_epochs(&mut run)?;
+        self.finish(run, started)
+    }
+
+    /// Checks and encodes the data, plans the steps, restores the checkpoint to resume from and
+    /// starts the log: everything that can fail does so before the first step.
+    fn prepare(
+        &mut self,
+        train: &NerDataset,
+        eval: Option<&NerDataset>,
+        resume_from: Option<&str>,
+    ) -> Result<Run> {
+        let args = &self.args;
         if args.eval_strategy != IntervalStrategy::No && eval.is_none() {
             return Err(Error::Config(
                 "`eval_strategy` is set but no evaluation dataset was given".into(),
             ));
         }
-        // Check and encode everything before the first step.
-        let prepared = prepare(self.model, train, "train")?;
-        let prepared_eval = eval
-            .map(|e| prepare(self.model, e, "evaluation"))
+        let train = encode_split(self.model, train, "train")?;
+        let eval = eval
+            .map(|e| encode_split(self.model, e, "evaluation"))
             .transpose()?;
         std::fs::create_dir_all(&args.output_dir).map_err(|e| Error::io(&args.output_dir, e))?;
-
-        let samples = prepared.encoded.samples.len();
-        let batches_per_epoch = samples.div_ceil(args.per_device_train_batch_size);
-        let updates_per_epoch = batches_per_epoch
-            .div_ceil(args.gradient_accumulation_steps)
-            .max(1);
-        let total_steps = args
-            .max_steps
-            .unwrap_or_else(|| (args.num_train_epochs * updates_per_epoch as f64).ceil() as usize);
-        let num_epochs = total_steps.div_ceil(updates_per_epoch);
-        let warmup = if args.warmup_steps > 0 {
-            args.warmup_steps
-        } else {
-            (args.warmup_ratio * total_steps as f64).ceil() as usize
-        };
-        let schedule = Schedule {
-            base_lr: args.learning_rate,
-            warmup_steps: warmup,
-            total_steps,
-            decay: args.lr_scheduler_type == "linear",
-        };
+        let plan = Plan::new(args, train.encoded.samples.len());
 
         let checkpoint = resume_from
             .map(|from| self.resolve_checkpoint(from))
@@ -165,6 +160,7 @@ impl<'m> Trainer<'m> {
             *self.model = SpanMarkerModel::load_dir(dir, self.device)?;
             state = read_state(dir)?;
         }
+        let args = &self.args;
         let mut optimizer = AdamW::new(
             self.model.var_store().variables(),
             args.adam_beta1,
@@ -177,148 +173,230 @@ impl<'m> Trainer<'m> {
             optimizer.load_state(&saved.tensors.into_iter().collect())?;
         }
         rewrite_log(&args.output_dir, &state.log_history)?;
-        write_args(&args, &args.output_dir)?;
-
+        write_args(args, &args.output_dir)?;
         tracing::info!(
-            samples,
-            batches_per_epoch,
-            total_steps,
-            warmup,
-            epochs = num_epochs,
+            samples = plan.samples,
+            batches_per_epoch = plan.batches_per_epoch,
+            total_steps = plan.total_steps,
+            warmup = plan.schedule.warmup_steps,
+            epochs = plan.num_epochs,
             "training"
         );
-        let progress = ProgressBar::new(total_steps as u64).with_position(state.global_step as u64);
-        progress.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
-            )
-            .expect("valid template"),
-        );
+        Ok(Run {
+            progress: StepProgress::new(plan.total_steps, state.global_step),
+            // Batches trimmed to what their samples need: only masked padding goes.
+            spec: CollateSpec {
+                trim_to_multiple_of: Some(8),
+                ..self.model.preprocessor().collate_spec()
+            },
+            scaler: args.fp16.then(LossScaler::new),
+            loss_sum: Tensor::scalar_tensor(state.loss_since_log, (Kind::Double, self.device)),
+            steps_at_start: state.global_step,
+            last_evaluation: None,
+            plan,
+            train,
+            eval,
+            state,
+            optimizer,
+        })
+    }
 
-        // Batches trimmed to what their samples need: only masked padding goes.
-        let spec = CollateSpec {
-            trim_to_multiple_of: Some(8),
-            ..self.model.preprocessor().collate_spec()
-        };
-        let accum = args.gradient_accumulation_steps;
-        let steps_at_start = state.global_step;
-        let mut scaler = args.fp16.then(LossScaler::new);
-        // The running sum of `state.loss_since_log` lives on the device and is read back only
-        // to log or save it: a read every step would make each step wait for the device.
-        // Summed in float64 in step order, it is the very number a host sum would be.
-        let mut loss_sum = Tensor::scalar_tensor(state.loss_since_log, (Kind::Double, self.device));
-        let mut last_evaluation = None;
-        'epochs: for epoch in state.epoch..num_epochs {
-            let order = self.epoch_order(&prepared, epoch);
-            let batches: Vec<&[usize]> = order.chunks(args.per_device_train_batch_size).collect();
-            let skip = if epoch == state.epoch {
-                state.batches_done
+    /// Takes optimizer steps until the plan's last one, from where the state stands.
+    fn run_epochs(&mut self, run: &mut Run) -> Result<()> {
+        let (batch_size, accum) = (
+            self.args.per_device_train_batch_size,
+            self.args.gradient_accumulation_steps,
+        );
+        for epoch in run.state.epoch..run.plan.num_epochs {
+            let order = self.epoch_order(&run.train, epoch);
+            let batches: Vec<&[usize]> = order.chunks(batch_size).collect();
+            let skip = if epoch == run.state.epoch {
+                run.state.batches_done
             } else {
                 0
             };
-            state.epoch = epoch;
+            run.state.epoch = epoch;
             for (index, batch) in batches.iter().enumerate().skip(skip) {
-                if state.global_step >= total_steps {
-                    break 'epochs;
+                if run.state.global_step >= run.plan.total_steps {
+                    return Ok(());
                 }
-                let micro = epoch * batches_per_epoch + index;
-                tch::manual_seed(
-                    (args.seed as i64)
-                        .wrapping_mul(1_000_003)
-                        .wrapping_add(micro as i64),
-                );
-                let picked: Vec<SampleRef> = batch
-                    .iter()
-                    .map(|&i| prepared.encoded.samples[i].clone())
-                    .collect();
-                let inputs = collate(&prepared.encoded.windows, &picked, &spec, self.device)?;
-                let model = &*self.model;
-                let loss = precision
-                    .autocast(|| model.forward(&inputs, true).loss)?
-                    .expect("training batches have labels")
-                    / accum as f64;
-                match &scaler {
-                    Some(s) => (&loss * s.scale).backward(),
-                    None => loss.backward(),
-                }
-                let _ = loss_sum.g_add_(&loss.detach().to_kind(Kind::Double));
-                state.batches_done = index + 1;
-
-                let last_of_epoch = index + 1 == batches.len();
-                if (index + 1) % accum != 0 && !last_of_epoch {
+                self.accumulate(run, epoch * run.plan.batches_per_epoch + index, batch)?;
+                run.state.batches_done = index + 1;
+                let end_of_epoch = index + 1 == batches.len();
+                if (index + 1) % accum != 0 && !end_of_epoch {
                     continue;
                 }
-                let finite = match &mut scaler {
-                    Some(s) => s.unscale(&mut optimizer),
-                    None => true,
+                self.update(run);
+                let position = StepPosition {
+                    epoch,
+                    batches_done: index + 1,
+                    end_of_epoch,
+                    epoch_progress: epoch as f64 + (index + 1) as f64 / batches.len() as f64,
                 };
-                if finite {
-                    if args.max_grad_norm > 0.0 {
-                        let _ = optimizer.clip_grad_norm(args.max_grad_norm);
-                    }
-                    optimizer.step(schedule.lr(state.global_step));
-                }
-                optimizer.zero_grad();
-                state.global_step += 1;
-                state.steps_since_log += 1;
-                let epoch_progress = epoch as f64 + (index + 1) as f64 / batches.len() as f64;
-                progress.set_position(state.global_step as u64);
-
-                let step = state.global_step;
-                if due(
-                    args.logging_strategy,
-                    args.logging_steps,
-                    step,
-                    last_of_epoch,
-                ) {
-                    state.loss_since_log = f64::try_from(&loss_sum)?;
-                    let loss = state.loss_since_log / state.steps_since_log.max(1) as f64;
-                    state.total_loss += state.loss_since_log;
-                    state.loss_since_log = 0.0;
-                    let _ = loss_sum.zero_();
-                    state.steps_since_log = 0;
-                    // The rate of the step just taken, as transformers logs it.
-                    let lr = schedule.lr(step - 1);
-                    progress.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
-                    let record = json!({"loss": round4(loss), "learning_rate": lr, "epoch": epoch_progress, "step": step});
-                    self.log(&mut state, record)?;
-                }
-                if let Some(prepared_eval) = &prepared_eval {
-                    if due(
-                        args.eval_strategy,
-                        args.eval_interval(),
-                        step,
-                        last_of_epoch,
-                    ) {
-                        let evaluation = self.evaluate_in_training(prepared_eval)?;
-                        let mut record = evaluation.to_record();
-                        record.insert("epoch".into(), json!(epoch_progress));
-                        record.insert("step".into(), json!(step));
-                        self.log(&mut state, Value::Object(record))?;
-                        self.track_best(&mut state, &evaluation);
-                        last_evaluation = Some(evaluation);
-                    }
-                }
-                if due(args.save_strategy, args.save_steps, step, last_of_epoch) {
-                    state.loss_since_log = f64::try_from(&loss_sum)?;
-                    if last_of_epoch {
-                        state.epoch = epoch + 1;
-                        state.batches_done = 0;
-                    }
-                    self.save_checkpoint(&state, &optimizer)?;
-                    state.epoch = epoch;
-                    state.batches_done = index + 1;
-                }
+                self.log_loss_if_due(run, &position)?;
+                self.evaluate_if_due(run, &position)?;
+                self.save_if_due(run, &position)?;
             }
         }
+        Ok(())
+    }
+
+    /// Forward and backward over micro-batch `micro` (its samples `batch`), adding its
+    /// gradients and loss to the step's.
+    fn accumulate(&self, run: &mut Run, micro: usize, batch: &[usize]) -> Result<()> {
+        // Dropout masks depend only on the seed and the micro-batch's position in the run.
+        tch::manual_seed(
+            (self.args.seed as i64)
+                .wrapping_mul(1_000_003)
+                .wrapping_add(micro as i64),
+        );
+        let picked: Vec<SampleRef> = batch
+            .iter()
+            .map(|&i| run.train.encoded.samples[i].clone())
+            .collect();
+        let inputs = collate(&run.train.encoded.windows, &picked, &run.spec, self.device)?;
+        let model = &*self.model;
+        let loss = self
+            .args
+            .precision()
+            .autocast(|| model.forward(&inputs, true).loss)?
+            .ok_or_else(|| Error::Config("a training batch without labels".into()))?
+            / self.args.gradient_accumulation_steps as f64;
+        match &run.scaler {
+            Some(s) => (&loss * s.scale).backward(),
+            None => loss.backward(),
+        }
+        // Summed on the device and read back only to log or save: a read every step would
+        // make each step wait for the device. Summed in float64 in step order, it is the very
+        // number a host sum would be.
+        let _ = run.loss_sum.g_add_(&loss.detach().to_kind(Kind::Double));
+        Ok(())
+    }
+
+    /// One optimizer step from the accumulated gradients (skipped when float16 gradients
+    /// overflowed), at the schedule's learning rate.
+    fn update(&self, run: &mut Run) {
+        let finite = match &mut run.scaler {
+            Some(s) => s.unscale(&mut run.optimizer),
+            None => true,
+        };
+        if finite {
+            if self.args.max_grad_norm > 0.0 {
+                let _ = run.optimizer.clip_grad_norm(self.args.max_grad_norm);
+            }
+            run.optimizer
+                .step(run.plan.schedule.lr(run.state.global_step));
+        }
+        run.optimizer.zero_grad();
+        run.state.global_step += 1;
+        run.state.steps_since_log += 1;
+        run.progress.set_step(run.state.global_step);
+    }
+
+    /// Logs the mean loss since the last record when the logging strategy says so.
+    fn log_loss_if_due(&self, run: &mut Run, at: &StepPosition) -> Result<()> {
+        let step = run.state.global_step;
+        let args = &self.args;
+        if !due(
+            args.logging_strategy,
+            args.logging_steps,
+            step,
+            at.end_of_epoch,
+        ) {
+            return Ok(());
+        }
+        let state = &mut run.state;
+        state.loss_since_log = f64::try_from(&run.loss_sum)?;
+        let loss = state.loss_since_log / state.steps_since_log.max(1) as f64;
+        state.total_loss += state.loss_since_log;
+        state.loss_since_log = 0.0;
+        let _ = run.loss_sum.zero_();
+        state.steps_since_log = 0;
+        // The rate of the step just taken, as transformers logs it.
+        let lr = run.plan.schedule.lr(step - 1);
+        run.progress
+            .set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+        let record = json!({"loss": round4(loss), "learning_rate": lr, "epoch": at.epoch_progress, "step": step});
+        self.log(state, record)
+    }
+
+    /// Evaluates on the evaluation data when the evaluation strategy says so, and tracks the
+    /// best checkpoint.
+    fn evaluate_if_due(&self, run: &mut Run, at: &StepPosition) -> Result<()> {
+        let step = run.state.global_step;
+        let Some(eval) = &run.eval else {
+            return Ok(());
+        };
+        if !due(
+            self.args.eval_strategy,
+            self.args.eval_interval(),
+            step,
+            at.end_of_epoch,
+        ) {
+            return Ok(());
+        }
+        let evaluation = evaluate_prepared(
+            self.model,
+            eval,
+            "eval",
+            self.args.per_device_eval_batch_size,
+            Instant::now(),
+        )?;
+        let mut record = evaluation.to_record();
+        record.insert("epoch".into(), json!(at.epoch_progress));
+        record.insert("step".into(), json!(step));
+        self.log(&mut run.state, Value::Object(record))?;
+        self.track_best(&mut run.state, &evaluation);
+        run.last_evaluation = Some(evaluation);
+        Ok(())
+    }
+
+    /// Saves a checkpoint when the save strategy says so. The saved state points after the
+    /// last consumed micro-batch (the next epoch's start at an epoch's end), where a resumed
+    /// run goes on.
+    fn save_if_due(&self, run: &mut Run, at: &StepPosition) -> Result<()> {
+        let args = &self.args;
+        if !due(
+            args.save_strategy,
+            args.save_steps,
+            run.state.global_step,
+            at.end_of_epoch,
+        ) {
+            return Ok(());
+        }
+        run.state.loss_since_log = f64::try_from(&run.loss_sum)?;
+        if at.end_of_epoch {
+            run.state.epoch = at.epoch + 1;
+            run.state.batches_done = 0;
+        }
+        self.save_checkpoint(&run.state, &run.optimizer)?;
+        run.state.epoch = at.epoch;
+        run.state.batches_done = at.batches_done;
+        Ok(())
+    }
+
+    /// Logs the run's metrics, loads the best model back when asked, and saves the model with
+    /// its card and the training curves.
+    fn finish(&mut self, run: Run, started: Instant) -> Result<TrainOutput> {
+        let Run {
+            mut state,
+            loss_sum,
+            progress,
+            plan,
+            steps_at_start,
+            last_evaluation,
+            ..
+        } = run;
         progress.finish();
         state.loss_since_log = f64::try_from(&loss_sum)?;
         state.total_loss += state.loss_since_log;
 
+        let args = self.args.clone();
         let runtime = started.elapsed().as_secs_f64();
         let train_loss = state.total_loss / state.global_step.max(1) as f64;
         let steps_here = (state.global_step - steps_at_start) as f64;
-        let samples_here = steps_here * (args.per_device_train_batch_size * accum) as f64;
+        let samples_here = steps_here
+            * (args.per_device_train_batch_size * args.gradient_accumulation_steps) as f64;
         let mut metrics = Map::new();
         metrics.insert("train_runtime".into(), json!(runtime));
         metrics.insert(
@@ -332,7 +410,7 @@ impl<'m> Trainer<'m> {
         metrics.insert("train_loss".into(), json!(train_loss));
         metrics.insert(
             "epoch".into(),
-            json!(state.global_step as f64 / updates_per_epoch as f64),
+            json!(state.global_step as f64 / plan.updates_per_epoch as f64),
         );
         metrics.insert("step".into(), json!(state.global_step));
         self.log(&mut state, Value::Object(metrics.clone()))?;
@@ -343,13 +421,27 @@ impl<'m> Trainer<'m> {
                 *self.model = SpanMarkerModel::load_dir(best, self.device)?;
             }
         }
-        // The card reports the evaluation of the model being saved: the best one when it was
-        // loaded back, else the last.
-        let best_step = args
+        let card = self.card(&state);
+        self.model
+            .save_pretrained_with_card(&args.output_dir, &card)?;
+        save_curves(&state.log_history, &args.output_dir)?;
+        Ok(TrainOutput {
+            global_step: state.global_step,
+            train_loss,
+            metrics,
+            last_evaluation,
+        })
+    }
+
+    /// The card of the model being saved, with its evaluation: the best one's when it was
+    /// loaded back, else the last.
+    fn card(&self, state: &TrainerState) -> ModelCard {
+        let best_step = self
+            .args
             .load_best_model_at_end
             .then(|| state.best_checkpoint.as_deref().and_then(checkpoint_step))
             .flatten();
-        let card_record = state
+        let record = state
             .log_history
             .iter()
             .rev()
@@ -357,8 +449,8 @@ impl<'m> Trainer<'m> {
             .find(|r| {
                 best_step.is_none_or(|s| r.get("step").and_then(Value::as_u64) == Some(s as u64))
             });
-        let card = ModelCard {
-            metrics: card_record
+        ModelCard {
+            metrics: record
                 .map(|r| {
                     r.iter()
                         .filter(|(k, _)| k.starts_with("eval_"))
@@ -367,16 +459,7 @@ impl<'m> Trainer<'m> {
                 })
                 .unwrap_or_default(),
             ..Default::default()
-        };
-        self.model
-            .save_pretrained_with_card(&args.output_dir, &card)?;
-        plot_history(&state.log_history, &args.output_dir.join(PLOT_FILE))?;
-        Ok(TrainOutput {
-            global_step: state.global_step,
-            train_loss,
-            metrics,
-            last_evaluation,
-        })
+        }
     }
 
     /// Sample indices of `epoch` in training order.
@@ -398,16 +481,6 @@ impl<'m> Trainer<'m> {
             }
         }
         order
-    }
-
-    fn evaluate_in_training(&self, prepared: &Prepared) -> Result<Evaluation> {
-        evaluate_prepared(
-            self.model,
-            prepared,
-            "eval",
-            self.args.per_device_eval_batch_size,
-            Instant::now(),
-        )
     }
 
     fn log(&self, state: &mut TrainerState, record: Value) -> Result<()> {
@@ -514,11 +587,136 @@ impl<'m> Trainer<'m> {
     }
 }
 
+/// The step counts and learning-rate schedule of a run.
+struct Plan {
+    samples: usize,
+    batches_per_epoch: usize,
+    updates_per_epoch: usize,
+    total_steps: usize,
+    num_epochs: usize,
+    schedule: Schedule,
+}
+
+impl Plan {
+    fn new(args: &TrainingArguments, samples: usize) -> Self {
+        let batches_per_epoch = samples.div_ceil(args.per_device_train_batch_size);
+        let updates_per_epoch = batches_per_epoch
+            .div_ceil(args.gradient_accumulation_steps)
+            .max(1);
+        let total_steps = args
+            .max_steps
+            .unwrap_or_else(|| (args.num_train_epochs * updates_per_epoch as f64).ceil() as usize);
+        let warmup_steps = if args.warmup_steps > 0 {
+            args.warmup_steps
+        } else {
+            (args.warmup_ratio * total_steps as f64).ceil() as usize
+        };
+        Self {
+            samples,
+            batches_per_epoch,
+            updates_per_epoch,
+            total_steps,
+            num_epochs: total_steps.div_ceil(updates_per_epoch),
+            schedule: Schedule {
+                base_lr: args.learning_rate,
+                warmup_steps,
+                total_steps,
+                decay: args.lr_scheduler_type == "linear",
+            },
+        }
+    }
+}
+
+/// What a run carries from step to step.
+struct Run {
+    plan: Plan,
+    train: Prepared,
+    eval: Option<Prepared>,
+    state: TrainerState,
+    optimizer: AdamW,
+    /// Loss scaling, for float16.
+    scaler: Option<LossScaler>,
+    /// The running sum of `state.loss_since_log`, on the device.
+    loss_sum: Tensor,
+    spec: CollateSpec,
+    progress: StepProgress,
+    steps_at_start: usize,
+    last_evaluation: Option<Evaluation>,
+}
+
+/// Where an optimizer step fell in its epoch.
+struct StepPosition {
+    epoch: usize,
+    /// Micro-batches of the epoch consumed.
+    batches_done: usize,
+    end_of_epoch: bool,
+    /// The epoch as a fraction (`1.5`: halfway through the second), as logged.
+    epoch_progress: f64,
+}
+
+/// The step counter on the terminal (with the `progress` feature).
+struct StepProgress {
+    #[cfg(feature = "progress")]
+    bar: indicatif::ProgressBar,
+}
+
+impl StepProgress {
+    fn new(total_steps: usize, done: usize) -> Self {
+        #[cfg(not(feature = "progress"))]
+        let _ = (total_steps, done);
+        Self {
+            #[cfg(feature = "progress")]
+            bar: {
+                let bar =
+                    indicatif::ProgressBar::new(total_steps as u64).with_position(done as u64);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+                    )
+                    .expect("a valid template"),
+                );
+                bar
+            },
+        }
+    }
+
+    fn set_step(&self, step: usize) {
+        #[cfg(feature = "progress")]
+        self.bar.set_position(step as u64);
+        #[cfg(not(feature = "progress"))]
+        let _ = step;
+    }
+
+    fn set_message(&self, message: String) {
+        #[cfg(feature = "progress")]
+        self.bar.set_message(message);
+        #[cfg(not(feature = "progress"))]
+        let _ = message;
+    }
+
+    fn finish(&self) {
+        #[cfg(feature = "progress")]
+        self.bar.finish();
+    }
+}
+
+/// Draws `training_curves.svg` (with the `plots` feature).
+fn save_curves(history: &[Map<String, Value>], dir: &Path) -> Result<()> {
+    #[cfg(feature = "plots")]
+    return crate::train::plot::plot_history(history, &dir.join(PLOT_FILE));
+    #[cfg(not(feature = "plots"))]
+    {
+        let _ = (history, dir);
+        tracing::debug!("no training curves: built without the `plots` feature");
+        Ok(())
+    }
+}
+
 /// Whether an event with this strategy happens after optimizer step `step`.
 fn due(strategy: IntervalStrategy, every: usize, step: usize, end_of_epoch: bool) -> bool {
     match strategy {
         IntervalStrategy::No => false,
-        IntervalStrategy::Steps => step % every.max(1) == 0,
+        IntervalStrategy::Steps => step.is_multiple_of(every.max(1)),
         IntervalStrategy::Epoch => end_of_epoch,
     }
 }

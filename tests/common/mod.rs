@@ -10,15 +10,13 @@ use tch::Tensor;
 /// Largest tolerated absolute difference between our logits and the reference's.
 pub const LOGIT_TOLERANCE: f64 = 1e-4;
 
-/// The workspace root (these helpers are shared by the core's and the engine crate's tests).
+/// The workspace root (these helpers are shared by the tests of all the workspace's crates).
 pub fn repo() -> &'static Path {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     if manifest.join("tests/fixtures").is_dir() {
         manifest
     } else {
-        manifest
-            .parent()
-            .expect("the engine crate sits in the workspace")
+        manifest.parent().expect("the workspace's crates sit in it")
     }
 }
 
@@ -129,4 +127,33 @@ pub fn assert_entities_match(got: &[PredictedEntity], want: &[ReferenceEntity], 
             }
         }
     }
+}
+
+/// A valid pipeline over the toy corpus, with `extra` appended.
+pub fn toy_pipeline(dir: &Path, extra: &str) -> String {
+    let repo = repo();
+    format!(
+        r#"
+[sources.train]
+path = "{train}"
+format = "conll"
+[sources.test]
+path = "{test}"
+format = "conll"
+[model]
+encoder = "{encoder}"
+model_max_length = 64
+marker_max_length = 32
+entity_max_length = 6
+[training]
+output_dir = "{out}"
+learning_rate = 5e-3
+per_device_train_batch_size = 16
+logging_steps = 5
+{extra}"#,
+        train = repo.join("examples/data/train.txt").display(),
+        test = repo.join("examples/data/test.txt").display(),
+        encoder = repo.join("tests/fixtures/encoders/tiny-bert").display(),
+        out = dir.join("model").display(),
+    )
 }

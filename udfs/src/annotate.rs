@@ -18,11 +18,9 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use span_marker::{PredictOptions, SentenceInput};
+use span_marker::PredictOptions;
 
-use crate::columns::{
-    entities_column, entity_fields, is_string, is_string_list, list_of, read_word_rows, Strings,
-};
+use crate::columns::{predict_column, ColumnJob, InputKind};
 use crate::error::{Error, Result};
 use crate::model::SharedModel;
 
@@ -37,9 +35,18 @@ pub enum InputColumn {
 }
 
 impl InputColumn {
-    fn name(&self) -> &str {
+    /// The column's name.
+    pub fn name(&self) -> &str {
         match self {
             Self::Tokens(name) | Self::Text(name) => name,
+        }
+    }
+
+    /// What the column holds.
+    pub fn kind(&self) -> InputKind {
+        match self {
+            Self::Tokens(_) => InputKind::Words,
+            Self::Text(_) => InputKind::Text,
         }
     }
 }
@@ -218,32 +225,20 @@ fn output_schema(input: &SchemaRef, options: &AnnotateOptions) -> Result<SchemaR
             ),
         )
     })?;
-    let with_text = match (&options.column, field.data_type()) {
-        (InputColumn::Tokens(_), t) if is_string_list(t) => false,
-        (InputColumn::Text(_), t) if is_string(t) => true,
-        (InputColumn::Tokens(_), t) => {
-            let hint = if is_string(t) {
-                " (it holds text: use the text column option)"
-            } else {
-                ""
-            };
-            return Err(Error::column(
-                name,
-                format!("expected a list of words, found {t}{hint}"),
-            ));
-        }
-        (InputColumn::Text(_), t) => {
-            let hint = if is_string_list(t) {
-                " (it holds words: use the tokens column option)"
-            } else {
-                ""
-            };
-            return Err(Error::column(
-                name,
-                format!("expected text, found {t}{hint}"),
-            ));
-        }
-    };
+    let kind = options.column.kind();
+    if !kind.accepts(field.data_type()) {
+        let hint = kind
+            .other()
+            .accepts(field.data_type())
+            .then_some(match kind {
+                InputKind::Words => "the text column option",
+                InputKind::Text => "the tokens column option",
+            });
+        return Err(Error::column(
+            name,
+            kind.mismatch(name, field.data_type(), hint),
+        ));
+    }
     if input.field_with_name(&options.output_column).is_ok() {
         return Err(Error::column(
             &options.output_column,
@@ -254,11 +249,7 @@ fn output_schema(input: &SchemaRef, options: &AnnotateOptions) -> Result<SchemaR
         ));
     }
     let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(
-        &options.output_column,
-        list_of(entity_fields(with_text)),
-        true,
-    ));
+    fields.push(Field::new(&options.output_column, kind.output_type(), true));
     Ok(Arc::new(Schema::new_with_metadata(
         fields,
         input.metadata().clone(),
@@ -278,40 +269,18 @@ fn annotate_batch(
     let array = batch
         .column_by_name(name)
         .ok_or_else(|| Error::column(name, "missing from a record batch"))?;
-    let (words, unreadable);
-    let rows: Vec<Option<SentenceInput<'_>>> = match &options.column {
-        InputColumn::Tokens(_) => {
-            (words, unreadable) = read_word_rows(array.as_ref(), name)?;
-            words
-                .iter()
-                .map(|w| w.as_deref().map(SentenceInput::Words))
-                .collect()
-        }
-        InputColumn::Text(_) => {
-            unreadable = Vec::new();
-            let texts = Strings::try_new(array.as_ref(), name)?;
-            (0..array.len())
-                .map(|i| texts.get(i).map(SentenceInput::Text))
-                .collect()
-        }
+    let source = options.input.display().to_string();
+    let job = ColumnJob {
+        kind: options.column.kind(),
+        options: &options.predict,
+        strict: options.strict,
+        source: &source,
+        column: name,
+        first_row,
     };
-    let annotated = model.annotate_rows(&rows, &options.predict, unreadable)?;
-    for (row, reason) in annotated.failed {
-        let row = first_row + row;
-        if options.strict {
-            return Err(Error::Row {
-                source_name: options.input.display().to_string(),
-                row,
-                message: format!("cannot be annotated: {reason}"),
-            });
-        }
-        tracing::warn!(row, reason, "row not annotated, NULL written");
-        failed.push((row, reason));
-    }
-    Ok(entities_column(
-        &annotated.entities,
-        matches!(options.column, InputColumn::Text(_)),
-    ))
+    let (entities, chunk_failed) = predict_column(model, array.as_ref(), &job)?;
+    failed.extend(chunk_failed);
+    Ok(entities)
 }
 
 /// Creates the part directory or checks that the one there belongs to this job; returns the

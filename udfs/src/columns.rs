@@ -1,5 +1,11 @@
 //! Arrow columns in and out of the engine functions: token lists and texts of any string type
 //! in, candidate and entity lists out. The schemas here are the ones every engine shows.
+//!
+//! [`predict_column`] is the one path from an input column to an entity column: the SQL
+//! functions, bulk annotation and the Polars expressions (through the Arrow C data interface)
+//! all go through it. An entity's fields are listed once, in [`entity_fields`] and
+//! [`entities_column`]: a new field goes there (and into
+//! [`PredictedEntity`](span_marker::PredictedEntity) when the core must compute it).
 
 use std::sync::Arc;
 
@@ -8,10 +14,136 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use serde::{Deserialize, Serialize};
 use span_marker::spans::Span;
-use span_marker::PredictedEntity;
+use span_marker::{PredictOptions, PredictedEntity, SentenceInput};
 
 use crate::error::{Error, Result};
+use crate::model::SharedModel;
+
+/// What an input column holds, and so which entity fields come out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// A list of words per row (`List<Utf8>`): entities with word offsets.
+    Words,
+    /// Raw text per row (`Utf8`): entities also carry character offsets and their text.
+    Text,
+}
+
+impl InputKind {
+    /// Whether a column of `data_type` can be read as this kind (a `Null` column always can).
+    pub fn accepts(self, data_type: &DataType) -> bool {
+        data_type.is_null()
+            || match self {
+                Self::Words => is_string_list(data_type),
+                Self::Text => is_string(data_type),
+            }
+    }
+
+    /// The other kind.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Words => Self::Text,
+            Self::Text => Self::Words,
+        }
+    }
+
+    /// Why column `column` of type `data_type` cannot be read as this kind; `other_function`
+    /// is named as the one to use when the column holds the other kind.
+    pub fn mismatch(
+        self,
+        column: &str,
+        data_type: &impl std::fmt::Display,
+        other_function: Option<&str>,
+    ) -> String {
+        let (expected, other) = match self {
+            Self::Words => ("a list of words (list of strings)", "raw text"),
+            Self::Text => ("String text", "a list of words"),
+        };
+        let hint = other_function
+            .map(|function| format!(" (for {other} use {function})"))
+            .unwrap_or_default();
+        format!("`{column}` must be {expected}, got {data_type}{hint}")
+    }
+
+    /// The type of this kind's entity column.
+    pub fn output_type(self) -> DataType {
+        list_of(entity_fields(self == Self::Text))
+    }
+}
+
+/// How [`predict_column`] annotates a column and names its rows.
+#[derive(Debug, Clone)]
+pub struct ColumnJob<'a> {
+    pub kind: InputKind,
+    pub options: &'a PredictOptions,
+    /// Fail on the first row that cannot be annotated instead of writing NULL for it.
+    pub strict: bool,
+    /// What the rows belong to, in messages: a function, a file.
+    pub source: &'a str,
+    /// The column's name, in messages.
+    pub column: &'a str,
+    /// The number of the column's first row in `source`.
+    pub first_row: usize,
+}
+
+/// The entity column of an input column, with one call into the model for all its rows.
+///
+/// A row that cannot be annotated (a null word, a word longer than the model input) is NULL,
+/// logged and returned with its number (counted from `job.first_row`) and the reason; in
+/// strict mode the first such row is an [`Error::Row`] instead. A null row is NULL.
+pub fn predict_column(
+    model: &SharedModel,
+    array: &dyn Array,
+    job: &ColumnJob<'_>,
+) -> Result<(ArrayRef, Vec<(usize, String)>)> {
+    let (words, unreadable);
+    let rows: Vec<Option<SentenceInput<'_>>> = if array.data_type().is_null() {
+        unreadable = Vec::new();
+        vec![None; array.len()]
+    } else {
+        match job.kind {
+            InputKind::Words => {
+                (words, unreadable) = read_word_rows(array, job.column)?;
+                words
+                    .iter()
+                    .map(|w| w.as_deref().map(SentenceInput::Words))
+                    .collect()
+            }
+            InputKind::Text => {
+                unreadable = Vec::new();
+                let texts = Strings::try_new(array, job.column)?;
+                (0..array.len())
+                    .map(|i| texts.get(i).map(SentenceInput::Text))
+                    .collect()
+            }
+        }
+    };
+    let annotated = model.annotate_rows(&rows, job.options, unreadable)?;
+    let failed: Vec<(usize, String)> = annotated
+        .failed
+        .into_iter()
+        .map(|(row, reason)| (job.first_row + row, reason))
+        .collect();
+    if let Some((row, reason)) = failed.first().filter(|_| job.strict) {
+        return Err(Error::Row {
+            source_name: job.source.to_owned(),
+            row: *row,
+            message: format!("`{}` cannot be annotated: {reason}", job.column),
+        });
+    }
+    for (row, reason) in &failed {
+        tracing::warn!(
+            source = job.source,
+            row,
+            reason,
+            "row not annotated, NULL written"
+        );
+    }
+    let column = entities_column(&annotated.entities, job.kind == InputKind::Text);
+    Ok((column, failed))
+}
 
 /// Fields of one candidate span: word indices, end exclusive.
 pub fn candidate_fields() -> Fields {

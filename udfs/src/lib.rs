@@ -30,5 +30,5 @@ pub mod sql;
 pub mod training;
 
 pub use error::{Error, Result};
-pub use model::{SharedModel, BUNDLED_MODEL};
+pub use model::SharedModel;
 pub use span_marker;

@@ -21,10 +21,6 @@ use span_marker::{PredictOptions, PredictedEntity, RowPrediction, SentenceInput,
 
 use crate::error::{Error, Result};
 
-/// The model source that names the small model embedded in the core crate
-/// ([`SpanMarkerModel::bundled`], a small BERT trained on CoNLL-2003): no files, no network.
-pub const BUNDLED_MODEL: &str = "bundled";
-
 /// A loaded model that engine functions can share across threads.
 ///
 /// libtorch tensors may move between threads but tch does not let them be shared, so the
@@ -145,8 +141,8 @@ impl SharedModel {
         }
     }
 
-    /// The model at `source` (a SpanMarker directory, a Hugging Face id, or [`BUNDLED_MODEL`])
-    /// on `device` (`cpu`, `cuda`, `cuda:N`, `auto`). Each (source, device) pair is loaded
+    /// The model at `source` (a SpanMarker directory, a Hugging Face id, or `bundled`: see
+    /// [`span_marker::hub`]) on `device` (`cpu`, `cuda`, `cuda:N`, `auto`). Each (source, device) pair is loaded
     /// once per process; later calls return the same model.
     ///
     /// ```no_run
@@ -165,17 +161,11 @@ impl SharedModel {
         let device = parse_device(device)?;
         let owned_source = source.to_owned();
         let model = on_model_thread(move || {
-            if owned_source == BUNDLED_MODEL {
-                let mut model = SpanMarkerModel::bundled()?;
-                model.to_device(device);
-                Ok(model)
-            } else {
-                let options = LoadOptions {
-                    device: Some(device),
-                    ..Default::default()
-                };
-                SpanMarkerModel::from_pretrained_with(&owned_source, &options)
-            }
+            let options = LoadOptions {
+                device: Some(device),
+                ..Default::default()
+            };
+            SpanMarkerModel::from_pretrained_with(&owned_source, &options)
         })??;
         tracing::info!(source, ?device, "loaded SpanMarker model");
         let model = Self::new(source, model);

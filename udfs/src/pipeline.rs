@@ -14,7 +14,9 @@
 //! num_train_epochs = 3
 //! ```
 //!
-//! Relative paths are relative to the pipeline file's directory.
+//! Relative paths are relative to the pipeline file's directory. Paths may name environment
+//! variables as `${NAME}` (for data kept outside the project, e.g.
+//! `path = "${CONLL2003_DIR}/train.txt"`); an unset variable is an error naming the key.
 
 use std::path::{Path, PathBuf};
 
@@ -53,11 +55,21 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Reads and validates a pipeline file; relative paths become relative to its directory.
+    /// Reads and validates a pipeline file; `${NAME}` in paths is taken from the environment,
+    /// and relative paths become relative to the file's directory.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_file_with_vars(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`from_file`](Self::from_file) with `${NAME}` in paths taken from `vars`.
+    pub fn from_file_with_vars(
+        path: impl AsRef<Path>,
+        vars: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut pipeline = Self::from_toml_str(&text, path)?;
+        pipeline.expand_vars(&vars)?;
         let base = path.parent().unwrap_or(Path::new(""));
         pipeline.resolve_paths(base);
         pipeline.validate()?;
@@ -72,13 +84,37 @@ impl Pipeline {
             message: e.to_string().trim().to_owned(),
         })?;
         let mut pipeline: Pipeline =
-            serde_path_to_error::deserialize(deserializer).map_err(|e| Error::Pipeline {
-                file: file.display().to_string(),
-                key: e.path().to_string(),
-                message: first_line(&e.inner().to_string()),
+            serde_path_to_error::deserialize(deserializer).map_err(|e| {
+                let message = first_line(&e.inner().to_string());
+                Error::Pipeline {
+                    file: file.display().to_string(),
+                    key: full_key(&e.path().to_string(), &message),
+                    message,
+                }
             })?;
         pipeline.file = file.to_path_buf();
         Ok(pipeline)
+    }
+
+    /// Replaces `${NAME}` in the sources' paths and the output directory.
+    fn expand_vars(&mut self, vars: &impl Fn(&str) -> Option<String>) -> Result<()> {
+        let file = self.file.display().to_string();
+        let expand = |key: String, path: &mut PathBuf| -> Result<()> {
+            let expanded =
+                expand_vars(&path.to_string_lossy(), vars).map_err(|message| Error::Pipeline {
+                    file: file.clone(),
+                    key,
+                    message,
+                })?;
+            *path = PathBuf::from(expanded);
+            Ok(())
+        };
+        for (split, source) in self.splits_mut() {
+            if let Some(path) = source.path.as_mut() {
+                expand(format!("sources.{split}.path"), path)?;
+            }
+        }
+        expand("training.output_dir".into(), &mut self.training.output_dir)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -87,7 +123,7 @@ impl Pipeline {
                 *p = base.join(&*p);
             }
         };
-        for source in self.sources() {
+        for (_, source) in self.splits_mut() {
             if let Some(path) = source.path.as_mut() {
                 resolve(path);
             }
@@ -99,10 +135,10 @@ impl Pipeline {
         }
     }
 
-    fn sources(&mut self) -> impl Iterator<Item = &mut TableSource> {
-        std::iter::once(&mut self.sources.train)
-            .chain(self.sources.eval.as_mut())
-            .chain(self.sources.test.as_mut())
+    fn splits_mut(&mut self) -> impl Iterator<Item = (&'static str, &mut TableSource)> {
+        std::iter::once(("train", &mut self.sources.train))
+            .chain(self.sources.eval.as_mut().map(|s| ("eval", s)))
+            .chain(self.sources.test.as_mut().map(|s| ("test", s)))
     }
 
     /// Checks everything that can be checked without training: sources, training arguments,
@@ -150,15 +186,12 @@ impl Pipeline {
             span_marker::Labels::new(labels)
                 .map_err(|e| error("model.labels".into(), e.to_string()))?;
         }
-        for (key, value) in [
-            ("model.marker_max_length", self.model.marker_max_length),
-            ("model.entity_max_length", self.model.entity_max_length),
-        ] {
-            if value == 0 {
-                return Err(error(key.into(), "must be at least 1".into()));
+        match self.model.settings.validate() {
+            Err(span_marker::Error::Setting { key, message }) => {
+                Err(error(format!("model.{key}"), message))
             }
+            other => other.map_err(Into::into),
         }
-        Ok(())
     }
 
     /// Reads the sources, trains, evaluates and saves; `resume` is `latest` or a checkpoint.
@@ -184,6 +217,43 @@ impl Pipeline {
         tokio::task::spawn_blocking(move || training::run(model, args, train, eval, test, resume))
             .await
             .map_err(|e| Error::file("<training>", e.to_string()))?
+    }
+}
+
+/// `${NAME}` in `text` replaced by the variable's value; an unset variable is an error.
+fn expand_vars(
+    text: &str,
+    vars: &impl Fn(&str) -> Option<String>,
+) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`${{` without a closing `}}` in {text:?}"))?;
+        let name = &after[..end];
+        let value = vars(name).ok_or_else(|| {
+            format!("{text:?} names the environment variable `{name}`, which is not set")
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The dotted key of a deserialization error. Keys of a flattened table (the model settings
+/// beside `model.encoder`) are not in serde's path; an unknown one is named in the message.
+fn full_key(path: &str, message: &str) -> String {
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next());
+    match unknown {
+        Some(field) if path == "." => field.to_owned(),
+        Some(field) if !path.ends_with(field) => format!("{path}.{field}"),
+        _ => path.to_owned(),
     }
 }
 

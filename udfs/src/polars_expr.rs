@@ -1,6 +1,9 @@
 //! Polars integration: `col("tokens").span_marker().predict(&model)` and friends in lazy
-//! pipelines, and training from a `LazyFrame`. Output columns have the schemas of the SQL
-//! functions.
+//! pipelines, and training from a `LazyFrame`.
+//!
+//! Polars columns cross to Arrow and back through the Arrow C data interface (the values are
+//! shared, not copied), so every expression runs the engine crate's one Arrow path
+//! ([`crate::columns`]) and returns the SQL functions' schemas.
 //!
 //! ```no_run
 //! use polars::prelude::*;
@@ -17,16 +20,22 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use polars::chunked_array::builder::get_list_builder;
+use std::sync::Arc;
+
+use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
+use datafusion::arrow::array::{make_array, Array, ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::{DataType as ArrowDataType, Field as ArrowField, Schema};
 use polars::prelude::*;
-use span_marker::context::DocumentPosition;
 use span_marker::spans::candidate_spans;
 use span_marker::train::TrainingArguments;
-use span_marker::{PredictOptions, PredictedEntity, SentenceInput};
+use span_marker::PredictOptions;
 
-use crate::dataset::{AnnotatedRows, Tags};
+use crate::columns::{candidate_fields, candidates_column, list_of, predict_column, read_words};
+use crate::columns::{ColumnJob, InputKind};
+use crate::dataset::AnnotatedRows;
 use crate::error::{Error, Result};
 use crate::model::SharedModel;
+use crate::sources::TableSource;
 use crate::training::{self, ModelSpec, TrainReport};
 
 /// Adds `.span_marker()` to Polars expressions.
@@ -47,24 +56,29 @@ pub struct SpanMarkerNameSpace(Expr);
 impl SpanMarkerNameSpace {
     /// Every span of up to `entity_max_length` words: `List<Struct{start, end}>`.
     pub fn candidates(self, entity_max_length: usize) -> Expr {
+        let output = polars_dtype(&list_of(candidate_fields()));
         self.0.map(
             move |column| {
                 if entity_max_length == 0 {
                     polars_bail!(ComputeError: "span_marker.candidates: `entity_max_length` must be at least 1");
                 }
-                let spans: Vec<Option<Vec<_>>> = with_word_rows(&column, |rows| {
-                    Ok(rows
-                        .iter()
-                        .map(|r| r.as_ref().map(|w| candidate_spans(w.len(), entity_max_length).collect()))
-                        .collect())
-                })?;
-                let starts: Vec<i64> = spans.iter().flatten().flatten().map(|s| s.start as i64).collect();
-                let ends: Vec<i64> = spans.iter().flatten().flatten().map(|s| s.end as i64).collect();
-                let lengths: Vec<Option<usize>> = spans.iter().map(|r| r.as_ref().map(Vec::len)).collect();
-                let fields = [Series::new("start".into(), starts), Series::new("end".into(), ends)];
-                list_of_structs(column.name().clone(), &fields, &lengths).map(Column::from)
+                check_dtype(&column, InputKind::Words, "candidates")?;
+                let array = to_arrow(&column)?;
+                let spans: Vec<Option<Vec<_>>> = read_words(array.as_ref(), column.name())?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(row, words)| match words {
+                        None => Ok(None),
+                        Some(Ok(words)) => {
+                            Ok(Some(candidate_spans(words.len(), entity_max_length).collect()))
+                        }
+                        Some(Err(reason)) => Err(polars_err!(ComputeError:
+                            "span_marker.candidates: `{}` row {row}: {reason}", column.name())),
+                    })
+                    .collect::<PolarsResult<_>>()?;
+                from_arrow(column.name().clone(), candidates_column(&spans))
             },
-            |_, field| Ok(Field::new(field.name().clone(), candidate_dtype())),
+            move |_, field| Ok(Field::new(field.name().clone(), output.clone())),
         )
     }
 
@@ -81,36 +95,35 @@ impl SpanMarkerNameSpace {
 
     /// [`Self::predict`] with options.
     pub fn predict_with(self, model: &SharedModel, kwargs: PredictKwargs) -> Expr {
-        let model = model.clone();
-        self.0.map(
-            move |column| {
-                with_word_rows(&column, |words| {
-                    let rows: Vec<Option<SentenceInput<'_>>> = words
-                        .iter()
-                        .map(|w| w.as_deref().map(SentenceInput::Words))
-                        .collect();
-                    predict_rows(&model, &rows, &kwargs, column.name().clone(), false)
-                })
-            },
-            |_, field| Ok(Field::new(field.name().clone(), entity_dtype(false))),
-        )
+        self.predict_kind(InputKind::Words, model, kwargs)
     }
 
     /// [`Self::predict_text`] with options.
     pub fn predict_text_with(self, model: &SharedModel, kwargs: PredictKwargs) -> Expr {
+        self.predict_kind(InputKind::Text, model, kwargs)
+    }
+
+    fn predict_kind(self, kind: InputKind, model: &SharedModel, kwargs: PredictKwargs) -> Expr {
         let model = model.clone();
+        let output = polars_dtype(&kind.output_type());
+        let name = expression_name(kind);
         self.0.map(
             move |column| {
-                let texts = column.str().map_err(|_| {
-                    polars_err!(SchemaMismatch: "span_marker.predict_text: `{}` must be String, got {}{}",
-                        column.name(), column.dtype(),
-                        if matches!(column.dtype(), DataType::List(_)) { " (for words use predict)" } else { "" })
-                })?;
-                let rows: Vec<Option<SentenceInput<'_>>> =
-                    texts.iter().map(|t| t.map(SentenceInput::Text)).collect();
-                predict_rows(&model, &rows, &kwargs, column.name().clone(), true)
+                check_dtype(&column, kind, name)?;
+                let array = to_arrow(&column)?;
+                let source = format!("span_marker.{name}");
+                let job = ColumnJob {
+                    kind,
+                    options: &kwargs.options,
+                    strict: kwargs.strict,
+                    source: &source,
+                    column: column.name(),
+                    first_row: 0,
+                };
+                let (entities, _failed) = predict_column(&model, array.as_ref(), &job)?;
+                from_arrow(column.name().clone(), entities)
             },
-            |_, field| Ok(Field::new(field.name().clone(), entity_dtype(true))),
+            move |_, field| Ok(Field::new(field.name().clone(), output.clone())),
         )
     }
 }
@@ -123,149 +136,79 @@ pub struct PredictKwargs {
     pub strict: bool,
 }
 
-fn candidate_dtype() -> DataType {
-    DataType::List(Box::new(DataType::Struct(vec![
-        Field::new("start".into(), DataType::Int64),
-        Field::new("end".into(), DataType::Int64),
-    ])))
-}
-
-fn entity_dtype(with_text: bool) -> DataType {
-    let mut fields = vec![
-        Field::new("start".into(), DataType::Int64),
-        Field::new("end".into(), DataType::Int64),
-        Field::new("label".into(), DataType::String),
-        Field::new("score".into(), DataType::Float32),
-    ];
-    if with_text {
-        fields.extend([
-            Field::new("char_start".into(), DataType::Int64),
-            Field::new("char_end".into(), DataType::Int64),
-            Field::new("text".into(), DataType::String),
-        ]);
+/// The expression that reads `kind`.
+fn expression_name(kind: InputKind) -> &'static str {
+    match kind {
+        InputKind::Words => "predict",
+        InputKind::Text => "predict_text",
     }
-    DataType::List(Box::new(DataType::Struct(fields)))
 }
 
-/// The inner values of a list column and each row's range in them (`None` for a null row).
-fn list_rows(
-    column: &Column,
-    what: &str,
-) -> PolarsResult<(Series, Vec<Option<std::ops::Range<usize>>>)> {
-    let list = column.list().map_err(|_| {
-        polars_err!(SchemaMismatch: "span_marker: `{}` must be {what}, got {}{}",
-            column.name(), column.dtype(),
-            if column.dtype() == &DataType::String { " (for text use predict_text)" } else { "" })
-    })?;
-    let list = list.rechunk();
-    let array = list.downcast_as_array();
-    let offsets = array.offsets().as_slice();
-    let ranges = list
-        .is_not_null()
-        .iter()
-        .enumerate()
-        .map(|(r, valid)| {
-            (valid == Some(true)).then(|| offsets[r] as usize..offsets[r + 1] as usize)
-        })
-        .collect();
-    Ok((list.get_inner(), ranges))
-}
-
-/// Calls `f` with the rows of a `List<String>` column: null rows are `None`; a null word is an
-/// error naming its row.
-fn with_word_rows<R>(
-    column: &Column,
-    f: impl FnOnce(&[Option<Vec<&str>>]) -> PolarsResult<R>,
-) -> PolarsResult<R> {
-    let (inner, ranges) = list_rows(column, "a list of words (List<String>)")?;
-    let strings = inner.str().map_err(|_| {
-        polars_err!(SchemaMismatch: "span_marker: `{}` must hold strings, got {}", column.name(), inner.dtype())
-    })?;
-    let words: Vec<Option<&str>> = strings.iter().collect();
-    let rows = ranges
-        .into_iter()
-        .enumerate()
-        .map(|(row, range)| {
-            range
-                .map(|range| {
-                    words[range].iter().enumerate().map(|(i, w)| {
-                        w.ok_or_else(|| polars_err!(ComputeError: "span_marker: `{}` row {row}: word {} is null", column.name(), i))
-                    }).collect::<PolarsResult<Vec<&str>>>()
-                })
-                .transpose()
-        })
-        .collect::<PolarsResult<Vec<_>>>()?;
-    f(&rows)
-}
-
-/// A list column whose row `r` holds `lengths[r]` consecutive struct rows made of `fields`.
-fn list_of_structs(
-    name: PlSmallStr,
-    fields: &[Series],
-    lengths: &[Option<usize>],
-) -> PolarsResult<Series> {
-    let total = fields.first().map_or(0, |s| s.len());
-    let values = StructChunked::from_series("".into(), total, fields.iter())?.into_series();
-    let mut builder = get_list_builder(values.dtype(), total, lengths.len(), name);
-    let mut offset = 0;
-    for length in lengths {
-        match length {
-            Some(length) => {
-                builder.append_series(&values.slice(offset as i64, *length))?;
-                offset += length;
-            }
-            None => builder.append_null(),
+/// Refuses a column that does not hold `kind`, naming the expression for the other kind.
+fn check_dtype(column: &Column, kind: InputKind, expression: &str) -> PolarsResult<()> {
+    let fits = |kind: InputKind| match kind {
+        InputKind::Words => {
+            matches!(column.dtype(), DataType::List(inner) if inner.as_ref() == &DataType::String)
         }
+        InputKind::Text => column.dtype() == &DataType::String,
+    };
+    if fits(kind) || column.dtype() == &DataType::Null {
+        return Ok(());
     }
-    Ok(builder.finish().into_series())
+    let hint = fits(kind.other()).then(|| expression_name(kind.other()));
+    polars_bail!(SchemaMismatch: "span_marker.{expression}: {}",
+        kind.mismatch(column.name(), column.dtype(), hint))
 }
 
-fn predict_rows(
-    model: &SharedModel,
-    rows: &[Option<SentenceInput<'_>>],
-    kwargs: &PredictKwargs,
-    name: PlSmallStr,
-    with_text: bool,
-) -> PolarsResult<Column> {
-    let annotated = model.annotate_rows(rows, &kwargs.options, Vec::new())?;
-    for (row, reason) in &annotated.failed {
-        if kwargs.strict {
-            polars_bail!(ComputeError: "span_marker: `{name}` row {row} cannot be annotated: {reason}")
-        }
-        tracing::warn!(column = %name, row, reason, "row not annotated, null returned");
-    }
-    let entities = annotated.entities;
-    let all: Vec<&PredictedEntity> = entities.iter().flatten().flatten().collect();
-    let int = |n: &str, f: fn(&PredictedEntity) -> usize| {
-        Series::new(
-            n.into(),
-            all.iter().map(|e| f(e) as i64).collect::<Vec<_>>(),
+/// A Polars column as an Arrow array, through the C data interface (the values are shared).
+fn to_arrow(column: &Column) -> PolarsResult<ArrayRef> {
+    let array = column.clone().rechunk_to_arrow(CompatLevel::newest());
+    let field =
+        polars_arrow::datatypes::Field::new(column.name().clone(), array.dtype().clone(), true);
+    let schema = polars_arrow::ffi::export_field_to_c(&field);
+    let array = polars_arrow::ffi::export_array_to_c(array);
+    // SAFETY: both crates define these structs as the C data interface's `ArrowArray` and
+    // `ArrowSchema` (`#[repr(C)]`, same fields); ownership, and with it the release callbacks,
+    // passes to the arrow structs, which release them when dropped.
+    let (array, schema) = unsafe {
+        (
+            std::mem::transmute::<polars_arrow::ffi::ArrowArray, FFI_ArrowArray>(array),
+            std::mem::transmute::<polars_arrow::ffi::ArrowSchema, FFI_ArrowSchema>(schema),
         )
     };
-    let mut fields = vec![
-        int("start", |e| e.word_start),
-        int("end", |e| e.word_end),
-        Series::new(
-            "label".into(),
-            all.iter().map(|e| e.label.as_str()).collect::<Vec<_>>(),
-        ),
-        Series::new(
-            "score".into(),
-            all.iter().map(|e| e.score).collect::<Vec<_>>(),
-        ),
-    ];
-    if with_text {
-        fields.extend([
-            int("char_start", |e| e.char_start.unwrap_or_default()),
-            int("char_end", |e| e.char_end.unwrap_or_default()),
-            Series::new(
-                "text".into(),
-                all.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
-            ),
-        ]);
-    }
-    let lengths: Vec<Option<usize>> = entities.iter().map(|r| r.as_ref().map(Vec::len)).collect();
-    list_of_structs(name, &fields, &lengths).map(Column::from)
+    // SAFETY: a valid array and schema, just exported.
+    let data = unsafe { arrow::ffi::from_ffi(array, &schema) }
+        .map_err(|e| polars_err!(ComputeError: "span_marker: `{}` to Arrow: {e}", column.name()))?;
+    Ok(make_array(data))
+}
+
+/// An Arrow array as a Polars column named `name`, through the C data interface.
+fn from_arrow(name: PlSmallStr, array: ArrayRef) -> PolarsResult<Column> {
+    let (array, schema) = arrow::ffi::to_ffi(&array.to_data())
+        .map_err(|e| polars_err!(ComputeError: "span_marker: `{name}` from Arrow: {e}"))?;
+    // SAFETY: as in `to_arrow`, the other way round.
+    let (array, schema) = unsafe {
+        (
+            std::mem::transmute::<FFI_ArrowArray, polars_arrow::ffi::ArrowArray>(array),
+            std::mem::transmute::<FFI_ArrowSchema, polars_arrow::ffi::ArrowSchema>(schema),
+        )
+    };
+    // SAFETY: a valid schema and array, just exported.
+    let field = unsafe { polars_arrow::ffi::import_field_from_c(&schema) }?;
+    let array = unsafe { polars_arrow::ffi::import_array_from_c(array, field.dtype().clone()) }?;
+    Ok(Series::from_arrow(name, array)?.into_column())
+}
+
+/// The Polars type of an Arrow type (for the expressions' output types at plan time).
+fn polars_dtype(data_type: &ArrowDataType) -> DataType {
+    let field = ArrowField::new("", data_type.clone(), true);
+    let schema = FFI_ArrowSchema::try_from(&field).expect("entity and candidate types export");
+    // SAFETY: as in `from_arrow`.
+    let schema =
+        unsafe { std::mem::transmute::<FFI_ArrowSchema, polars_arrow::ffi::ArrowSchema>(schema) };
+    let field = unsafe { polars_arrow::ffi::import_field_from_c(&schema) }
+        .expect("entity and candidate types import");
+    DataType::from_arrow_field(&field)
 }
 
 /// Column names of an annotated frame.
@@ -289,112 +232,41 @@ impl Default for TrainColumns {
     }
 }
 
-/// The annotated rows of a lazy frame.
+/// The annotated rows of a lazy frame, read as a table source's rows are.
 pub fn annotated_rows(
     frame: LazyFrame,
     columns: &TrainColumns,
     source: &str,
 ) -> Result<AnnotatedRows> {
+    if columns.document_id.is_some() != columns.sentence_id.is_some() {
+        return Err(Error::column(
+            columns.document_id.as_deref().unwrap_or("sentence_id"),
+            "document context needs both `document_id` and `sentence_id` columns",
+        ));
+    }
     let frame = frame.collect()?;
-    let get = |name: &str| {
-        frame.column(name).map_err(|_| {
-            Error::column(
-                name,
-                format!(
-                    "not in the {source} frame; its columns are {:?}",
-                    frame.get_column_names()
-                ),
-            )
-        })
+    let mut fields = Vec::new();
+    let mut arrays = Vec::new();
+    for column in frame.columns() {
+        let array = to_arrow(column)?;
+        fields.push(ArrowField::new(
+            column.name().as_str(),
+            array.data_type().clone(),
+            true,
+        ));
+        arrays.push(array);
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+    let table = TableSource {
+        path: None,
+        format: None,
+        query: None,
+        tokens_column: columns.tokens.clone(),
+        tags_column: columns.tags.clone(),
+        document_id_column: columns.document_id.clone(),
+        sentence_id_column: columns.sentence_id.clone(),
     };
-    let row_error = |row: usize, message: String| Error::Row {
-        source_name: source.to_owned(),
-        row,
-        message,
-    };
-    let owned_rows = |column: &Column, name: &str| -> Result<Vec<Vec<String>>> {
-        let rows = with_word_rows(column, |rows| {
-            Ok(rows
-                .iter()
-                .map(|r| {
-                    r.as_ref()
-                        .map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                })
-                .collect::<Vec<_>>())
-        })?;
-        rows.into_iter()
-            .enumerate()
-            .map(|(row, words)| words.ok_or_else(|| row_error(row, format!("`{name}` is null"))))
-            .collect()
-    };
-    let tokens = owned_rows(get(&columns.tokens)?, &columns.tokens)?;
-    let tags_column = get(&columns.tags)?;
-    let tags = match tags_column.dtype() {
-        DataType::List(inner) if inner.as_ref() == &DataType::String => {
-            Tags::Names(owned_rows(tags_column, &columns.tags)?)
-        }
-        DataType::List(inner) if inner.is_integer() => {
-            let ids = tags_column.cast(&DataType::List(Box::new(DataType::Int64)))?;
-            let (inner, ranges) = list_rows(&ids, "a list of tag ids")?;
-            let values: Vec<Option<i64>> = inner.i64()?.iter().collect();
-            Tags::Ids(
-                ranges
-                    .into_iter()
-                    .enumerate()
-                    .map(|(row, range)| {
-                        let range = range
-                            .ok_or_else(|| row_error(row, format!("`{}` is null", columns.tags)))?;
-                        values[range]
-                            .iter()
-                            .copied()
-                            .collect::<Option<Vec<i64>>>()
-                            .ok_or_else(|| {
-                                row_error(row, format!("`{}` has a null tag", columns.tags))
-                            })
-                    })
-                    .collect::<Result<_>>()?,
-            )
-        }
-        other => {
-            return Err(Error::column(
-                &columns.tags,
-                format!(
-                    "expected tag ids (List<Int>) or tag strings (List<String>), found {other}"
-                ),
-            ))
-        }
-    };
-    let documents = match (&columns.document_id, &columns.sentence_id) {
-        (Some(doc), Some(sentence)) => {
-            let ids = get(doc)?.cast(&DataType::String)?;
-            let positions = get(sentence)?.cast(&DataType::Int64)?;
-            let ids = ids.str()?;
-            let positions = positions.i64()?;
-            Some(
-                ids.iter()
-                    .zip(positions.iter())
-                    .enumerate()
-                    .map(|(row, pair)| match pair {
-                        (Some(id), Some(position)) => Ok(DocumentPosition::new(id, position)),
-                        _ => Err(row_error(row, format!("`{doc}` or `{sentence}` is null"))),
-                    })
-                    .collect::<Result<_>>()?,
-            )
-        }
-        (None, None) => None,
-        _ => {
-            return Err(Error::column(
-                columns.document_id.as_deref().unwrap_or("sentence_id"),
-                "document context needs both `document_id` and `sentence_id` columns",
-            ))
-        }
-    };
-    Ok(AnnotatedRows {
-        source: source.to_owned(),
-        tokens,
-        tags,
-        documents,
-    })
+    table.rows_from_batches(&[batch], &format!("the {source} frame"))
 }
 
 /// Trains a model on the rows of `train` (and evaluates on `eval`), saving it to

@@ -185,12 +185,17 @@ impl TableSource {
         if self.path.is_some() {
             ctx.deregister_table("data")?;
         }
-        self.rows_from_batches(&batches)
+        self.rows_from_batches(&batches, &self.name())
     }
 
-    /// The annotated rows of `batches`.
-    pub fn rows_from_batches(&self, batches: &[RecordBatch]) -> Result<AnnotatedRows> {
-        let source = self.name();
+    /// The annotated rows of `batches`, read from this source's columns; `source` names them
+    /// in errors.
+    pub fn rows_from_batches(
+        &self,
+        batches: &[RecordBatch],
+        source: &str,
+    ) -> Result<AnnotatedRows> {
+        let source = source.to_owned();
         let column = |batch: &RecordBatch, name: &str| -> Result<ArrayRef> {
             batch.column_by_name(name).cloned().ok_or_else(|| {
                 let found: Vec<String> = batch

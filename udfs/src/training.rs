@@ -11,32 +11,20 @@ use span_marker::{ModelSettings, SpanMarkerModel};
 use crate::dataset::{resolve_labels, AnnotatedRows};
 use crate::error::Result;
 
-/// The model to train: its encoder and SpanMarker settings (`[model]` in a pipeline file).
+/// The model to train: its encoder, labels and SpanMarker settings (`[model]` in a pipeline
+/// file, `model` in `span_marker_train`'s options; the settings' keys sit beside `encoder`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
-    /// A plain encoder (directory or Hugging Face id) or a SpanMarker model to fine-tune further.
+    /// A plain encoder (directory or Hugging Face id) or a SpanMarker model (or `bundled`) to
+    /// fine-tune further.
     pub encoder: String,
     /// The label list; when absent, taken from the string tags of the data.
     #[serde(default)]
     pub labels: Option<Vec<String>>,
-    /// Text-token budget per sample (default: the tokenizer's limit, at most 512).
-    #[serde(default)]
-    pub model_max_length: Option<usize>,
-    /// Marker pairs per sample.
-    #[serde(default = "default_marker_max_length")]
-    pub marker_max_length: usize,
-    /// Longest entity in words.
-    #[serde(default = "default_entity_max_length")]
-    pub entity_max_length: usize,
-}
-
-fn default_marker_max_length() -> usize {
-    ModelSettings::default().marker_max_length
-}
-
-fn default_entity_max_length() -> usize {
-    ModelSettings::default().entity_max_length
+    /// Settings of a new model (a SpanMarker model keeps its own).
+    #[serde(flatten)]
+    pub settings: ModelSettings,
 }
 
 /// What a training run produced.
@@ -89,15 +77,11 @@ fn run_here(
     let eval_set = eval.map(|e| e.to_dataset(&labels)).transpose()?;
     let test_set = test.map(|t| t.to_dataset(&labels)).transpose()?;
     args.validate().map_err(span_marker::Error::Config)?;
+    spec.settings.validate()?;
 
     let options = LoadOptions {
         labels: Some(labels.original().to_vec()),
-        settings: ModelSettings {
-            model_max_length: spec.model_max_length,
-            marker_max_length: spec.marker_max_length,
-            entity_max_length: spec.entity_max_length,
-            ..Default::default()
-        },
+        settings: spec.settings.clone(),
         ..Default::default()
     };
     // A new model's head and marker embeddings are random: seed them like the run.

@@ -1,120 +1,20 @@
 //! Bulk annotation: one output row per input row, in order, with the entities of the direct
-//! API; resumption after SIGKILL without lost or duplicated rows; bad input named.
+//! API; resumption of an interrupted job; bad input named. (Resumption after SIGKILL of the
+//! command line is in the `cli` crate's tests.)
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../../tests/common/corpus.rs"]
+mod corpus;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use datafusion::arrow::array::{
-    Array, AsArray, Int64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::file::properties::WriterProperties;
-use span_marker::train::read_conll;
+use corpus::{entities, ids, part_files, read_all, write_corpus};
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::Int64Type;
 use span_marker::{PredictOptions, SentenceInput, SpanMarkerModel};
 use span_marker_udfs::annotate::{annotate, parts_dir, AnnotateOptions, InputColumn};
 use span_marker_udfs::SharedModel;
-
-/// `rows` sentences of the toy corpus (cycled) with an `id`, a `tokens` and a `text` column,
-/// in row groups of 500; `bad_rows` get a word longer than the model input.
-fn write_corpus(path: &Path, rows: usize, bad_rows: &[usize]) -> Vec<Vec<String>> {
-    let sentences = read_conll(common::repo().join("examples/data/test.txt")).unwrap();
-    let long_word = ".".repeat(300);
-    let words: Vec<Vec<String>> = (0..rows)
-        .map(|i| {
-            let mut w = sentences[i % sentences.len()].words.clone();
-            if bad_rows.contains(&i) {
-                w.push(long_word.clone());
-            }
-            w
-        })
-        .collect();
-    let mut tokens = ListBuilder::new(StringBuilder::new());
-    for row in &words {
-        row.iter().for_each(|w| tokens.values().append_value(w));
-        tokens.append(true);
-    }
-    let texts: Vec<String> = words.iter().map(|w| w.join(" ")).collect();
-    let tokens = tokens.finish();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("tokens", tokens.data_type().clone(), true),
-        Field::new("text", DataType::Utf8, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(Int64Array::from_iter_values(0..rows as i64)),
-            Arc::new(tokens),
-            Arc::new(StringArray::from(texts)),
-        ],
-    )
-    .unwrap();
-    let properties = WriterProperties::builder()
-        .set_max_row_group_row_count(Some(500))
-        .build();
-    let mut writer = ArrowWriter::try_new(
-        std::fs::File::create(path).unwrap(),
-        schema,
-        Some(properties),
-    )
-    .unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
-    words
-}
-
-fn read_all(path: &Path) -> Vec<RecordBatch> {
-    ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
-fn ids(batches: &[RecordBatch]) -> Vec<i64> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("id")
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .values()
-                .to_vec()
-        })
-        .collect()
-}
-
-/// (start, end, label) per entity, per row; `None` for a NULL row.
-fn entities(batches: &[RecordBatch]) -> Vec<Option<Vec<(i64, i64, String)>>> {
-    let mut rows = Vec::new();
-    for batch in batches {
-        let list = batch.column_by_name("entities").unwrap().as_list::<i32>();
-        for row in 0..list.len() {
-            rows.push(list.is_valid(row).then(|| {
-                let value = list.value(row);
-                let s = value.as_struct();
-                let start = s
-                    .column_by_name("start")
-                    .unwrap()
-                    .as_primitive::<Int64Type>();
-                let end = s.column_by_name("end").unwrap().as_primitive::<Int64Type>();
-                let label = s.column_by_name("label").unwrap().as_string::<i32>();
-                (0..s.len())
-                    .map(|i| (start.value(i), end.value(i), label.value(i).to_owned()))
-                    .collect()
-            }));
-        }
-    }
-    rows
-}
 
 fn options(input: &Path, output: &Path, column: InputColumn) -> AnnotateOptions {
     let mut options = AnnotateOptions::new(input, output, column);
@@ -312,90 +212,6 @@ fn bad_input_is_named() {
         std::fs::read_to_string(out("g.parquet")).unwrap(),
         "keep me"
     );
-}
-
-fn cli_annotate(input: &Path, output: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_span-marker"));
-    command.args([
-        "annotate",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--chunk-rows",
-        "64",
-        "--show",
-        "0",
-    ]);
-    command
-}
-
-fn part_files(output: &Path) -> usize {
-    std::fs::read_dir(parts_dir(output))
-        .map(|d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("part-")
-            })
-            .count()
-        })
-        .unwrap_or(0)
-}
-
-#[test]
-fn sigkill_then_resume_loses_and_duplicates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("corpus.parquet");
-    write_corpus(&input, 3000, &[100]);
-    let reference: PathBuf = dir.path().join("reference.parquet");
-    let status = cli_annotate(&input, &reference)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-
-    let output = dir.path().join("out.parquet");
-    let mut child = cli_annotate(&input, &output)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while part_files(&output) < 5 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be interrupted"
-        );
-        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    assert!(!output.exists(), "no partial output");
-    let done = part_files(&output);
-    assert!(
-        (5..3000 / 64).contains(&done),
-        "interrupted midway: {done} parts"
-    );
-
-    let resumed = cli_annotate(&input, &output).output().unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
-    let stderr = String::from_utf8_lossy(&resumed.stderr);
-    assert!(stderr.contains("done by an earlier run"), "{stderr}");
-    let (got, want) = (read_all(&output), read_all(&reference));
-    assert_eq!(
-        ids(&got),
-        (0..3000).collect::<Vec<_>>(),
-        "each row once, in order"
-    );
-    assert_eq!(entities(&got), entities(&want));
-    assert_eq!(entities(&got)[100], None);
 }
 
 #[test]

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringBuilder};
@@ -52,10 +51,14 @@ fn bundled_pipelines_parse_and_validate() {
         }
         if path.ends_with("bundled.toml") {
             // Its encoder is made by `scripts/make_bench_model.py` (see the file's header).
-            assert_eq!(pipeline.model.marker_max_length, 32);
+            assert_eq!(pipeline.model.settings.marker_max_length, 32);
             continue;
         }
-        Pipeline::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let data = shared.display().to_string();
+        Pipeline::from_file_with_vars(&path, |name| {
+            (name == "CONLL2003_DIR").then(|| data.clone())
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         checked += 1;
     }
     assert!(checked >= 1);
@@ -67,39 +70,10 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// A valid pipeline over the toy corpus, with `extra` appended.
-fn toy_pipeline(dir: &Path, extra: &str) -> String {
-    let repo = common::repo();
-    format!(
-        r#"
-[sources.train]
-path = "{train}"
-format = "conll"
-[sources.test]
-path = "{test}"
-format = "conll"
-[model]
-encoder = "{encoder}"
-model_max_length = 64
-marker_max_length = 32
-entity_max_length = 6
-[training]
-output_dir = "{out}"
-learning_rate = 5e-3
-per_device_train_batch_size = 16
-logging_steps = 5
-{extra}"#,
-        train = repo.join("examples/data/train.txt").display(),
-        test = repo.join("examples/data/test.txt").display(),
-        encoder = repo.join("tests/fixtures/encoders/tiny-bert").display(),
-        out = dir.join("model").display(),
-    )
-}
-
 #[test]
 fn malformed_pipelines_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let valid = toy_pipeline(dir.path(), "");
+    let valid = common::toy_pipeline(dir.path(), "");
     let cases = [
         (
             valid.replace("learning_rate", "learning_rat"),
@@ -159,53 +133,6 @@ fn malformed_pipelines_name_the_key() {
         assert!(error.contains("p.toml"), "{error}");
     }
     assert!(!dir.path().join("model").exists(), "nothing was written");
-}
-
-#[test]
-fn a_pipeline_trains_evaluates_and_saves_through_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(
-        dir.path(),
-        "toy.toml",
-        &toy_pipeline(dir.path(), "max_steps = 200\n"),
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_span-marker"))
-        .current_dir(common::repo())
-        .args(["train", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(metrics["train_loss"].as_f64().unwrap() > 0.0, "{metrics}");
-    let f1 = metrics["test_overall_f1"].as_f64().unwrap();
-    assert!(
-        f1 > 0.15,
-        "200 steps start to learn the toy corpus: {metrics}"
-    );
-    let model_dir = dir.path().join("model");
-    for file in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "pipeline_metrics.json",
-        "training_curves.svg",
-        "README.md",
-    ] {
-        assert!(model_dir.join(file).is_file(), "{file}");
-    }
-    let model = span_marker::SpanMarkerModel::from_pretrained(model_dir.to_str().unwrap()).unwrap();
-    // Inferred from the string tags: `O`, then by type with `B-` before `I-`.
-    let inferred = [
-        "O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER",
-    ];
-    assert_eq!(
-        model.labels().original(),
-        inferred.map(String::from).as_slice()
-    );
 }
 
 /// The toy test split as Parquet (ids), CSV (space-separated strings) and JSON lines (lists of

@@ -209,9 +209,12 @@ fn training_from_a_lazy_frame() {
             .display()
             .to_string(),
         labels: None,
-        model_max_length: Some(64),
-        marker_max_length: 32,
-        entity_max_length: 4,
+        settings: span_marker::ModelSettings {
+            model_max_length: Some(64),
+            marker_max_length: 32,
+            entity_max_length: 4,
+            ..Default::default()
+        },
     };
     let args = span_marker::train::TrainingArguments {
         output_dir: dir.path().to_path_buf(),

@@ -15,7 +15,6 @@ mod candidates;
 mod common;
 mod options;
 mod predict;
-mod predict_text;
 mod train;
 
 use std::sync::Arc;
@@ -26,9 +25,9 @@ use datafusion::prelude::SessionContext;
 pub use candidates::SpanMarkerCandidates;
 pub use options::SpanMarkerOptions;
 pub use predict::SpanMarkerPredict;
-pub use predict_text::SpanMarkerPredictText;
 pub use train::SpanMarkerTrain;
 
+use crate::columns::InputKind;
 use crate::model::SharedModel;
 
 /// Registers every SpanMarker function and the `span_marker.*` settings in `ctx`; the model
@@ -52,9 +51,11 @@ fn register(ctx: &SessionContext, model: Option<SharedModel>) {
         }
     }
     ctx.register_udf(ScalarUDF::new_from_impl(SpanMarkerCandidates::new()));
-    ctx.register_udf(ScalarUDF::new_from_impl(SpanMarkerPredict::new(
-        model.clone(),
-    )));
-    ctx.register_udf(ScalarUDF::new_from_impl(SpanMarkerPredictText::new(model)));
+    for kind in [InputKind::Words, InputKind::Text] {
+        ctx.register_udf(ScalarUDF::new_from_impl(SpanMarkerPredict::new(
+            kind,
+            model.clone(),
+        )));
+    }
     ctx.register_udtf("span_marker_train", Arc::new(SpanMarkerTrain));
 }

@@ -3,7 +3,7 @@
 use datafusion::common::extensions_options;
 use datafusion::config::{ConfigExtension, ConfigOptions};
 use span_marker::device::Precision;
-use span_marker::PredictOptions;
+use span_marker::{ModelSettings, PredictOptions};
 
 use crate::error::{Error, Result};
 use crate::model::SharedModel;
@@ -18,9 +18,9 @@ extensions_options! {
         /// Where the model runs: `cpu`, `cuda`, `cuda:N` or `auto`.
         pub device: String, default = "cpu".to_owned()
         /// Encoder samples per forward pass.
-        pub batch_size: usize, default = 32
+        pub batch_size: usize, default = PredictOptions::DEFAULT_BATCH_SIZE
         /// Precision of the forward passes: `fp32`, or `bf16`/`fp16` autocast on a CUDA device.
-        pub precision: String, default = "fp32".to_owned()
+        pub precision: String, default = Precision::default().to_string()
         /// Minimum score of an entity (0 keeps every entity the model finds).
         pub threshold: f64, default = 0.0
         /// Whether entities may overlap.
@@ -29,7 +29,7 @@ extensions_options! {
         /// input, a null word) instead of returning NULL for it with a warning.
         pub strict: bool, default = false
         /// Default longest candidate span, in words, for `span_marker_candidates`.
-        pub entity_max_length: usize, default = 8
+        pub entity_max_length: usize, default = ModelSettings::DEFAULT_ENTITY_MAX_LENGTH
     }
 }
 

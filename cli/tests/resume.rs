@@ -19,7 +19,10 @@ fn train(output_dir: &Path, args: &Path, resume: bool) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_span-marker"));
     command
         .current_dir(repo())
-        .args(["train", "--train", "examples/data/train.txt", "--args"])
+        .args(["train", "--train", "examples/data/train.txt"])
+        .args(["--model", "tests/fixtures/encoders/tiny-bert"])
+        .args(["--model-max-length", "64", "--marker-max-length", "32"])
+        .args(["--entity-max-length", "6", "--args"])
         .arg(args)
         .arg("--output-dir")
         .arg(output_dir)

@@ -1,12 +1,21 @@
-//! `span-marker bench`: inference throughput of this crate and, side by side, of Python
-//! `span_marker` on the same checkpoint, sentences, batch size and thread count.
+//! `span-marker-bench`: inference and training throughput of this project and, side by side,
+//! of Python `span_marker` on the same checkpoint, sentences, batch size and thread count.
+//! Inference runs also time the SQL path against the direct API and fail unless the entities
+//! equal Python's; training runs score both sides' models with one scorer.
+//!
+//! `bash scripts/bench.sh` runs every benchmark of `docs/benchmarks.md`; one run by hand:
+//!
+//! ```text
+//! cargo run --release -p span-marker-bench -- --model tests/fixtures/trained/tiny-bert \
+//!     --data examples/data/test.txt --python .venv-python
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
-use std::sync::Arc;
-
+use clap::Parser;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, ListBuilder, RecordBatch, StringBuilder,
 };
@@ -14,7 +23,7 @@ use datafusion::arrow::datatypes::Int64Type;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use span_marker::device::Precision;
+use span_marker::device::{parse_device, Precision};
 use span_marker::metrics::score_entities;
 use span_marker::train::{IntervalStrategy, NerDataset, NerExample, Trainer, TrainingArguments};
 use span_marker::{
@@ -24,30 +33,83 @@ use span_marker_udfs::sql::register_all_with_model;
 use span_marker_udfs::SharedModel;
 use tch::Device;
 
+/// The Python side of the benchmark, run with `--python`'s interpreter.
+const REFERENCE_SCRIPT: &str = include_str!("../../scripts/bench_reference.py");
+
 /// What to measure.
+#[derive(Parser)]
+#[command(name = "span-marker-bench", version, about, args_override_self = true)]
 pub struct BenchOptions {
+    /// A SpanMarker model: a directory (Python must be able to load it too), a Hugging Face id
+    /// or `bundled` (this side only).
+    #[arg(long)]
     pub model: String,
+    /// Sentences in CoNLL format (`word TAG`), cycled up to --sentences.
+    #[arg(long)]
     pub data: PathBuf,
+    #[arg(long, default_value_t = 2000)]
     pub sentences: usize,
-    /// Each benchmark sentence joins this many consecutive sentences of `data` (at least 1).
+    /// Join this many consecutive sentences of --data into each benchmark sentence (to
+    /// measure how time and memory grow with sentence length).
+    #[arg(long, default_value_t = 1)]
     pub join: usize,
+    #[arg(long, default_value_t = PredictOptions::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
-    pub threads: usize,
+    /// Intra-op threads for both implementations (default: all logical CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    #[arg(long, default_value_t = 3)]
     pub repeat: usize,
-    /// The interpreter with `span_marker` installed, to measure the reference too.
+    /// Also run the Python reference with this interpreter (e.g. `.venv-python`).
+    #[arg(long)]
     pub python: Option<PathBuf>,
-    /// Measure training for this many optimizer steps instead of inference.
+    /// Measure training for this many steps instead of inference.
+    #[arg(long, default_value_t = 0)]
     pub train_steps: usize,
-    /// Training only: the learning rate of both implementations.
+    /// Training: the learning rate of both implementations.
+    #[arg(long, default_value_t = 5e-5)]
     pub learning_rate: f64,
-    /// Training only: evaluate both trained models on these sentences (CoNLL) and print F1.
+    /// Training: evaluate both trained models on these sentences (CoNLL) and print F1.
+    #[arg(long)]
     pub eval_data: Option<PathBuf>,
-    /// Where both implementations run.
+    /// Where both implementations run: `cpu`, `cuda`, `cuda:N` or `auto`.
+    #[arg(long, default_value = "cpu", value_parser = device_argument)]
     pub device: Device,
     /// This crate's precision (training: both implementations' mixed precision; inference:
-    /// this crate's only, Python predicting in float32).
+    /// `fp32`, or `bf16`/`fp16` autocast (CUDA) for this crate, Python predicting in float32).
+    #[arg(long, default_value_t = Precision::Float32)]
     pub precision: Precision,
+}
+
+impl BenchOptions {
+    /// Intra-op threads of both sides.
+    fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+fn device_argument(name: &str) -> Result<Device, String> {
+    parse_device(name).map_err(|e| e.to_string())
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    span_marker::device::tune_host_allocator();
+    match run(&BenchOptions::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// The name of `device` for training arguments and for Python.
@@ -62,8 +124,11 @@ fn device_name(device: Device) -> String {
 type SentenceEntities = Vec<(usize, usize, String)>;
 type Entities = Vec<SentenceEntities>;
 
-pub fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
-    tch::set_num_threads(options.threads as i32);
+fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
+    if options.threads == Some(0) {
+        return Err("--threads must be at least 1".into());
+    }
+    tch::set_num_threads(options.threads() as i32);
     // Inference goes through the engine layer's model thread, the direct API and SQL alike, so
     // that one thread of the process runs libtorch (see `span_marker_udfs::SharedModel`);
     // training runs here.
@@ -548,7 +613,7 @@ fn python_reference(
     })
 }
 
-/// Runs `scripts/bench_reference.py` on `input` (written to a temporary JSON file).
+/// Runs the reference script (`scripts/bench_reference.py`) on `input` (written to a temporary JSON file).
 fn run_python(
     python: &Path,
     options: &BenchOptions,
@@ -556,14 +621,16 @@ fn run_python(
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), input.to_string())?;
+    let script = tempfile::Builder::new().suffix(".py").tempfile()?;
+    std::fs::write(script.path(), REFERENCE_SCRIPT)?;
     // A bare relative name (`.venv-python`) means the file here, not a search of PATH.
     let python = std::fs::canonicalize(python).unwrap_or_else(|_| python.to_owned());
     let output = Command::new(&python)
-        .arg("scripts/bench_reference.py")
+        .arg(script.path())
         .args(["--model", &options.model, "--sentences"])
         .arg(file.path())
         .args(["--batch-size", &options.batch_size.to_string()])
-        .args(["--threads", &options.threads.to_string()])
+        .args(["--threads", &options.threads().to_string()])
         .args(["--warmup", &options.warmup.to_string()])
         .args(["--repeat", &options.repeat.to_string()])
         .args(["--train-steps", &options.train_steps.to_string()])
@@ -614,7 +681,7 @@ fn gpu_name(device: Device) -> Option<String> {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let half = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[half - 1] + values[half]) / 2.0
     } else {
         values[half]

@@ -1,0 +1,196 @@
+//! `span-marker annotate`: an entity column added to a Parquet corpus, streaming and
+//! resumable (see [`span_marker_udfs::annotate`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::ArrowWriter;
+use span_marker::PredictOptions;
+use span_marker_udfs::annotate::{annotate, AnnotateOptions, InputColumn};
+use span_marker_udfs::SharedModel;
+
+use crate::args::ModelArgs;
+use crate::CliResult;
+
+/// Sentences of the bundled sample corpus, one per line.
+const SAMPLE_CORPUS: &str = include_str!("../../examples/data/sample-corpus.txt");
+
+#[derive(Args)]
+pub struct AnnotateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The Parquet corpus.
+    #[arg(long, required_unless_present = "sample")]
+    input: Option<PathBuf>,
+    /// Where the annotated corpus goes (all input columns plus the entity column).
+    #[arg(long, required_unless_present = "sample")]
+    output: Option<PathBuf>,
+    /// The column of raw text.
+    #[arg(long, conflicts_with = "tokens_column")]
+    text_column: Option<String>,
+    /// The column of words (List<Utf8>); the default when neither is given is `tokens`.
+    #[arg(long)]
+    tokens_column: Option<String>,
+    /// Name of the added column.
+    #[arg(long, default_value = "entities")]
+    output_column: String,
+    /// Rows per chunk: the unit of progress and of resumption.
+    #[arg(long, default_value_t = 1024)]
+    chunk_rows: usize,
+    #[command(flatten)]
+    predict: PredictOptions,
+    /// Stop at the first row that cannot be annotated instead of writing NULL for it.
+    #[arg(long)]
+    strict: bool,
+    /// Rows printed from the output when done.
+    #[arg(long, default_value_t = 5)]
+    show: usize,
+    /// Annotate the bundled sample corpus (to `sample-entities.parquet` unless --output).
+    #[arg(long, conflicts_with_all = ["input", "text_column", "tokens_column"])]
+    sample: bool,
+}
+
+pub fn run(args: AnnotateArgs) -> CliResult {
+    let (input, column) = match (args.sample, args.input) {
+        (true, _) => (write_sample_corpus()?, InputColumn::Text("text".into())),
+        (false, Some(input)) => {
+            let column = match (args.text_column, args.tokens_column) {
+                (Some(text), _) => InputColumn::Text(text),
+                (None, tokens) => InputColumn::Tokens(tokens.unwrap_or_else(|| "tokens".into())),
+            };
+            (input, column)
+        }
+        (false, None) => return Err("--input is required (or --sample)".into()),
+    };
+    let output = args
+        .output
+        .unwrap_or_else(|| PathBuf::from("sample-entities.parquet"));
+    let model = SharedModel::load(&args.model.model, &args.model.device)?;
+    let mut options = AnnotateOptions::new(&input, &output, column);
+    options.output_column = args.output_column;
+    options.chunk_rows = args.chunk_rows;
+    options.strict = args.strict;
+    options.predict = args.predict;
+    let report = annotate(&model, &options)?;
+    eprintln!(
+        "annotated {} rows into {} in {:.1}s{}{}",
+        report.rows,
+        output.display(),
+        report.elapsed.as_secs_f64(),
+        if report.resumed_rows > 0 {
+            format!(" ({} done by an earlier run)", report.resumed_rows)
+        } else {
+            String::new()
+        },
+        if report.failed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} rows could not be annotated (NULL), first: row {}: {}",
+                report.failed.len(),
+                report.failed[0].0,
+                report.failed[0].1
+            )
+        }
+    );
+    show_entities(&output, &options, args.show)
+}
+
+/// Writes the bundled sample corpus as Parquet (a `text` column) to the temp dir, once.
+fn write_sample_corpus() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let path = std::env::temp_dir().join(format!(
+        "span-marker-sample-corpus-{}.parquet",
+        env!("CARGO_PKG_VERSION")
+    ));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]));
+    let lines: Vec<&str> = SAMPLE_CORPUS
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let texts = StringArray::from(lines);
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(texts)])?;
+    let temp = tempfile::NamedTempFile::new_in(std::env::temp_dir())?;
+    let mut writer = ArrowWriter::try_new(temp.reopen()?, schema, None)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    temp.persist(&path)?;
+    Ok(path)
+}
+
+/// Prints the first `rows` rows of an annotated file: the sentence, then its entities.
+fn show_entities(output: &Path, options: &AnnotateOptions, rows: usize) -> CliResult {
+    if rows == 0 {
+        return Ok(());
+    }
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(output)?)?
+        .with_batch_size(rows)
+        .with_limit(rows)
+        .build()?;
+    for batch in reader {
+        let batch = batch?;
+        let (name, is_text) = match &options.column {
+            InputColumn::Text(name) => (name, true),
+            InputColumn::Tokens(name) => (name, false),
+        };
+        let sentences = batch
+            .column_by_name(name)
+            .expect("the input column is kept");
+        let entities = batch
+            .column_by_name(&options.output_column)
+            .expect("the entity column was written");
+        let entities = entities.as_list::<i32>();
+        for row in 0..batch.num_rows() {
+            let words: Vec<String> = if is_text {
+                let text = datafusion::arrow::compute::cast(sentences, &DataType::Utf8)?;
+                vec![text.as_string::<i32>().value(row).to_owned()]
+            } else {
+                let list = datafusion::arrow::compute::cast(
+                    sentences,
+                    &DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+                )?;
+                let list = list.as_list::<i32>();
+                let value = list.value(row);
+                value
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|w| w.unwrap_or_default().to_owned())
+                    .collect()
+            };
+            println!("{}", words.join(" "));
+            if entities.is_null(row) {
+                println!("    (not annotated)");
+                continue;
+            }
+            let found = entities.value(row);
+            let found = found.as_struct();
+            let column = |n: &str| found.column_by_name(n).cloned();
+            let labels = column("label").expect("label");
+            let labels = labels.as_string::<i32>();
+            let scores = column("score").expect("score");
+            let scores = scores.as_primitive::<datafusion::arrow::datatypes::Float32Type>();
+            let starts = column("start").expect("start");
+            let starts = starts.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let ends = column("end").expect("end");
+            let ends = ends.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let texts = column("text");
+            for i in 0..found.len() {
+                let span = match &texts {
+                    Some(t) => t.as_string::<i32>().value(i).to_owned(),
+                    None => words[starts.value(i) as usize..ends.value(i) as usize].join(" "),
+                };
+                println!("    {:<6} {:.3}  {span}", labels.value(i), scores.value(i));
+            }
+            if found.is_empty() {
+                println!("    (no entities)");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! Flags shared by several subcommands.
+
+use clap::Args;
+use span_marker::device::parse_device;
+use tch::Device;
+
+/// Which model runs where.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A SpanMarker model: a directory, a Hugging Face id (from the local cache), or `bundled`
+    /// for the small model compiled into the binary.
+    #[arg(long, default_value = span_marker::BUNDLED)]
+    pub model: String,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    /// The device, checked.
+    pub fn device(&self) -> span_marker::Result<Device> {
+        parse_device(&self.device)
+    }
+
+    /// The model, loaded on its device.
+    pub fn load(&self) -> span_marker::Result<span_marker::SpanMarkerModel> {
+        let options = span_marker::LoadOptions {
+            device: Some(self.device()?),
+            ..Default::default()
+        };
+        span_marker::SpanMarkerModel::from_pretrained_with(&self.model, &options)
+    }
+}

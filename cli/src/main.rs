@@ -1,0 +1,102 @@
+//! `span-marker`: SpanMarker named-entity recognition from the command line: predict, annotate
+//! Parquet corpora, run SQL with the SpanMarker functions, train (from a pipeline file or CoNLL
+//! files), evaluate, and inspect span candidates. One file per subcommand; each subcommand's
+//! arguments are its own `clap::Args` struct. The benchmark against Python is the separate
+//! `span-marker-bench` binary.
+
+use clap::{Parser, Subcommand};
+
+mod annotate;
+mod args;
+mod candidates;
+mod evaluate;
+mod input;
+mod predict;
+mod sql;
+mod train;
+
+/// What a subcommand returns.
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(
+    name = "span-marker",
+    version,
+    about = "SpanMarker named-entity recognition"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Add an entity column to a Parquet corpus, streaming, with progress, resumable.
+    ///
+    /// An interrupted run (Ctrl-C, SIGKILL) continues where it stopped when started again
+    /// with the same arguments: no row is lost or written twice. With --sample, annotates a
+    /// bundled sample corpus with the bundled model.
+    Annotate(annotate::AnnotateArgs),
+    /// Predict entities, one sentence per argument (`-` for stdin) or per line of --file.
+    ///
+    /// Without sentences, a bundled sample.
+    Predict(predict::PredictArgs),
+    /// Run SQL with the SpanMarker functions registered; files are tables by path
+    /// (`FROM 'corpus.parquet'`). Several statements run in order.
+    Sql(sql::SqlArgs),
+    /// Train (or fine-tune) a model from a pipeline file, or from CoNLL-style files.
+    ///
+    /// With PIPELINE (a TOML file, see `pipelines/`), everything comes from the file, which is
+    /// validated whole before any work starts. Without it, a new model is made from --model
+    /// and trained on --train. Checkpoints, the log (`log_history.jsonl`), the training curves
+    /// and the final model go to the output dir.
+    Train(train::TrainArgs),
+    /// Evaluate a model on annotated data (Parquet, CSV, JSON lines or CoNLL) and print the
+    /// metrics as JSON.
+    Evaluate(evaluate::EvaluateArgs),
+    /// Tokenize sentences and print their span candidates and encoder samples.
+    ///
+    /// Reads one sentence per line from FILE (`-` for stdin); without FILE, a bundled sample.
+    Candidates(candidates::CandidatesArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    restore_sigpipe();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    span_marker::device::tune_host_allocator();
+    let result = match Cli::parse().command {
+        Command::Annotate(args) => annotate::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Sql(args) => sql::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
+        Command::Candidates(args) => candidates::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let mut source = err.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lets a closed standard output end the process quietly (`span-marker predict ... | head`),
+/// as it ends other command-line tools, instead of making every later print fail.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: resets one signal's disposition to the default at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

@@ -1,0 +1,123 @@
+//! `span-marker train`: a pipeline file end to end, or a model trained on CoNLL-style files.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use datafusion::prelude::SessionContext;
+use span_marker::train::TrainingArguments;
+use span_marker::ModelSettings;
+use span_marker_udfs::dataset::AnnotatedRows;
+use span_marker_udfs::pipeline::Pipeline;
+use span_marker_udfs::sources::{Format, TableSource};
+use span_marker_udfs::training::{self, ModelSpec};
+
+use crate::CliResult;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// A pipeline file (TOML; see `pipelines/README.md`).
+    #[arg(conflicts_with_all = ["train", "eval", "test", "model", "labels", "args", "ModelSettings"])]
+    pipeline: Option<PathBuf>,
+    /// Training data (CoNLL: `word TAG` per line).
+    #[arg(long, required_unless_present = "pipeline")]
+    train: Option<PathBuf>,
+    /// Evaluation data (evaluated as the arguments' `eval_strategy` says, and at the end).
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Test data, evaluated after training with the `test` prefix.
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// A plain encoder or a SpanMarker model to fine-tune further: a directory, a Hugging Face
+    /// id (from the local cache), or `bundled`.
+    #[arg(long, required_unless_present = "pipeline")]
+    model: Option<String>,
+    /// Comma-separated label list for a new model; default: the tags of the training data.
+    #[arg(long, value_delimiter = ',')]
+    labels: Option<Vec<String>>,
+    /// Training arguments (JSON, Hugging Face names); the flags below override it.
+    #[arg(long)]
+    args: Option<PathBuf>,
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long)]
+    num_train_epochs: Option<f64>,
+    /// Continue from a checkpoint directory, or `latest` in the output dir.
+    #[arg(long)]
+    resume: Option<String>,
+    /// Settings of a new model.
+    #[command(flatten)]
+    settings: ModelSettings,
+}
+
+pub fn run(args: TrainArgs) -> CliResult {
+    match &args.pipeline {
+        Some(file) => train_pipeline(file.clone(), args),
+        None => train_conll(args),
+    }
+}
+
+/// The command-line overrides of the training arguments.
+fn override_arguments(training: &mut TrainingArguments, args: &TrainArgs) {
+    if let Some(dir) = &args.output_dir {
+        training.output_dir = dir.clone();
+    }
+    if args.max_steps.is_some() {
+        training.max_steps = args.max_steps;
+    }
+    if let Some(epochs) = args.num_train_epochs {
+        training.num_train_epochs = epochs;
+    }
+}
+
+fn train_pipeline(file: PathBuf, args: TrainArgs) -> CliResult {
+    let mut pipeline = Pipeline::from_file(&file)?;
+    override_arguments(&mut pipeline.training, &args);
+    pipeline.validate()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(pipeline.run(args.resume.as_deref()))?;
+    let metrics = serde_json::to_string_pretty(&report.metrics)?;
+    span_marker::checkpoint::write_atomically(
+        &report.output_dir.join("pipeline_metrics.json"),
+        metrics.as_bytes(),
+    )?;
+    println!("{metrics}");
+    eprintln!(
+        "model, metrics and training curves saved to {}",
+        report.output_dir.display()
+    );
+    Ok(())
+}
+
+/// `train` without a pipeline file: CoNLL files and flags.
+fn train_conll(args: TrainArgs) -> CliResult {
+    let mut training = match &args.args {
+        Some(path) => TrainingArguments::from_file(path)?,
+        None => TrainingArguments::default(),
+    };
+    override_arguments(&mut training, &args);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let ctx = SessionContext::new();
+    let read = |path: Option<PathBuf>| -> Result<Option<AnnotatedRows>, span_marker_udfs::Error> {
+        path.map(|path| {
+            let mut source = TableSource::file(path);
+            source.format = Some(Format::Conll);
+            runtime.block_on(source.read(&ctx))
+        })
+        .transpose()
+    };
+    let (Some(train), Some(encoder)) = (read(args.train)?, args.model) else {
+        return Err("--train and --model are required without a pipeline file".into());
+    };
+    let (eval, test) = (read(args.eval)?, read(args.test)?);
+    let spec = ModelSpec {
+        encoder,
+        labels: args.labels,
+        settings: args.settings,
+    };
+    let report = training::run(spec, training, train, eval, test, args.resume)?;
+    println!("{}", serde_json::Value::Object(report.metrics));
+    eprintln!("model saved to {}", report.output_dir.display());
+    Ok(())
+}
