@@ -1,6 +1,6 @@
-"""Throughput of Python span_marker 1.8.1 on the data `span-marker bench` uses.
+"""Throughput of Python span_marker 1.8.1 on the data `span-marker-bench` uses.
 
-Inference (default): called by `span-marker bench --python` with the same model directory,
+Inference (default): called by `span-marker-bench --python` with the same model directory,
 sentences (a JSON file of word lists), batch size, thread count, warm-up and repetitions; prints
 one JSON object: sentences per second (median over repetitions), peak resident memory and the
 entities, so that the caller can check they are identical to its own.

@@ -5,7 +5,7 @@
 //! are `i + 2` for text, the boundary token's position `+ 2` for markers and `1` elsewhere. The
 //! `T x T` attention mask lets text see text, markers see text, and each marker see itself and
 //! its partner; it is built on the target device from three numbers per sample rather than
-//! copied over cell by cell. See `ALGORITHM.md` section 7.
+//! copied over cell by cell. See `docs/algorithm.md`, section 7.
 
 use tch::{Device, Kind, Tensor};
 

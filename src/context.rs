@@ -3,8 +3,8 @@
 //! Rows are ordered by `(document_id, sentence_id)`. For each sentence, the next and the
 //! previous sentences' inner tokens are added alternately (next first) until the token budget
 //! is used or the optional `max_next`/`max_prev` caps are reached. Only the sentence's own words
-//! carry markers, so marker positions shift by the prepended length. See `ALGORITHM.md`
-//! section 11.
+//! carry markers, so marker positions shift by the prepended length. See
+//! `docs/algorithm.md`, section 11.
 
 use std::collections::HashMap;
 

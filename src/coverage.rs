@@ -2,7 +2,7 @@
 //!
 //! An entity is out of reach when it is longer than `entity_max_length` words, or (only in the
 //! rare case where a few words alone exceed the token budget) when its span does not fit one
-//! window of the input. See `ALGORITHM.md` section 9.
+//! window of the input. See `docs/algorithm.md`, section 9.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

@@ -2,7 +2,7 @@
 //!
 //! A label list is *schemed* when every label is `O` or looks like `X-TYPE` with `X` one of
 //! `B I E L S U`. Schemed labels are reduced to `["O"] + sorted(types)`; unschemed lists are
-//! used as they are. See `ALGORITHM.md` section 2.
+//! used as they are. See `docs/algorithm.md`, section 2.
 //!
 //! ```
 //! use span_marker::labels::{Entity, LabelScheme, Labels};

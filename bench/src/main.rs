@@ -96,20 +96,8 @@ fn device_argument(name: &str) -> Result<Device, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    span_marker::device::tune_host_allocator();
-    match run(&BenchOptions::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    span_marker_cli::init();
+    span_marker_cli::exit_code(run(&BenchOptions::parse()))
 }
 
 /// The name of `device` for training arguments and for Python.
@@ -167,7 +155,7 @@ fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         "inference"
     };
-    println!("span-marker bench: {task}");
+    println!("span-marker-bench: {task}");
     println!(
         "machine: {}, {} logical CPUs; torch intra-op threads {}; device {}{}; precision {}",
         cpu_model(),

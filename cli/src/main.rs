@@ -61,42 +61,13 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    restore_sigpipe();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    span_marker::device::tune_host_allocator();
-    let result = match Cli::parse().command {
+    span_marker_cli::init();
+    span_marker_cli::exit_code(match Cli::parse().command {
         Command::Annotate(args) => annotate::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Sql(args) => sql::run(args),
         Command::Train(args) => train::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Candidates(args) => candidates::run(args),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            let mut source = err.source();
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// Lets a closed standard output end the process quietly (`span-marker predict ... | head`),
-/// as it ends other command-line tools, instead of making every later print fail.
-fn restore_sigpipe() {
-    #[cfg(unix)]
-    // SAFETY: resets one signal's disposition to the default at start-up, before any thread.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    })
 }

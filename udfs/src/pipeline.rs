@@ -85,7 +85,7 @@ impl Pipeline {
         })?;
         let mut pipeline: Pipeline =
             serde_path_to_error::deserialize(deserializer).map_err(|e| {
-                let message = first_line(&e.inner().to_string());
+                let message = describe_toml_error(&e.inner().to_string());
                 Error::Pipeline {
                     file: file.display().to_string(),
                     key: full_key(&e.path().to_string(), &message),
@@ -248,8 +248,8 @@ fn expand_vars(
 /// beside `model.encoder`) are not in serde's path; an unknown one is named in the message.
 fn full_key(path: &str, message: &str) -> String {
     let unknown = message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next());
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split('`').next());
     match unknown {
         Some(field) if path == "." => field.to_owned(),
         Some(field) if !path.ends_with(field) => format!("{path}.{field}"),
@@ -257,6 +257,13 @@ fn full_key(path: &str, message: &str) -> String {
     }
 }
 
-fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or_default().to_owned()
+/// A TOML error in one line: the reason, then where (`toml` puts the location first and the
+/// reason after a quote of the line).
+fn describe_toml_error(message: &str) -> String {
+    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    match (first.strip_prefix("TOML parse error at "), lines.last()) {
+        (Some(location), Some(reason)) => format!("{reason} ({location})"),
+        _ => first.to_owned(),
+    }
 }
