@@ -262,7 +262,7 @@ fn full_key(path: &str, message: &str) -> String {
 fn describe_toml_error(message: &str) -> String {
     let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or_default();
-    match (first.strip_prefix("TOML parse error at "), lines.last()) {
+    match (first.strip_prefix("TOML parse error at "), lines.next_back()) {
         (Some(location), Some(reason)) => format!("{reason} ({location})"),
         _ => first.to_owned(),
     }
