@@ -86,9 +86,15 @@ impl Pipeline {
         let mut pipeline: Pipeline =
             serde_path_to_error::deserialize(deserializer).map_err(|e| {
                 let message = describe_toml_error(&e.inner().to_string());
+                let path = e.path().to_string();
+                let key = match path.as_str() {
+                    "model" => settings_key(text),
+                    _ => None,
+                }
+                .unwrap_or_else(|| full_key(&path, &message));
                 Error::Pipeline {
                     file: file.display().to_string(),
-                    key: full_key(&e.path().to_string(), &message),
+                    key,
                     message,
                 }
             })?;
@@ -257,12 +263,29 @@ fn full_key(path: &str, message: &str) -> String {
     }
 }
 
+/// The key of the `[model]` table's settings that does not deserialize: serde's path stops at
+/// `model`, where `ModelSettings` is flattened, so the settings are read again on their own.
+fn settings_key(text: &str) -> Option<String> {
+    let mut table = text.parse::<toml::Table>().ok()?.remove("model")?;
+    let table = table.as_table_mut()?;
+    table.remove("encoder");
+    table.remove("labels");
+    let error = serde_path_to_error::deserialize::<_, span_marker::ModelSettings>(
+        toml::Value::Table(table.clone()),
+    )
+    .err()?;
+    Some(format!("model.{}", error.path()))
+}
+
 /// A TOML error in one line: the reason, then where (`toml` puts the location first and the
 /// reason after a quote of the line).
 fn describe_toml_error(message: &str) -> String {
     let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or_default();
-    match (first.strip_prefix("TOML parse error at "), lines.next_back()) {
+    match (
+        first.strip_prefix("TOML parse error at "),
+        lines.next_back(),
+    ) {
         (Some(location), Some(reason)) => format!("{reason} ({location})"),
         _ => first.to_owned(),
     }

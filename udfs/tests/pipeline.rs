@@ -108,6 +108,10 @@ fn malformed_pipelines_name_the_key() {
         ),
         (format!("{valid}\n[model.extra]"), "model.extra"),
         (
+            valid.replace("marker_max_length = 32", "marker_max_length = \"x\""),
+            "model.marker_max_length",
+        ),
+        (
             valid.replace("learning_rate = 5e-3", "learning_rate = = 5e-3"),
             "<syntax>",
         ),
