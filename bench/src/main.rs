@@ -10,8 +10,7 @@
 //!     --data examples/data/test.txt --python .venv-python
 //! ```
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,17 +23,19 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use span_marker::device::{parse_device, Precision};
-use span_marker::metrics::score_entities;
-use span_marker::train::{IntervalStrategy, NerDataset, NerExample, Trainer, TrainingArguments};
-use span_marker::{
-    Entity, Labels, PredictOptions, PredictedEntity, SentenceInput, SpanMarkerModel,
-};
+use span_marker::train::{NerDataset, NerExample};
+use span_marker::{PredictOptions, PredictedEntity, SentenceInput, SpanMarkerModel};
 use span_marker_udfs::sql::register_all_with_model;
 use span_marker_udfs::SharedModel;
 use tch::Device;
 
-/// The Python side of the benchmark, run with `--python`'s interpreter.
-const REFERENCE_SCRIPT: &str = include_str!("../../scripts/bench_reference.py");
+mod python;
+mod system;
+mod training;
+
+use python::python_reference;
+use system::{cpu_model, device_name, gpu_name, median, peak_rss_mb};
+use training::bench_training;
 
 /// What to measure.
 #[derive(Parser)]
@@ -100,17 +101,9 @@ fn main() -> std::process::ExitCode {
     span_marker_cli::exit_code(run(&BenchOptions::parse()))
 }
 
-/// The name of `device` for training arguments and for Python.
-fn device_name(device: Device) -> String {
-    match device {
-        Device::Cuda(index) => format!("cuda:{index}"),
-        _ => "cpu".into(),
-    }
-}
-
 /// Per sentence, its entities as (word start, word end, label).
-type SentenceEntities = Vec<(usize, usize, String)>;
-type Entities = Vec<SentenceEntities>;
+pub(crate) type SentenceEntities = Vec<(usize, usize, String)>;
+pub(crate) type Entities = Vec<SentenceEntities>;
 
 fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     if options.threads == Some(0) {
@@ -391,7 +384,7 @@ fn bench_sql(
 
 /// `count` sentences, each joining `join` consecutive sentences of `corpus` (cycled), so that
 /// sentence length can be varied with the same words.
-fn joined_examples(corpus: &NerDataset, count: usize, join: usize) -> Vec<NerExample> {
+pub(crate) fn joined_examples(corpus: &NerDataset, count: usize, join: usize) -> Vec<NerExample> {
     let mut source = corpus.examples.iter().cycle();
     (0..count)
         .map(|_| {
@@ -423,7 +416,7 @@ fn fits_one_input(
 }
 
 /// The sentences as borrowed words, for [`SentenceInput::Words`].
-fn borrowed_words(sentences: &[Vec<String>]) -> Vec<Vec<&str>> {
+pub(crate) fn borrowed_words(sentences: &[Vec<String>]) -> Vec<Vec<&str>> {
     sentences
         .iter()
         .map(|s| s.iter().map(String::as_str).collect())
@@ -431,7 +424,7 @@ fn borrowed_words(sentences: &[Vec<String>]) -> Vec<Vec<&str>> {
 }
 
 /// Each sentence's entities as (word start, word end, label).
-fn triples(predicted: Vec<Vec<PredictedEntity>>) -> Entities {
+pub(crate) fn triples(predicted: Vec<Vec<PredictedEntity>>) -> Entities {
     predicted
         .into_iter()
         .map(|s| {
@@ -440,258 +433,4 @@ fn triples(predicted: Vec<Vec<PredictedEntity>>) -> Entities {
                 .collect()
         })
         .collect()
-}
-
-/// Entity F1 of `predicted` against the gold entities of `eval` (all of them, however long),
-/// by the scorer of this crate's evaluation: both implementations are scored by the same code.
-fn eval_f1(
-    labels: &Labels,
-    eval: &NerDataset,
-    predicted: &Entities,
-) -> Result<f64, Box<dyn std::error::Error>> {
-    let names = labels.reduced();
-    let gold = eval
-        .examples
-        .iter()
-        .enumerate()
-        .map(|(row, e)| labels.tags_to_entities(&e.tags, row))
-        .collect::<Result<Vec<_>, _>>()?;
-    let predicted = predicted
-        .iter()
-        .map(|sentence| {
-            sentence
-                .iter()
-                .map(|(start, end, label)| {
-                    let id = names
-                        .iter()
-                        .position(|name| name == label)
-                        .ok_or_else(|| format!("predicted label {label:?} is not the model's"))?;
-                    Ok(Entity::new(id, *start, *end))
-                })
-                .collect::<Result<Vec<_>, String>>()
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let num_words: Vec<usize> = eval.examples.iter().map(|e| e.tokens.len()).collect();
-    Ok(score_entities(&gold, &predicted, &num_words, names).f1)
-}
-
-/// Trains `options.train_steps` steps here and, when asked, in Python from the same checkpoint,
-/// `options.repeat` times each with seeds 0, 1, ... (which order the batches and draw the
-/// dropout masks); with `eval`, scores every trained model on it, to compare the F1 that both
-/// reach along with the speed.
-fn bench_training(
-    labels: &Labels,
-    data: &NerDataset,
-    eval: Option<&NerDataset>,
-    options: &BenchOptions,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let runs = options.repeat.max(1);
-    let mut rates = Vec::with_capacity(runs);
-    let mut f1s = Vec::with_capacity(runs);
-    let eval_sentences: Vec<Vec<String>> = eval
-        .map(|eval| eval.examples.iter().map(|e| e.tokens.clone()).collect())
-        .unwrap_or_default();
-    let eval_words = borrowed_words(&eval_sentences);
-    let eval_inputs: Vec<SentenceInput<'_>> =
-        eval_words.iter().map(|w| SentenceInput::Words(w)).collect();
-    let eval_options = PredictOptions {
-        batch_size: options.batch_size,
-        ..Default::default()
-    };
-    for seed in 0..runs {
-        let mut model = SpanMarkerModel::from_pretrained(&options.model)?;
-        let out = tempfile::tempdir()?;
-        let args = TrainingArguments {
-            output_dir: out.path().join("run"),
-            max_steps: Some(options.train_steps),
-            per_device_train_batch_size: options.batch_size,
-            learning_rate: options.learning_rate,
-            seed: seed as u64,
-            save_strategy: IntervalStrategy::No,
-            logging_strategy: IntervalStrategy::No,
-            device: device_name(options.device),
-            bf16: options.precision == Precision::BFloat16,
-            fp16: options.precision == Precision::Float16,
-            ..Default::default()
-        };
-        let output = Trainer::new(&mut model, args)?.train(data, None, None)?;
-        rates.push(
-            output.metrics["train_samples_per_second"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
-        );
-        if let Some(eval) = eval {
-            let predicted = triples(model.predict(&eval_inputs, &eval_options)?);
-            f1s.push(eval_f1(labels, eval, &predicted)?);
-        }
-    }
-    let rust_rate = median(&mut rates);
-    println!(
-        "rust:   {rust_rate:10.1} samples/s over {} steps of {} samples (median of {runs} seeds), peak RSS {:.0} MB{}",
-        options.train_steps,
-        options.batch_size,
-        peak_rss_mb().unwrap_or(f64::NAN),
-        f1_note(&f1s)
-    );
-    let Some(python) = &options.python else {
-        return Ok(());
-    };
-    let records = |data: &NerDataset| {
-        serde_json::json!({
-            "tokens": data.examples.iter().map(|e| &e.tokens).collect::<Vec<_>>(),
-            "ner_tags": data.examples.iter().map(|e| &e.tags).collect::<Vec<_>>(),
-        })
-    };
-    let input = serde_json::json!({"train": records(data), "eval": eval.map(records)});
-    let value = run_python(python, options, &input)?;
-    let rate = value["samples_per_second"].as_f64().unwrap_or(f64::NAN);
-    let mut python_f1s = Vec::new();
-    if let Some(eval) = eval {
-        let runs = serde_json::from_value::<Vec<Entities>>(value["eval_entities"].clone())?;
-        for entities in &runs {
-            python_f1s.push(eval_f1(labels, eval, entities)?);
-        }
-    }
-    println!(
-        "python: {rate:10.1} samples/s (median of {runs} seeds), peak RSS {:.0} MB (torch threads {}){}",
-        value["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
-        value["torch_threads"],
-        f1_note(&python_f1s)
-    );
-    println!("ratio:  {:10.2}x", rust_rate / rate);
-    Ok(())
-}
-
-/// `; eval F1 mean 0.xxxx, median 0.xxxx, min 0.xxxx (0.xxxx, ...)` over the runs (each in
-/// seed order), when the models were evaluated.
-fn f1_note(f1s: &[f64]) -> String {
-    if f1s.is_empty() {
-        return String::new();
-    }
-    let mean = f1s.iter().sum::<f64>() / f1s.len() as f64;
-    let each: Vec<String> = f1s.iter().map(|f1| format!("{f1:.4}")).collect();
-    let mut sorted = f1s.to_vec();
-    let median = median(&mut sorted);
-    format!(
-        "; eval F1 mean {mean:.4}, median {median:.4}, min {:.4} ({})",
-        sorted[0],
-        each.join(", ")
-    )
-}
-
-struct Reference {
-    rate: f64,
-    peak_rss_mb: f64,
-    threads: u64,
-    entities: Entities,
-}
-
-fn python_reference(
-    python: &Path,
-    options: &BenchOptions,
-    sentences: &[Vec<String>],
-) -> Result<Reference, Box<dyn std::error::Error>> {
-    let value = run_python(python, options, &serde_json::to_value(sentences)?)?;
-    let entities = serde_json::from_value::<Entities>(value["entities"].clone())?;
-    Ok(Reference {
-        rate: value["sentences_per_second"].as_f64().unwrap_or(f64::NAN),
-        peak_rss_mb: value["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
-        threads: value["torch_threads"].as_u64().unwrap_or(0),
-        entities,
-    })
-}
-
-/// Runs the reference script (`scripts/bench_reference.py`) on `input` (written to a temporary JSON file).
-fn run_python(
-    python: &Path,
-    options: &BenchOptions,
-    input: &serde_json::Value,
-) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), input.to_string())?;
-    let script = tempfile::Builder::new().suffix(".py").tempfile()?;
-    std::fs::write(script.path(), REFERENCE_SCRIPT)?;
-    // A bare relative name (`.venv-python`) means the file here, not a search of PATH.
-    let python = std::fs::canonicalize(python).unwrap_or_else(|_| python.to_owned());
-    let output = Command::new(&python)
-        .arg(script.path())
-        .args(["--model", &options.model, "--sentences"])
-        .arg(file.path())
-        .args(["--batch-size", &options.batch_size.to_string()])
-        .args(["--threads", &options.threads().to_string()])
-        .args(["--warmup", &options.warmup.to_string()])
-        .args(["--repeat", &options.repeat.to_string()])
-        .args(["--train-steps", &options.train_steps.to_string()])
-        .args(["--learning-rate", &options.learning_rate.to_string()])
-        .args(["--device", &device_name(options.device)])
-        .args(["--precision", &options.precision.to_string()])
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .map_err(|e| {
-            format!(
-                "could not run {}: {e} (run `bash scripts/setup.sh`)",
-                python.display()
-            )
-        })?;
-    if !output.status.success() {
-        return Err(format!(
-            "the Python reference failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
-    }
-    // The result is the last line: transformers may print its own records before it.
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    Ok(serde_json::from_str(last)
-        .map_err(|e| format!("unexpected output from the Python reference ({e}):\n{stdout}"))?)
-}
-
-/// The GPU's name, from `nvidia-smi`, when running on CUDA.
-fn gpu_name(device: Device) -> Option<String> {
-    let Device::Cuda(index) = device else {
-        return None;
-    };
-    let output = Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=name",
-            "--format=csv,noheader",
-            "-i",
-            &index.to_string(),
-        ])
-        .output()
-        .ok()?;
-    let name = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    (!name.is_empty()).then_some(name)
-}
-
-/// The median of `values` (the mean of the middle two for an even count); sorts them.
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let half = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[half - 1] + values[half]) / 2.0
-    } else {
-        values[half]
-    }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-/// Peak resident memory of this process (Linux `VmHWM`).
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }

@@ -1,0 +1,148 @@
+//! Training runs of both sides from the same checkpoint, and the F1 each reaches.
+
+use span_marker::device::Precision;
+use span_marker::metrics::score_entities;
+use span_marker::train::{IntervalStrategy, NerDataset, Trainer, TrainingArguments};
+use span_marker::{Entity, Labels, PredictOptions, SentenceInput, SpanMarkerModel};
+
+use crate::python::run_python;
+use crate::system::{device_name, median, peak_rss_mb};
+use crate::BenchOptions;
+use crate::{borrowed_words, triples, Entities};
+
+/// Entity F1 of `predicted` against the gold entities of `eval` (all of them, however long),
+/// by the scorer of this crate's evaluation: both implementations are scored by the same code.
+pub(crate) fn eval_f1(
+    labels: &Labels,
+    eval: &NerDataset,
+    predicted: &Entities,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let names = labels.reduced();
+    let gold = eval
+        .examples
+        .iter()
+        .enumerate()
+        .map(|(row, e)| labels.tags_to_entities(&e.tags, row))
+        .collect::<Result<Vec<_>, _>>()?;
+    let predicted = predicted
+        .iter()
+        .map(|sentence| {
+            sentence
+                .iter()
+                .map(|(start, end, label)| {
+                    let id = names
+                        .iter()
+                        .position(|name| name == label)
+                        .ok_or_else(|| format!("predicted label {label:?} is not the model's"))?;
+                    Ok(Entity::new(id, *start, *end))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let num_words: Vec<usize> = eval.examples.iter().map(|e| e.tokens.len()).collect();
+    Ok(score_entities(&gold, &predicted, &num_words, names).f1)
+}
+
+/// Trains `options.train_steps` steps here and, when asked, in Python from the same checkpoint,
+/// `options.repeat` times each with seeds 0, 1, ... (which order the batches and draw the
+/// dropout masks); with `eval`, scores every trained model on it, to compare the F1 that both
+/// reach along with the speed.
+pub(crate) fn bench_training(
+    labels: &Labels,
+    data: &NerDataset,
+    eval: Option<&NerDataset>,
+    options: &BenchOptions,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let runs = options.repeat.max(1);
+    let mut rates = Vec::with_capacity(runs);
+    let mut f1s = Vec::with_capacity(runs);
+    let eval_sentences: Vec<Vec<String>> = eval
+        .map(|eval| eval.examples.iter().map(|e| e.tokens.clone()).collect())
+        .unwrap_or_default();
+    let eval_words = borrowed_words(&eval_sentences);
+    let eval_inputs: Vec<SentenceInput<'_>> =
+        eval_words.iter().map(|w| SentenceInput::Words(w)).collect();
+    let eval_options = PredictOptions {
+        batch_size: options.batch_size,
+        ..Default::default()
+    };
+    for seed in 0..runs {
+        let mut model = SpanMarkerModel::from_pretrained(&options.model)?;
+        let out = tempfile::tempdir()?;
+        let args = TrainingArguments {
+            output_dir: out.path().join("run"),
+            max_steps: Some(options.train_steps),
+            per_device_train_batch_size: options.batch_size,
+            learning_rate: options.learning_rate,
+            seed: seed as u64,
+            save_strategy: IntervalStrategy::No,
+            logging_strategy: IntervalStrategy::No,
+            device: device_name(options.device),
+            bf16: options.precision == Precision::BFloat16,
+            fp16: options.precision == Precision::Float16,
+            ..Default::default()
+        };
+        let output = Trainer::new(&mut model, args)?.train(data, None, None)?;
+        rates.push(
+            output.metrics["train_samples_per_second"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+        if let Some(eval) = eval {
+            let predicted = triples(model.predict(&eval_inputs, &eval_options)?);
+            f1s.push(eval_f1(labels, eval, &predicted)?);
+        }
+    }
+    let rust_rate = median(&mut rates);
+    println!(
+        "rust:   {rust_rate:10.1} samples/s over {} steps of {} samples (median of {runs} seeds), peak RSS {:.0} MB{}",
+        options.train_steps,
+        options.batch_size,
+        peak_rss_mb().unwrap_or(f64::NAN),
+        f1_note(&f1s)
+    );
+    let Some(python) = &options.python else {
+        return Ok(());
+    };
+    let records = |data: &NerDataset| {
+        serde_json::json!({
+            "tokens": data.examples.iter().map(|e| &e.tokens).collect::<Vec<_>>(),
+            "ner_tags": data.examples.iter().map(|e| &e.tags).collect::<Vec<_>>(),
+        })
+    };
+    let input = serde_json::json!({"train": records(data), "eval": eval.map(records)});
+    let value = run_python(python, options, &input)?;
+    let rate = value["samples_per_second"].as_f64().unwrap_or(f64::NAN);
+    let mut python_f1s = Vec::new();
+    if let Some(eval) = eval {
+        let runs = serde_json::from_value::<Vec<Entities>>(value["eval_entities"].clone())?;
+        for entities in &runs {
+            python_f1s.push(eval_f1(labels, eval, entities)?);
+        }
+    }
+    println!(
+        "python: {rate:10.1} samples/s (median of {runs} seeds), peak RSS {:.0} MB (torch threads {}){}",
+        value["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+        value["torch_threads"],
+        f1_note(&python_f1s)
+    );
+    println!("ratio:  {:10.2}x", rust_rate / rate);
+    Ok(())
+}
+
+/// `; eval F1 mean 0.xxxx, median 0.xxxx, min 0.xxxx (0.xxxx, ...)` over the runs (each in
+/// seed order), when the models were evaluated.
+pub(crate) fn f1_note(f1s: &[f64]) -> String {
+    if f1s.is_empty() {
+        return String::new();
+    }
+    let mean = f1s.iter().sum::<f64>() / f1s.len() as f64;
+    let each: Vec<String> = f1s.iter().map(|f1| format!("{f1:.4}")).collect();
+    let mut sorted = f1s.to_vec();
+    let median = median(&mut sorted);
+    format!(
+        "; eval F1 mean {mean:.4}, median {median:.4}, min {:.4} ({})",
+        sorted[0],
+        each.join(", ")
+    )
+}
