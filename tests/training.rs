@@ -41,7 +41,7 @@ fn training_follows_the_python_reference_step_for_step() {
         repo().join(&reference.eval_file),
     );
     if !train_file.is_file() || !eval_file.is_file() {
-        // Only longer runs on CoNLL-2003 need ../shared/data; the committed run uses the toy corpus.
+        // Only longer runs on CoNLL-2003 need its files; the committed run uses the toy corpus.
         eprintln!(
             "skipping: {} or {} is absent",
             train_file.display(),
