@@ -142,8 +142,8 @@ impl SharedModel {
     }
 
     /// The model at `source` (a SpanMarker directory, a Hugging Face id, or `bundled`: see
-    /// [`span_marker::hub`]) on `device` (`cpu`, `cuda`, `cuda:N`, `auto`). Each (source, device) pair is loaded
-    /// once per process; later calls return the same model.
+    /// [`span_marker::hub`]) on `device` (`cpu`, `cuda`, `cuda:N`, `auto`). Each (source,
+    /// device) pair is loaded once per process; later calls return the same model.
     ///
     /// ```no_run
     /// use span_marker_udfs::SharedModel;

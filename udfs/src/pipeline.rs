@@ -88,10 +88,9 @@ impl Pipeline {
                 let message = describe_toml_error(&e.inner().to_string());
                 let path = e.path().to_string();
                 let key = match path.as_str() {
-                    "model" => settings_key(text),
-                    _ => None,
-                }
-                .unwrap_or_else(|| full_key(&path, &message));
+                    "model" => model_key(text, &message),
+                    _ => path,
+                };
                 Error::Pipeline {
                     file: file.display().to_string(),
                     key,
@@ -106,12 +105,13 @@ impl Pipeline {
     fn expand_vars(&mut self, vars: &impl Fn(&str) -> Option<String>) -> Result<()> {
         let file = self.file.display().to_string();
         let expand = |key: String, path: &mut PathBuf| -> Result<()> {
-            let expanded =
-                expand_vars(&path.to_string_lossy(), vars).map_err(|message| Error::Pipeline {
+            let expanded = substitute_vars(&path.to_string_lossy(), vars).map_err(|message| {
+                Error::Pipeline {
                     file: file.clone(),
                     key,
                     message,
-                })?;
+                }
+            })?;
             *path = PathBuf::from(expanded);
             Ok(())
         };
@@ -227,7 +227,7 @@ impl Pipeline {
 }
 
 /// `${NAME}` in `text` replaced by the variable's value; an unset variable is an error.
-fn expand_vars(
+fn substitute_vars(
     text: &str,
     vars: &impl Fn(&str) -> Option<String>,
 ) -> std::result::Result<String, String> {
@@ -250,21 +250,20 @@ fn expand_vars(
     Ok(out)
 }
 
-/// The dotted key of a deserialization error. Keys of a flattened table (the model settings
-/// beside `model.encoder`) are not in serde's path; an unknown one is named in the message.
-fn full_key(path: &str, message: &str) -> String {
+/// The dotted key of an error in the `[model]` table. Serde's path stops at `model` for the
+/// keys of the `ModelSettings` flattened there beside `encoder`: an unknown key is named in the
+/// message, and one of the wrong type is found by reading the settings again on their own.
+fn model_key(text: &str, message: &str) -> String {
     let unknown = message
         .split_once("unknown field `")
         .and_then(|(_, rest)| rest.split('`').next());
-    match unknown {
-        Some(field) if path == "." => field.to_owned(),
-        Some(field) if !path.ends_with(field) => format!("{path}.{field}"),
-        _ => path.to_owned(),
+    if let Some(field) = unknown {
+        return format!("model.{field}");
     }
+    settings_key(text).unwrap_or_else(|| "model".into())
 }
 
-/// The key of the `[model]` table's settings that does not deserialize: serde's path stops at
-/// `model`, where `ModelSettings` is flattened, so the settings are read again on their own.
+/// The key of the `[model]` table's settings that does not deserialize, if one does not.
 fn settings_key(text: &str) -> Option<String> {
     let mut table = text.parse::<toml::Table>().ok()?.remove("model")?;
     let table = table.as_table_mut()?;

@@ -77,7 +77,6 @@ fn run_here(
     let eval_set = eval.map(|e| e.to_dataset(&labels)).transpose()?;
     let test_set = test.map(|t| t.to_dataset(&labels)).transpose()?;
     args.validate().map_err(span_marker::Error::Config)?;
-    spec.settings.validate()?;
 
     let options = LoadOptions {
         labels: Some(labels.original().to_vec()),
