@@ -103,9 +103,35 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(#[source] tokenizers::Error),
 
-    /// libtorch failed.
-    #[error("torch: {0}")]
-    Torch(#[from] tch::TchError),
+    /// libtorch failed. Shown without the C++ stack trace libtorch appends to its messages
+    /// (and not offered as a source, whose display would bring the trace back).
+    #[error("torch: {}", torch_message(.0))]
+    Torch(tch::TchError),
+}
+
+impl From<tch::TchError> for Error {
+    fn from(error: tch::TchError) -> Self {
+        Self::Torch(error)
+    }
+}
+
+/// The message of a libtorch error up to the C++ stack trace libtorch appends to it
+/// ("Exception raised from ... frame #0: ..."), which says nothing to a user of this crate.
+pub fn torch_message(error: &tch::TchError) -> String {
+    let text = match error {
+        tch::TchError::Torch(message) => message.clone(),
+        other => other.to_string(),
+    };
+    let end = [
+        "Exception raised from",
+        "frame #0",
+        "(no backtrace available)",
+    ]
+    .iter()
+    .filter_map(|marker| text.find(marker))
+    .min()
+    .unwrap_or(text.len());
+    text[..end].trim_end().to_owned()
 }
 
 impl Error {
@@ -133,3 +159,25 @@ impl Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_errors_read_without_the_cpp_stack_trace() {
+        let error = tch::Tensor::from_slice(&[1f32, 2.0])
+            .f_view([5])
+            .expect_err("a view of 5 elements over 2 fails");
+        let raw = error.to_string();
+        let error = Error::from(error);
+        assert!(std::error::Error::source(&error).is_none());
+        let shown = error.to_string();
+        assert!(raw.len() > shown.len(), "nothing was cut from {raw:?}");
+        assert!(shown.contains("shape '[5]' is invalid"), "{shown}");
+        assert!(
+            !shown.contains("frame #") && !shown.contains("Exception raised from"),
+            "{shown}"
+        );
+    }
+}

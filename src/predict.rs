@@ -45,6 +45,42 @@ pub struct PredictOptions {
 impl PredictOptions {
     /// The default `batch_size`.
     pub const DEFAULT_BATCH_SIZE: usize = 32;
+    /// The largest `batch_size` accepted: far beyond what fits any accelerator, small enough
+    /// that a mistyped number is an error rather than an allocation of terabytes.
+    pub const MAX_BATCH_SIZE: usize = 1 << 16;
+
+    /// Checks every option, naming the first one out of range.
+    ///
+    /// ```
+    /// use span_marker::PredictOptions;
+    /// let options = PredictOptions { batch_size: 0, ..Default::default() };
+    /// let error = options.validate().unwrap_err().to_string();
+    /// assert!(error.contains("`batch_size`"), "{error}");
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        check_batch_size(self.batch_size)?;
+        if let Some(t) = self.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+            return Err(Error::Setting {
+                key: "threshold",
+                message: format!("must be a probability between 0 and 1, got {t}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `batch_size` within `1..=PredictOptions::MAX_BATCH_SIZE`, or an error naming it.
+pub(crate) fn check_batch_size(batch_size: usize) -> Result<()> {
+    if (1..=PredictOptions::MAX_BATCH_SIZE).contains(&batch_size) {
+        return Ok(());
+    }
+    Err(Error::Setting {
+        key: "batch_size",
+        message: format!(
+            "must be between 1 and {}, got {batch_size}",
+            PredictOptions::MAX_BATCH_SIZE
+        ),
+    })
 }
 
 impl Default for PredictOptions {
@@ -168,14 +204,7 @@ impl SpanMarkerModel {
         options: &PredictOptions,
         keep_going: bool,
     ) -> Result<Vec<RowPrediction>> {
-        if options.batch_size == 0 {
-            return Err(Error::Config("`batch_size` must be at least 1".into()));
-        }
-        if let Some(t) = options.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
-            return Err(Error::Config(format!(
-                "`threshold` must be a probability between 0 and 1, got {t}"
-            )));
-        }
+        options.validate()?;
         if self.config().trained_with_document_context && documents.is_none() {
             tracing::warn!("this model was trained with document-level context: predictions without it may be worse");
         }
@@ -253,8 +282,9 @@ impl SpanMarkerModel {
         }
         let (mut loss_sum, mut with_loss) = (0.0, false);
         let _no_grad = tch::no_grad_guard();
+        let batch_size = batch_size.clamp(1, order.len().max(1));
         let mut picked = Vec::with_capacity(batch_size);
-        for chunk in order.chunks(batch_size.max(1)) {
+        for chunk in order.chunks(batch_size) {
             picked.clear();
             picked.extend(chunk.iter().map(|&i| samples[i].clone()));
             let batch = collate(&encoded.windows, &picked, &spec, self.device())?;

@@ -142,7 +142,76 @@ fn a_corrupt_pickle_file_is_reported() {
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
     let err = load_error(dir.path());
     assert!(
-        err.contains("pytorch_model.bin") && err.contains("could not read"),
+        err.contains("pytorch_model.bin") && err.contains("not a readable zip archive"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pickle_record_cut_short_is_refused_naming_it() {
+    // The archive is intact, but the word embeddings' record lost its second half: libtorch
+    // alone would load it and leave half of the matrix undefined.
+    use std::io::{Read, Write};
+    let dir = copy_model("trained/tiny-roberta");
+    let path = dir.path().join("pytorch_model.bin");
+    let source = std::fs::File::open(fixtures().join("trained/tiny-roberta/pytorch_model.bin"));
+    let mut archive = zip::ZipArchive::new(source.unwrap()).unwrap();
+    let mut writer = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let stored =
+        zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for index in 0..archive.len() {
+        let mut entry = archive.by_index(index).unwrap();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        if entry.name() == "pytorch_model/data/0" {
+            bytes.truncate(bytes.len() / 2);
+        }
+        writer.start_file(entry.name(), stored).unwrap();
+        writer.write_all(&bytes).unwrap();
+    }
+    writer.finish().unwrap();
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("pytorch_model.bin")
+            && err.contains("record `pytorch_model/data/0` holds 256512 bytes")
+            && err.contains("needs 513024"),
+        "{err}"
+    );
+}
+
+/// A copy of the tiny BERT whose weight `name` is replaced by `replace(weight)`.
+fn with_weight(name: &str, replace: impl Fn(&tch::Tensor) -> tch::Tensor) -> tempfile::TempDir {
+    let dir = copy_model("trained/tiny-bert");
+    let path: PathBuf = dir.path().join("model.safetensors");
+    let state = span_marker::checkpoint::StateDict::read(&path).unwrap();
+    let mut tensors: Vec<(String, tch::Tensor)> = state.tensors.into_iter().collect();
+    for (key, tensor) in &mut tensors {
+        if key == name {
+            *tensor = replace(tensor);
+        }
+    }
+    span_marker::checkpoint::write_safetensors(&path, &tensors).unwrap();
+    dir
+}
+
+#[test]
+fn non_finite_or_integer_weights_are_refused_naming_the_tensor() {
+    let name = "encoder.encoder.layer.0.attention.self.query.weight";
+    let nan = with_weight(name, |t| {
+        let t = t.copy();
+        let _ = t.get(0).get(3).fill_(f64::NAN);
+        let _ = t.get(1).get(0).fill_(f64::INFINITY);
+        t
+    });
+    let err = load_error(nan.path());
+    assert!(
+        err.contains("model.safetensors") && err.contains(name) && err.contains("2 non-finite"),
+        "{err}"
+    );
+    let int = with_weight(name, |t| t.to_kind(tch::Kind::Int64));
+    let err = load_error(int.path());
+    assert!(
+        err.contains(name) && err.contains("floating point"),
         "{err}"
     );
 }
@@ -222,18 +291,22 @@ fn missing_or_malformed_files_are_named() {
 fn a_tokenizer_that_does_not_fit_the_weights_is_reported() {
     // Embeddings cut to the 4000 rows of the original vocabulary: the marker ids 4000 and 4001
     // of the saved tokenizer are out of range.
-    let dir = copy_model("trained/tiny-bert");
-    let path: PathBuf = dir.path().join("model.safetensors");
-    let state = span_marker::checkpoint::StateDict::read(&path).unwrap();
-    let mut tensors: Vec<(String, tch::Tensor)> = state.tensors.into_iter().collect();
-    for (name, tensor) in &mut tensors {
-        if name == "encoder.embeddings.word_embeddings.weight" {
-            *tensor = tensor.narrow(0, 0, 4000);
-        }
-    }
-    span_marker::checkpoint::write_safetensors(&path, &tensors).unwrap();
+    let embeddings = "encoder.embeddings.word_embeddings.weight";
+    let dir = with_weight(embeddings, |t| t.narrow(0, 0, 4000));
     let err = load_error(dir.path());
-    assert!(err.contains("4000 rows") && err.contains("marker"), "{err}");
+    assert!(
+        err.contains("4000 rows") && err.contains("token id 4001"),
+        "{err}"
+    );
+    // The other way: far more rows than the tokenizer's ids (a tokenizer of a smaller model).
+    let dir = with_weight(embeddings, |t| {
+        tch::Tensor::cat(&[t, &t.zeros_like(), &t.zeros_like()], 0)
+    });
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("highest token id is 4001") && err.contains("do not belong"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -69,12 +69,13 @@ pub fn run(args: AnnotateArgs) -> CliResult {
     let output = args
         .output
         .unwrap_or_else(|| PathBuf::from("sample-entities.parquet"));
-    let model = SharedModel::load(&args.model.model, &args.model.device)?;
     let mut options = AnnotateOptions::new(&input, &output, column);
     options.output_column = args.output_column;
     options.chunk_rows = args.chunk_rows;
     options.strict = args.strict;
     options.predict = args.predict;
+    options.validate()?;
+    let model = SharedModel::load(&args.model.model, &args.model.device)?;
     let report = annotate(&model, &options)?;
     eprintln!(
         "annotated {} rows into {} in {:.1}s{}{}",

@@ -30,6 +30,7 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> CliResult {
+    args.options.validate()?;
     let lines = read_sentences(args.texts, args.file)?;
     let model = args.model.load()?;
     let split = split_words(&lines, args.words);

@@ -55,6 +55,35 @@ pub struct LoadOptions {
     pub settings: ModelSettings,
 }
 
+/// The most rows the word embeddings may have beyond the tokenizer's highest id: embedding
+/// matrices are padded to a multiple of 8 (SpanMarker) or of up to 128 (some encoders).
+const MAX_EMBEDDING_PADDING: i64 = 128;
+
+/// The tokenizer and the word embeddings must agree both ways: every token id has a row, and
+/// there are no more rows than padding explains. Either mismatch means tokenizer files from
+/// another model, whose ids would silently pick the wrong embeddings.
+fn check_vocabulary(tokenizer: &SpanMarkerTokenizer, rows: i64, state: &StateDict) -> Result<()> {
+    let highest_id = tokenizer
+        .inner()
+        .get_vocab(true)
+        .into_values()
+        .max()
+        .map_or(-1, i64::from);
+    if highest_id >= rows {
+        return Err(state.error(format!(
+            "the word embeddings have {rows} rows but the tokenizer has token id {highest_id}: \
+             the tokenizer files do not belong to these weights"
+        )));
+    }
+    if rows > highest_id + 1 + MAX_EMBEDDING_PADDING {
+        return Err(state.error(format!(
+            "the word embeddings have {rows} rows but the tokenizer's highest token id is \
+             {highest_id}: the tokenizer files do not belong to these weights"
+        )));
+    }
+    Ok(())
+}
+
 /// Labels given for a model that has its own are ignored, with a warning.
 fn warn_ignored_labels(name_or_path: &str, options: &LoadOptions) {
     if options.labels.is_some() {
@@ -278,14 +307,7 @@ impl SpanMarkerModel {
                 )));
             }
         }
-        let tokenizer = preprocessor.tokenizer();
-        let highest_id = tokenizer.start_marker_id().max(tokenizer.end_marker_id()) as i64;
-        if highest_id >= rows {
-            return Err(state.error(format!(
-                "the word embeddings have {rows} rows but the tokenizer's marker tokens use id {highest_id}: \
-                 the tokenizer files do not belong to these weights"
-            )));
-        }
+        check_vocabulary(preprocessor.tokenizer(), rows, state)?;
         let dropout = settings.hidden_dropout_prob;
         let vs = nn::VarStore::new(device);
         let encoder = Encoder::new(&vs.root() / "encoder", settings, rows, fresh);

@@ -151,6 +151,52 @@ impl TrainingArguments {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{name}` must be at least 1"));
         }
+        let max_batch = crate::PredictOptions::MAX_BATCH_SIZE;
+        for (name, value) in &positive[..2] {
+            if *value > max_batch {
+                return Err(format!("`{name}` must be at most {max_batch}, got {value}"));
+            }
+        }
+        let finite_at_least_zero = [
+            ("weight_decay", self.weight_decay),
+            ("max_grad_norm", self.max_grad_norm),
+        ];
+        for (name, value) in finite_at_least_zero {
+            if !value.is_finite() || value < 0.0 {
+                return Err(format!(
+                    "`{name}` must be a finite number >= 0, got {value}"
+                ));
+            }
+        }
+        for (name, value) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&value) {
+                return Err(format!("`{name}` must be in [0, 1), got {value}"));
+            }
+        }
+        if !(self.adam_epsilon.is_finite() && self.adam_epsilon > 0.0) {
+            return Err(format!(
+                "`adam_epsilon` must be a finite number > 0, got {}",
+                self.adam_epsilon
+            ));
+        }
+        if self.save_total_limit == Some(0) {
+            return Err(
+                "`save_total_limit` must be at least 1 (or left out to keep every checkpoint)"
+                    .into(),
+            );
+        }
+        if let Some(metric) = &self.metric_for_best_model {
+            let name = metric.strip_prefix("eval_").unwrap_or(metric);
+            if !crate::train::evaluate::METRICS.contains(&name) {
+                return Err(format!(
+                    "`metric_for_best_model` {metric:?} is not an evaluation metric: use one of {}",
+                    crate::train::evaluate::METRICS.join(", ")
+                ));
+            }
+        }
         if !self.learning_rate.is_finite() || self.learning_rate <= 0.0 {
             return Err(format!(
                 "`learning_rate` must be positive, got {}",
@@ -257,5 +303,31 @@ mod tests {
         args.metric_for_best_model = Some("overall_f1".into());
         assert_eq!(args.best_metric_key(), "eval_overall_f1");
         assert!(args.higher_is_better());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_argument() {
+        let cases: [(&str, fn(&mut TrainingArguments)); 7] = [
+            ("metric_for_best_model", |a| {
+                a.metric_for_best_model = Some("f2".into())
+            }),
+            ("adam_beta2", |a| a.adam_beta2 = 1.0),
+            ("adam_epsilon", |a| a.adam_epsilon = f64::NAN),
+            ("weight_decay", |a| a.weight_decay = -1.0),
+            ("max_grad_norm", |a| a.max_grad_norm = f64::INFINITY),
+            ("per_device_eval_batch_size", |a| {
+                a.per_device_eval_batch_size = 99_999_999_999
+            }),
+            ("save_total_limit", |a| a.save_total_limit = Some(0)),
+        ];
+        for (name, spoil) in cases {
+            let mut args = TrainingArguments::default();
+            spoil(&mut args);
+            let error = args.validate().unwrap_err();
+            assert!(error.contains(&format!("`{name}`")), "{name}: {error}");
+        }
+        let mut args = TrainingArguments::default();
+        args.metric_for_best_model = Some("eval_overall_f1".into());
+        args.validate().unwrap();
     }
 }

@@ -64,6 +64,22 @@ pub(crate) fn prepare(model: &SpanMarkerModel, data: &NerDataset, split: &str) -
     })
 }
 
+/// The scalar metrics of an evaluation, as named in its record without the prefix: the
+/// values `metric_for_best_model` can name.
+pub const METRICS: [&str; 11] = [
+    "loss",
+    "overall_precision",
+    "overall_recall",
+    "overall_f1",
+    "overall_accuracy",
+    "reference_overall_precision",
+    "reference_overall_recall",
+    "reference_overall_f1",
+    "reference_overall_accuracy",
+    "runtime",
+    "samples_per_second",
+];
+
 /// Results of one evaluation.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
@@ -120,11 +136,7 @@ pub fn evaluate(
     prefix: &str,
     batch_size: usize,
 ) -> Result<Evaluation> {
-    if batch_size == 0 {
-        return Err(Error::Config(
-            "the evaluation batch size must be at least 1".into(),
-        ));
-    }
+    crate::predict::check_batch_size(batch_size)?;
     let start = Instant::now();
     let split = if prefix == "eval" {
         "evaluation"
@@ -174,4 +186,38 @@ pub(crate) fn evaluate_prepared(
         runtime_seconds: runtime,
         samples_per_second: samples as f64 / runtime.max(1e-9),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metric_list_is_the_records_numbers() {
+        let scores = EntityScores {
+            precision: 0.5,
+            recall: 0.5,
+            f1: 0.5,
+            accuracy: 0.9,
+            per_label: Default::default(),
+        };
+        let evaluation = Evaluation {
+            prefix: "eval".into(),
+            loss: 0.1,
+            scores: scores.clone(),
+            reference_scores: scores,
+            runtime_seconds: 1.0,
+            samples_per_second: 10.0,
+        };
+        let mut numbers: Vec<String> = evaluation
+            .to_record()
+            .into_iter()
+            .filter(|(_, value)| value.is_number())
+            .map(|(key, _)| key.trim_start_matches("eval_").to_owned())
+            .collect();
+        numbers.sort();
+        let mut listed: Vec<String> = METRICS.iter().map(|m| m.to_string()).collect();
+        listed.sort();
+        assert_eq!(numbers, listed);
+    }
 }

@@ -84,6 +84,28 @@ impl AnnotateOptions {
     }
 }
 
+impl AnnotateOptions {
+    /// The largest `chunk_rows`: a chunk is held in memory whole, twice (input and entities).
+    pub const MAX_CHUNK_ROWS: usize = 1 << 20;
+
+    /// Checks the options, naming the first one out of range.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=Self::MAX_CHUNK_ROWS).contains(&self.chunk_rows) {
+            return Err(Error::Pipeline {
+                file: "annotate".into(),
+                key: "chunk_rows".into(),
+                message: format!(
+                    "must be between 1 and {}, got {}",
+                    Self::MAX_CHUNK_ROWS,
+                    self.chunk_rows
+                ),
+            });
+        }
+        self.predict.validate()?;
+        Ok(())
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnnotateReport {
@@ -139,12 +161,7 @@ fn part_path(dir: &Path, index: usize) -> PathBuf {
 /// Annotates `options.input` with `model`, resuming an interrupted run of the same job.
 pub fn annotate(model: &SharedModel, options: &AnnotateOptions) -> Result<AnnotateReport> {
     let started = Instant::now();
-    if options.chunk_rows == 0 {
-        return Err(Error::file(
-            &options.input,
-            "`chunk_rows` must be at least 1",
-        ));
-    }
+    options.validate()?;
     let input = File::open(&options.input).map_err(|e| Error::io(&options.input, e))?;
     let input_bytes = input
         .metadata()

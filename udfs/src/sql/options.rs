@@ -47,29 +47,34 @@ impl SpanMarkerOptions {
             .unwrap_or_default()
     }
 
-    /// Prediction options from these settings.
+    /// Prediction options from these settings, each checked; an error names the setting.
     pub fn predict_options(&self) -> Result<PredictOptions> {
+        let setting_error = |key: &str, message: String| Error::Pipeline {
+            file: "session".into(),
+            key: format!("span_marker.{key}"),
+            message,
+        };
         if !(0.0..=1.0).contains(&self.threshold) {
-            return Err(Error::Pipeline {
-                file: "session".into(),
-                key: "span_marker.threshold".into(),
-                message: format!("must be between 0 and 1, got {}", self.threshold),
-            });
+            return Err(setting_error(
+                "threshold",
+                format!("must be between 0 and 1, got {}", self.threshold),
+            ));
         }
         let precision = self
             .precision
             .parse::<Precision>()
-            .map_err(|e| Error::Pipeline {
-                file: "session".into(),
-                key: "span_marker.precision".into(),
-                message: e.to_string(),
-            })?;
-        Ok(PredictOptions {
+            .map_err(|e| setting_error("precision", e.to_string()))?;
+        let options = PredictOptions {
             batch_size: self.batch_size,
             threshold: (self.threshold > 0.0).then_some(self.threshold as f32),
             allow_overlapping: self.allow_overlapping,
             precision,
-        })
+        };
+        options.validate().map_err(|e| match e {
+            span_marker::Error::Setting { key, message } => setting_error(key, message),
+            other => other.into(),
+        })?;
+        Ok(options)
     }
 
     /// The model these settings name, or `fallback` when they name none.

@@ -11,6 +11,8 @@ use tch::{nn::VarStore, Kind, Tensor};
 
 use crate::error::{Error, Result};
 
+mod torch_zip;
+
 /// File names that hold weights, in the order they are looked for.
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
 pub const SAFETENSORS_INDEX_FILE: &str = "model.safetensors.index.json";
@@ -114,6 +116,7 @@ impl StateDict {
                 )));
             };
             used.insert(key.clone());
+            self.check_values(key, src)?;
             let (want, have) = (var.size(), src.size());
             let copy = if want == have {
                 src.shallow_clone()
@@ -144,6 +147,30 @@ impl StateDict {
                 unused.len(),
                 unused.iter().take(5).collect::<Vec<_>>()
             );
+        }
+        Ok(())
+    }
+}
+
+impl StateDict {
+    /// A weight must be floating point and finite: an integer tensor where a weight belongs,
+    /// or a NaN or infinity among its values, would make every prediction empty or garbage.
+    fn check_values(&self, key: &str, tensor: &Tensor) -> Result<()> {
+        if !tensor.is_floating_point() {
+            return Err(self.error(format!(
+                "weight `{key}` has dtype {:?}; weights must be floating point",
+                tensor.kind()
+            )));
+        }
+        let finite = tch::no_grad(|| tensor.f_isfinite()?.f_all())?;
+        if !bool::try_from(&finite)? {
+            let bad = tch::no_grad(|| tensor.f_isfinite()?.logical_not().f_sum(Kind::Int64))?;
+            return Err(self.error(format!(
+                "weight `{key}` holds {} non-finite values (NaN or infinity) among {}: \
+                 the checkpoint is corrupt or its training diverged",
+                i64::try_from(&bad)?,
+                tensor.numel()
+            )));
         }
         Ok(())
     }
@@ -254,6 +281,7 @@ fn read_pickle(path: &Path) -> Result<HashMap<String, Tensor>> {
              convert it to `model.safetensors`",
         ));
     }
+    torch_zip::verify_records(path)?;
     let tensors = Tensor::loadz_multi(path)
         .map_err(|e| Error::checkpoint(path, format!("could not read the state dict: {e}")))?;
     Ok(tensors.into_iter().collect())
