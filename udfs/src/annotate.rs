@@ -5,6 +5,12 @@
 //! interrupted run finds its parts and continues after the last complete one, so no row is
 //! lost or written twice; when every row is done the parts are merged into the output (again
 //! atomically) and removed. Memory stays bounded by the chunk size.
+//!
+//! A resumed run continues only the same job: the part directory's manifest records the
+//! input file's size and SHA-256, the model's [fingerprint](SharedModel::fingerprint) and the
+//! settings that change the output, and any difference is an error naming it. The part
+//! directory is locked while a run works in it, so two runs on one output cannot race, and a
+//! file at the output path that the job did not write is never replaced.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -18,6 +24,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
+use span_marker::fingerprint::FileIdentity;
 use span_marker::PredictOptions;
 
 use crate::columns::{predict_column, ColumnJob, InputKind};
@@ -118,29 +125,44 @@ pub struct AnnotateReport {
     pub elapsed: Duration,
 }
 
-/// Identifies the job an unfinished part directory belongs to.
+/// What an unfinished part directory records of its job. A resumed run continues only when
+/// its [`JobIdentity`] is the same, by content: the input file's bytes, the model's weights,
+/// and the settings that change what is written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Manifest {
-    input: PathBuf,
-    input_bytes: u64,
+    /// Where the input and the model were found (for people: names are not compared).
+    input_path: PathBuf,
+    model_source: String,
+    job: JobIdentity,
+    /// Set once the merged output is complete: its identity, so that a run interrupted
+    /// between publishing the output and removing the parts knows the output is its own.
+    #[serde(default)]
+    merged: Option<FileIdentity>,
+}
+
+/// What a resumed annotation must share with the run it continues.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct JobIdentity {
+    input: FileIdentity,
+    /// [`span_marker::SpanMarkerModel::fingerprint`].
+    model: String,
     column: InputColumn,
     output_column: String,
-    model: String,
     chunk_rows: usize,
-    /// The prediction settings that change which entities are written: a resumed run must use
-    /// the same ones, or the output would mix two settings. (Batch size and device do not
-    /// change the entities; strict mode only decides whether a bad row stops the run.)
+    /// The prediction settings that change which entities are written. (Batch size and
+    /// device do not; strict mode only decides whether a bad row stops the run.)
     /// As written in decimal (`0.9`, not float32's `0.8999999761581421`).
-    #[serde(default)]
     threshold: Option<f64>,
-    #[serde(default)]
     allow_overlapping: bool,
-    #[serde(default = "float32_name")]
     precision: String,
 }
 
-fn float32_name() -> String {
-    span_marker::device::Precision::Float32.to_string()
+/// Where a part directory stands when a run starts.
+enum Progress {
+    /// This many parts are complete.
+    Parts(usize),
+    /// The output was published by an earlier run that stopped before removing the parts.
+    Merged,
 }
 
 /// The part directory of `output`: `out.parquet` -> `out.parquet.parts/`.
@@ -163,10 +185,6 @@ pub fn annotate(model: &SharedModel, options: &AnnotateOptions) -> Result<Annota
     let started = Instant::now();
     options.validate()?;
     let input = File::open(&options.input).map_err(|e| Error::io(&options.input, e))?;
-    let input_bytes = input
-        .metadata()
-        .map_err(|e| Error::io(&options.input, e))?
-        .len();
     let builder = ParquetRecordBatchReaderBuilder::try_new(input)
         .map_err(|e| Error::file(&options.input, format!("not a readable Parquet file: {e}")))?;
     let total_rows = builder.metadata().file_metadata().num_rows().max(0) as usize;
@@ -175,20 +193,36 @@ pub fn annotate(model: &SharedModel, options: &AnnotateOptions) -> Result<Annota
 
     let dir = parts_dir(&options.output);
     let manifest = Manifest {
-        input: options.input.clone(),
-        input_bytes,
-        column: options.column.clone(),
-        output_column: options.output_column.clone(),
-        model: model.source().to_owned(),
-        chunk_rows: options.chunk_rows,
-        threshold: options
-            .predict
-            .threshold
-            .map(|t| t.to_string().parse().unwrap_or(f64::from(t))),
-        allow_overlapping: options.predict.allow_overlapping,
-        precision: options.predict.precision.to_string(),
+        input_path: options.input.clone(),
+        model_source: model.source().to_owned(),
+        job: JobIdentity {
+            input: FileIdentity::of(&options.input)?,
+            model: model.fingerprint()?,
+            column: options.column.clone(),
+            output_column: options.output_column.clone(),
+            chunk_rows: options.chunk_rows,
+            threshold: options
+                .predict
+                .threshold
+                .map(|t| t.to_string().parse().unwrap_or(f64::from(t))),
+            allow_overlapping: options.predict.allow_overlapping,
+            precision: options.predict.precision.to_string(),
+        },
+        merged: None,
     };
-    let done_parts = prepare_parts(&dir, &manifest, &options.output)?;
+    let (progress, _lock) = prepare_parts(&dir, &manifest, &options.output)?;
+    let done_parts = match progress {
+        Progress::Parts(parts) => parts,
+        Progress::Merged => {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            return Ok(AnnotateReport {
+                rows: total_rows,
+                resumed_rows: total_rows,
+                failed: Vec::new(),
+                elapsed: started.elapsed(),
+            });
+        }
+    };
     let resumed_rows = (done_parts * options.chunk_rows).min(total_rows);
     if resumed_rows > 0 {
         tracing::info!(resumed_rows, "resuming an interrupted annotation");
@@ -202,7 +236,12 @@ pub fn annotate(model: &SharedModel, options: &AnnotateOptions) -> Result<Annota
     let mut failed = Vec::new();
     let mut first_row = resumed_rows;
     for (index, batch) in (done_parts..).zip(reader) {
-        let batch = batch?;
+        let batch = batch.map_err(|e| {
+            Error::file(
+                &options.input,
+                format!("cannot read row {first_row} on: {e}"),
+            )
+        })?;
         let _span =
             tracing::debug_span!("annotate_chunk", index, rows = batch.num_rows()).entered();
         let entities = annotate_batch(model, &batch, options, first_row, &mut failed)?;
@@ -220,7 +259,7 @@ pub fn annotate(model: &SharedModel, options: &AnnotateOptions) -> Result<Annota
             format!("the file says {total_rows} rows but {first_row} were read"),
         ));
     }
-    merge_parts(&dir, &options.output, &output_schema)?;
+    merge_parts(&dir, &manifest, &options.output, &output_schema)?;
     Ok(AnnotateReport {
         rows: total_rows,
         resumed_rows,
@@ -300,47 +339,93 @@ fn annotate_batch(
     Ok(entities)
 }
 
-/// Creates the part directory or checks that the one there belongs to this job; returns the
-/// number of complete parts.
-fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<usize> {
-    let manifest_path = dir.join("manifest.json");
-    if dir.exists() {
-        let text =
-            std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
-        let found: Manifest = serde_json::from_str(&text).map_err(|e| {
-            Error::file(&manifest_path, format!("not a manifest of this tool: {e}"))
-        })?;
-        if &found != manifest {
-            return Err(Error::file(
-                dir,
-                format!(
-                    "holds an unfinished run of another job ({}); resume it with the same settings, or remove the directory to start over",
-                    manifest_differences(&found, manifest)
-                ),
-            ));
-        }
-        let mut parts = 0;
-        while part_path(dir, parts).is_file() {
-            parts += 1;
-        }
-        return Ok(parts);
-    }
-    if output.exists() {
+/// Creates the part directory, or checks that the one there belongs to this job, and locks
+/// it for this run; returns how far the job got, and the lock (held while it lives).
+fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<(Progress, File)> {
+    if !dir.exists() && output.exists() {
         return Err(Error::file(
             output,
             "already exists: remove it or choose another output",
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let text = serde_json::to_string_pretty(manifest).expect("a manifest serializes");
-    span_marker::checkpoint::write_atomically(&manifest_path, text.as_bytes())?;
-    Ok(0)
+    let lock_path = dir.join("lock");
+    let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    lock.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => Error::file(
+            output,
+            format!(
+                "another run is annotating into this output (it holds {}); wait for it to end",
+                lock_path.display()
+            ),
+        ),
+        std::fs::TryLockError::Error(e) => Error::io(&lock_path, e),
+    })?;
+    let manifest_path = dir.join(MANIFEST_FILE);
+    if !manifest_path.exists() {
+        // A new job (or one killed before its manifest was written, with no parts yet).
+        if output.exists() {
+            return Err(Error::file(
+                output,
+                "already exists: remove it or choose another output",
+            ));
+        }
+        write_manifest(dir, manifest)?;
+        return Ok((Progress::Parts(0), lock));
+    }
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+    let found: Manifest = serde_json::from_str(&text).map_err(|e| {
+        Error::file(
+            &manifest_path,
+            format!("not a manifest of this version of the tool ({e}); remove the directory to start over"),
+        )
+    })?;
+    if found.job != manifest.job {
+        return Err(Error::file(
+            dir,
+            format!(
+                "holds an unfinished run of another job ({}); resume it with the same input, model and settings, or remove the directory to start over",
+                job_differences(&found.job, &manifest.job)
+            ),
+        ));
+    }
+    if output.exists() {
+        let ours = match &found.merged {
+            Some(merged) => FileIdentity::of(output)? == *merged,
+            None => false,
+        };
+        if !ours {
+            return Err(Error::file(
+                output,
+                format!(
+                    "exists but was not written by the unfinished run in {}: move it away to let that run finish",
+                    dir.display()
+                ),
+            ));
+        }
+        return Ok((Progress::Merged, lock));
+    }
+    let mut parts = 0;
+    while part_path(dir, parts).is_file() {
+        parts += 1;
+    }
+    Ok((Progress::Parts(parts), lock))
 }
 
-/// The settings in which `found` differs from `wanted`, as "`key` was X, is now Y".
-fn manifest_differences(found: &Manifest, wanted: &Manifest) -> String {
-    let as_map = |manifest: &Manifest| {
-        serde_json::to_value(manifest)
+/// The manifest's name in the part directory.
+const MANIFEST_FILE: &str = "manifest.json";
+
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let text = serde_json::to_string_pretty(manifest).expect("a manifest serializes");
+    span_marker::checkpoint::write_atomically(&dir.join(MANIFEST_FILE), text.as_bytes())?;
+    Ok(())
+}
+
+/// What differs between the job that wrote a part directory and this one, as
+/// "`key` was X, is now Y".
+fn job_differences(found: &JobIdentity, wanted: &JobIdentity) -> String {
+    let as_map = |job: &JobIdentity| {
+        serde_json::to_value(job)
             .ok()
             .and_then(|value| value.as_object().cloned())
             .unwrap_or_default()
@@ -351,14 +436,19 @@ fn manifest_differences(found: &Manifest, wanted: &Manifest) -> String {
         .filter(|(key, value)| found.get(*key) != Some(value))
         .map(|(key, value)| {
             let before = found.get(key).cloned().unwrap_or_default();
-            format!("`{key}` was {before}, is now {value}")
+            let what = match key.as_str() {
+                "input" => "the input file's content changed: ",
+                "model" => "the model's weights changed: ",
+                _ => "",
+            };
+            format!("{what}`{key}` was {before}, is now {value}")
         })
         .collect::<Vec<_>>()
         .join("; ")
 }
 
 /// Writes `batches` to `path` through a temporary file and a rename, so that `path` is either
-/// absent or complete.
+/// absent or complete. A failure (a full disk among them) names `path`.
 fn write_parquet_atomically(
     path: &Path,
     schema: &SchemaRef,
@@ -370,38 +460,75 @@ fn write_parquet_atomically(
     let properties = WriterProperties::builder()
         .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
         .build();
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties))?;
+    let cannot_write = |e: &dyn std::fmt::Display| Error::file(path, format!("cannot write: {e}"));
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties))
+        .map_err(|e| cannot_write(&e))?;
     for batch in batches {
-        writer.write(&batch?)?;
+        writer.write(&batch?).map_err(|e| cannot_write(&e))?;
     }
-    writer.close()?;
-    temp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(temp.path(), e))?;
+    writer.close().map_err(|e| cannot_write(&e))?;
+    temp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     temp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }
 
-/// Streams every part into `output`, then removes the parts.
-fn merge_parts(dir: &Path, output: &Path, schema: &SchemaRef) -> Result<()> {
+/// Streams every part into a merged file, records it in the manifest, publishes it at
+/// `output` (never replacing a file there), then removes the parts.
+fn merge_parts(dir: &Path, manifest: &Manifest, output: &Path, schema: &SchemaRef) -> Result<()> {
     let mut parts = Vec::new();
     while part_path(dir, parts.len()).is_file() {
         parts.push(part_path(dir, parts.len()));
     }
+    let corrupt = |part: &Path, e: &dyn std::fmt::Display| {
+        Error::file(
+            part,
+            format!("cannot read this part ({e}); remove the part directory to start over"),
+        )
+    };
     let batches = parts
         .iter()
         .flat_map(|part| -> Box<dyn Iterator<Item = Result<RecordBatch>>> {
             let reader = File::open(part)
                 .map_err(|e| Error::io(part, e))
-                .and_then(|f| Ok(ParquetRecordBatchReaderBuilder::try_new(f)?.build()?));
+                .and_then(|f| {
+                    ParquetRecordBatchReaderBuilder::try_new(f)
+                        .and_then(|builder| builder.build())
+                        .map_err(|e| corrupt(part, &e))
+                });
             match reader {
-                Ok(reader) => Box::new(reader.map(|b| b.map_err(Error::from))),
+                Ok(reader) => Box::new(reader.map(move |b| b.map_err(|e| corrupt(part, &e)))),
                 Err(e) => Box::new(std::iter::once(Err(e))),
             }
         });
-    write_parquet_atomically(output, schema, batches)?;
+    let merged = dir.join("merged.parquet");
+    write_parquet_atomically(&merged, schema, batches)?;
+    write_manifest(
+        dir,
+        &Manifest {
+            merged: Some(FileIdentity::of(&merged)?),
+            ..manifest.clone()
+        },
+    )?;
+    publish(&merged, output)?;
     std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     Ok(())
+}
+
+/// Moves `file` to `output` unless something is there: a hard link fails rather than replace,
+/// where a rename would not; file systems without hard links get a checked rename.
+fn publish(file: &Path, output: &Path) -> Result<()> {
+    let taken = || {
+        Error::file(
+            output,
+            "appeared while the annotation ran; it was not replaced (the result is kept in the part directory)",
+        )
+    };
+    match std::fs::hard_link(file, output) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(taken()),
+        Err(_) if output.exists() => Err(taken()),
+        Err(_) => std::fs::rename(file, output).map_err(|e| Error::io(output, e)),
+    }
 }
 
 fn progress_bar(show: bool, total: u64, done: u64) -> ProgressBar {

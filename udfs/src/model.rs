@@ -178,6 +178,20 @@ impl SharedModel {
         &self.source
     }
 
+    /// The model's content digest ([`SpanMarkerModel::fingerprint`]): what resumable jobs
+    /// record to know that they continue with the same weights, whatever the model's name.
+    /// Computed anew at each call (it reads every weight), so that it follows changes made
+    /// through [`lock`](Self::lock).
+    pub fn fingerprint(&self) -> Result<String> {
+        let model = Arc::clone(&self.model);
+        Ok(on_model_thread(move || {
+            model
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .fingerprint()
+        })??)
+    }
+
     /// Exclusive access to the model (for configuration, saving or direct calls).
     pub fn lock(&self) -> MutexGuard<'_, SpanMarkerModel> {
         self.model

@@ -215,7 +215,7 @@ fn bad_input_is_named() {
 }
 
 #[test]
-fn a_parts_directory_of_another_job_is_refused() {
+fn a_parts_directory_of_another_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("corpus.parquet");
     write_corpus(&input, 20, &[]);
@@ -229,8 +229,92 @@ fn a_parts_directory_of_another_job_is_refused() {
     )
     .unwrap_err()
     .to_string();
-    assert!(error.contains("another job"), "{error}");
-    assert!(error.contains("`input` was \"other.parquet\""), "{error}");
+    assert!(
+        error.contains("manifest.json") && error.contains("not a manifest"),
+        "{error}"
+    );
+}
+
+/// An interrupted run: a strict annotation of `rows` rows stopped by a bad row, with parts
+/// written for the chunks before it.
+fn interrupted(input: &Path, output: &Path, model: &SharedModel) -> AnnotateOptions {
+    write_corpus(input, 100, &[70]);
+    let mut settings = options(input, output, InputColumn::Tokens("tokens".into()));
+    settings.chunk_rows = 16;
+    settings.strict = true;
+    annotate(model, &settings).unwrap_err();
+    assert_eq!(part_files(output), 4, "the chunks before the bad row");
+    settings.strict = false;
+    settings
+}
+
+/// A resumed run is the same job by content: another input at the same path, or other
+/// weights under the same model name, are refused, naming what changed.
+#[test]
+fn a_resumed_run_checks_its_input_and_model_by_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (
+        dir.path().join("corpus.parquet"),
+        dir.path().join("out.parquet"),
+    );
+    let model = SharedModel::load("bundled", "cpu").unwrap();
+    let settings = interrupted(&input, &output, &model);
+
+    // The same path, other bytes (one row fewer).
+    let saved = std::fs::read(&input).unwrap();
+    write_corpus(&input, 99, &[70]);
+    let error = annotate(&model, &settings).unwrap_err().to_string();
+    assert!(
+        error.contains("the input file's content changed") && error.contains("sha256"),
+        "{error}"
+    );
+    std::fs::write(&input, &saved).unwrap();
+
+    // The same name, other weights.
+    let other = SharedModel::load("bundled", "cpu").unwrap();
+    let changed = SharedModel::new("bundled", span_marker::SpanMarkerModel::bundled().unwrap());
+    {
+        let guard = changed.lock();
+        let mut variables = guard.var_store().variables();
+        let bias = variables.get_mut("classifier.bias").unwrap();
+        let _ = tch::no_grad(|| bias.g_add_scalar_(0.5));
+    }
+    let error = annotate(&changed, &settings).unwrap_err().to_string();
+    assert!(error.contains("the model's weights changed"), "{error}");
+    // The original content under any path and name resumes.
+    let report = annotate(&other, &settings).unwrap();
+    assert_eq!((report.rows, report.resumed_rows), (100, 64));
+}
+
+/// A file put at the output path while a run was interrupted is not the run's: it is never
+/// replaced. Two runs on one output at once: the second is refused by the lock.
+#[test]
+fn the_output_is_never_replaced_and_one_run_works_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (
+        dir.path().join("corpus.parquet"),
+        dir.path().join("out.parquet"),
+    );
+    let model = SharedModel::load("bundled", "cpu").unwrap();
+    let settings = interrupted(&input, &output, &model);
+
+    let lock = std::fs::File::create(parts_dir(&output).join("lock")).unwrap();
+    lock.try_lock().unwrap();
+    let error = annotate(&model, &settings).unwrap_err().to_string();
+    assert!(error.contains("another run is annotating"), "{error}");
+    drop(lock);
+
+    std::fs::write(&output, "keep me").unwrap();
+    let error = annotate(&model, &settings).unwrap_err().to_string();
+    assert!(
+        error.contains("was not written by the unfinished run"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "keep me");
+    std::fs::remove_file(&output).unwrap();
+    let report = annotate(&model, &settings).unwrap();
+    assert_eq!(report.resumed_rows, 64);
+    assert!(!parts_dir(&output).exists());
 }
 
 /// Settings that change the entities are part of the job: resuming with another threshold
@@ -239,15 +323,12 @@ fn a_parts_directory_of_another_job_is_refused() {
 #[test]
 fn a_resumed_run_keeps_the_prediction_settings() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("corpus.parquet");
-    write_corpus(&input, 100, &[70]);
-    let output = dir.path().join("out.parquet");
+    let (input, output) = (
+        dir.path().join("corpus.parquet"),
+        dir.path().join("out.parquet"),
+    );
     let model = SharedModel::load("bundled", "cpu").unwrap();
-    let mut settings = options(&input, &output, InputColumn::Tokens("tokens".into()));
-    settings.chunk_rows = 16;
-    settings.strict = true;
-    annotate(&model, &settings).unwrap_err();
-    assert_eq!(part_files(&output), 4, "the chunks before the bad row");
+    let settings = interrupted(&input, &output, &model);
 
     let mut other = settings.clone();
     other.predict.threshold = Some(0.9);
@@ -264,7 +345,6 @@ fn a_resumed_run_keeps_the_prediction_settings() {
         "{error}"
     );
 
-    settings.strict = false;
     let report = annotate(&model, &settings).unwrap();
     assert_eq!((report.rows, report.resumed_rows), (100, 64));
     let fresh = dir.path().join("fresh.parquet");
