@@ -50,6 +50,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod hub;
 pub mod labels;
+pub mod lock;
 pub mod metrics;
 pub mod model;
 pub mod predict;

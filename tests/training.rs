@@ -312,3 +312,72 @@ fn evaluation_checkpoints_best_model_plots_and_card_on_the_toy_corpus() {
     let (_, dir) = checkpoints.last().unwrap();
     SpanMarkerModel::from_pretrained(dir.to_str().unwrap()).unwrap();
 }
+
+/// A resumed run must be the run that wrote the checkpoint: other data, another encoder or
+/// other step-shaping arguments are refused, naming what changed; a second run on the same
+/// output directory at once is refused by its lock.
+#[test]
+fn resuming_checks_model_data_and_arguments_by_content() {
+    let out = tempfile::tempdir().unwrap();
+    let args = TrainingArguments {
+        output_dir: out.path().join("run"),
+        device: "cpu".into(),
+        max_steps: Some(4),
+        save_steps: 2,
+        per_device_train_batch_size: 2,
+        ..Default::default()
+    };
+    let data = tiny_dataset(vec![vec![1, 0, 1], vec![0, 0, 1], vec![1, 0, 0]]);
+    let resume = |model: &mut SpanMarkerModel, args: TrainingArguments, data: &NerDataset| {
+        Trainer::new(model, args)
+            .and_then(|mut trainer| trainer.train(data, None, Some("latest")))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    Trainer::new(&mut init_model(), args.clone())
+        .unwrap()
+        .train(&data, None, None)
+        .unwrap();
+
+    let other_data = tiny_dataset(vec![vec![1, 0, 1], vec![0, 0, 1], vec![1, 1, 0]]);
+    let err = resume(&mut init_model(), args.clone(), &other_data).unwrap_err();
+    assert!(
+        err.contains("cannot resume") && err.contains("the training data differs"),
+        "{err}"
+    );
+
+    let err = resume(
+        &mut init_model(),
+        TrainingArguments {
+            learning_rate: 1e-3,
+            ..args.clone()
+        },
+        &data,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("`learning_rate` was 0.00005, is now 0.001"),
+        "{err}"
+    );
+
+    // Another encoder: the same architecture with one weight changed.
+    let mut other = init_model();
+    {
+        let mut variables = other.var_store().variables();
+        let weight = variables
+            .get_mut("encoder.embeddings.LayerNorm.weight")
+            .unwrap();
+        let _ = tch::no_grad(|| weight.g_mul_scalar_(1.5));
+    }
+    let err = resume(&mut other, args.clone(), &data).unwrap_err();
+    assert!(err.contains("the model"), "{err}");
+
+    // A fresh head (another seed) is not a change of model: the same run resumes.
+    tch::manual_seed(1234);
+    resume(&mut init_model(), args.clone(), &data).unwrap();
+
+    let held = span_marker::lock::DirLock::acquire(&args.output_dir, "test").unwrap();
+    let err = resume(&mut init_model(), args.clone(), &data).unwrap_err();
+    assert!(err.contains("another training run"), "{err}");
+    drop(held);
+}

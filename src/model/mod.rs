@@ -432,20 +432,37 @@ impl SpanMarkerModel {
     /// # Ok::<(), span_marker::Error>(())
     /// ```
     pub fn fingerprint(&self) -> Result<String> {
-        let tokenizer = self
-            .preprocessor
-            .tokenizer()
+        self.digest(false)
+    }
+
+    /// [`fingerprint`](Self::fingerprint) without the weights a new model draws at random:
+    /// the head and the embedding rows from the first marker token on. What a training run
+    /// records of the model it started from, so that a resumed run can check that it was
+    /// given the same encoder, tokenizer, labels and settings, however it was seeded.
+    pub fn encoder_fingerprint(&self) -> Result<String> {
+        self.digest(true)
+    }
+
+    fn digest(&self, pretrained_only: bool) -> Result<String> {
+        let tokenizer = self.preprocessor.tokenizer();
+        let json = tokenizer
             .inner()
             .to_string(false)
             .map_err(Error::Tokenizer)?;
         let settings = serde_json::to_string(&self.config.settings).unwrap_or_default();
         let mut digest = crate::fingerprint::Fingerprint::new()
-            .str(&tokenizer)
+            .str(&json)
             .str(&self.labels().original().join("\n"))
             .str(&settings);
+        let first_marker = i64::from(tokenizer.start_marker_id().min(tokenizer.end_marker_id()));
         let mut variables: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, tensor) in variables {
+            let tensor = match name.as_str() {
+                _ if pretrained_only && name.starts_with("classifier.") => continue,
+                WORD_EMBEDDINGS if pretrained_only => tensor.narrow(0, 0, first_marker),
+                _ => tensor,
+            };
             let tensor = tensor.to_device(Device::Cpu).contiguous();
             let numel = tensor.numel();
             let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];

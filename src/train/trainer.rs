@@ -22,6 +22,7 @@ use crate::collate::{collate, CollateSpec};
 use crate::device::parse_device;
 use crate::encoding::SampleRef;
 use crate::error::{Error, Result};
+use crate::lock::DirLock;
 use crate::model::{ModelCard, SpanMarkerModel};
 use crate::train::args::{IntervalStrategy, TrainingArguments};
 use crate::train::data::NerDataset;
@@ -54,6 +55,108 @@ pub struct TrainerState {
     pub best_checkpoint: Option<PathBuf>,
     /// Every log and evaluation record so far.
     pub log_history: Vec<Map<String, Value>>,
+    /// What the run started from; a resumed run must start from the same.
+    #[serde(default)]
+    pub run: Option<RunIdentity>,
+}
+
+/// What a training run is, by content: the model it started from, its data and the arguments
+/// that shape its steps. Recorded in every checkpoint; resuming with anything else is an error
+/// naming what changed, where it would otherwise continue silently with the checkpoint's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunIdentity {
+    /// [`SpanMarkerModel::encoder_fingerprint`] of the model given to the trainer.
+    pub model: String,
+    /// Digest of the training examples (words, tags, document positions), in order.
+    pub train_data: String,
+    /// Digest of the evaluation examples, which pick the best checkpoint.
+    pub eval_data: Option<String>,
+    /// The training arguments but those that do not change the weights (output directory,
+    /// device, evaluation batch size, checkpoint retention).
+    pub args: Map<String, Value>,
+}
+
+impl RunIdentity {
+    fn new(
+        model: &SpanMarkerModel,
+        args: &TrainingArguments,
+        train: &NerDataset,
+        eval: Option<&NerDataset>,
+    ) -> Result<Self> {
+        let mut args = match serde_json::to_value(args) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        for free in [
+            "output_dir",
+            "device",
+            "per_device_eval_batch_size",
+            "save_total_limit",
+        ] {
+            args.remove(free);
+        }
+        Ok(Self {
+            model: model.encoder_fingerprint()?,
+            train_data: data_digest(train),
+            eval_data: eval.map(data_digest),
+            args,
+        })
+    }
+
+    /// `Ok` when `self` (this run) may continue `found` (the checkpoint's run).
+    fn check_resumes(&self, found: Option<&RunIdentity>, checkpoint: &Path) -> Result<()> {
+        let Some(found) = found else {
+            tracing::warn!(
+                checkpoint = %checkpoint.display(),
+                "the checkpoint does not record what its run started from (written by an older version): resuming unchecked"
+            );
+            return Ok(());
+        };
+        let mut changed = Vec::new();
+        if found.model != self.model {
+            changed.push(
+                "the model (encoder weights, tokenizer, labels or model settings) differs"
+                    .to_owned(),
+            );
+        }
+        if found.train_data != self.train_data {
+            changed.push("the training data differs".to_owned());
+        }
+        if found.eval_data != self.eval_data {
+            changed.push("the evaluation data differs".to_owned());
+        }
+        for (key, value) in &self.args {
+            let before = found.args.get(key).cloned().unwrap_or(Value::Null);
+            if before != *value {
+                changed.push(format!("`{key}` was {before}, is now {value}"));
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "cannot resume from {}: this run is not the one that wrote it: {}. Resume with the \
+             same model, data and arguments, or start a new run in another output directory",
+            checkpoint.display(),
+            changed.join("; ")
+        )))
+    }
+}
+
+/// Digest of a dataset's examples, in order.
+fn data_digest(data: &NerDataset) -> String {
+    let mut digest = crate::fingerprint::Fingerprint::new().u64(data.examples.len() as u64);
+    for example in &data.examples {
+        digest = digest.u64(example.tokens.len() as u64);
+        for token in &example.tokens {
+            digest = digest.str(token);
+        }
+        for &tag in &example.tags {
+            digest = digest.u64(tag as u64);
+        }
+        digest = digest.str(&format!("{:?}", example.document));
+    }
+    digest.finish()
 }
 
 /// The outcome of [`Trainer::train`].
@@ -144,22 +247,27 @@ impl<'m> Trainer<'m> {
                 "`eval_strategy` is set but no evaluation dataset was given".into(),
             ));
         }
+        let (train_data, eval_data) = (train, eval);
         let train = encode_split(self.model, train, "train")?;
         let eval = eval
             .map(|e| encode_split(self.model, e, "evaluation"))
             .transpose()?;
         std::fs::create_dir_all(&args.output_dir).map_err(|e| Error::io(&args.output_dir, e))?;
+        let lock = DirLock::acquire(&args.output_dir, "training")?;
         let plan = Plan::new(args, train.encoded.samples.len());
 
         let checkpoint = resume_from
             .map(|from| self.resolve_checkpoint(from))
             .transpose()?;
+        let identity = RunIdentity::new(self.model, args, train_data, eval_data)?;
         let mut state = TrainerState::default();
         if let Some(dir) = &checkpoint {
             tracing::info!(checkpoint = %dir.display(), "resuming");
-            *self.model = SpanMarkerModel::load_dir(dir, self.device)?;
             state = read_state(dir)?;
+            identity.check_resumes(state.run.as_ref(), dir)?;
+            *self.model = SpanMarkerModel::load_dir(dir, self.device)?;
         }
+        state.run = Some(identity);
         let args = &self.args;
         let mut optimizer = AdamW::new(
             self.model.var_store().variables(),
@@ -183,6 +291,7 @@ impl<'m> Trainer<'m> {
             "training"
         );
         Ok(Run {
+            lock,
             progress: StepProgress::new(plan.total_steps, state.global_step),
             // Batches trimmed to what their samples need: only masked padding goes.
             spec: CollateSpec {
@@ -379,6 +488,7 @@ impl<'m> Trainer<'m> {
     /// its card and the training curves.
     fn finish(&mut self, run: Run, started: Instant) -> Result<TrainOutput> {
         let Run {
+            lock,
             mut state,
             loss_sum,
             progress,
@@ -425,6 +535,7 @@ impl<'m> Trainer<'m> {
         self.model
             .save_pretrained_with_card(&args.output_dir, &card)?;
         save_curves(&state.log_history, &args.output_dir)?;
+        lock.release();
         Ok(TrainOutput {
             global_step: state.global_step,
             train_loss,
@@ -629,6 +740,8 @@ impl Plan {
 
 /// What a run carries from step to step.
 struct Run {
+    /// The output directory's lock, held for the whole run.
+    lock: DirLock,
     plan: Plan,
     train: Prepared,
     eval: Option<Prepared>,

@@ -25,6 +25,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use span_marker::fingerprint::FileIdentity;
+use span_marker::lock::DirLock;
 use span_marker::PredictOptions;
 
 use crate::columns::{predict_column, ColumnJob, InputKind};
@@ -341,7 +342,7 @@ fn annotate_batch(
 
 /// Creates the part directory, or checks that the one there belongs to this job, and locks
 /// it for this run; returns how far the job got, and the lock (held while it lives).
-fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<(Progress, File)> {
+fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<(Progress, DirLock)> {
     if !dir.exists() && output.exists() {
         return Err(Error::file(
             output,
@@ -349,18 +350,7 @@ fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<(Prog
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let lock_path = dir.join("lock");
-    let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
-    lock.try_lock().map_err(|e| match e {
-        std::fs::TryLockError::WouldBlock => Error::file(
-            output,
-            format!(
-                "another run is annotating into this output (it holds {}); wait for it to end",
-                lock_path.display()
-            ),
-        ),
-        std::fs::TryLockError::Error(e) => Error::io(&lock_path, e),
-    })?;
+    let lock = DirLock::acquire(dir, "annotation")?;
     let manifest_path = dir.join(MANIFEST_FILE);
     if !manifest_path.exists() {
         // A new job (or one killed before its manifest was written, with no parts yet).

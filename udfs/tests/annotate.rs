@@ -298,10 +298,9 @@ fn the_output_is_never_replaced_and_one_run_works_at_a_time() {
     let model = SharedModel::load("bundled", "cpu").unwrap();
     let settings = interrupted(&input, &output, &model);
 
-    let lock = std::fs::File::create(parts_dir(&output).join("lock")).unwrap();
-    lock.try_lock().unwrap();
+    let lock = span_marker::lock::DirLock::acquire(&parts_dir(&output), "test").unwrap();
     let error = annotate(&model, &settings).unwrap_err().to_string();
-    assert!(error.contains("another run is annotating"), "{error}");
+    assert!(error.contains("another annotation run"), "{error}");
     drop(lock);
 
     std::fs::write(&output, "keep me").unwrap();

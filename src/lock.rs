@@ -1,0 +1,56 @@
+//! One run at a time per output: a lock file, held (with an OS file lock, released when the
+//! process ends however it ends) while a job writes into a directory.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A held lock on a directory; released when dropped or when the process ends.
+///
+/// ```
+/// use span_marker::lock::DirLock;
+/// let dir = tempfile::tempdir()?;
+/// let held = DirLock::acquire(dir.path(), "training")?;
+/// let refused = DirLock::acquire(dir.path(), "training").unwrap_err().to_string();
+/// assert!(refused.contains("another training run"), "{refused}");
+/// held.release();
+/// DirLock::acquire(dir.path(), "training")?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct DirLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl DirLock {
+    /// The lock file's name inside the locked directory.
+    pub const FILE: &str = ".span-marker.lock";
+
+    /// Locks `dir` (which must exist) for a run of `job`, or says that another run holds it.
+    pub fn acquire(dir: &Path, job: &str) -> Result<Self> {
+        let path = dir.join(Self::FILE);
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { file, path }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::io(
+                dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "another {job} run is writing here (it holds {}); wait for it to end",
+                        path.display()
+                    ),
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        }
+    }
+
+    /// Removes the lock file and releases the lock (for a job whose directory stays).
+    pub fn release(self) {
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.file);
+    }
+}
