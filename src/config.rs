@@ -62,17 +62,24 @@ impl ModelSettings {
     pub const DEFAULT_ENTITY_MAX_LENGTH: usize = 8;
 
     /// Checks the settings; the message names the setting.
+    ///
+    /// Each has an upper bound far beyond any model (a sample's attention grows with the
+    /// square of its length), so that a mistyped number is an error, not an allocation of
+    /// terabytes.
     pub fn validate(&self) -> Result<()> {
-        for (key, value) in [
-            ("marker_max_length", Some(self.marker_max_length)),
-            ("entity_max_length", Some(self.entity_max_length)),
-            ("model_max_length", self.model_max_length),
+        for (key, value, max) in [
+            ("marker_max_length", Some(self.marker_max_length), 8192),
+            ("entity_max_length", Some(self.entity_max_length), 1024),
+            ("model_max_length", self.model_max_length, 65_536),
         ] {
-            if value == Some(0) {
-                return Err(Error::Setting {
-                    key,
-                    message: "must be at least 1".into(),
-                });
+            match value {
+                Some(value) if !(1..=max).contains(&value) => {
+                    return Err(Error::Setting {
+                        key,
+                        message: format!("must be between 1 and {max}, got {value}"),
+                    })
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -195,8 +202,9 @@ impl SpanMarkerConfig {
 
     /// Parses and validates the text of the `config.json` at `path` (named in errors).
     pub fn from_json_str_at(text: &str, path: &Path) -> Result<Self> {
-        let config = Self::from_json_str(text).map_err(|e| match e {
-            Error::Json { source, .. } => Error::json(path, source),
+        let mut config: Self = crate::error::parse_json(text, path)?;
+        config.strip_remote_code_keys();
+        config.validate().map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
             other => other,
         })?;
@@ -205,11 +213,7 @@ impl SpanMarkerConfig {
 
     /// Parses and validates a `config.json` document.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let mut config: Self =
-            serde_json::from_str(text).map_err(|e| Error::json("config.json", e))?;
-        config.strip_remote_code_keys();
-        config.validate()?;
-        Ok(config)
+        Self::from_json_str_at(text, Path::new("config.json"))
     }
 
     /// The configuration of a new SpanMarker model around `encoder`, as Python's

@@ -16,10 +16,12 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// A JSON file is malformed or does not have the expected shape.
-    #[error("{path}: invalid JSON: {source}")]
+    /// A JSON file is malformed or does not have the expected shape; `key` is the dotted
+    /// path of the value at fault (empty when the document itself is malformed).
+    #[error("{path}: invalid JSON{}: {source}", if key.is_empty() { String::new() } else { format!(" at `{key}`") })]
     Json {
         path: PathBuf,
+        key: String,
         #[source]
         source: serde_json::Error,
     },
@@ -64,7 +66,7 @@ pub enum Error {
 
     /// A word is too long to fit the model's input even on its own.
     #[error(
-        "row {row}: word {word} has {num_tokens} tokens, more than the {budget} text tokens a sample can hold"
+        "row {row}: word {word} has {num_tokens} tokens, more than the {budget} text tokens a sample can hold (`model_max_length` less the special tokens)"
     )]
     WordTooLong {
         row: usize,
@@ -152,9 +154,43 @@ impl Error {
     pub(crate) fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
         Error::Json {
             path: path.into(),
+            key: String::new(),
             source,
         }
     }
+
+    /// A JSON error with the dotted path of the value at fault.
+    pub(crate) fn json_at(
+        path: impl Into<PathBuf>,
+        error: serde_path_to_error::Error<serde_json::Error>,
+    ) -> Self {
+        let key = error.path().to_string();
+        Error::Json {
+            path: path.into(),
+            key: if key == "." { String::new() } else { key },
+            source: error.into_inner(),
+        }
+    }
+}
+
+/// Parses JSON `text` from `path` into `T`; an error names the file and the key at fault.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &std::path::Path,
+) -> Result<T> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| Error::json_at(path, e))?;
+    deserializer.end().map_err(|e| Error::json(path, e))?;
+    Ok(value)
+}
+
+/// Converts a JSON value from `path` into `T`; an error names the file and the key at fault.
+pub(crate) fn json_value_into<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    path: &std::path::Path,
+) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| Error::json_at(path, e))
 }
 
 /// Shorthand for results of this crate.

@@ -251,9 +251,19 @@ fn weights_of_the_wrong_shape_are_reported() {
     });
     let err = load_error(dir.path());
     assert!(
-        err.contains("intermediate.dense")
-            && err.contains("has shape [64")
-            && err.contains("expects [128"),
+        err.contains("`intermediate_size` = 128")
+            && err.contains("intermediate.dense.weight` has shape [64"),
+        "{err}"
+    );
+    // Sizes are checked against the weights before anything is allocated: a config asking
+    // for a hundred million layers is an error, not an attempt at 38 GB.
+    edit_config(dir.path(), |c| {
+        c["encoder"]["intermediate_size"] = Value::from(64);
+        c["encoder"]["num_hidden_layers"] = Value::from(100_000_000);
+    });
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("100000000 layers (`num_hidden_layers`)") && err.contains("hold 2"),
         "{err}"
     );
 }

@@ -98,7 +98,7 @@ fn device_argument(name: &str) -> Result<Device, String> {
 
 fn main() -> std::process::ExitCode {
     span_marker_cli::init();
-    span_marker_cli::exit_code(run(&BenchOptions::parse()))
+    span_marker_cli::run(|| run(&BenchOptions::parse()))
 }
 
 /// Per sentence, its entities as (word start, word end, label).

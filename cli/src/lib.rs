@@ -1,5 +1,6 @@
 //! Process set-up shared by the project's binaries (`span-marker` here, `span-marker-bench` in
-//! the `bench` crate): logging, the allocator, standard output, and how errors end the process.
+//! the `bench` crate): logging, the allocator, standard output, and how errors (and bugs) end
+//! the process.
 
 use std::process::ExitCode;
 
@@ -21,10 +22,46 @@ pub fn init() {
         .with_writer(std::io::stderr)
         .init();
     span_marker::device::tune_host_allocator();
+    report_bugs_as_errors();
+}
+
+/// Exit code of a run stopped by a bug (`EX_SOFTWARE`).
+const INTERNAL_ERROR: u8 = 70;
+
+/// Replaces Rust's panic report (a thread name, a source location and a hint about
+/// backtraces) with an error message that says what happened and what to do. A last line of
+/// defence: every failure the program knows of is an ordinary error, so this appears only for
+/// bugs, here or in a library (such as a reader panicking on a corrupt file).
+fn report_bugs_as_errors() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|at| format!(" at {}:{}", at.file(), at.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error: {message}{location}\n  this is a bug in span-marker or in \
+             a library it uses: please report it with the command that caused it"
+        );
+    }));
+}
+
+/// Runs a command and turns its outcome into the process's exit code: success, a failure
+/// after printing the error and its causes, or `70` after an internal error (a bug).
+pub fn run(command: impl FnOnce() -> Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(command)) {
+        Ok(result) => exit_code(result),
+        Err(_) => ExitCode::from(INTERNAL_ERROR),
+    }
 }
 
 /// The exit code of a run: success, or failure after printing the error and its causes.
-pub fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
     let Err(error) = result else {
         return ExitCode::SUCCESS;
     };

@@ -62,7 +62,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     span_marker_cli::init();
-    span_marker_cli::exit_code(match Cli::parse().command {
+    span_marker_cli::run(|| match Cli::parse().command {
         Command::Annotate(args) => annotate::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Sql(args) => sql::run(args),

@@ -55,6 +55,71 @@ pub struct LoadOptions {
     pub settings: ModelSettings,
 }
 
+/// The sizes `config.json` gives the encoder against the weights, before any variable is
+/// allocated: a config that asks for more layers or wider ones than the checkpoint holds is an
+/// error naming the setting, not an attempt to allocate them (and a crash when that fails).
+fn check_sizes(settings: &EncoderSettings, state: &StateDict) -> Result<()> {
+    let layer_of = |key: &str| {
+        let parts: Vec<&str> = key.split('.').collect();
+        parts
+            .windows(2)
+            .find(|pair| pair[0] == "layer")
+            .and_then(|pair| pair[1].parse::<i64>().ok())
+    };
+    let layers = state
+        .tensors
+        .keys()
+        .filter_map(|key| layer_of(key))
+        .max()
+        .map_or(0, |last| last + 1);
+    if settings.num_hidden_layers > layers {
+        return Err(state.error(format!(
+            "config.json asks for {} layers (`num_hidden_layers`) but the weights hold {layers}",
+            settings.num_hidden_layers
+        )));
+    }
+    let shape_of = |suffix: &str| {
+        state
+            .tensors
+            .iter()
+            .find(|(key, _)| key.ends_with(suffix))
+            .map(|(_, tensor)| tensor.size())
+    };
+    let checks = [
+        (
+            "hidden_size",
+            settings.hidden_size,
+            "layer.0.attention.self.query.weight",
+        ),
+        (
+            "intermediate_size",
+            settings.intermediate_size,
+            "layer.0.intermediate.dense.weight",
+        ),
+        (
+            "max_position_embeddings",
+            settings.max_position_embeddings,
+            "embeddings.position_embeddings.weight",
+        ),
+        (
+            "type_vocab_size",
+            settings.type_vocab_size,
+            "embeddings.token_type_embeddings.weight",
+        ),
+    ];
+    // Each size is the first dimension of its weight.
+    for (key, wanted, suffix) in checks {
+        if let Some(shape) = shape_of(suffix) {
+            if shape.first() != Some(&wanted) {
+                return Err(state.error(format!(
+                    "config.json says `{key}` = {wanted} but the weight `…{suffix}` has shape {shape:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The most rows the word embeddings may have beyond the tokenizer's highest id: embedding
 /// matrices are padded to a multiple of 8 (SpanMarker) or of up to 128 (some encoders).
 const MAX_EMBEDDING_PADDING: i64 = 128;
@@ -234,8 +299,7 @@ impl SpanMarkerModel {
         device: Device,
     ) -> Result<Self> {
         let config_path = dir.join("config.json");
-        let mut encoder_config: EncoderConfig =
-            serde_json::from_value(raw).map_err(|e| Error::json(&config_path, e))?;
+        let mut encoder_config: EncoderConfig = crate::error::json_value_into(raw, &config_path)?;
         let encoder_settings = EncoderSettings::from_config(&encoder_config)?;
         encoder_config
             .extra
@@ -308,6 +372,7 @@ impl SpanMarkerModel {
             }
         }
         check_vocabulary(preprocessor.tokenizer(), rows, state)?;
+        check_sizes(&settings, state)?;
         let dropout = settings.hidden_dropout_prob;
         let vs = nn::VarStore::new(device);
         let encoder = Encoder::new(&vs.root() / "encoder", settings, rows, fresh);

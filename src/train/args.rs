@@ -115,7 +115,7 @@ impl TrainingArguments {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let args: Self = serde_json::from_str(&text).map_err(|e| Error::json(path, e))?;
+        let args: Self = crate::error::parse_json(&text, path)?;
         args.validate()
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         Ok(args)
@@ -307,7 +307,8 @@ mod tests {
 
     #[test]
     fn out_of_range_values_are_refused_naming_the_argument() {
-        let cases: [(&str, fn(&mut TrainingArguments)); 7] = [
+        type Spoil = fn(&mut TrainingArguments);
+        let cases: [(&str, Spoil); 7] = [
             ("metric_for_best_model", |a| {
                 a.metric_for_best_model = Some("f2".into())
             }),
@@ -326,8 +327,10 @@ mod tests {
             let error = args.validate().unwrap_err();
             assert!(error.contains(&format!("`{name}`")), "{name}: {error}");
         }
-        let mut args = TrainingArguments::default();
-        args.metric_for_best_model = Some("eval_overall_f1".into());
+        let args = TrainingArguments {
+            metric_for_best_model: Some("eval_overall_f1".into()),
+            ..Default::default()
+        };
         args.validate().unwrap();
     }
 }

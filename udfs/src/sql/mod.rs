@@ -46,8 +46,8 @@ fn register(ctx: &SessionContext, model: Option<SharedModel>) {
         let state = ctx.state_ref();
         let mut state = state.write();
         let extensions = &mut state.config_mut().options_mut().extensions;
-        if extensions.get::<SpanMarkerOptions>().is_none() {
-            extensions.insert(SpanMarkerOptions::default());
+        if extensions.get::<options::SessionOptions>().is_none() {
+            extensions.insert(options::SessionOptions::default());
         }
     }
     ctx.register_udf(ScalarUDF::new_from_impl(SpanMarkerCandidates::new()));

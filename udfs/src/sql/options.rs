@@ -1,7 +1,8 @@
 //! `SET span_marker.<key> = <value>`: the session settings of the SpanMarker functions.
 
 use datafusion::common::extensions_options;
-use datafusion::config::{ConfigExtension, ConfigOptions};
+use datafusion::config::{ConfigEntry, ConfigExtension, ConfigOptions, ExtensionOptions};
+use datafusion::error::DataFusionError;
 use span_marker::device::Precision;
 use span_marker::{ModelSettings, PredictOptions};
 
@@ -33,8 +34,42 @@ extensions_options! {
     }
 }
 
-impl ConfigExtension for SpanMarkerOptions {
+/// The session's [`SpanMarkerOptions`] as a DataFusion config extension. It differs from the
+/// generated one in its errors only: a value that does not parse names its setting
+/// (`span_marker.batch_size`), where DataFusion's own message names neither.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SessionOptions(SpanMarkerOptions);
+
+impl ConfigExtension for SessionOptions {
     const PREFIX: &'static str = "span_marker";
+}
+
+impl ExtensionOptions for SessionOptions {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> datafusion::error::Result<()> {
+        ExtensionOptions::set(&mut self.0, key, value).map_err(|e| {
+            DataFusionError::Configuration(format!(
+                "invalid value '{value}' for `{}.{key}`: {}",
+                Self::PREFIX,
+                e.strip_backtrace()
+            ))
+        })
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        self.0.entries()
+    }
 }
 
 impl SpanMarkerOptions {
@@ -42,8 +77,8 @@ impl SpanMarkerOptions {
     pub fn from_config(config: &ConfigOptions) -> Self {
         config
             .extensions
-            .get::<SpanMarkerOptions>()
-            .cloned()
+            .get::<SessionOptions>()
+            .map(|options| options.0.clone())
             .unwrap_or_default()
     }
 
