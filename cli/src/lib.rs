@@ -65,10 +65,16 @@ fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
     let Err(error) = result else {
         return ExitCode::SUCCESS;
     };
-    eprintln!("error: {error}");
+    let mut shown = error.to_string();
+    eprintln!("error: {shown}");
     let mut source = error.source();
     while let Some(cause) = source {
-        eprintln!("  caused by: {cause}");
+        // Wrappers (DataFusion's `External error: ...`) repeat their cause: say it once.
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        shown = text;
         source = cause.source();
     }
     ExitCode::FAILURE

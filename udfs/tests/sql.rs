@@ -312,6 +312,25 @@ async fn settings_change_the_output() {
         error.contains("span_marker.precision") && error.contains("int4"),
         "{error}"
     );
+    // A value that does not parse is refused at `SET`, naming the setting.
+    let error = ctx
+        .sql("SET span_marker.batch_size = 'many'")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("'many'") && error.contains("`span_marker.batch_size`"),
+        "{error}"
+    );
+    ctx.sql("SET span_marker.precision = 'fp32'").await.unwrap();
+    ctx.sql("SET span_marker.batch_size = 99999999999")
+        .await
+        .unwrap();
+    let error = execution_error(&ctx, query).await;
+    assert!(
+        error.contains("span_marker.batch_size") && error.contains("65536"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -59,10 +59,12 @@ impl ExtensionOptions for SessionOptions {
 
     fn set(&mut self, key: &str, value: &str) -> datafusion::error::Result<()> {
         ExtensionOptions::set(&mut self.0, key, value).map_err(|e| {
+            // DataFusion's message ("Error parsing 'abc' as usize") without its cause chain.
+            let reason = e.strip_backtrace();
+            let reason = reason.lines().next().unwrap_or_default();
             DataFusionError::Configuration(format!(
-                "invalid value '{value}' for `{}.{key}`: {}",
-                Self::PREFIX,
-                e.strip_backtrace()
+                "invalid value '{value}' for `{}.{key}`: {reason}",
+                Self::PREFIX
             ))
         })
     }
