@@ -1,12 +1,12 @@
-//! A training run killed with SIGKILL and resumed from its last checkpoint ends exactly where an
-//! uninterrupted run ends: same steps, same logged losses, same weights.
+//! A training run killed with SIGKILL, again and again, and resumed from its last checkpoint
+//! ends exactly where an uninterrupted run ends: same steps, same logged losses, same weights.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::{max_abs_diff, repo};
 use serde_json::Value;
@@ -15,7 +15,7 @@ use span_marker::train::trainer::list_checkpoints;
 
 const MAX_STEPS: usize = 600;
 
-fn train(output_dir: &Path, args: &Path, resume: bool) -> Child {
+fn train(output_dir: &Path, args: &Path, resume: bool) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_span-marker"));
     command
         .current_dir(repo())
@@ -27,15 +27,20 @@ fn train(output_dir: &Path, args: &Path, resume: bool) -> Child {
         .arg("--output-dir")
         .arg(output_dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // MKL's matrix products may round differently with the alignment of their buffers,
+        // which differs from process to process; Adam turns such noise on weights whose true
+        // gradient is zero (the attention key biases) into visible differences. Conditional
+        // numerical reproducibility makes the products depend on the values alone.
+        .env("MKL_CBWR", "COMPATIBLE");
     if resume {
         command.args(["--resume", "latest"]);
     }
-    command.spawn().expect("the span-marker binary runs")
+    command
 }
 
-fn finish(child: Child) {
-    let out = child.wait_with_output().unwrap();
+fn finish(mut command: Command) {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -53,8 +58,11 @@ fn logged_losses(dir: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// Twenty SIGKILLs at random points of a training run (loading, between steps, while a
+/// checkpoint or the final model is written), each followed by a restart that resumes from the
+/// latest checkpoint: the run ends exactly where an uninterrupted one ends.
 #[test]
-fn a_killed_run_resumes_without_losing_or_repeating_batches() {
+fn repeated_kills_resume_without_losing_or_repeating_batches() {
     let tmp = tempfile::tempdir().unwrap();
     let args = tmp.path().join("args.json");
     // Shuffling and dropout on, so that the batch order and the random state both matter.
@@ -70,29 +78,30 @@ fn a_killed_run_resumes_without_losing_or_repeating_batches() {
     let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
     finish(train(&whole, &args, false));
 
-    let mut child = train(&killed, &args, false);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while list_checkpoints(&killed)
-        .unwrap()
-        .last()
-        .is_none_or(|(step, _)| *step < 50)
-    {
-        assert!(Instant::now() < deadline, "no checkpoint appeared");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    let mut schedule = common::FaultSchedule::new();
+    let (mut kills, mut resumed_from) = (0, Vec::new());
+    let mut finished = false;
+    while kills < 20 && !finished {
+        let resume = !list_checkpoints(&killed).unwrap_or_default().is_empty();
+        if resume {
+            resumed_from.push(list_checkpoints(&killed).unwrap().last().unwrap().0);
+        }
+        let delay = schedule.delay(Duration::from_millis(300), Duration::from_millis(3000));
+        let mut command = train(&killed, &args, resume);
+        finished = common::run_or_kill(command.stderr(Stdio::null()), delay);
+        kills += usize::from(!finished);
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
     assert!(
-        !killed.join("model.safetensors").exists(),
-        "the run finished before the kill: raise MAX_STEPS"
+        resumed_from
+            .iter()
+            .filter(|&&step| step > 0 && step < MAX_STEPS)
+            .count()
+            >= 5,
+        "too few kills fell between checkpoints: resumed from {resumed_from:?}"
     );
-    let (resumed_from, _) = list_checkpoints(&killed).unwrap().pop().unwrap();
-    assert!(resumed_from < MAX_STEPS);
-    finish(train(&killed, &args, true));
+    if !finished {
+        finish(train(&killed, &args, true));
+    }
 
     let (a, b) = (logged_losses(&whole), logged_losses(&killed));
     let steps: Vec<u64> = b.iter().map(|(s, _)| *s).collect();
@@ -106,11 +115,16 @@ fn a_killed_run_resumes_without_losing_or_repeating_batches() {
     }
     let weights = |dir: &Path| StateDict::read(&dir.join("model.safetensors")).unwrap();
     let (wa, wb) = (weights(&whole), weights(&killed));
-    for (name, tensor) in &wa.tensors {
-        let diff = max_abs_diff(tensor, wb.get(name).unwrap());
+    let mut differing: Vec<(f64, &String)> = wa
+        .tensors
+        .iter()
+        .map(|(name, tensor)| (max_abs_diff(tensor, wb.get(name).unwrap()), name))
+        .collect();
+    differing.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (diff, name) in differing {
         assert!(
             diff < 1e-4,
-            "{name} differs by {diff} (resumed from step {resumed_from})"
+            "{name} differs by {diff} (resumed from {resumed_from:?})"
         );
     }
 }

@@ -157,3 +157,56 @@ logging_steps = 5
         out = dir.join("model").display(),
     )
 }
+
+/// Random points in time for fault tests, seeded: `SPAN_MARKER_FAULT_SEED` replays a run (the
+/// seed in use is printed), otherwise a fixed seed keeps CI reproducible.
+pub struct FaultSchedule {
+    state: u64,
+}
+
+impl FaultSchedule {
+    pub fn new() -> Self {
+        let seed = std::env::var("SPAN_MARKER_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20_261_129);
+        eprintln!("fault schedule seed {seed} (set SPAN_MARKER_FAULT_SEED to replay another)");
+        Self { state: seed }
+    }
+
+    /// A delay drawn uniformly from `min..max` (splitmix64).
+    pub fn delay(
+        &mut self,
+        min: std::time::Duration,
+        max: std::time::Duration,
+    ) -> std::time::Duration {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let span = (max - min).as_micros().max(1) as u64;
+        min + std::time::Duration::from_micros(z % span)
+    }
+}
+
+/// Runs `command` and kills it (SIGKILL) after `delay`; `true` when it ended on its own first
+/// (successfully: a failure is a test failure).
+pub fn run_or_kill(command: &mut std::process::Command, delay: std::time::Duration) -> bool {
+    let mut child = command.spawn().expect("the binary starts");
+    let deadline = std::time::Instant::now() + delay;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "the run failed before it was killed: {status:?}"
+            );
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    // It may have finished between the last look and the kill.
+    status.success()
+}
