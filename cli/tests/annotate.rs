@@ -83,3 +83,79 @@ fn repeated_sigkills_then_resume_lose_and_duplicate_nothing() {
     assert_eq!(entities(&got)[100], None);
     assert!(!span_marker_udfs::annotate::parts_dir(&output).exists());
 }
+
+/// A full disk in the middle of an annotation (a 96 KiB tmpfs in a private mount namespace):
+/// the run stops with an error naming the file it could not write, leaves no partial output,
+/// and once there is room again a restart completes the job with every row once.
+#[test]
+fn a_full_disk_stops_the_run_naming_the_file_and_a_restart_completes_it() {
+    let can_mount = Command::new("unshare")
+        .args(["-Urm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can_mount {
+        eprintln!(
+            "skipping: this machine does not let the test mount a small tmpfs in a private \
+             namespace (`unshare -Urm`); the full-disk test needs it"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("corpus.parquet");
+    write_corpus(&input, 3000, &[100]);
+    let reference = dir.path().join("reference.parquet");
+    assert!(cli_annotate(&input, &reference)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let mount = dir.path().join("small-disk");
+    std::fs::create_dir(&mount).unwrap();
+    let (first, second) = (dir.path().join("first.log"), dir.path().join("second.log"));
+    let copied = dir.path().join("copied.parquet");
+    let script = r#"
+        set -e
+        mount -t tmpfs -o size=96k tmpfs "$MOUNT"
+        run() { "$BIN" annotate --input "$INPUT" --output "$MOUNT/out.parquet" --chunk-rows 64 --show 0; }
+        if run 2> "$FIRST"; then echo "the run fit on a 96 KiB disk" >&2; exit 3; fi
+        test ! -e "$MOUNT/out.parquet"
+        mount -o remount,size=64m "$MOUNT"
+        run 2> "$SECOND"
+        cp "$MOUNT/out.parquet" "$COPIED"
+    "#;
+    let out = Command::new("unshare")
+        .args(["-Urm", "sh", "-c", script])
+        .env("BIN", env!("CARGO_BIN_EXE_span-marker"))
+        .env("INPUT", &input)
+        .env("MOUNT", &mount)
+        .env("FIRST", &first)
+        .env("SECOND", &second)
+        .env("COPIED", &copied)
+        .output()
+        .unwrap();
+    let log = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\nfirst run: {}\nsecond run: {}",
+        String::from_utf8_lossy(&out.stderr),
+        log(&first),
+        log(&second)
+    );
+    let first = log(&first);
+    assert!(
+        first.contains("No space left on device")
+            && first.contains("small-disk/out.parquet.parts")
+            && !first.contains("panicked")
+            && !first.contains("internal error"),
+        "{first}"
+    );
+    assert!(
+        log(&second).contains("done by an earlier run"),
+        "{}",
+        log(&second)
+    );
+    let (got, want) = (read_all(&copied), read_all(&reference));
+    assert_eq!(ids(&got), (0..3000).collect::<Vec<_>>());
+    assert_eq!(entities(&got), entities(&want));
+}

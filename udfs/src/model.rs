@@ -253,7 +253,15 @@ impl SharedModel {
             match prediction {
                 Ok(entities) => annotated.entities.push(entities),
                 Err(error) => {
-                    annotated.failed.push((row, error.to_string()));
+                    // The row goes beside the reason (callers renumber it within their
+                    // input): the core's "row N: " prefix, counted within `rows`, would
+                    // contradict it.
+                    let text = error.to_string();
+                    let reason = match text.strip_prefix(&format!("row {row}: ")) {
+                        Some(reason) => reason.to_owned(),
+                        None => text,
+                    };
+                    annotated.failed.push((row, reason));
                     annotated.entities.push(None);
                 }
             }
