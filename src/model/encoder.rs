@@ -76,14 +76,53 @@ impl EncoderSettings {
                 reason: reason.to_owned(),
             });
         }
+        // Every size within bounds far beyond any encoder: a mistyped or hostile number is an
+        // error naming it, not an overflow or an allocation of terabytes.
+        let bounded = |value: usize, key: &str, max: usize| {
+            if (1..=max).contains(&value) {
+                Ok(value as i64)
+            } else {
+                Err(Error::Config(format!(
+                    "encoder config: `{key}` must be between 1 and {max}, got {value}"
+                )))
+            }
+        };
         let required = |value: Option<usize>, key: &str| {
-            value.map(|v| v as i64).ok_or_else(|| {
+            let value = value.ok_or_else(|| {
                 Error::Config(format!(
                     "encoder config: missing field `{key}` (needed by a {} encoder)",
                     config.model_type
                 ))
-            })
+            })?;
+            let max = match key {
+                "vocab_size" => 1 << 24,
+                "intermediate_size" | "max_position_embeddings" => 1 << 20,
+                "num_hidden_layers" | "num_attention_heads" => 1 << 10,
+                _ => 1 << 16,
+            };
+            bounded(value, key, max)
         };
+        for (key, value, range) in [
+            (
+                "layer_norm_eps",
+                config.layer_norm_eps,
+                f64::MIN_POSITIVE..1.0,
+            ),
+            ("hidden_dropout_prob", config.hidden_dropout_prob, 0.0..1.0),
+            (
+                "attention_probs_dropout_prob",
+                config.attention_probs_dropout_prob,
+                0.0..1.0,
+            ),
+            ("initializer_range", config.initializer_range, 0.0..10.0),
+        ] {
+            if let Some(value) = value.filter(|v| !range.contains(v)) {
+                return Err(Error::Config(format!(
+                    "encoder config: `{key}` must be in [{}, {}), got {value}",
+                    range.start, range.end
+                )));
+            }
+        }
         let settings = Self {
             model_type: config.model_type.clone(),
             vocab_size: required(config.vocab_size, "vocab_size")?,
@@ -98,10 +137,17 @@ impl EncoderSettings {
                 config.max_position_embeddings,
                 "max_position_embeddings",
             )?,
-            type_vocab_size: config.type_vocab_size.unwrap_or(2) as i64,
+            type_vocab_size: bounded(
+                config.type_vocab_size.unwrap_or(2),
+                "type_vocab_size",
+                1 << 16,
+            )?,
             layer_norm_eps: config.layer_norm_eps.unwrap_or(1e-12),
             initializer_range: config.initializer_range.unwrap_or(0.02),
-            embedding_size: config.embedding_size.map(|e| e as i64),
+            embedding_size: config
+                .embedding_size
+                .map(|e| bounded(e, "embedding_size", 1 << 16))
+                .transpose()?,
             position_embedding_type: config.position_embedding_type.clone(),
         };
         if let Some(kind) = settings
