@@ -85,6 +85,38 @@ pub struct BenchOptions {
 }
 
 impl BenchOptions {
+    /// Checks every numeric option against its range, naming the first one outside.
+    fn validate(&self) -> Result<(), String> {
+        let counts = [
+            ("--sentences", self.sentences, 1, 10_000_000),
+            ("--join", self.join, 1, 10_000),
+            (
+                "--batch-size",
+                self.batch_size,
+                1,
+                PredictOptions::MAX_BATCH_SIZE,
+            ),
+            ("--threads", self.threads(), 1, 4096),
+            ("--warmup", self.warmup, 0, 1000),
+            ("--repeat", self.repeat, 1, 1000),
+            ("--train-steps", self.train_steps, 0, 10_000_000),
+        ];
+        for (flag, value, min, max) in counts {
+            if !(min..=max).contains(&value) {
+                return Err(format!(
+                    "{flag} must be between {min} and {max}, got {value}"
+                ));
+            }
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(format!(
+                "--learning-rate must be a positive number, got {}",
+                self.learning_rate
+            ));
+        }
+        Ok(())
+    }
+
     /// Intra-op threads of both sides.
     fn threads(&self) -> usize {
         self.threads
@@ -106,9 +138,7 @@ pub(crate) type SentenceEntities = Vec<(usize, usize, String)>;
 pub(crate) type Entities = Vec<SentenceEntities>;
 
 fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
-    if options.threads == Some(0) {
-        return Err("--threads must be at least 1".into());
-    }
+    options.validate()?;
     tch::set_num_threads(options.threads() as i32);
     // Inference goes through the engine layer's model thread, the direct API and SQL alike, so
     // that one thread of the process runs libtorch (see `span_marker_udfs::SharedModel`);

@@ -81,3 +81,26 @@ fn bench_joins_sentences_and_compares_only_those_that_fit() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--join must be at least 1"));
 }
+
+/// Out-of-range numbers are refused before any work, naming the flag: never a panic, an
+/// abort on a huge allocation, or a libtorch error.
+#[test]
+fn out_of_range_options_are_refused_naming_the_flag() {
+    for (flag, value) in [
+        ("--threads", "0"),
+        ("--threads", "99999999"),
+        ("--sentences", "99999999999"),
+        ("--join", "0"),
+        ("--batch-size", "99999999999"),
+        ("--repeat", "0"),
+        ("--learning-rate", "nan"),
+    ] {
+        let out = bench().args([flag, value]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("error: {flag} must be")) && !stderr.contains("panicked"),
+            "{flag} {value}: {stderr}"
+        );
+    }
+}

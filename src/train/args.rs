@@ -209,10 +209,15 @@ impl TrainingArguments {
                 self.warmup_ratio
             ));
         }
-        if self.max_steps.is_none()
-            && (self.num_train_epochs.is_nan() || self.num_train_epochs <= 0.0)
-        {
+        let epochs = self.num_train_epochs;
+        if self.max_steps.is_none() && (epochs.is_nan() || epochs <= 0.0) {
             return Err("`num_train_epochs` must be positive (or set `max_steps`)".into());
+        }
+        if epochs.is_nan() || epochs > 100_000.0 {
+            return Err(format!(
+                "`num_train_epochs` must be at most 100000, got {}",
+                self.num_train_epochs
+            ));
         }
         if self.max_steps == Some(0) {
             return Err("`max_steps` must be at least 1".into());
