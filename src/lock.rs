@@ -2,11 +2,13 @@
 //! process ends however it ends) while a job writes into a directory.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// A held lock on a directory; released when dropped or when the process ends.
+/// A held lock on a directory; released when dropped or when the process ends. The lock file
+/// stays: deleting it would let a run that opened it just before lock a file that a third run
+/// no longer sees.
 ///
 /// ```
 /// use span_marker::lock::DirLock;
@@ -14,14 +16,13 @@ use crate::error::{Error, Result};
 /// let held = DirLock::acquire(dir.path(), "training")?;
 /// let refused = DirLock::acquire(dir.path(), "training").unwrap_err().to_string();
 /// assert!(refused.contains("another training run"), "{refused}");
-/// held.release();
+/// drop(held);
 /// DirLock::acquire(dir.path(), "training")?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
 pub struct DirLock {
-    file: File,
-    path: PathBuf,
+    _file: File,
 }
 
 impl DirLock {
@@ -33,7 +34,7 @@ impl DirLock {
         let path = dir.join(Self::FILE);
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
         match file.try_lock() {
-            Ok(()) => Ok(Self { file, path }),
+            Ok(()) => Ok(Self { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::io(
                 dir,
                 std::io::Error::new(
@@ -46,11 +47,5 @@ impl DirLock {
             )),
             Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
         }
-    }
-
-    /// Removes the lock file and releases the lock (for a job whose directory stays).
-    pub fn release(self) {
-        let _ = std::fs::remove_file(&self.path);
-        drop(self.file);
     }
 }

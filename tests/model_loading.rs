@@ -256,14 +256,23 @@ fn weights_of_the_wrong_shape_are_reported() {
         "{err}"
     );
     // Sizes are checked against the weights before anything is allocated: a config asking
-    // for a hundred million layers is an error, not an attempt at 38 GB.
+    // for a thousand layers where the weights hold two is an error, not an allocation.
     edit_config(dir.path(), |c| {
         c["encoder"]["intermediate_size"] = Value::from(64);
-        c["encoder"]["num_hidden_layers"] = Value::from(100_000_000);
+        c["encoder"]["num_hidden_layers"] = Value::from(1000);
     });
     let err = load_error(dir.path());
     assert!(
-        err.contains("100000000 layers (`num_hidden_layers`)") && err.contains("hold 2"),
+        err.contains("1000 layers (`num_hidden_layers`)") && err.contains("hold 2"),
+        "{err}"
+    );
+    // And beyond any encoder, before the weights are even read.
+    edit_config(dir.path(), |c| {
+        c["encoder"]["num_hidden_layers"] = Value::from(100_000_000)
+    });
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("`num_hidden_layers` must be between 1 and 1024"),
         "{err}"
     );
 }

@@ -160,9 +160,6 @@ fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     if corpus.is_empty() {
         return Err(format!("{}: no sentences", options.data.display()).into());
     }
-    if options.join == 0 {
-        return Err("--join must be at least 1".into());
-    }
     let examples = joined_examples(&corpus, options.sentences, options.join);
     let sentences: Vec<Vec<String>> = examples.iter().map(|e| e.tokens.clone()).collect();
     let words = borrowed_words(&sentences);

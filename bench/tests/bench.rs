@@ -79,7 +79,7 @@ fn bench_joins_sentences_and_compares_only_those_that_fit() {
 
     let out = run("0");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--join must be at least 1"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--join must be between 1 and"));
 }
 
 /// Out-of-range numbers are refused before any work, naming the flag: never a panic, an

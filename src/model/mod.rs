@@ -56,8 +56,9 @@ pub struct LoadOptions {
 }
 
 /// The sizes `config.json` gives the encoder against the weights, before any variable is
-/// allocated: a config that asks for more layers or wider ones than the checkpoint holds is an
-/// error naming the setting, not an attempt to allocate them (and a crash when that fails).
+/// allocated: a config that asks for more layers, wider ones or a wider embedding than the
+/// checkpoint holds is an error naming the setting, not an attempt to allocate them (and a
+/// crash when that fails). Every size is also bounded by `EncoderSettings::from_config`.
 fn check_sizes(settings: &EncoderSettings, state: &StateDict) -> Result<()> {
     let layer_of = |key: &str| {
         let parts: Vec<&str> = key.split('.').collect();
@@ -107,17 +108,33 @@ fn check_sizes(settings: &EncoderSettings, state: &StateDict) -> Result<()> {
             "embeddings.token_type_embeddings.weight",
         ),
     ];
-    // Each size is the first dimension of its weight.
+    // Each size is the first dimension of its weight; the token type embeddings may be
+    // absent (the model then has none), the others must be there.
     for (key, wanted, suffix) in checks {
-        if let Some(shape) = shape_of(suffix) {
-            if shape.first() != Some(&wanted) {
-                return Err(state.error(format!(
-                    "config.json says `{key}` = {wanted} but the weight `…{suffix}` has shape {shape:?}"
-                )));
+        let Some(shape) = shape_of(suffix) else {
+            if key == "type_vocab_size" {
+                continue;
             }
+            return Err(state.error(format!(
+                "missing weight `…{suffix}` (the encoder needs it to have `{key}` = {wanted})"
+            )));
+        };
+        if shape.first() != Some(&wanted) {
+            return Err(state.error(format!(
+                "config.json says `{key}` = {wanted} but the weight `…{suffix}` has shape {shape:?}"
+            )));
         }
     }
-    Ok(())
+    let width = settings.embedding_size.unwrap_or(settings.hidden_size);
+    let suffix = "embeddings.word_embeddings.weight";
+    match shape_of(suffix) {
+        Some(shape) if shape.get(1) == Some(&width) => Ok(()),
+        Some(shape) => Err(state.error(format!(
+            "config.json gives the word embeddings a width of {width} (`embedding_size`, else \
+             `hidden_size`) but the weight `…{suffix}` has shape {shape:?}"
+        ))),
+        None => Err(state.error(format!("missing weight `…{suffix}`"))),
+    }
 }
 
 /// The most rows the word embeddings may have beyond the tokenizer's highest id: embedding

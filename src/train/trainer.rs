@@ -69,36 +69,58 @@ pub struct RunIdentity {
     pub model: String,
     /// Digest of the training examples (words, tags, document positions), in order.
     pub train_data: String,
-    /// Digest of the evaluation examples, which pick the best checkpoint.
+    /// Digest of the evaluation examples, when they pick the model the run ends with
+    /// (`load_best_model_at_end`).
     pub eval_data: Option<String>,
-    /// The training arguments but those that do not change the weights (output directory,
-    /// device, evaluation batch size, checkpoint retention).
+    /// The training arguments that change the weights (see [`RunIdentity::ARGS`]).
     pub args: Map<String, Value>,
 }
 
 impl RunIdentity {
+    /// The training arguments that change the weights a run ends with; the others (where and
+    /// how often it logs, evaluates and saves, its device) may change between a run and its
+    /// resumption.
+    pub const ARGS: [&str; 19] = [
+        "learning_rate",
+        "weight_decay",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "warmup_ratio",
+        "warmup_steps",
+        "lr_scheduler_type",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "num_train_epochs",
+        "max_steps",
+        "seed",
+        "max_grad_norm",
+        "fp16",
+        "bf16",
+        "shuffle",
+        "group_by_length",
+        "load_best_model_at_end",
+    ];
+
     fn new(
         model: &SpanMarkerModel,
         args: &TrainingArguments,
         train: &NerDataset,
         eval: Option<&NerDataset>,
     ) -> Result<Self> {
-        let mut args = match serde_json::to_value(args) {
-            Ok(Value::Object(map)) => map,
-            _ => Map::new(),
-        };
-        for free in [
-            "output_dir",
-            "device",
-            "per_device_eval_batch_size",
-            "save_total_limit",
-        ] {
-            args.remove(free);
-        }
+        // Through JSON text and back, as a checkpoint stores it, so that a float compares
+        // equal to its stored self.
+        let text = serde_json::to_string(args).map_err(|e| Error::json(ARGS_FILE, e))?;
+        let all: Map<String, Value> =
+            serde_json::from_str(&text).map_err(|e| Error::json(ARGS_FILE, e))?;
+        let args = all
+            .into_iter()
+            .filter(|(key, _)| Self::ARGS.contains(&key.as_str()))
+            .collect();
         Ok(Self {
             model: model.encoder_fingerprint()?,
             train_data: data_digest(train),
-            eval_data: eval.map(data_digest),
+            eval_data: eval.filter(|_| args_load_best(&args)).map(data_digest),
             args,
         })
     }
@@ -126,8 +148,11 @@ impl RunIdentity {
             changed.push("the evaluation data differs".to_owned());
         }
         for (key, value) in &self.args {
-            let before = found.args.get(key).cloned().unwrap_or(Value::Null);
-            if before != *value {
+            // An argument the checkpoint does not record (added since) cannot be compared.
+            let Some(before) = found.args.get(key) else {
+                continue;
+            };
+            if before != value {
                 changed.push(format!("`{key}` was {before}, is now {value}"));
             }
         }
@@ -141,6 +166,10 @@ impl RunIdentity {
             changed.join("; ")
         )))
     }
+}
+
+fn args_load_best(args: &Map<String, Value>) -> bool {
+    args.get("load_best_model_at_end") == Some(&Value::Bool(true))
 }
 
 /// Digest of a dataset's examples, in order.
@@ -535,7 +564,7 @@ impl<'m> Trainer<'m> {
         self.model
             .save_pretrained_with_card(&args.output_dir, &card)?;
         save_curves(&state.log_history, &args.output_dir)?;
-        lock.release();
+        drop(lock);
         Ok(TrainOutput {
             global_step: state.global_step,
             train_loss,

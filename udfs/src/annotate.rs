@@ -132,7 +132,7 @@ pub struct AnnotateReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Manifest {
     /// Where the input and the model were found (for people: names are not compared).
-    input_path: PathBuf,
+    input_path: String,
     model_source: String,
     job: JobIdentity,
     /// Set once the merged output is complete: its identity, so that a run interrupted
@@ -194,7 +194,7 @@ pub fn annotate(model: &SharedModel, options: &AnnotateOptions) -> Result<Annota
 
     let dir = parts_dir(&options.output);
     let manifest = Manifest {
-        input_path: options.input.clone(),
+        input_path: options.input.to_string_lossy().into_owned(),
         model_source: model.source().to_owned(),
         job: JobIdentity {
             input: FileIdentity::of(&options.input)?,
@@ -215,7 +215,7 @@ pub fn annotate(model: &SharedModel, options: &AnnotateOptions) -> Result<Annota
     let done_parts = match progress {
         Progress::Parts(parts) => parts,
         Progress::Merged => {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            remove_parts(&dir)?;
             return Ok(AnnotateReport {
                 rows: total_rows,
                 resumed_rows: total_rows,
@@ -354,6 +354,12 @@ fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<(Prog
     let manifest_path = dir.join(MANIFEST_FILE);
     if !manifest_path.exists() {
         // A new job (or one killed before its manifest was written, with no parts yet).
+        if part_path(dir, 0).exists() || dir.join(MERGED_FILE).exists() {
+            return Err(Error::file(
+                dir,
+                "holds parts but no manifest saying which job wrote them: remove the directory to start over",
+            ));
+        }
         if output.exists() {
             return Err(Error::file(
                 output,
@@ -404,9 +410,12 @@ fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<(Prog
 
 /// The manifest's name in the part directory.
 const MANIFEST_FILE: &str = "manifest.json";
+/// The merged output's name in the part directory, until it is published.
+const MERGED_FILE: &str = "merged.parquet";
 
 fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
-    let text = serde_json::to_string_pretty(manifest).expect("a manifest serializes");
+    let text = serde_json::to_string_pretty(manifest)
+        .map_err(|e| Error::file(dir, format!("cannot record the job: {e}")))?;
     span_marker::checkpoint::write_atomically(&dir.join(MANIFEST_FILE), text.as_bytes())?;
     Ok(())
 }
@@ -490,7 +499,7 @@ fn merge_parts(dir: &Path, manifest: &Manifest, output: &Path, schema: &SchemaRe
                 Err(e) => Box::new(std::iter::once(Err(e))),
             }
         });
-    let merged = dir.join("merged.parquet");
+    let merged = dir.join(MERGED_FILE);
     write_parquet_atomically(&merged, schema, batches)?;
     write_manifest(
         dir,
@@ -500,12 +509,24 @@ fn merge_parts(dir: &Path, manifest: &Manifest, output: &Path, schema: &SchemaRe
         },
     )?;
     publish(&merged, output)?;
-    std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    Ok(())
+    remove_parts(dir)
+}
+
+/// Removes a finished job's part directory: first renamed away in one step, so that a kill
+/// while its files go never leaves a directory without its manifest (which a later run could
+/// take for a new job's).
+fn remove_parts(dir: &Path) -> Result<()> {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(dir.file_name().unwrap_or_default());
+    name.push(format!(".done-{}", std::process::id()));
+    let doomed = dir.with_file_name(name);
+    std::fs::rename(dir, &doomed).map_err(|e| Error::io(dir, e))?;
+    std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
 }
 
 /// Moves `file` to `output` unless something is there: a hard link fails rather than replace,
-/// where a rename would not; file systems without hard links get a checked rename.
+/// where a rename would not. File systems without hard links get a checked rename (a file
+/// created at the output in the instant between the check and the rename would be replaced).
 fn publish(file: &Path, output: &Path) -> Result<()> {
     let taken = || {
         Error::file(
@@ -516,7 +537,8 @@ fn publish(file: &Path, output: &Path) -> Result<()> {
     match std::fs::hard_link(file, output) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(taken()),
-        Err(_) if output.exists() => Err(taken()),
+        // `symlink_metadata`: a dangling link at the output is something there too.
+        Err(_) if std::fs::symlink_metadata(output).is_ok() => Err(taken()),
         Err(_) => std::fs::rename(file, output).map_err(|e| Error::io(output, e)),
     }
 }
