@@ -8,7 +8,9 @@ mod corpus;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use common::Ended;
 
 use corpus::{entities, ids, part_files, read_all, write_corpus};
 
@@ -28,60 +30,90 @@ fn cli_annotate(input: &Path, output: &Path) -> Command {
     command
 }
 
-/// Twenty SIGKILLs at random points of an annotation (loading, writing parts, merging,
-/// removing the parts), each followed by a restart with the same arguments: the output has
-/// every row once, in order, with the entities of an uninterrupted run.
+/// Rows of the corpus the kill test annotates.
+const ROWS: usize = 3000;
+
+/// Twenty SIGKILLs at random points of annotation jobs, each followed by a restart with the
+/// same arguments: half at a random instant from the start (loading, the first parts), half
+/// a random moment after a random number of further parts (writing parts, merging, removing
+/// the parts). Every finished job has every row once, in order, with the entities of an
+/// uninterrupted run; then the next job starts over.
 #[test]
 fn repeated_sigkills_then_resume_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("corpus.parquet");
-    write_corpus(&input, 3000, &[100]);
+    write_corpus(&input, ROWS, &[100]);
     let reference: PathBuf = dir.path().join("reference.parquet");
     let status = cli_annotate(&input, &reference)
         .stderr(Stdio::null())
         .status()
         .unwrap();
     assert!(status.success());
+    let want = entities(&read_all(&reference));
+    let check = |output: &Path| {
+        let got = read_all(output);
+        assert_eq!(
+            ids(&got),
+            (0..ROWS as i64).collect::<Vec<_>>(),
+            "each row once, in order"
+        );
+        assert_eq!(entities(&got), want);
+        assert!(!span_marker_udfs::annotate::parts_dir(output).exists());
+    };
 
     let output = dir.path().join("out.parquet");
     let mut schedule = common::FaultSchedule::new();
-    let (mut kills, mut interrupted_midway) = (0, 0);
-    let mut finished = false;
-    while kills < 20 && !finished {
-        let delay = schedule.delay(Duration::from_millis(20), Duration::from_millis(1500));
-        finished = common::run_or_kill(cli_annotate(&input, &output).stderr(Stdio::null()), delay);
-        if !finished {
-            kills += 1;
-            let parts = part_files(&output);
-            interrupted_midway += usize::from(parts > 0 && parts < 3000 / 64);
-            if output.exists() {
-                // Published before the kill: it must be complete.
-                assert_eq!(ids(&read_all(&output)), (0..3000).collect::<Vec<_>>());
+    let (mut kills, mut midway, mut jobs) = (0, 0, 0);
+    while kills < 20 {
+        let ended = if schedule.below(2) == 0 {
+            let delay = schedule.delay(Duration::ZERO, Duration::from_millis(1500));
+            let started = Instant::now();
+            common::run_until_killed(
+                cli_annotate(&input, &output).stderr(Stdio::null()),
+                || started.elapsed() >= delay,
+                Duration::ZERO,
+            )
+        } else {
+            let target = part_files(&output) + 1 + schedule.below(4) as usize;
+            let extra = schedule.delay(Duration::ZERO, Duration::from_millis(80));
+            common::run_until_killed(
+                cli_annotate(&input, &output).stderr(Stdio::null()),
+                || part_files(&output) >= target,
+                extra,
+            )
+        };
+        match ended {
+            Ended::Killed => {
+                kills += 1;
+                let parts = part_files(&output);
+                midway += usize::from(parts > 0 && parts < ROWS.div_ceil(64));
+                if output.exists() {
+                    // Published before the kill: complete, whatever else was left to do.
+                    assert_eq!(
+                        ids(&read_all(&output)),
+                        (0..ROWS as i64).collect::<Vec<_>>()
+                    );
+                }
+            }
+            Ended::Finished => {
+                check(&output);
+                std::fs::remove_file(&output).unwrap();
+                jobs += 1;
             }
         }
     }
     assert!(
-        interrupted_midway >= 5,
-        "only {interrupted_midway} of {kills} kills fell among the parts: the schedule is too short or too long"
+        midway >= 5,
+        "only {midway} of {kills} kills fell among the parts"
     );
-
-    if !finished {
-        let resumed = cli_annotate(&input, &output).output().unwrap();
-        assert!(
-            resumed.status.success(),
-            "{}",
-            String::from_utf8_lossy(&resumed.stderr)
-        );
-    }
-    let (got, want) = (read_all(&output), read_all(&reference));
-    assert_eq!(
-        ids(&got),
-        (0..3000).collect::<Vec<_>>(),
-        "each row once, in order"
+    let resumed = cli_annotate(&input, &output).output().unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    check(&output);
+    eprintln!(
+        "{kills} kills ({midway} among the parts) over {} jobs",
+        jobs + 1
     );
-    assert_eq!(entities(&got), entities(&want));
-    assert_eq!(entities(&got)[100], None);
-    assert!(!span_marker_udfs::annotate::parts_dir(&output).exists());
 }
 
 /// A full disk in the middle of an annotation (a 96 KiB tmpfs in a private mount namespace):

@@ -6,9 +6,9 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{max_abs_diff, repo};
+use common::{max_abs_diff, repo, Ended};
 use serde_json::Value;
 use span_marker::checkpoint::StateDict;
 use span_marker::train::trainer::list_checkpoints;
@@ -58,9 +58,11 @@ fn logged_losses(dir: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
-/// Twenty SIGKILLs at random points of a training run (loading, between steps, while a
-/// checkpoint or the final model is written), each followed by a restart that resumes from the
-/// latest checkpoint: the run ends exactly where an uninterrupted one ends.
+/// Twenty SIGKILLs at random points of training runs, each followed by a restart that
+/// resumes from the latest checkpoint: half at a random instant from the start (loading,
+/// encoding, the first steps), half a random moment after a random number of further
+/// checkpoints (between steps, while a checkpoint or the final model is written). Every
+/// finished run ends exactly where an uninterrupted one ends; then the next starts over.
 #[test]
 fn repeated_kills_resume_without_losing_or_repeating_batches() {
     let tmp = tempfile::tempdir().unwrap();
@@ -77,33 +79,58 @@ fn repeated_kills_resume_without_losing_or_repeating_batches() {
     .unwrap();
     let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
     finish(train(&whole, &args, false));
+    let latest = |dir: &Path| {
+        list_checkpoints(dir)
+            .unwrap_or_default()
+            .last()
+            .map(|(step, _)| *step)
+    };
 
     let mut schedule = common::FaultSchedule::new();
-    let (mut kills, mut resumed_from) = (0, Vec::new());
-    let mut finished = false;
-    while kills < 20 && !finished {
-        let resume = !list_checkpoints(&killed).unwrap_or_default().is_empty();
-        if resume {
-            resumed_from.push(list_checkpoints(&killed).unwrap().last().unwrap().0);
+    let (mut kills, mut resumed_from, mut runs) = (0, Vec::new(), 0);
+    while kills < 20 {
+        let from = latest(&killed);
+        resumed_from.extend(from);
+        let mut command = train(&killed, &args, from.is_some());
+        command.stderr(Stdio::null());
+        let ended = if schedule.below(2) == 0 {
+            let delay = schedule.delay(Duration::ZERO, Duration::from_millis(3000));
+            let started = Instant::now();
+            common::run_until_killed(&mut command, || started.elapsed() >= delay, Duration::ZERO)
+        } else {
+            let target = from.unwrap_or(0) + 25 * (1 + schedule.below(3) as usize);
+            let extra = schedule.delay(Duration::ZERO, Duration::from_millis(300));
+            common::run_until_killed(
+                &mut command,
+                || latest(&killed).is_some_and(|step| step >= target),
+                extra,
+            )
+        };
+        match ended {
+            Ended::Killed => kills += 1,
+            Ended::Finished => {
+                assert_same_run(&whole, &killed, &resumed_from);
+                std::fs::remove_dir_all(&killed).unwrap();
+                resumed_from.clear();
+                runs += 1;
+            }
         }
-        let delay = schedule.delay(Duration::from_millis(300), Duration::from_millis(3000));
-        let mut command = train(&killed, &args, resume);
-        finished = common::run_or_kill(command.stderr(Stdio::null()), delay);
-        kills += usize::from(!finished);
     }
+    let between = resumed_from
+        .iter()
+        .filter(|&&step| step > 0 && step < MAX_STEPS)
+        .count();
+    finish(train(&killed, &args, latest(&killed).is_some()));
+    assert_same_run(&whole, &killed, &resumed_from);
     assert!(
-        resumed_from
-            .iter()
-            .filter(|&&step| step > 0 && step < MAX_STEPS)
-            .count()
-            >= 5,
+        runs > 0 || between >= 5,
         "too few kills fell between checkpoints: resumed from {resumed_from:?}"
     );
-    if !finished {
-        finish(train(&killed, &args, true));
-    }
+}
 
-    let (a, b) = (logged_losses(&whole), logged_losses(&killed));
+/// The run in `resumed` logged every step once and ended with the weights of `whole`.
+fn assert_same_run(whole: &Path, resumed: &Path, resumed_from: &[usize]) {
+    let (a, b) = (logged_losses(whole), logged_losses(resumed));
     let steps: Vec<u64> = b.iter().map(|(s, _)| *s).collect();
     let expected: Vec<u64> = (1..=(MAX_STEPS / 5) as u64).map(|i| i * 5).collect();
     assert_eq!(steps, expected, "every step logged once, in order");
@@ -114,14 +141,9 @@ fn repeated_kills_resume_without_losing_or_repeating_batches() {
         );
     }
     let weights = |dir: &Path| StateDict::read(&dir.join("model.safetensors")).unwrap();
-    let (wa, wb) = (weights(&whole), weights(&killed));
-    let mut differing: Vec<(f64, &String)> = wa
-        .tensors
-        .iter()
-        .map(|(name, tensor)| (max_abs_diff(tensor, wb.get(name).unwrap()), name))
-        .collect();
-    differing.sort_by(|a, b| b.0.total_cmp(&a.0));
-    for (diff, name) in differing {
+    let (wa, wb) = (weights(whole), weights(resumed));
+    for (name, tensor) in &wa.tensors {
+        let diff = max_abs_diff(tensor, wb.get(name).unwrap());
         assert!(
             diff < 1e-4,
             "{name} differs by {diff} (resumed from {resumed_from:?})"

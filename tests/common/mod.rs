@@ -174,39 +174,62 @@ impl FaultSchedule {
         Self { state: seed }
     }
 
-    /// A delay drawn uniformly from `min..max` (splitmix64).
-    pub fn delay(
-        &mut self,
-        min: std::time::Duration,
-        max: std::time::Duration,
-    ) -> std::time::Duration {
+    /// A number drawn uniformly from `0..n` (splitmix64).
+    pub fn below(&mut self, n: u64) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
+        z % n.max(1)
+    }
+
+    /// A delay drawn uniformly from `min..max`.
+    pub fn delay(
+        &mut self,
+        min: std::time::Duration,
+        max: std::time::Duration,
+    ) -> std::time::Duration {
         let span = (max - min).as_micros().max(1) as u64;
-        min + std::time::Duration::from_micros(z % span)
+        min + std::time::Duration::from_micros(self.below(span))
     }
 }
 
-/// Runs `command` and kills it (SIGKILL) after `delay`; `true` when it ended on its own first
-/// (successfully: a failure is a test failure).
-pub fn run_or_kill(command: &mut std::process::Command, delay: std::time::Duration) -> bool {
+/// How a run under a fault schedule ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It finished (successfully: a failure is a test failure) before the kill.
+    Finished,
+    Killed,
+}
+
+/// Runs `command` and kills it (SIGKILL) `extra` after `due()` first says so.
+pub fn run_until_killed(
+    command: &mut std::process::Command,
+    mut due: impl FnMut() -> bool,
+    extra: std::time::Duration,
+) -> Ended {
     let mut child = command.spawn().expect("the binary starts");
-    let deadline = std::time::Instant::now() + delay;
-    while std::time::Instant::now() < deadline {
+    loop {
         if let Some(status) = child.try_wait().unwrap() {
             assert!(
                 status.success(),
                 "the run failed before it was killed: {status:?}"
             );
-            return true;
+            return Ended::Finished;
+        }
+        if due() {
+            break;
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
+    std::thread::sleep(extra);
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     // It may have finished between the last look and the kill.
-    status.success()
+    if status.success() {
+        Ended::Finished
+    } else {
+        Ended::Killed
+    }
 }
