@@ -164,6 +164,7 @@ fn pipeline(dir: &Path, name: &str, from: &str, to: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+#[rustfmt::skip] // a table: one case a line
 fn cases(dir: &Path) -> Vec<Case> {
     let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     // Files.
@@ -234,43 +235,13 @@ fn cases(dir: &Path) -> Vec<Case> {
     });
     // Pipelines.
     let pl_syntax = pipeline(dir, "syntax.toml", "[training]", "[training");
-    let pl_type = pipeline(
-        dir,
-        "type.toml",
-        "learning_rate = 5e-3",
-        "learning_rate = \"fast\"",
-    );
-    let pl_key = pipeline(
-        dir,
-        "key.toml",
-        "learning_rate = 5e-3",
-        "lerning_rate = 5e-3",
-    );
+    let pl_type = pipeline(dir, "type.toml", "learning_rate = 5e-3", "learning_rate = \"fast\"");
+    let pl_key = pipeline(dir, "key.toml", "learning_rate = 5e-3", "lerning_rate = 5e-3");
     let pl_metric = pipeline(dir, "metric.toml", "\"overall_f1\"", "\"f2\"");
-    let pl_lr = pipeline(
-        dir,
-        "lr.toml",
-        "learning_rate = 5e-3",
-        "learning_rate = -1.0",
-    );
-    let pl_data = pipeline(
-        dir,
-        "data.toml",
-        "examples/data/train.txt",
-        "examples/data/nope.txt",
-    );
-    let pl_entity = pipeline(
-        dir,
-        "entity.toml",
-        "entity_max_length = 6",
-        "entity_max_length = 0",
-    );
-    let pl_model = pipeline(
-        dir,
-        "model.toml",
-        "tests/fixtures/encoders/tiny-bert",
-        "nope/enc",
-    );
+    let pl_lr = pipeline(dir, "lr.toml", "learning_rate = 5e-3", "learning_rate = -1.0");
+    let pl_data = pipeline(dir, "data.toml", "examples/data/train.txt", "examples/data/nope.txt");
+    let pl_entity = pipeline(dir, "entity.toml", "entity_max_length = 6", "entity_max_length = 0");
+    let pl_model = pipeline(dir, "model.toml", "tests/fixtures/encoders/tiny-bert", "nope/enc");
 
     let mut cases = Vec::new();
     let mut add = |class: &'static str, args: &[&str], stdin: Option<&[u8]>, expect: Expect| {
@@ -285,690 +256,105 @@ fn cases(dir: &Path) -> Vec<Case> {
 
     // Numbers out of range or of the wrong type.
     let n = "out-of-range or mistyped numbers";
-    add(
-        n,
-        &["predict", "--batch-size", "0", "x"],
-        None,
-        Fails(&["batch_size"]),
-    );
-    add(
-        n,
-        &["predict", "--batch-size", "99999999999", "x"],
-        None,
-        Fails(&["batch_size", "65536"]),
-    );
+    add(n, &["predict", "--batch-size", "0", "x"], None, Fails(&["batch_size"]));
+    add(n, &["predict", "--batch-size", "99999999999", "x"], None, Fails(&["batch_size", "65536"]));
     add(n, &["predict", "--batch-size", "-1", "x"], None, Fails(&[]));
-    add(
-        n,
-        &["predict", "--batch-size", "abc", "x"],
-        None,
-        Fails(&["abc"]),
-    );
-    add(
-        n,
-        &["predict", "--batch-size", "1e3", "x"],
-        None,
-        Fails(&["1e3"]),
-    );
-    add(
-        n,
-        &["predict", "--threshold", "2", "x"],
-        None,
-        Fails(&["threshold"]),
-    );
-    add(
-        n,
-        &["predict", "--threshold", "nan", "x"],
-        None,
-        Fails(&["threshold"]),
-    );
-    add(
-        n,
-        &["predict", "--threshold=-0.5", "x"],
-        None,
-        Fails(&["threshold"]),
-    );
-    add(
-        n,
-        &["predict", "--threshold", "inf", "x"],
-        None,
-        Fails(&["threshold"]),
-    );
-    add(
-        n,
-        &[
-            "annotate",
-            "--input",
-            &p("corpus.parquet"),
-            "--output",
-            &p("o-chunk0.parquet"),
-            "--chunk-rows",
-            "0",
-        ],
-        None,
-        Fails(&["chunk_rows"]),
-    );
-    add(
-        n,
-        &[
-            "annotate",
-            "--input",
-            &p("corpus.parquet"),
-            "--output",
-            &p("o-chunkbig.parquet"),
-            "--chunk-rows",
-            "99999999999999",
-        ],
-        None,
-        Fails(&["chunk_rows"]),
-    );
-    add(
-        n,
-        &[
-            "annotate",
-            "--input",
-            &p("corpus.parquet"),
-            "--output",
-            &p("o-batch.parquet"),
-            "--batch-size",
-            "99999999999",
-        ],
-        None,
-        Fails(&["batch_size"]),
-    );
-    add(
-        n,
-        &[
-            "annotate",
-            "--input",
-            &p("corpus.parquet"),
-            "--output",
-            &p("o-show.parquet"),
-            "--show",
-            "99999999999",
-        ],
-        None,
-        Runs,
-    );
+    add(n, &["predict", "--batch-size", "abc", "x"], None, Fails(&["abc"]));
+    add(n, &["predict", "--batch-size", "1e3", "x"], None, Fails(&["1e3"]));
+    add(n, &["predict", "--threshold", "2", "x"], None, Fails(&["threshold"]));
+    add(n, &["predict", "--threshold", "nan", "x"], None, Fails(&["threshold"]));
+    add(n, &["predict", "--threshold=-0.5", "x"], None, Fails(&["threshold"]));
+    add(n, &["predict", "--threshold", "inf", "x"], None, Fails(&["threshold"]));
+    add(n, &["annotate", "--input", &p("corpus.parquet"), "--output", &p("o-chunk0.parquet"), "--chunk-rows", "0"], None, Fails(&["chunk_rows"]));
+    add(n, &["annotate", "--input", &p("corpus.parquet"), "--output", &p("o-chunkbig.parquet"), "--chunk-rows", "99999999999999"], None, Fails(&["chunk_rows"]));
+    add(n, &["annotate", "--input", &p("corpus.parquet"), "--output", &p("o-batch.parquet"), "--batch-size", "99999999999"], None, Fails(&["batch_size"]));
+    add(n, &["annotate", "--input", &p("corpus.parquet"), "--output", &p("o-show.parquet"), "--show", "99999999999"], None, Runs);
     add(n, &["candidates", "--show", "99999999999"], None, Runs);
     add(n, &["candidates", "--show", "-3"], None, Fails(&[]));
-    add(
-        n,
-        &[
-            "evaluate",
-            "--data",
-            "examples/data/test.txt",
-            "--format",
-            "conll",
-            "--batch-size",
-            "0",
-        ],
-        None,
-        Fails(&["batch_size"]),
-    );
-    add(
-        n,
-        &[
-            "evaluate",
-            "--data",
-            "examples/data/test.txt",
-            "--format",
-            "conll",
-            "--batch-size",
-            "99999999999",
-        ],
-        None,
-        Fails(&["batch_size"]),
-    );
-    add(
-        n,
-        &[
-            "train",
-            "--train",
-            "examples/data/train.txt",
-            "--model",
-            "tests/fixtures/encoders/tiny-bert",
-            "--max-steps",
-            "0",
-            "--output-dir",
-            &p("t-steps"),
-        ],
-        None,
-        Fails(&["max_steps"]),
-    );
-    add(
-        n,
-        &[
-            "train",
-            "--train",
-            "examples/data/train.txt",
-            "--model",
-            "tests/fixtures/encoders/tiny-bert",
-            "--num-train-epochs",
-            "nan",
-            "--output-dir",
-            &p("t-nan"),
-        ],
-        None,
-        Fails(&["num_train_epochs"]),
-    );
-    add(
-        n,
-        &[
-            "train",
-            "--train",
-            "examples/data/train.txt",
-            "--model",
-            "tests/fixtures/encoders/tiny-bert",
-            "--num-train-epochs=-2",
-            "--output-dir",
-            &p("t-neg"),
-        ],
-        None,
-        Fails(&["num_train_epochs"]),
-    );
-    add(
-        n,
-        &[
-            "train",
-            "--train",
-            "examples/data/train.txt",
-            "--model",
-            "tests/fixtures/encoders/tiny-bert",
-            "--entity-max-length",
-            "0",
-            "--output-dir",
-            &p("t-e0"),
-        ],
-        None,
-        Fails(&["entity_max_length"]),
-    );
-    add(
-        n,
-        &[
-            "train",
-            "--train",
-            "examples/data/train.txt",
-            "--model",
-            "tests/fixtures/encoders/tiny-bert",
-            "--marker-max-length",
-            "99999999999",
-            "--output-dir",
-            &p("t-mbig"),
-        ],
-        None,
-        Fails(&["marker_max_length"]),
-    );
-    add(
-        n,
-        &[
-            "train",
-            "--train",
-            "examples/data/train.txt",
-            "--model",
-            "tests/fixtures/encoders/tiny-bert",
-            "--model-max-length",
-            "3",
-            "--output-dir",
-            &p("t-m3"),
-        ],
-        None,
-        Fails(&["model_max_length"]),
-    );
+    add(n, &["evaluate", "--data", "examples/data/test.txt", "--format", "conll", "--batch-size", "0"], None, Fails(&["batch_size"]));
+    add(n, &["evaluate", "--data", "examples/data/test.txt", "--format", "conll", "--batch-size", "99999999999"], None, Fails(&["batch_size"]));
+    add(n, &["train", "--train", "examples/data/train.txt", "--model", "tests/fixtures/encoders/tiny-bert", "--max-steps", "0", "--output-dir", &p("t-steps")], None, Fails(&["max_steps"]));
+    add(n, &["train", "--train", "examples/data/train.txt", "--model", "tests/fixtures/encoders/tiny-bert", "--num-train-epochs", "nan", "--output-dir", &p("t-nan")], None, Fails(&["num_train_epochs"]));
+    add(n, &["train", "--train", "examples/data/train.txt", "--model", "tests/fixtures/encoders/tiny-bert", "--num-train-epochs=-2", "--output-dir", &p("t-neg")], None, Fails(&["num_train_epochs"]));
+    add(n, &["train", "--train", "examples/data/train.txt", "--model", "tests/fixtures/encoders/tiny-bert", "--entity-max-length", "0", "--output-dir", &p("t-e0")], None, Fails(&["entity_max_length"]));
+    add(n, &["train", "--train", "examples/data/train.txt", "--model", "tests/fixtures/encoders/tiny-bert", "--marker-max-length", "99999999999", "--output-dir", &p("t-mbig")], None, Fails(&["marker_max_length"]));
+    add(n, &["train", "--train", "examples/data/train.txt", "--model", "tests/fixtures/encoders/tiny-bert", "--model-max-length", "3", "--output-dir", &p("t-m3")], None, Fails(&["model_max_length"]));
 
     // Settings and arguments that name nothing valid.
     let s = "invalid names and settings";
-    add(
-        s,
-        &["predict", "--precision", "int3", "x"],
-        None,
-        Fails(&["int3"]),
-    );
-    add(
-        s,
-        &["predict", "--device", "tpu", "x"],
-        None,
-        Fails(&["tpu"]),
-    );
-    add(
-        s,
-        &["predict", "--device", "cuda:99", "x"],
-        None,
-        Fails(&["cuda"]),
-    );
+    add(s, &["predict", "--precision", "int3", "x"], None, Fails(&["int3"]));
+    add(s, &["predict", "--device", "tpu", "x"], None, Fails(&["tpu"]));
+    add(s, &["predict", "--device", "cuda:99", "x"], None, Fails(&["cuda"]));
     add(s, &["predict", "--nonsense"], None, Fails(&["--nonsense"]));
-    add(
-        s,
-        &["predict", "--batch-size"],
-        None,
-        Fails(&["--batch-size"]),
-    );
-    add(
-        s,
-        &["predict", "--file", &p("empty.txt"), "also-an-argument"],
-        None,
-        Fails(&["not both"]),
-    );
+    add(s, &["predict", "--batch-size"], None, Fails(&["--batch-size"]));
+    add(s, &["predict", "--file", &p("empty.txt"), "also-an-argument"], None, Fails(&["not both"]));
     add(s, &["annotate"], None, Fails(&["--input"]));
-    add(
-        s,
-        &[
-            "annotate",
-            "--input",
-            &p("corpus.parquet"),
-            "--output",
-            &p("o-col.parquet"),
-            "--tokens-column",
-            "nope",
-        ],
-        None,
-        Fails(&["nope"]),
-    );
-    add(
-        s,
-        &[
-            "annotate",
-            "--input",
-            &p("corpus.parquet"),
-            "--output",
-            &p("o-type.parquet"),
-            "--text-column",
-            "tokens",
-        ],
-        None,
-        Fails(&["tokens"]),
-    );
-    add(
-        s,
-        &[
-            "annotate",
-            "--input",
-            &p("corpus.parquet"),
-            "--output",
-            &p("o-outcol.parquet"),
-            "--output-column",
-            "tokens",
-        ],
-        None,
-        Fails(&["tokens", "already has"]),
-    );
-    add(
-        s,
-        &[
-            "evaluate",
-            "--data",
-            "examples/data/test.txt",
-            "--format",
-            "exe",
-        ],
-        None,
-        Fails(&["exe"]),
-    );
-    add(
-        s,
-        &[
-            "evaluate",
-            "--data",
-            &p("corpus.parquet"),
-            "--tags-column",
-            "nope",
-        ],
-        None,
-        Fails(&["nope"]),
-    );
-    add(
-        s,
-        &[
-            "train",
-            "--train",
-            "examples/data/train.txt",
-            "--model",
-            "tests/fixtures/encoders/tiny-bert",
-            "--labels",
-            "O,B-PER,C-X",
-            "--output-dir",
-            &p("t-labels"),
-        ],
-        None,
-        Fails(&["C-X"]),
-    );
-    add(
-        s,
-        &[
-            "train",
-            "--train",
-            "examples/data/train.txt",
-            "--model",
-            "tests/fixtures/encoders/tiny-bert",
-            "--resume",
-            &p("no-checkpoint"),
-            "--output-dir",
-            &p("t-resume"),
-        ],
-        None,
-        Fails(&["no-checkpoint"]),
-    );
+    add(s, &["annotate", "--input", &p("corpus.parquet"), "--output", &p("o-col.parquet"), "--tokens-column", "nope"], None, Fails(&["nope"]));
+    add(s, &["annotate", "--input", &p("corpus.parquet"), "--output", &p("o-type.parquet"), "--text-column", "tokens"], None, Fails(&["tokens"]));
+    add(s, &["annotate", "--input", &p("corpus.parquet"), "--output", &p("o-outcol.parquet"), "--output-column", "tokens"], None, Fails(&["tokens", "already has"]));
+    add(s, &["evaluate", "--data", "examples/data/test.txt", "--format", "exe"], None, Fails(&["exe"]));
+    add(s, &["evaluate", "--data", &p("corpus.parquet"), "--tags-column", "nope"], None, Fails(&["nope"]));
+    add(s, &["train", "--train", "examples/data/train.txt", "--model", "tests/fixtures/encoders/tiny-bert", "--labels", "O,B-PER,C-X", "--output-dir", &p("t-labels")], None, Fails(&["C-X"]));
+    add(s, &["train", "--train", "examples/data/train.txt", "--model", "tests/fixtures/encoders/tiny-bert", "--resume", &p("no-checkpoint"), "--output-dir", &p("t-resume")], None, Fails(&["no-checkpoint"]));
     add(s, &["train"], None, Fails(&[]));
 
     // SQL statements and session settings.
     let q = "SQL statements and settings";
     add(q, &["sql", "SELEC 1"], None, Fails(&["SELEC"]));
-    add(
-        q,
-        &["sql", "SET span_marker.batch_size = 'abc'"],
-        None,
-        Fails(&["batch_size", "abc"]),
-    );
-    add(
-        q,
-        &[
-            "sql",
-            "SET span_marker.batch_size = 0",
-            "SELECT span_marker_predict(['Paris'])",
-        ],
-        None,
-        Fails(&["span_marker.batch_size"]),
-    );
-    add(
-        q,
-        &[
-            "sql",
-            "SET span_marker.batch_size = 99999999999",
-            "SELECT span_marker_predict(['Paris'])",
-        ],
-        None,
-        Fails(&["span_marker.batch_size"]),
-    );
-    add(
-        q,
-        &[
-            "sql",
-            "SET span_marker.threshold = 5",
-            "SELECT span_marker_predict(['Paris'])",
-        ],
-        None,
-        Fails(&["span_marker.threshold"]),
-    );
-    add(
-        q,
-        &["sql", "SET span_marker.threshold = 'high'"],
-        None,
-        Fails(&["threshold", "high"]),
-    );
-    add(
-        q,
-        &["sql", "SET span_marker.nope = 1"],
-        None,
-        Fails(&["nope"]),
-    );
-    add(
-        q,
-        &[
-            "sql",
-            "SET span_marker.precision = 'fp99'",
-            "SELECT span_marker_predict(['Paris'])",
-        ],
-        None,
-        Fails(&["span_marker.precision", "fp99"]),
-    );
-    add(
-        q,
-        &[
-            "sql",
-            "SET span_marker.device = 'cuda:7'",
-            "SELECT span_marker_predict(['Paris'])",
-        ],
-        None,
-        Fails(&["cuda"]),
-    );
-    add(
-        q,
-        &[
-            "sql",
-            "SET span_marker.model = '/nonexistent/model'",
-            "SELECT span_marker_predict(['Paris'])",
-        ],
-        None,
-        Fails(&["/nonexistent/model"]),
-    );
-    add(
-        q,
-        &["sql", "SELECT span_marker_predict(1)"],
-        None,
-        Fails(&["span_marker_predict"]),
-    );
-    add(
-        q,
-        &["sql", "SELECT span_marker_predict()"],
-        None,
-        Fails(&["span_marker_predict"]),
-    );
-    add(
-        q,
-        &["sql", "SELECT span_marker_predict_text(NULL)"],
-        None,
-        Runs,
-    );
-    add(
-        q,
-        &["sql", "SELECT span_marker_predict([NULL, 'Paris'])"],
-        None,
-        Either,
-    );
-    add(
-        q,
-        &["sql", "SELECT span_marker_candidates(['a', 'b'], 0)"],
-        None,
-        Fails(&["entity_max_length"]),
-    );
-    add(
-        q,
-        &["sql", "SELECT span_marker_candidates(['a', 'b'], -3)"],
-        None,
-        Fails(&["entity_max_length"]),
-    );
-    add(
-        q,
-        &[
-            "sql",
-            "SELECT span_marker_candidates(['a', 'b'], 99999999999)",
-        ],
-        None,
-        Runs,
-    );
-    add(
-        q,
-        &["sql", &format!("SELECT * FROM '{}'", p("missing.parquet"))],
-        None,
-        Fails(&["missing.parquet"]),
-    );
+    add(q, &["sql", "SET span_marker.batch_size = 'abc'"], None, Fails(&["batch_size", "abc"]));
+    add(q, &["sql", "SET span_marker.batch_size = 0", "SELECT span_marker_predict(['Paris'])"], None, Fails(&["span_marker.batch_size"]));
+    add(q, &["sql", "SET span_marker.batch_size = 99999999999", "SELECT span_marker_predict(['Paris'])"], None, Fails(&["span_marker.batch_size"]));
+    add(q, &["sql", "SET span_marker.threshold = 5", "SELECT span_marker_predict(['Paris'])"], None, Fails(&["span_marker.threshold"]));
+    add(q, &["sql", "SET span_marker.threshold = 'high'"], None, Fails(&["threshold", "high"]));
+    add(q, &["sql", "SET span_marker.nope = 1"], None, Fails(&["nope"]));
+    add(q, &["sql", "SET span_marker.precision = 'fp99'", "SELECT span_marker_predict(['Paris'])"], None, Fails(&["span_marker.precision", "fp99"]));
+    add(q, &["sql", "SET span_marker.device = 'cuda:7'", "SELECT span_marker_predict(['Paris'])"], None, Fails(&["cuda"]));
+    add(q, &["sql", "SET span_marker.model = '/nonexistent/model'", "SELECT span_marker_predict(['Paris'])"], None, Fails(&["/nonexistent/model"]));
+    add(q, &["sql", "SELECT span_marker_predict(1)"], None, Fails(&["span_marker_predict"]));
+    add(q, &["sql", "SELECT span_marker_predict()"], None, Fails(&["span_marker_predict"]));
+    add(q, &["sql", "SELECT span_marker_predict_text(NULL)"], None, Runs);
+    add(q, &["sql", "SELECT span_marker_predict([NULL, 'Paris'])"], None, Either);
+    add(q, &["sql", "SELECT span_marker_candidates(['a', 'b'], 0)"], None, Fails(&["entity_max_length"]));
+    add(q, &["sql", "SELECT span_marker_candidates(['a', 'b'], -3)"], None, Fails(&["entity_max_length"]));
+    add(q, &["sql", "SELECT span_marker_candidates(['a', 'b'], 99999999999)"], None, Runs);
+    add(q, &["sql", &format!("SELECT * FROM '{}'", p("missing.parquet"))], None, Fails(&["missing.parquet"]));
     // parquet 59.3's metadata push decoder (DataFusion's reader of file tables) slices out
     // of range on a footer claiming more metadata than the file holds; the sources of
     // pipelines, `evaluate` and `annotate` check footers first, SQL file tables cannot.
-    add(
-        q,
-        &[
-            "sql",
-            &format!("SELECT count(*) FROM '{}'", p("garbage.parquet")),
-        ],
-        None,
-        Upstream("parquet 59.3 push_decoder.rs:391, unchecked metadata length"),
-    );
+    add(q, &["sql", &format!("SELECT count(*) FROM '{}'", p("garbage.parquet"))], None, Upstream("parquet 59.3 push_decoder.rs:391, unchecked metadata length"));
 
     // Missing, unreadable and corrupt input files.
     let f = "missing, unreadable or corrupt input files";
-    add(
-        f,
-        &["predict", "--file", &p("missing.txt")],
-        None,
-        Fails(&["missing.txt"]),
-    );
+    add(f, &["predict", "--file", &p("missing.txt")], None, Fails(&["missing.txt"]));
     add(f, &["predict", "--file", &p("")], None, Fails(&[]));
-    add(
-        f,
-        &["predict", "--file", &p("latin1.txt")],
-        None,
-        Fails(&["latin1.txt", "UTF-8"]),
-    );
+    add(f, &["predict", "--file", &p("latin1.txt")], None, Fails(&["latin1.txt", "UTF-8"]));
     add(f, &["predict", "-"], Some(b"Caf\xe9\n"), Fails(&["stdin"]));
-    add(
-        f,
-        &["candidates", &p("missing.txt")],
-        None,
-        Fails(&["missing.txt"]),
-    );
-    add(
-        f,
-        &["candidates", &p("latin1.txt")],
-        None,
-        Fails(&["latin1.txt"]),
-    );
+    add(f, &["candidates", &p("missing.txt")], None, Fails(&["missing.txt"]));
+    add(f, &["candidates", &p("latin1.txt")], None, Fails(&["latin1.txt"]));
     for name in ["missing", "garbage", "truncated", "empty", "flipped"] {
         let input = p(&format!("{name}.parquet"));
         let output = p(&format!("o-{name}.parquet"));
         let needle: &'static str = Box::leak(format!("{name}.parquet").into_boxed_str());
         let needles: &'static [&'static str] = Box::leak(vec![needle].into_boxed_slice());
-        add(
-            f,
-            &["annotate", "--input", &input, "--output", &output],
-            None,
-            Fails(needles),
-        );
+        add(f, &["annotate", "--input", &input, "--output", &output], None, Fails(needles));
     }
-    add(
-        f,
-        &[
-            "annotate",
-            "--input",
-            &p("corpus.parquet"),
-            "--output",
-            &p("corpus.parquet"),
-        ],
-        None,
-        Fails(&["already exists"]),
-    );
-    add(
-        f,
-        &[
-            "annotate",
-            "--input",
-            &p("corpus.parquet"),
-            "--output",
-            "/proc/no/such/out.parquet",
-        ],
-        None,
-        Fails(&["/proc/no/such"]),
-    );
-    add(
-        f,
-        &["evaluate", "--data", &p("missing.conll")],
-        None,
-        Fails(&["missing.conll"]),
-    );
-    add(
-        f,
-        &["evaluate", "--data", &p("bad.conll"), "--format", "conll"],
-        None,
-        Fails(&["bad.conll:2", "expected `word TAG`"]),
-    );
-    add(
-        f,
-        &[
-            "evaluate",
-            "--data",
-            &p("unknown-tag.conll"),
-            "--format",
-            "conll",
-        ],
-        None,
-        Fails(&["B-FOO"]),
-    );
-    add(
-        f,
-        &["evaluate", "--data", &p("truncated.parquet")],
-        None,
-        Fails(&["truncated.parquet"]),
-    );
-    add(
-        f,
-        &["evaluate", "--data", &p("garbage.parquet")],
-        None,
-        Fails(&["garbage.parquet"]),
-    );
-    add(
-        f,
-        &["evaluate", "--data", &p("flipped.parquet")],
-        None,
-        Fails(&["flipped.parquet"]),
-    );
-    add(
-        f,
-        &[
-            "train",
-            "--train",
-            &p("missing.txt"),
-            "--model",
-            "tests/fixtures/encoders/tiny-bert",
-            "--output-dir",
-            &p("t-missing"),
-        ],
-        None,
-        Fails(&["missing.txt"]),
-    );
-    add(
-        f,
-        &[
-            "train",
-            "--train",
-            &p("bad.conll"),
-            "--model",
-            "tests/fixtures/encoders/tiny-bert",
-            "--output-dir",
-            &p("t-bad"),
-        ],
-        None,
-        Fails(&["bad.conll"]),
-    );
-    add(
-        f,
-        &[
-            "train",
-            "--train",
-            "examples/data/train.txt",
-            "--model",
-            "tests/fixtures/encoders/tiny-bert",
-            "--args",
-            &p("bad-args.json"),
-            "--output-dir",
-            &p("t-args"),
-        ],
-        None,
-        Fails(&["bad-args.json"]),
-    );
-    add(
-        f,
-        &[
-            "train",
-            "--train",
-            "examples/data/train.txt",
-            "--model",
-            "tests/fixtures/encoders/tiny-bert",
-            "--output-dir",
-            "/proc/no/such/run",
-        ],
-        None,
-        Fails(&["/proc/no/such/run"]),
-    );
+    add(f, &["annotate", "--input", &p("corpus.parquet"), "--output", &p("corpus.parquet")], None, Fails(&["already exists"]));
+    add(f, &["annotate", "--input", &p("corpus.parquet"), "--output", "/proc/no/such/out.parquet"], None, Fails(&["/proc/no/such"]));
+    add(f, &["evaluate", "--data", &p("missing.conll")], None, Fails(&["missing.conll"]));
+    add(f, &["evaluate", "--data", &p("bad.conll"), "--format", "conll"], None, Fails(&["bad.conll:2", "expected `word TAG`"]));
+    add(f, &["evaluate", "--data", &p("unknown-tag.conll"), "--format", "conll"], None, Fails(&["B-FOO"]));
+    add(f, &["evaluate", "--data", &p("truncated.parquet")], None, Fails(&["truncated.parquet"]));
+    add(f, &["evaluate", "--data", &p("garbage.parquet")], None, Fails(&["garbage.parquet"]));
+    add(f, &["evaluate", "--data", &p("flipped.parquet")], None, Fails(&["flipped.parquet"]));
+    add(f, &["train", "--train", &p("missing.txt"), "--model", "tests/fixtures/encoders/tiny-bert", "--output-dir", &p("t-missing")], None, Fails(&["missing.txt"]));
+    add(f, &["train", "--train", &p("bad.conll"), "--model", "tests/fixtures/encoders/tiny-bert", "--output-dir", &p("t-bad")], None, Fails(&["bad.conll"]));
+    add(f, &["train", "--train", "examples/data/train.txt", "--model", "tests/fixtures/encoders/tiny-bert", "--args", &p("bad-args.json"), "--output-dir", &p("t-args")], None, Fails(&["bad-args.json"]));
+    add(f, &["train", "--train", "examples/data/train.txt", "--model", "tests/fixtures/encoders/tiny-bert", "--output-dir", "/proc/no/such/run"], None, Fails(&["/proc/no/such/run"]));
 
     // Broken or hostile model directories.
     let m = "broken model directories";
     let mut model_case = |dir: String, needle: &'static [&'static str]| {
-        add(
-            m,
-            &["predict", "--model", &dir, "Angela Merkel visited Paris."],
-            None,
-            Fails(needle),
-        );
+        add(m, &["predict", "--model", &dir, "Angela Merkel visited Paris."], None, Fails(needle));
     };
     model_case(p("no-such-model"), &["no-such-model"]);
     model_case(p("corpus.parquet"), &["corpus.parquet"]);
@@ -986,44 +372,14 @@ fn cases(dir: &Path) -> Vec<Case> {
 
     // Pipeline files.
     let l = "pipeline files";
-    add(
-        l,
-        &["train", &p("missing.toml")],
-        None,
-        Fails(&["missing.toml"]),
-    );
+    add(l, &["train", &p("missing.toml")], None, Fails(&["missing.toml"]));
     add(l, &["train", &pl_syntax], None, Fails(&["syntax.toml"]));
-    add(
-        l,
-        &["train", &pl_type],
-        None,
-        Fails(&["type.toml", "learning_rate", "expected f64", "\"fast\""]),
-    );
-    add(
-        l,
-        &["train", &pl_key],
-        None,
-        Fails(&["key.toml", "lerning_rate"]),
-    );
-    add(
-        l,
-        &["train", &pl_metric],
-        None,
-        Fails(&["metric.toml", "metric_for_best_model", "f2"]),
-    );
-    add(
-        l,
-        &["train", &pl_lr],
-        None,
-        Fails(&["lr.toml", "learning_rate"]),
-    );
+    add(l, &["train", &pl_type], None, Fails(&["type.toml", "learning_rate", "expected f64", "\"fast\""]));
+    add(l, &["train", &pl_key], None, Fails(&["key.toml", "lerning_rate"]));
+    add(l, &["train", &pl_metric], None, Fails(&["metric.toml", "metric_for_best_model", "f2"]));
+    add(l, &["train", &pl_lr], None, Fails(&["lr.toml", "learning_rate"]));
     add(l, &["train", &pl_data], None, Fails(&["nope.txt"]));
-    add(
-        l,
-        &["train", &pl_entity],
-        None,
-        Fails(&["entity_max_length"]),
-    );
+    add(l, &["train", &pl_entity], None, Fails(&["entity_max_length"]));
     add(l, &["train", &pl_model], None, Fails(&["nope/enc"]));
 
     // Odd text: empty, blank, huge, control characters, scripts, invalid words.
@@ -1034,51 +390,13 @@ fn cases(dir: &Path) -> Vec<Case> {
     add(t, &["predict", "--words", "a  b"], None, Either);
     add(t, &["predict", "--words", ""], None, Runs);
     add(t, &["predict", "--file", &p("long-word.txt")], None, Either);
-    add(
-        t,
-        &["predict", "--file", &p("long-sentence.txt")],
-        None,
-        Runs,
-    );
-    add(
-        t,
-        &["predict", "\u{1}\u{7}\u{1b}[31m Paris \u{feff}"],
-        None,
-        Either,
-    );
-    add(
-        t,
-        &[
-            "predict",
-            "مرحبا بكم في القاهرة 🎉 e\u{301}te\u{301} in Zürich",
-        ],
-        None,
-        Runs,
-    );
-    add(
-        t,
-        &["predict", "--json", "Angela Merkel\u{2028}visited Paris."],
-        None,
-        Runs,
-    );
-    add(
-        t,
-        &["predict", "-"],
-        Some("Paris\r\nBerlin\r\n\r\n".as_bytes()),
-        Runs,
-    );
-    add(
-        t,
-        &["candidates", "--strict", &p("long-sentence.txt")],
-        None,
-        Fails(&["model_max_length"]),
-    );
-    add(
-        t,
-        &["candidates", "--words", &p("long-word.txt")],
-        None,
-        Either,
-    );
+    add(t, &["predict", "--file", &p("long-sentence.txt")], None, Runs);
+    add(t, &["predict", "\u{1}\u{7}\u{1b}[31m Paris \u{feff}"], None, Either);
+    add(t, &["predict", "مرحبا بكم في القاهرة 🎉 e\u{301}te\u{301} in Zürich"], None, Runs);
+    add(t, &["predict", "--json", "Angela Merkel\u{2028}visited Paris."], None, Runs);
+    add(t, &["predict", "-"], Some("Paris\r\nBerlin\r\n\r\n".as_bytes()), Runs);
+    add(t, &["candidates", "--strict", &p("long-sentence.txt")], None, Fails(&["model_max_length"]));
+    add(t, &["candidates", "--words", &p("long-word.txt")], None, Either);
     cases
 }
 

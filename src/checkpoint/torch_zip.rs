@@ -306,8 +306,8 @@ mod tests {
             .join("tests/fixtures/trained/tiny-roberta/pytorch_model.bin")
     }
 
-    #[test]
-    fn a_python_checkpoint_lists_every_storage_with_its_size() {
+    /// The fixture's `data.pkl`.
+    fn fixture_pickle() -> Vec<u8> {
         let file = std::fs::File::open(fixture()).unwrap();
         let mut archive = zip::ZipArchive::new(file).unwrap();
         let mut pickle = Vec::new();
@@ -316,7 +316,12 @@ mod tests {
             .unwrap()
             .read_to_end(&mut pickle)
             .unwrap();
-        let found = storages(&pickle).unwrap();
+        pickle
+    }
+
+    #[test]
+    fn a_python_checkpoint_lists_every_storage_with_its_size() {
+        let found = storages(&fixture_pickle()).unwrap();
         assert_eq!(found.len(), 41);
         // The word embeddings: 4008 x 32 float32.
         assert_eq!(
@@ -331,14 +336,7 @@ mod tests {
 
     #[test]
     fn a_walk_over_cut_or_flipped_pickles_never_panics() {
-        let file = std::fs::File::open(fixture()).unwrap();
-        let mut archive = zip::ZipArchive::new(file).unwrap();
-        let mut pickle = Vec::new();
-        archive
-            .by_name("pytorch_model/data.pkl")
-            .unwrap()
-            .read_to_end(&mut pickle)
-            .unwrap();
+        let pickle = fixture_pickle();
         for cut in 0..pickle.len() {
             let _ = storages(&pickle[..cut]);
         }

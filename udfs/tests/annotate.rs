@@ -241,30 +241,50 @@ fn a_parts_directory_of_another_version_is_refused() {
     );
 }
 
-/// An interrupted run: a strict annotation of `rows` rows stopped by a bad row, with parts
-/// written for the chunks before it.
-fn interrupted(input: &Path, output: &Path, model: &SharedModel) -> AnnotateOptions {
-    write_corpus(input, 100, &[70]);
-    let mut settings = options(input, output, InputColumn::Tokens("tokens".into()));
-    settings.chunk_rows = 16;
-    settings.strict = true;
-    annotate(model, &settings).unwrap_err();
-    assert_eq!(part_files(output), 4, "the chunks before the bad row");
-    settings.strict = false;
-    settings
+/// An interrupted job: a strict annotation of 100 rows stopped by a bad row (row 70), with
+/// parts written for the chunks before it, and the options that resume it.
+struct Interrupted {
+    dir: tempfile::TempDir,
+    input: std::path::PathBuf,
+    output: std::path::PathBuf,
+    model: SharedModel,
+    settings: AnnotateOptions,
 }
 
-/// A resumed run is the same job by content: another input at the same path, or other
-/// weights under the same model name, are refused, naming what changed.
-#[test]
-fn a_resumed_run_checks_its_input_and_model_by_content() {
+fn interrupted() -> Interrupted {
     let dir = tempfile::tempdir().unwrap();
     let (input, output) = (
         dir.path().join("corpus.parquet"),
         dir.path().join("out.parquet"),
     );
     let model = SharedModel::load("bundled", "cpu").unwrap();
-    let settings = interrupted(&input, &output, &model);
+    write_corpus(&input, 100, &[70]);
+    let mut settings = options(&input, &output, InputColumn::Tokens("tokens".into()));
+    settings.chunk_rows = 16;
+    settings.strict = true;
+    annotate(&model, &settings).unwrap_err();
+    assert_eq!(part_files(&output), 4, "the chunks before the bad row");
+    settings.strict = false;
+    Interrupted {
+        dir,
+        input,
+        output,
+        model,
+        settings,
+    }
+}
+
+/// A resumed run is the same job by content: another input at the same path, or other
+/// weights under the same model name, are refused, naming what changed.
+#[test]
+fn a_resumed_run_checks_its_input_and_model_by_content() {
+    let Interrupted {
+        dir: _dir,
+        input,
+        model,
+        settings,
+        ..
+    } = interrupted();
 
     // The same path, other bytes (one row fewer).
     let saved = std::fs::read(&input).unwrap();
@@ -296,13 +316,13 @@ fn a_resumed_run_checks_its_input_and_model_by_content() {
 /// replaced. Two runs on one output at once: the second is refused by the lock.
 #[test]
 fn the_output_is_never_replaced_and_one_run_works_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let (input, output) = (
-        dir.path().join("corpus.parquet"),
-        dir.path().join("out.parquet"),
-    );
-    let model = SharedModel::load("bundled", "cpu").unwrap();
-    let settings = interrupted(&input, &output, &model);
+    let Interrupted {
+        dir: _dir,
+        output,
+        model,
+        settings,
+        ..
+    } = interrupted();
 
     let lock = span_marker::lock::DirLock::acquire(&parts_dir(&output), "test").unwrap();
     let error = annotate(&model, &settings).unwrap_err().to_string();
@@ -327,13 +347,13 @@ fn the_output_is_never_replaced_and_one_run_works_at_a_time() {
 /// stopped at a bad row resumes without it.
 #[test]
 fn a_resumed_run_keeps_the_prediction_settings() {
-    let dir = tempfile::tempdir().unwrap();
-    let (input, output) = (
-        dir.path().join("corpus.parquet"),
-        dir.path().join("out.parquet"),
-    );
-    let model = SharedModel::load("bundled", "cpu").unwrap();
-    let settings = interrupted(&input, &output, &model);
+    let Interrupted {
+        dir,
+        input,
+        output,
+        model,
+        settings,
+    } = interrupted();
 
     let mut other = settings.clone();
     other.predict.threshold = Some(0.9);
