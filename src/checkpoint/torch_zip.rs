@@ -139,24 +139,17 @@ fn storages(pickle: &[u8]) -> std::result::Result<Vec<Storage>, String> {
                 walker.take(8)?; // BINFLOAT
                 stack.push(Value::Other);
             }
-            b'X' | b'\x8c' | b'\x8d' => {
-                // BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
-                let len = walker.uint(match op {
-                    b'\x8c' => 1,
-                    b'X' => 4,
-                    _ => 8,
-                })? as usize;
-                let text = String::from_utf8_lossy(walker.take(len)?).into_owned();
-                stack.push(Value::Str(text));
-            }
+            // BINUNICODE, SHORT_BINUNICODE, BINUNICODE8: text after a 4-, 1- or 8-byte length.
+            b'X' => stack.push(Value::Str(walker.text(4)?)),
+            b'\x8c' => stack.push(Value::Str(walker.text(1)?)),
+            b'\x8d' => stack.push(Value::Str(walker.text(8)?)),
+            // SHORT_BINBYTES, BINBYTES, BINBYTES8: bytes after a 1-, 4- or 8-byte length.
             b'C' | b'B' | b'\x8e' => {
-                // SHORT_BINBYTES, BINBYTES, BINBYTES8
-                let len = walker.uint(match op {
+                walker.prefixed(match op {
                     b'C' => 1,
                     b'B' => 4,
                     _ => 8,
-                })? as usize;
-                walker.take(len)?;
+                })?;
                 stack.push(Value::Other);
             }
             b'c' => {
@@ -283,6 +276,17 @@ impl<'a> Walker<'a> {
         let mut buf = [0u8; 8];
         buf[..n].copy_from_slice(self.take(n)?);
         Ok(u64::from_le_bytes(buf))
+    }
+
+    /// A payload after its little-endian length of `width` bytes.
+    fn prefixed(&mut self, width: usize) -> std::result::Result<&'a [u8], String> {
+        let len = usize::try_from(self.uint(width)?).map_err(|_| "length out of range")?;
+        self.take(len)
+    }
+
+    /// Text after its little-endian length of `width` bytes.
+    fn text(&mut self, width: usize) -> std::result::Result<String, String> {
+        Ok(String::from_utf8_lossy(self.prefixed(width)?).into_owned())
     }
 
     fn line(&mut self) -> std::result::Result<String, String> {
