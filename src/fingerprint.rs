@@ -10,7 +10,6 @@
 //! assert_eq!(a.len(), 64);
 //! ```
 
-use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -59,22 +58,11 @@ pub struct FileIdentity {
 }
 
 impl FileIdentity {
-    /// Reads the whole file (streaming, in 1 MiB blocks).
+    /// Reads the whole file, streaming.
     pub fn of(path: &Path) -> Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let mut hasher = Sha256::new();
-        let mut block = vec![0u8; 1 << 20];
-        let mut bytes = 0u64;
-        loop {
-            let read = match file.read(&mut block) {
-                Ok(0) => break,
-                Ok(read) => read,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(path, e)),
-            };
-            hasher.update(&block[..read]);
-            bytes += read as u64;
-        }
+        let bytes = std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(path, e))?;
         Ok(Self {
             bytes,
             sha256: hex(&hasher.finalize()),

@@ -150,9 +150,7 @@ impl StateDict {
         }
         Ok(())
     }
-}
 
-impl StateDict {
     /// A weight must be floating point and finite: an integer tensor where a weight belongs,
     /// or a NaN or infinity among its values, would make every prediction empty or garbage.
     fn check_values(&self, key: &str, tensor: &Tensor) -> Result<()> {
@@ -312,16 +310,13 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     }
     let mut data = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
-        let tensor = tensor.to_device(tch::Device::Cpu).contiguous();
         let dtype = dtype_of(tensor.kind()).ok_or_else(|| {
             Error::checkpoint(
                 path,
                 format!("cannot store `{name}` of kind {:?}", tensor.kind()),
             )
         })?;
-        let numel = tensor.numel();
-        let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
-        tensor.f_copy_data_u8(&mut bytes, numel)?;
+        let bytes = tensor_bytes(tensor)?;
         let shape = tensor.size().iter().map(|&d| d as usize).collect();
         data.push((
             name.clone(),
@@ -337,6 +332,15 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     let bytes = safetensors::serialize(views, metadata)
         .map_err(|e| Error::checkpoint(path, format!("could not serialise: {e}")))?;
     write_atomically(path, &bytes)
+}
+
+/// The values of `tensor` as bytes, in row-major order and its own dtype (copied to the host).
+pub fn tensor_bytes(tensor: &Tensor) -> Result<Vec<u8>> {
+    let tensor = tensor.to_device(tch::Device::Cpu).contiguous();
+    let numel = tensor.numel();
+    let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
+    tensor.f_copy_data_u8(&mut bytes, numel)?;
+    Ok(bytes)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it and renames it into place.

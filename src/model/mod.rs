@@ -545,14 +545,10 @@ impl SpanMarkerModel {
                 WORD_EMBEDDINGS if pretrained_only => tensor.narrow(0, 0, first_marker),
                 _ => tensor,
             };
-            let tensor = tensor.to_device(Device::Cpu).contiguous();
-            let numel = tensor.numel();
-            let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
-            tensor.f_copy_data_u8(&mut bytes, numel)?;
             digest = digest
                 .str(&name)
                 .str(&format!("{:?}{:?}", tensor.kind(), tensor.size()))
-                .bytes(&bytes);
+                .bytes(&checkpoint::tensor_bytes(&tensor)?);
         }
         Ok(digest.finish())
     }

@@ -152,8 +152,17 @@ impl TrainingArguments {
             return Err(format!("`{name}` must be at least 1"));
         }
         let max_batch = crate::PredictOptions::MAX_BATCH_SIZE;
-        for (name, value) in &positive[..2] {
-            if *value > max_batch {
+        for (name, value) in [
+            (
+                "per_device_train_batch_size",
+                self.per_device_train_batch_size,
+            ),
+            (
+                "per_device_eval_batch_size",
+                self.per_device_eval_batch_size,
+            ),
+        ] {
+            if value > max_batch {
                 return Err(format!("`{name}` must be at most {max_batch}, got {value}"));
             }
         }
