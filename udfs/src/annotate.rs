@@ -31,6 +31,7 @@ use span_marker::PredictOptions;
 use crate::columns::{predict_column, ColumnJob, InputKind};
 use crate::error::{Error, Result};
 use crate::model::SharedModel;
+use crate::sources::open_parquet;
 
 /// Which input column holds the sentences.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,13 +182,19 @@ fn part_path(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("part-{index:06}.parquet"))
 }
 
+/// The complete parts in `dir`, in order: `part-000000.parquet` on, up to the first missing.
+fn complete_parts(dir: &Path) -> Vec<PathBuf> {
+    (0..)
+        .map(|index| part_path(dir, index))
+        .take_while(|part| part.is_file())
+        .collect()
+}
+
 /// Annotates `options.input` with `model`, resuming an interrupted run of the same job.
 pub fn annotate(model: &SharedModel, options: &AnnotateOptions) -> Result<AnnotateReport> {
     let started = Instant::now();
     options.validate()?;
-    let input = File::open(&options.input).map_err(|e| Error::io(&options.input, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(input)
-        .map_err(|e| Error::file(&options.input, format!("not a readable Parquet file: {e}")))?;
+    let builder = open_parquet(&options.input)?;
     let total_rows = builder.metadata().file_metadata().num_rows().max(0) as usize;
     let input_schema = builder.schema().clone();
     let output_schema = output_schema(&input_schema, options)?;
@@ -401,11 +408,7 @@ fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<(Prog
         }
         return Ok((Progress::Merged, lock));
     }
-    let mut parts = 0;
-    while part_path(dir, parts).is_file() {
-        parts += 1;
-    }
-    Ok((Progress::Parts(parts), lock))
+    Ok((Progress::Parts(complete_parts(dir).len()), lock))
 }
 
 /// The manifest's name in the part directory.
@@ -474,10 +477,7 @@ fn write_parquet_atomically(
 /// Streams every part into a merged file, records it in the manifest, publishes it at
 /// `output` (never replacing a file there), then removes the parts.
 fn merge_parts(dir: &Path, manifest: &Manifest, output: &Path, schema: &SchemaRef) -> Result<()> {
-    let mut parts = Vec::new();
-    while part_path(dir, parts.len()).is_file() {
-        parts.push(part_path(dir, parts.len()));
-    }
+    let parts = complete_parts(dir);
     let corrupt = |part: &Path, e: &dyn std::fmt::Display| {
         Error::file(
             part,

@@ -4,11 +4,13 @@
 //! Token and tag columns are lists (`List<Utf8>`, `List<Int*>`); in CSV, which has no lists,
 //! they are strings of whitespace-separated words and tags.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use serde::Deserialize;
 use span_marker::context::DocumentPosition;
@@ -375,12 +377,18 @@ fn id_lists(
 /// Reads a Parquet file's footer with the checked reader before DataFusion's reader sees the
 /// file: parquet 59's metadata push decoder panics on a footer that claims more metadata than
 /// the file holds (a subtraction without a check), where this one reports a corrupt file.
-fn check_parquet_footer(path: &std::path::Path) -> Result<()> {
-    if !path.is_file() {
-        return Ok(()); // a directory of files: DataFusion lists and reads them
+fn check_parquet_footer(path: &Path) -> Result<()> {
+    // A directory of files: DataFusion lists and reads them.
+    if path.is_file() {
+        open_parquet(path)?;
     }
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::file(path, format!("not a readable Parquet file: {e}")))?;
     Ok(())
+}
+
+/// A reader of the Parquet file at `path`, its footer read and checked; an error names the
+/// file.
+pub(crate) fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::file(path, format!("not a readable Parquet file: {e}")))
 }
