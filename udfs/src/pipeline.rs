@@ -14,8 +14,8 @@
 //! num_train_epochs = 3
 //! ```
 //!
-//! Relative paths are relative to the pipeline file's directory. Paths may name environment
-//! variables as `${NAME}` (for data kept outside the project, e.g.
+//! Relative paths are relative to the pipeline file's directory. Paths and the encoder may name
+//! environment variables as `${NAME}` (for data and encoders kept outside the project, e.g.
 //! `path = "${CONLL2003_DIR}/train.txt"`); an unset variable is an error naming the key.
 
 use std::path::{Path, PathBuf};
@@ -101,26 +101,25 @@ impl Pipeline {
         Ok(pipeline)
     }
 
-    /// Replaces `${NAME}` in the sources' paths and the output directory.
+    /// Replaces `${NAME}` in the sources' paths, the encoder and the output directory.
     fn expand_vars(&mut self, vars: &impl Fn(&str) -> Option<String>) -> Result<()> {
         let file = self.file.display().to_string();
-        let expand = |key: String, path: &mut PathBuf| -> Result<()> {
-            let expanded = substitute_vars(&path.to_string_lossy(), vars).map_err(|message| {
-                Error::Pipeline {
-                    file: file.clone(),
-                    key,
-                    message,
-                }
-            })?;
-            *path = PathBuf::from(expanded);
-            Ok(())
+        let expand = |key: String, text: &str| -> Result<String> {
+            substitute_vars(text, vars).map_err(|message| Error::Pipeline {
+                file: file.clone(),
+                key,
+                message,
+            })
         };
         for (split, source) in self.splits_mut() {
             if let Some(path) = source.path.as_mut() {
-                expand(format!("sources.{split}.path"), path)?;
+                *path = expand(format!("sources.{split}.path"), &path.to_string_lossy())?.into();
             }
         }
-        expand("training.output_dir".into(), &mut self.training.output_dir)
+        self.model.encoder = expand("model.encoder".into(), &self.model.encoder)?;
+        let output_dir = &mut self.training.output_dir;
+        *output_dir = expand("training.output_dir".into(), &output_dir.to_string_lossy())?.into();
+        Ok(())
     }
 
     fn resolve_paths(&mut self, base: &Path) {
