@@ -26,6 +26,8 @@ fn cli_annotate(input: &Path, output: &Path) -> Command {
         "64",
         "--show",
         "0",
+        "--model",
+        common::conll_tiny().to_str().unwrap(),
     ]);
     command
 }
@@ -149,7 +151,7 @@ fn a_full_disk_stops_the_run_naming_the_file_and_a_restart_completes_it() {
     let script = r#"
         set -e
         mount -t tmpfs -o size=96k tmpfs "$MOUNT"
-        run() { "$BIN" annotate --input "$INPUT" --output "$MOUNT/out.parquet" --chunk-rows 64 --show 0; }
+        run() { "$BIN" annotate --input "$INPUT" --output "$MOUNT/out.parquet" --chunk-rows 64 --show 0 --model "$MODEL"; }
         if run 2> "$FIRST"; then echo "the run fit on a 96 KiB disk" >&2; exit 3; fi
         test ! -e "$MOUNT/out.parquet"
         mount -o remount,size=64m "$MOUNT"
@@ -159,6 +161,7 @@ fn a_full_disk_stops_the_run_naming_the_file_and_a_restart_completes_it() {
     let out = Command::new("unshare")
         .args(["-Urm", "sh", "-c", script])
         .env("BIN", env!("CARGO_BIN_EXE_span-marker"))
+        .env("MODEL", common::conll_tiny())
         .env("INPUT", &input)
         .env("MOUNT", &mount)
         .env("FIRST", &first)

@@ -122,11 +122,11 @@ fn run(case: &Case) -> Result<(), String> {
     }
 }
 
-/// A copy of the bundled model in `dir/name`, changed by `edit`.
+/// A copy of the small CoNLL-2003 test model in `dir/name`, changed by `edit`.
 fn model_copy(dir: &Path, name: &str, edit: impl FnOnce(&Path)) -> String {
     let to = dir.join(name);
     std::fs::create_dir_all(&to).unwrap();
-    let from = common::repo().join("assets/bundled-model");
+    let from = common::conll_tiny();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();

