@@ -112,7 +112,7 @@ impl Preprocessor {
     ///
     /// ```
     /// let preprocessor = span_marker::Preprocessor::from_pretrained("bundled", &Default::default())?;
-    /// assert_eq!(preprocessor.settings().entity_max_length, 8);
+    /// assert_eq!(preprocessor.settings().entity_max_length, 6);
     /// # Ok::<(), span_marker::Error>(())
     /// ```
     pub fn from_pretrained(name_or_path: &str, hub: &crate::hub::HubOptions) -> Result<Self> {
@@ -139,8 +139,8 @@ impl Preprocessor {
         Self::new(tokenizer, labels_from_config(config)?, config)
     }
 
-    /// The bundled model's preprocessing (a WordPiece vocabulary trained on CoNLL-2003),
-    /// compiled into the library: useful for trying things out without any files.
+    /// The bundled model's preprocessing (MiniLM's uncased WordPiece vocabulary), compiled
+    /// into the library: useful for trying things out without any files.
     ///
     /// ```
     /// let preprocessor = span_marker::Preprocessor::bundled()?;
@@ -313,7 +313,7 @@ impl Preprocessor {
 /// How errors name the files of the bundled model.
 pub(crate) const BUNDLED_SOURCE: &str = "<bundled model>";
 
-/// `config.json` of the bundled model (the fine-tuned tiny BERT test fixture).
+/// `config.json` of the bundled model (MiniLM fine-tuned on CoNLL-2003).
 pub(crate) fn bundled_config() -> Result<SpanMarkerConfig> {
     SpanMarkerConfig::from_json_str(include_str!("../assets/bundled-model/config.json"))
 }

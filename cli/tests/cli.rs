@@ -40,7 +40,7 @@ fn candidates_runs_on_the_bundled_sample() {
     );
     assert!(stdout.contains("[0..2) Angela Merkel"), "{stdout}");
     assert!(
-        stdout.contains("4 sentences -> 4 windows -> 7 samples; input_ids [7, 128]"),
+        stdout.contains("4 sentences -> 4 windows -> 4 samples; input_ids [4, 256]"),
         "{stdout}"
     );
 }
