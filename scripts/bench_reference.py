@@ -38,6 +38,11 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--in-order",
+        action="store_true",
+        help="training: batches in dataset order (a sequential sampler instead of a random one)",
+    )
+    parser.add_argument(
         "--precision",
         default="fp32",
         help="training: fp32, bf16 or fp16 (mixed precision, CUDA); inference always runs float32",
@@ -86,7 +91,12 @@ def train(model, data, args):
 
     from datasets import Dataset
     from span_marker import Trainer
+    from torch.utils.data import SequentialSampler
     from transformers import TrainingArguments
+
+    class InOrderTrainer(Trainer):
+        def _get_train_sampler(self, *_args, **_kwargs):
+            return SequentialSampler(self.train_dataset)
 
     dataset = Dataset.from_dict(data["train"])
     rates, eval_entities = [], []
@@ -110,7 +120,9 @@ def train(model, data, args):
                 dataloader_num_workers=0,
                 disable_tqdm=True,
             )
-            trainer = Trainer(model=model, args=training_args, train_dataset=dataset)
+            trainer = (InOrderTrainer if args.in_order else Trainer)(
+                model=model, args=training_args, train_dataset=dataset
+            )
             result = trainer.train()
         rates.append(result.metrics["train_samples_per_second"])
         if data.get("eval"):

@@ -75,6 +75,14 @@ pub struct BenchOptions {
     /// Training: evaluate both trained models on these sentences (CoNLL) and print F1.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
+    /// Training: both implementations see the samples in dataset order (no shuffling), so
+    /// that the seeds only change the dropout masks.
+    #[arg(long)]
+    pub in_order: bool,
+    /// Training: this crate batches samples of similar length together (`group_by_length`);
+    /// the reference pads every batch to its full input length, so it is not asked to.
+    #[arg(long)]
+    pub group_by_length: bool,
     /// Where both implementations run: `cpu`, `cuda`, `cuda:N` or `auto`.
     #[arg(long, default_value = "cpu", value_parser = device_argument)]
     pub device: Device,

@@ -59,6 +59,7 @@ pub(crate) fn run_python(
         .args(["--learning-rate", &options.learning_rate.to_string()])
         .args(["--device", &device_name(options.device)])
         .args(["--precision", &options.precision.to_string()])
+        .args(options.in_order.then_some("--in-order"))
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .map_err(|e| {

@@ -10,13 +10,14 @@ use crate::system::{device_name, median, peak_rss_mb};
 use crate::BenchOptions;
 use crate::{borrowed_words, triples, Entities};
 
-/// Entity F1 of `predicted` against the gold entities of `eval` (all of them, however long),
-/// by the scorer of this crate's evaluation: both implementations are scored by the same code.
-pub(crate) fn eval_f1(
+/// Entity precision, recall and F1 of `predicted` against the gold entities of `eval` (all of
+/// them, however long), by the scorer of this crate's evaluation: both implementations are
+/// scored by the same code.
+pub(crate) fn eval_scores(
     labels: &Labels,
     eval: &NerDataset,
     predicted: &Entities,
-) -> Result<f64, Box<dyn std::error::Error>> {
+) -> Result<[f64; 3], Box<dyn std::error::Error>> {
     let names = labels.reduced();
     let gold = eval
         .examples
@@ -40,7 +41,8 @@ pub(crate) fn eval_f1(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let num_words: Vec<usize> = eval.examples.iter().map(|e| e.tokens.len()).collect();
-    Ok(score_entities(&gold, &predicted, &num_words, names).f1)
+    let scores = score_entities(&gold, &predicted, &num_words, names);
+    Ok([scores.precision, scores.recall, scores.f1])
 }
 
 /// Trains `options.train_steps` steps here and, when asked, in Python from the same checkpoint,
@@ -75,6 +77,8 @@ pub(crate) fn bench_training(
             per_device_train_batch_size: options.batch_size,
             learning_rate: options.learning_rate,
             seed: seed as u64,
+            shuffle: !options.in_order,
+            group_by_length: options.group_by_length,
             save_strategy: IntervalStrategy::No,
             logging_strategy: IntervalStrategy::No,
             device: device_name(options.device),
@@ -90,7 +94,7 @@ pub(crate) fn bench_training(
         );
         if let Some(eval) = eval {
             let predicted = triples(model.predict(&eval_inputs, &eval_options)?);
-            f1s.push(eval_f1(labels, eval, &predicted)?);
+            f1s.push(eval_scores(labels, eval, &predicted)?);
         }
     }
     let rust_rate = median(&mut rates);
@@ -99,7 +103,7 @@ pub(crate) fn bench_training(
         options.train_steps,
         options.batch_size,
         peak_rss_mb().unwrap_or(f64::NAN),
-        f1_note(&f1s)
+        scores_note(&f1s)
     );
     let Some(python) = &options.python else {
         return Ok(());
@@ -117,31 +121,35 @@ pub(crate) fn bench_training(
     if let Some(eval) = eval {
         let runs = serde_json::from_value::<Vec<Entities>>(value["eval_entities"].clone())?;
         for entities in &runs {
-            python_f1s.push(eval_f1(labels, eval, entities)?);
+            python_f1s.push(eval_scores(labels, eval, entities)?);
         }
     }
     println!(
         "python: {rate:10.1} samples/s (median of {runs} seeds), peak RSS {:.0} MB (torch threads {}){}",
         value["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
         value["torch_threads"],
-        f1_note(&python_f1s)
+        scores_note(&python_f1s)
     );
     println!("ratio:  {:10.2}x", rust_rate / rate);
     Ok(())
 }
 
-/// `; eval F1 mean 0.xxxx, median 0.xxxx, min 0.xxxx (0.xxxx, ...)` over the runs (each in
-/// seed order), when the models were evaluated.
-pub(crate) fn f1_note(f1s: &[f64]) -> String {
-    if f1s.is_empty() {
+/// `; eval P/R mean 0.xxxx/0.xxxx, F1 mean 0.xxxx, median 0.xxxx, min 0.xxxx (0.xxxx, ...)`
+/// over the runs (F1 of each in seed order), when the models were evaluated.
+pub(crate) fn scores_note(scores: &[[f64; 3]]) -> String {
+    if scores.is_empty() {
         return String::new();
     }
-    let mean = f1s.iter().sum::<f64>() / f1s.len() as f64;
+    let mean_of = |i: usize| scores.iter().map(|s| s[i]).sum::<f64>() / scores.len() as f64;
+    let f1s: Vec<f64> = scores.iter().map(|s| s[2]).collect();
+    let mean = mean_of(2);
     let each: Vec<String> = f1s.iter().map(|f1| format!("{f1:.4}")).collect();
-    let mut sorted = f1s.to_vec();
+    let mut sorted = f1s;
     let median = median(&mut sorted);
     format!(
-        "; eval F1 mean {mean:.4}, median {median:.4}, min {:.4} ({})",
+        "; eval P/R mean {:.4}/{:.4}, F1 mean {mean:.4}, median {median:.4}, min {:.4} ({})",
+        mean_of(0),
+        mean_of(1),
         sorted[0],
         each.join(", ")
     )
