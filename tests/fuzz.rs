@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
@@ -48,10 +48,6 @@ fn model_with(source: &Path, file: &str, bytes: &[u8]) -> tempfile::TempDir {
     }
     std::fs::write(dir.path().join(file), bytes).unwrap();
     dir
-}
-
-fn fixture_dir() -> PathBuf {
-    common::conll_tiny()
 }
 
 /// `bytes` with up to a few of its bytes replaced, a piece cut out or the end cut off.
@@ -151,18 +147,18 @@ proptest! {
 
     #[test]
     fn mutated_safetensors_load_or_fail_cleanly(bytes in mutated(leak(
-        std::fs::read(fixture_dir().join("model.safetensors")).unwrap()
+        std::fs::read(common::conll_tiny().join("model.safetensors")).unwrap()
     ))) {
         let _ = StateDict::from_safetensors_bytes(&bytes, Path::new("fuzz.safetensors"));
-        let dir = model_with(&fixture_dir(), "model.safetensors", &bytes);
+        let dir = model_with(&common::conll_tiny(), "model.safetensors", &bytes);
         let _ = SpanMarkerModel::from_pretrained(dir.path().to_str().unwrap());
     }
 
     #[test]
     fn mutated_configs_load_or_fail_cleanly(bytes in mutated(leak(
-        std::fs::read(fixture_dir().join("config.json")).unwrap()
+        std::fs::read(common::conll_tiny().join("config.json")).unwrap()
     ))) {
-        let dir = model_with(&fixture_dir(), "config.json", &bytes);
+        let dir = model_with(&common::conll_tiny(), "config.json", &bytes);
         let _ = SpanMarkerModel::from_pretrained(dir.path().to_str().unwrap());
     }
 
@@ -186,13 +182,13 @@ proptest! {
             Just(serde_json::json!([1, 2])),
         ],
     ) {
-        let text = std::fs::read_to_string(fixture_dir().join("config.json")).unwrap();
+        let text = std::fs::read_to_string(common::conll_tiny().join("config.json")).unwrap();
         let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
         let mut encoder_edit = config.clone();
         encoder_edit["encoder"][key] = value.clone();
         config[top] = value;
         for edited in [encoder_edit, config] {
-            let dir = model_with(&fixture_dir(), "config.json", edited.to_string().as_bytes());
+            let dir = model_with(&common::conll_tiny(), "config.json", edited.to_string().as_bytes());
             let _ = SpanMarkerModel::from_pretrained(dir.path().to_str().unwrap());
         }
     }

@@ -1,7 +1,7 @@
 //! Training runs of both sides from the same checkpoint, and the F1 each reaches.
 
 use span_marker::device::Precision;
-use span_marker::metrics::score_entities;
+use span_marker::metrics::{score_entities, EntityScores};
 use span_marker::train::{IntervalStrategy, NerDataset, Trainer, TrainingArguments};
 use span_marker::{Entity, Labels, PredictOptions, SentenceInput, SpanMarkerModel};
 
@@ -17,7 +17,7 @@ pub(crate) fn eval_scores(
     labels: &Labels,
     eval: &NerDataset,
     predicted: &Entities,
-) -> Result<[f64; 3], Box<dyn std::error::Error>> {
+) -> Result<EntityScores, Box<dyn std::error::Error>> {
     let names = labels.reduced();
     let gold = eval
         .examples
@@ -41,8 +41,7 @@ pub(crate) fn eval_scores(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let num_words: Vec<usize> = eval.examples.iter().map(|e| e.tokens.len()).collect();
-    let scores = score_entities(&gold, &predicted, &num_words, names);
-    Ok([scores.precision, scores.recall, scores.f1])
+    Ok(score_entities(&gold, &predicted, &num_words, names))
 }
 
 /// Trains `options.train_steps` steps here and, when asked, in Python from the same checkpoint,
@@ -57,7 +56,7 @@ pub(crate) fn bench_training(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let runs = options.repeat.max(1);
     let mut rates = Vec::with_capacity(runs);
-    let mut f1s = Vec::with_capacity(runs);
+    let mut scores = Vec::with_capacity(runs);
     let eval_sentences: Vec<Vec<String>> = eval
         .map(|eval| eval.examples.iter().map(|e| e.tokens.clone()).collect())
         .unwrap_or_default();
@@ -94,7 +93,7 @@ pub(crate) fn bench_training(
         );
         if let Some(eval) = eval {
             let predicted = triples(model.predict(&eval_inputs, &eval_options)?);
-            f1s.push(eval_scores(labels, eval, &predicted)?);
+            scores.push(eval_scores(labels, eval, &predicted)?);
         }
     }
     let rust_rate = median(&mut rates);
@@ -103,7 +102,7 @@ pub(crate) fn bench_training(
         options.train_steps,
         options.batch_size,
         peak_rss_mb().unwrap_or(f64::NAN),
-        scores_note(&f1s)
+        scores_note(&scores)
     );
     let Some(python) = &options.python else {
         return Ok(());
@@ -117,18 +116,18 @@ pub(crate) fn bench_training(
     let input = serde_json::json!({"train": records(data), "eval": eval.map(records)});
     let value = run_python(python, options, &input)?;
     let rate = value["samples_per_second"].as_f64().unwrap_or(f64::NAN);
-    let mut python_f1s = Vec::new();
+    let mut python_scores = Vec::new();
     if let Some(eval) = eval {
         let runs = serde_json::from_value::<Vec<Entities>>(value["eval_entities"].clone())?;
         for entities in &runs {
-            python_f1s.push(eval_scores(labels, eval, entities)?);
+            python_scores.push(eval_scores(labels, eval, entities)?);
         }
     }
     println!(
         "python: {rate:10.1} samples/s (median of {runs} seeds), peak RSS {:.0} MB (torch threads {}){}",
         value["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
         value["torch_threads"],
-        scores_note(&python_f1s)
+        scores_note(&python_scores)
     );
     println!("ratio:  {:10.2}x", rust_rate / rate);
     Ok(())
@@ -136,20 +135,21 @@ pub(crate) fn bench_training(
 
 /// `; eval P/R mean 0.xxxx/0.xxxx, F1 mean 0.xxxx, median 0.xxxx, min 0.xxxx (0.xxxx, ...)`
 /// over the runs (F1 of each in seed order), when the models were evaluated.
-pub(crate) fn scores_note(scores: &[[f64; 3]]) -> String {
+pub(crate) fn scores_note(scores: &[EntityScores]) -> String {
     if scores.is_empty() {
         return String::new();
     }
-    let mean_of = |i: usize| scores.iter().map(|s| s[i]).sum::<f64>() / scores.len() as f64;
-    let f1s: Vec<f64> = scores.iter().map(|s| s[2]).collect();
-    let mean = mean_of(2);
+    let mean_of =
+        |get: fn(&EntityScores) -> f64| scores.iter().map(get).sum::<f64>() / scores.len() as f64;
+    let f1s: Vec<f64> = scores.iter().map(|s| s.f1).collect();
+    let mean = mean_of(|s| s.f1);
     let each: Vec<String> = f1s.iter().map(|f1| format!("{f1:.4}")).collect();
     let mut sorted = f1s;
     let median = median(&mut sorted);
     format!(
         "; eval P/R mean {:.4}/{:.4}, F1 mean {mean:.4}, median {median:.4}, min {:.4} ({})",
-        mean_of(0),
-        mean_of(1),
+        mean_of(|s| s.precision),
+        mean_of(|s| s.recall),
         sorted[0],
         each.join(", ")
     )
