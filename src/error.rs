@@ -97,6 +97,10 @@ pub enum Error {
     #[error("model {id:?}: {message}")]
     Hub { id: String, message: String },
 
+    /// Publishing to a Hub repository failed.
+    #[error("publishing to {repo:?}: {message}")]
+    Publish { repo: String, message: String },
+
     /// The requested device cannot be used.
     #[error("device: {0}")]
     Device(String),

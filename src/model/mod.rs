@@ -448,6 +448,30 @@ impl SpanMarkerModel {
         self.save_pretrained_with_card(dir, &ModelCard::default())
     }
 
+    /// Publishes the model to the Hugging Face Hub repository `repo_id` (`user/name`), created
+    /// when missing: saved as by [`save_pretrained`](Self::save_pretrained) (its card becomes
+    /// the repository's README) and committed in one commit. The token comes from
+    /// `options.hub.token`, `HF_TOKEN` or the Hugging Face CLI's token file, the Hub's address
+    /// from `options.hub.endpoint` or `HF_ENDPOINT`.
+    ///
+    /// ```no_run
+    /// use span_marker::hub::publish::PushOptions;
+    /// let model = span_marker::SpanMarkerModel::bundled()?;
+    /// let commit = model.push_to_hub("me/my-ner", &PushOptions::default())?;
+    /// println!("published {}", commit.commit_url);
+    /// # Ok::<(), span_marker::Error>(())
+    /// ```
+    #[cfg(feature = "hub")]
+    pub fn push_to_hub(
+        &self,
+        repo_id: &str,
+        options: &crate::hub::publish::PushOptions,
+    ) -> Result<crate::hub::publish::CommitInfo> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        self.save_pretrained(dir.path())?;
+        crate::hub::publish::upload_folder(dir.path(), repo_id, options)
+    }
+
     /// [`save_pretrained`](Self::save_pretrained) with metrics and a description for the card.
     pub fn save_pretrained_with_card(&self, dir: impl AsRef<Path>, card: &ModelCard) -> Result<()> {
         let dir = dir.as_ref();

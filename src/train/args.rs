@@ -20,6 +20,24 @@ pub enum IntervalStrategy {
     Epoch,
 }
 
+/// When the trainer publishes to the Hub (with `push_to_hub`), as in transformers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HubStrategy {
+    /// Once, the final model, when training ends.
+    #[default]
+    End,
+    /// Also the model of every checkpoint, as it is saved (`Training in progress, step N`).
+    EverySave,
+    /// As `every_save`, and the whole latest checkpoint in `last-checkpoint/`, to resume from.
+    Checkpoint,
+    /// As `every_save`, and every checkpoint whole in its own `checkpoint-N/`.
+    AllCheckpoints,
+}
+
+/// What `hub_token` is written as wherever the arguments are saved, as in transformers.
+pub const HUB_TOKEN_MASK: &str = "<HUB_TOKEN>";
+
 /// Everything that shapes a training run. Unknown keys in a file are an error, so that a typo
 /// does not silently fall back to a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +88,40 @@ pub struct TrainingArguments {
     pub greater_is_better: Option<bool>,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
+    /// Publish the model to the Hugging Face Hub when training ends, and during training as
+    /// `hub_strategy` says.
+    pub push_to_hub: bool,
+    /// The repository (`user/name` or `org/name`); the token's user and the name of
+    /// `output_dir` when unset.
+    pub hub_model_id: Option<String>,
+    pub hub_strategy: HubStrategy,
+    /// Create the repository as private.
+    pub hub_private_repo: bool,
+    /// The access token; `HF_TOKEN` or the Hugging Face CLI's token file when unset. Saved
+    /// arguments hold [`HUB_TOKEN_MASK`] instead.
+    #[serde(serialize_with = "mask_token", deserialize_with = "unmask_token")]
+    pub hub_token: Option<String>,
+    /// The Hub's URL (`HF_ENDPOINT`, else `https://huggingface.co`, when unset): a mirror, a
+    /// private Hub.
+    pub hub_endpoint: Option<String>,
+}
+
+fn mask_token<S: serde::Serializer>(
+    token: &Option<String>,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match token {
+        Some(_) => serializer.serialize_some(HUB_TOKEN_MASK),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A saved (masked) token reads back as none, so that the live one is looked up again.
+fn unmask_token<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    let token: Option<String> = Option::deserialize(deserializer)?;
+    Ok(token.filter(|t| t != HUB_TOKEN_MASK))
 }
 
 impl Default for TrainingArguments {
@@ -106,6 +158,12 @@ impl Default for TrainingArguments {
             metric_for_best_model: None,
             greater_is_better: None,
             device: "auto".into(),
+            push_to_hub: false,
+            hub_model_id: None,
+            hub_strategy: HubStrategy::End,
+            hub_private_repo: false,
+            hub_token: None,
+            hub_endpoint: None,
         }
     }
 }
@@ -190,6 +248,24 @@ impl TrainingArguments {
                 "`adam_epsilon` must be a finite number > 0, got {}",
                 self.adam_epsilon
             ));
+        }
+        if self.push_to_hub {
+            if cfg!(not(feature = "hub")) {
+                return Err(
+                    "`push_to_hub` needs the `hub` feature of span-marker, which this \
+                            build leaves out"
+                        .into(),
+                );
+            }
+            if let Some(id) = &self.hub_model_id {
+                crate::hub::check_repo_id(id).map_err(|e| format!("`hub_model_id` {id:?}: {e}"))?;
+            }
+            if self.hub_strategy != HubStrategy::End && self.save_strategy == IntervalStrategy::No {
+                return Err(format!(
+                    "`hub_strategy` {:?} publishes at every save, but `save_strategy` is \"no\"",
+                    self.hub_strategy
+                ));
+            }
         }
         if self.save_total_limit == Some(0) {
             return Err(

@@ -21,9 +21,10 @@ pub mod evaluate;
 pub mod optim;
 #[cfg(feature = "plots")]
 mod plot;
+mod publish;
 pub mod trainer;
 
-pub use args::{IntervalStrategy, TrainingArguments};
+pub use args::{HubStrategy, IntervalStrategy, TrainingArguments};
 pub use data::{read_conll, ConllSentence, NerDataset, NerExample};
 pub use evaluate::{evaluate, Evaluation};
 pub use trainer::{TrainOutput, Trainer, TrainerState};

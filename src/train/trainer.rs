@@ -28,6 +28,7 @@ use crate::train::args::{IntervalStrategy, TrainingArguments};
 use crate::train::data::NerDataset;
 use crate::train::evaluate::{evaluate_prepared, prepare as encode_split, Evaluation, Prepared};
 use crate::train::optim::{AdamW, Schedule};
+use crate::train::publish::HubPublisher;
 
 /// File names inside a checkpoint and the output directory.
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
@@ -35,7 +36,7 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const ARGS_FILE: &str = "training_args.json";
 pub const LOG_FILE: &str = "log_history.jsonl";
 pub const PLOT_FILE: &str = "training_curves.svg";
-const CHECKPOINT_PREFIX: &str = "checkpoint-";
+pub(crate) const CHECKPOINT_PREFIX: &str = "checkpoint-";
 
 /// Where a run stands; saved in every checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -205,11 +206,12 @@ pub struct Trainer<'m> {
     model: &'m mut SpanMarkerModel,
     args: TrainingArguments,
     device: Device,
+    publisher: Option<HubPublisher>,
 }
 
 impl<'m> Trainer<'m> {
-    /// Checks the arguments against the machine (device, mixed precision, output directory)
-    /// and moves the model to the device.
+    /// Checks the arguments against the machine (device, mixed precision, output directory),
+    /// creates the Hub repository with `push_to_hub` and moves the model to the device.
     pub fn new(model: &'m mut SpanMarkerModel, args: TrainingArguments) -> Result<Self> {
         args.validate().map_err(Error::Config)?;
         let device = parse_device(&args.device)?;
@@ -220,11 +222,13 @@ impl<'m> Trainer<'m> {
                 args.output_dir.display()
             )));
         }
+        let publisher = HubPublisher::new(&args)?;
         model.to_device(device);
         Ok(Self {
             model,
             args,
             device,
+            publisher,
         })
     }
 
@@ -564,6 +568,9 @@ impl<'m> Trainer<'m> {
         self.model
             .save_pretrained_with_card(&args.output_dir, &card)?;
         save_curves(&state.log_history, &args.output_dir)?;
+        if let Some(publisher) = &self.publisher {
+            publisher.training_ended(&args.output_dir)?;
+        }
         drop(lock);
         Ok(TrainOutput {
             global_step: state.global_step,
@@ -690,6 +697,9 @@ impl<'m> Trainer<'m> {
         }
         std::fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
         tracing::info!(checkpoint = %target.display(), "saved checkpoint");
+        if let Some(publisher) = &self.publisher {
+            publisher.checkpoint_saved(&target, state.global_step);
+        }
         if let Some(limit) = self.args.save_total_limit {
             let mut checkpoints = list_checkpoints(&self.args.output_dir)?;
             checkpoints.retain(|(_, dir)| Some(dir) != state.best_checkpoint.as_ref());

@@ -9,7 +9,15 @@
 //!
 //! The cache follows the Hugging Face layout (`models--org--name/snapshots/<commit>/...`) and
 //! location (`HF_HOME`, default `~/.cache/huggingface`), so models fetched by Python tools are
-//! found here and the other way round. `HF_HUB_OFFLINE=1` forbids any network access.
+//! found here and the other way round. `HF_HUB_OFFLINE=1` forbids any network access,
+//! `HF_ENDPOINT` names another Hub (a mirror, or a stand-in in tests) and the token comes from
+//! `HF_TOKEN` or the file the Hugging Face CLI writes, as for the Python tools.
+//!
+//! Publishing ([`publish`]) goes the other way: a folder, or a model, committed to a Hub
+//! repository.
+
+#[cfg(feature = "hub")]
+pub mod publish;
 
 use std::path::{Path, PathBuf};
 
@@ -44,7 +52,10 @@ const OPTIONAL: [&str; 4] = [
     "README.md",
 ];
 
-/// Where and how model ids are resolved.
+/// The Hub's address when neither [`HubOptions::endpoint`] nor `HF_ENDPOINT` names another.
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// Where and how model ids are resolved, and where models are published.
 #[derive(Debug, Clone, Default)]
 pub struct HubOptions {
     /// The cache directory (`hub/` inside `HF_HOME` when unset).
@@ -53,6 +64,60 @@ pub struct HubOptions {
     pub revision: Option<String>,
     /// Never touch the network (also set by `HF_HUB_OFFLINE=1`).
     pub offline: bool,
+    /// The Hub's base URL; `HF_ENDPOINT`, else [`DEFAULT_ENDPOINT`], when unset.
+    pub endpoint: Option<String>,
+    /// The access token; `HF_TOKEN`, else the token file (`HF_TOKEN_PATH`, else `token` in
+    /// `HF_HOME`), when unset.
+    pub token: Option<String>,
+}
+
+impl HubOptions {
+    /// The Hub's base URL, without a trailing `/`.
+    ///
+    /// ```
+    /// use span_marker::hub::HubOptions;
+    /// let options = HubOptions { endpoint: Some("http://127.0.0.1:8080/".into()), ..Default::default() };
+    /// assert_eq!(options.endpoint(), "http://127.0.0.1:8080");
+    /// ```
+    pub fn endpoint(&self) -> String {
+        let endpoint = self
+            .endpoint
+            .clone()
+            .or_else(|| non_empty_env("HF_ENDPOINT"))
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+        endpoint.trim_end_matches('/').to_owned()
+    }
+
+    /// The access token, if any: given, `HF_TOKEN`, or the token file.
+    pub fn token(&self) -> Option<String> {
+        self.token
+            .clone()
+            .or_else(|| non_empty_env("HF_TOKEN"))
+            .or_else(|| {
+                let text = std::fs::read_to_string(token_path()?).ok()?;
+                Some(text.trim().to_owned()).filter(|t| !t.is_empty())
+            })
+    }
+}
+
+/// The token file the Hugging Face CLI writes: `HF_TOKEN_PATH`, else `token` in `HF_HOME`
+/// (default `~/.cache/huggingface`).
+pub fn token_path() -> Option<PathBuf> {
+    if let Some(path) = non_empty_env("HF_TOKEN_PATH") {
+        return Some(PathBuf::from(path));
+    }
+    let home = non_empty_env("HF_HOME").map(PathBuf::from).or_else(|| {
+        let home = non_empty_env("HOME")?;
+        Some(Path::new(&home).join(".cache").join("huggingface"))
+    })?;
+    Some(home.join("token"))
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(feature = "hub")]
@@ -151,6 +216,31 @@ fn cached_snapshot(
         .to_owned())
 }
 
+/// `Ok` for a repository id to publish to: `user/name` or `org/name`, both parts made of the
+/// characters the Hub allows.
+///
+/// ```
+/// assert!(span_marker::hub::check_repo_id("me/my-ner").is_ok());
+/// assert!(span_marker::hub::check_repo_id("my-ner").is_err());
+/// ```
+pub fn check_repo_id(repo_id: &str) -> std::result::Result<(), String> {
+    let parts: Vec<&str> = repo_id.split('/').collect();
+    let valid = parts.len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && !p.starts_with(['.', '-'])
+                && !p.ends_with(['.', '-'])
+                && p.len() <= 96
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err("a repository id is `user/name` or `org/name` (letters, digits, `-`, `_`, `.`)".into())
+    }
+}
+
 /// Whether `id` looks like a Hugging Face model id.
 fn is_repo_id(id: &str) -> bool {
     let parts: Vec<&str> = id.split('/').collect();
@@ -165,7 +255,10 @@ fn is_repo_id(id: &str) -> bool {
 
 #[cfg(feature = "hub")]
 fn download(id: &str, options: &HubOptions) -> std::result::Result<(), String> {
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true);
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .with_endpoint(options.endpoint())
+        .with_token(options.token());
     if let Some(dir) = &options.cache_dir {
         builder = builder.with_cache_dir(dir.clone());
     }
@@ -225,6 +318,22 @@ mod tests {
         assert!(!is_repo_id("../model"));
         assert!(!is_repo_id("/abs/path"));
         assert!(!is_repo_id("with space/x"));
+    }
+
+    #[test]
+    fn repository_ids_to_publish_need_a_namespace() {
+        assert!(check_repo_id("me/my-ner").is_ok());
+        for bad in [
+            "my-ner",
+            "a/b/c",
+            "me/",
+            "/x",
+            "me/with space",
+            "me/.hidden",
+            "me/x-",
+        ] {
+            assert!(check_repo_id(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

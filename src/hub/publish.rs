@@ -1,0 +1,586 @@
+//! Publishing to a Hugging Face Hub repository, by the protocol the `huggingface_hub` client
+//! speaks: the repository is created when missing, the Hub says which files go through Git LFS
+//! (`preupload`), those are uploaded as LFS objects (batch API, basic transfer, verified), and
+//! one commit then adds every file at once: inline files as base64, LFS files as pointers. A
+//! failure before the commit leaves the repository as it was; pushing again uploads only the
+//! LFS objects the Hub does not have yet.
+//!
+//! ```no_run
+//! use span_marker::hub::publish::{upload_folder, PushOptions};
+//! let options = PushOptions { private: true, ..Default::default() };
+//! let commit = upload_folder("models/my-ner".as_ref(), "me/my-ner", &options)?;
+//! println!("{}", commit.commit_url);
+//! # Ok::<(), span_marker::Error>(())
+//! ```
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::{check_repo_id, HubOptions};
+use crate::error::{Error, Result};
+
+/// How many files one `preupload` request asks about (the Hub's own client sends 256).
+const PREUPLOAD_CHUNK: usize = 256;
+/// The name of the last step in errors.
+const COMMIT_STEP: &str = "committing";
+/// How many bytes of each file the Hub sees to tell text from binary.
+const SAMPLE_BYTES: usize = 512;
+
+/// How a folder is published.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Endpoint and token (see [`HubOptions::endpoint`] and [`HubOptions::token`]); its
+    /// `revision` is the branch committed to (`main` when unset), created from `main` when
+    /// missing.
+    pub hub: HubOptions,
+    /// Create a missing repository as private.
+    pub private: bool,
+    /// The commit's summary line; `Upload folder using span-marker` when unset.
+    pub commit_message: Option<String>,
+    /// The folder of the repository the files go to; its root when unset.
+    pub path_in_repo: Option<String>,
+    /// Create the repository when it does not exist (else a missing one is an error).
+    pub create_repo: bool,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        Self {
+            hub: HubOptions::default(),
+            private: false,
+            commit_message: None,
+            path_in_repo: None,
+            create_repo: true,
+        }
+    }
+}
+
+/// What a push committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// The repository's page, e.g. `https://huggingface.co/me/my-ner`.
+    pub repo_url: String,
+    /// The commit's id.
+    pub commit_oid: String,
+    /// The commit's page.
+    pub commit_url: String,
+    /// How many files the commit holds, and how many of them went through LFS.
+    pub files: usize,
+    pub lfs_files: usize,
+}
+
+/// One file to commit.
+struct LocalFile {
+    path: PathBuf,
+    path_in_repo: String,
+    size: u64,
+    sha256: String,
+    sample: Vec<u8>,
+}
+
+/// Commits every file under `dir` (recursively; hidden files and folders left out) to
+/// `repo_id` (`user/name` or `org/name`).
+pub fn upload_folder(dir: &Path, repo_id: &str, options: &PushOptions) -> Result<CommitInfo> {
+    upload_folder_filtered(dir, repo_id, options, |_| true)
+}
+
+/// [`upload_folder`] of the files whose path relative to `dir` (with `/` separators) `keep`
+/// accepts.
+pub fn upload_folder_filtered(
+    dir: &Path,
+    repo_id: &str,
+    options: &PushOptions,
+    keep: impl Fn(&str) -> bool,
+) -> Result<CommitInfo> {
+    let fail = |message: String| Error::Publish {
+        repo: repo_id.to_owned(),
+        message,
+    };
+    check_repo_id(repo_id).map_err(fail)?;
+    if options.hub.is_offline() {
+        return Err(fail(
+            "offline mode is on (HF_HUB_OFFLINE): publishing needs the network".into(),
+        ));
+    }
+    if !dir.is_dir() {
+        return Err(fail(format!("{} is not a directory", dir.display())));
+    }
+    let prefix = match options.path_in_repo.as_deref().map(|p| p.trim_matches('/')) {
+        Some(p) if !p.is_empty() => format!("{p}/"),
+        _ => String::new(),
+    };
+    let mut files = Vec::new();
+    collect_files(dir, dir, &prefix, &keep, &mut files)?;
+    if files.is_empty() {
+        return Err(fail(format!("{} holds no files to publish", dir.display())));
+    }
+    let client = Client::new(&options.hub, repo_id)?;
+    let revision = options.hub.revision.as_deref().unwrap_or("main");
+    if options.create_repo {
+        client.create_repo(options.private)?;
+    }
+    if revision != "main" {
+        client.create_branch(revision)?;
+    }
+    let mut lfs = Vec::new();
+    for chunk in files.chunks(PREUPLOAD_CHUNK) {
+        lfs.extend(client.preupload(revision, chunk)?);
+    }
+    let lfs_files: Vec<&LocalFile> = files
+        .iter()
+        .zip(&lfs)
+        .filter(|(_, lfs)| **lfs)
+        .map(|(f, _)| f)
+        .collect();
+    client.upload_lfs(revision, &lfs_files)?;
+    let message = options
+        .commit_message
+        .clone()
+        .unwrap_or_else(|| "Upload folder using span-marker".into());
+    let (commit_oid, commit_url) = client.commit(revision, &message, &files, &lfs)?;
+    tracing::info!(repo = repo_id, commit = %commit_oid, files = files.len(), "published");
+    Ok(CommitInfo {
+        repo_url: format!("{}/{repo_id}", client.endpoint),
+        commit_oid,
+        commit_url,
+        files: files.len(),
+        lfs_files: lfs_files.len(),
+    })
+}
+
+/// The name of the user (or organization) `hub`'s token belongs to.
+pub fn whoami(hub: &HubOptions) -> Result<String> {
+    let client = Client::new(hub, "")?;
+    let answer: Value = client
+        .agent
+        .get(&format!("{}/api/whoami-v2", client.endpoint))
+        .set("Authorization", &format!("Bearer {}", client.token))
+        .call()
+        .map_err(|e| client.failure("asking the Hub whose token this is", e))?
+        .into_json()
+        .map_err(|e| client.fail(format!("the whoami answer is not JSON: {e}")))?;
+    answer["name"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| client.fail("the whoami answer has no `name`".into()))
+}
+
+/// Creates `repo_id` (private when `options.private`); one that exists already is fine.
+pub fn create_repo(repo_id: &str, options: &PushOptions) -> Result<()> {
+    check_repo_id(repo_id).map_err(|message| Error::Publish {
+        repo: repo_id.to_owned(),
+        message,
+    })?;
+    Client::new(&options.hub, repo_id)?.create_repo(options.private)
+}
+
+/// The files under `dir`, sorted by their path in the repository.
+fn collect_files(
+    root: &Path,
+    dir: &Path,
+    prefix: &str,
+    keep: &impl Fn(&str) -> bool,
+    out: &mut Vec<LocalFile>,
+) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::io(dir, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(Error::io(
+                &path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the file name is not UTF-8, which a Hub path must be",
+                ),
+            ));
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let relative = path
+            .strip_prefix(root)
+            .expect("walked from the root")
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        if !keep(&relative) {
+            continue;
+        }
+        let kind = entry.file_type().map_err(|e| Error::io(&path, e))?;
+        if kind.is_dir() {
+            collect_files(root, &path, prefix, keep, out)?;
+        } else if kind.is_file() || path.is_file() {
+            let (size, sha256, sample) = digest_file(&path)?;
+            out.push(LocalFile {
+                path,
+                path_in_repo: format!("{prefix}{relative}"),
+                size,
+                sha256,
+                sample,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A file's size, SHA-256 (hex) and first bytes, in one read.
+fn digest_file(path: &Path) -> Result<(u64, String, Vec<u8>)> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let (mut size, mut sample) = (0u64, Vec::new());
+    loop {
+        let read = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
+        if read == 0 {
+            break;
+        }
+        if sample.len() < SAMPLE_BYTES {
+            let take = (SAMPLE_BYTES - sample.len()).min(read);
+            sample.extend_from_slice(&buffer[..take]);
+        }
+        hasher.update(&buffer[..read]);
+        size += read as u64;
+    }
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((size, sha256, sample))
+}
+
+/// The Hub's API for one repository, with the token.
+struct Client {
+    agent: ureq::Agent,
+    endpoint: String,
+    repo_id: String,
+    token: String,
+}
+
+impl Client {
+    fn new(hub: &HubOptions, repo_id: &str) -> Result<Self> {
+        let token = hub.token().ok_or_else(|| Error::Publish {
+            repo: repo_id.to_owned(),
+            message: format!(
+                "no access token: set HF_TOKEN, pass one, or log in with `huggingface-cli login` \
+                 (which writes {})",
+                super::token_path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "~/.cache/huggingface/token".into())
+            ),
+        })?;
+        let agent = ureq::AgentBuilder::new()
+            .try_proxy_from_env(true)
+            .timeout_connect(Duration::from_secs(30))
+            // A stalled connection fails after this long instead of hanging the push.
+            .timeout_read(Duration::from_secs(300))
+            .timeout_write(Duration::from_secs(300))
+            .build();
+        Ok(Self {
+            agent,
+            endpoint: hub.endpoint(),
+            repo_id: repo_id.to_owned(),
+            token,
+        })
+    }
+
+    fn fail(&self, message: String) -> Error {
+        Error::Publish {
+            repo: self.repo_id.clone(),
+            message,
+        }
+    }
+
+    /// A request's failure as an error naming the step, the status and the Hub's message,
+    /// with what to do about the usual ones.
+    fn failure(&self, step: &str, error: ureq::Error) -> Error {
+        let message = match error {
+            ureq::Error::Status(status, response) => {
+                let hub_message = response
+                    .header("X-Error-Message")
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        let body: Value = response.into_json().ok()?;
+                        body["error"].as_str().map(str::to_owned)
+                    })
+                    .unwrap_or_default();
+                let hint = match status {
+                    401 => "; the token was refused, or the repository does not exist (check \
+                            the token and the id; a private repository is visible to its owner \
+                            only)"
+                        .to_owned(),
+                    403 => format!(
+                        "; the token may not write to {} (a read-only token, or another \
+                         user's or organization's namespace)",
+                        self.repo_id
+                    ),
+                    _ => String::new(),
+                };
+                format!("{step}: HTTP {status} {hub_message}{hint}")
+            }
+            ureq::Error::Transport(transport) => {
+                format!("{step}: could not talk to {} ({transport})", self.endpoint)
+            }
+        };
+        // Files become visible only through the commit, all at once.
+        let outcome = if step == COMMIT_STEP {
+            "; the commit may or may not have been applied, and pushing again is safe"
+        } else {
+            "; nothing was committed, and pushing again continues where this stopped"
+        };
+        self.fail(format!("{message}{outcome}"))
+    }
+
+    fn post(&self, url: &str) -> ureq::Request {
+        self.agent
+            .post(url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set(
+                "User-Agent",
+                concat!("span-marker-rs/", env!("CARGO_PKG_VERSION")),
+            )
+    }
+
+    fn api(&self, action: &str, revision: &str) -> String {
+        format!(
+            "{}/api/models/{}/{action}/{}",
+            self.endpoint,
+            self.repo_id,
+            encode_segment(revision)
+        )
+    }
+
+    /// Creates the repository; one that exists already is fine.
+    fn create_repo(&self, private: bool) -> Result<()> {
+        let (organization, name) = self.repo_id.split_once('/').expect("checked id");
+        let body = json!({"name": name, "organization": organization, "private": private});
+        match self
+            .post(&format!("{}/api/repos/create", self.endpoint))
+            .send_json(body)
+        {
+            Ok(_) | Err(ureq::Error::Status(409, _)) => Ok(()),
+            // No right to create: fine when the repository exists and the token may write to
+            // it, which the commit finds out.
+            Err(ureq::Error::Status(403, response)) if self.exists() => {
+                drop(response);
+                Ok(())
+            }
+            Err(e) => Err(self.failure("creating the repository", e)),
+        }
+    }
+
+    /// Whether the repository exists for this token.
+    fn exists(&self) -> bool {
+        self.agent
+            .get(&format!("{}/api/models/{}", self.endpoint, self.repo_id))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .is_ok()
+    }
+
+    fn create_branch(&self, branch: &str) -> Result<()> {
+        match self.post(&self.api("branch", branch)).send_json(json!({})) {
+            Ok(_) | Err(ureq::Error::Status(409, _)) => Ok(()),
+            Err(e) => Err(self.failure(&format!("creating the branch `{branch}`"), e)),
+        }
+    }
+
+    /// Per file, whether the Hub wants it through LFS.
+    fn preupload(&self, revision: &str, files: &[LocalFile]) -> Result<Vec<bool>> {
+        let body = json!({
+            "files": files.iter().map(|f| json!({
+                "path": f.path_in_repo,
+                "size": f.size,
+                "sample": base64::engine::general_purpose::STANDARD.encode(&f.sample),
+            })).collect::<Vec<_>>()
+        });
+        let answer: Value = self
+            .post(&self.api("preupload", revision))
+            .send_json(body)
+            .map_err(|e| self.failure("asking the Hub how to upload", e))?
+            .into_json()
+            .map_err(|e| self.fail(format!("the pre-upload answer is not JSON: {e}")))?;
+        let modes = answer["files"]
+            .as_array()
+            .ok_or_else(|| self.fail("the pre-upload answer has no `files`".into()))?;
+        files
+            .iter()
+            .map(|file| {
+                let mode = modes
+                    .iter()
+                    .find(|m| m["path"] == file.path_in_repo.as_str())
+                    .and_then(|m| m["uploadMode"].as_str());
+                match mode {
+                    Some("lfs") => Ok(true),
+                    Some("regular") => Ok(false),
+                    other => Err(self.fail(format!(
+                        "the pre-upload answer gives `{}` the upload mode {other:?}",
+                        file.path_in_repo
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    /// Uploads the LFS objects the Hub does not have, each verified when the Hub asks.
+    fn upload_lfs(&self, revision: &str, files: &[&LocalFile]) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let body = json!({
+            "operation": "upload",
+            "transfers": ["basic"],
+            "objects": files.iter().map(|f| json!({"oid": f.sha256, "size": f.size})).collect::<Vec<_>>(),
+            "hash_algo": "sha256",
+            "ref": {"name": format!("refs/heads/{revision}")},
+        });
+        let answer: Value = self
+            .post(&format!(
+                "{}/{}.git/info/lfs/objects/batch",
+                self.endpoint, self.repo_id
+            ))
+            .set("Accept", "application/vnd.git-lfs+json")
+            .set("Content-Type", "application/vnd.git-lfs+json")
+            .send_string(&body.to_string())
+            .map_err(|e| self.failure("starting the LFS upload", e))?
+            .into_json()
+            .map_err(|e| self.fail(format!("the LFS batch answer is not JSON: {e}")))?;
+        let objects = answer["objects"]
+            .as_array()
+            .ok_or_else(|| self.fail("the LFS batch answer has no `objects`".into()))?;
+        for file in files {
+            let object = objects
+                .iter()
+                .find(|o| o["oid"] == file.sha256.as_str())
+                .ok_or_else(|| {
+                    self.fail(format!(
+                        "the LFS batch answer leaves out `{}`",
+                        file.path_in_repo
+                    ))
+                })?;
+            if let Some(error) = object.get("error") {
+                return Err(self.fail(format!(
+                    "the Hub refused the LFS object of `{}`: {error}",
+                    file.path_in_repo
+                )));
+            }
+            let Some(upload) = object["actions"].get("upload") else {
+                tracing::debug!(file = file.path_in_repo, "LFS object already on the Hub");
+                continue;
+            };
+            let href = upload["href"]
+                .as_str()
+                .ok_or_else(|| self.fail("an LFS upload action has no `href`".into()))?;
+            let mut request = self.agent.put(href);
+            for (name, value) in headers(upload) {
+                request = request.set(&name, &value);
+            }
+            let reader = std::fs::File::open(&file.path).map_err(|e| Error::io(&file.path, e))?;
+            request
+                .set("Content-Length", &file.size.to_string())
+                .send(reader)
+                .map_err(|e| self.failure(&format!("uploading `{}`", file.path_in_repo), e))?;
+            if let Some(verify) = object["actions"].get("verify") {
+                let href = verify["href"]
+                    .as_str()
+                    .ok_or_else(|| self.fail("an LFS verify action has no `href`".into()))?;
+                let mut request = self.post(href);
+                for (name, value) in headers(verify) {
+                    request = request.set(&name, &value);
+                }
+                request
+                    .send_json(json!({"oid": file.sha256, "size": file.size}))
+                    .map_err(|e| {
+                        self.failure(
+                            &format!("verifying the upload of `{}`", file.path_in_repo),
+                            e,
+                        )
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One commit of every file; returns its id and page.
+    fn commit(
+        &self,
+        revision: &str,
+        message: &str,
+        files: &[LocalFile],
+        lfs: &[bool],
+    ) -> Result<(String, String)> {
+        let mut lines =
+            vec![json!({"key": "header", "value": {"summary": message, "description": ""}})];
+        for (file, lfs) in files.iter().zip(lfs) {
+            lines.push(if *lfs {
+                json!({"key": "lfsFile", "value": {
+                    "path": file.path_in_repo, "algo": "sha256", "oid": file.sha256, "size": file.size
+                }})
+            } else {
+                let content = std::fs::read(&file.path).map_err(|e| Error::io(&file.path, e))?;
+                json!({"key": "file", "value": {
+                    "path": file.path_in_repo,
+                    "encoding": "base64",
+                    "content": base64::engine::general_purpose::STANDARD.encode(content),
+                }})
+            });
+        }
+        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let answer: Value = self
+            .post(&self.api("commit", revision))
+            .set("Content-Type", "application/x-ndjson")
+            .send_string(&body)
+            .map_err(|e| self.failure(COMMIT_STEP, e))?
+            .into_json()
+            .map_err(|e| self.fail(format!("the commit answer is not JSON: {e}")))?;
+        let oid = answer["commitOid"].as_str().unwrap_or_default().to_owned();
+        let url = answer["commitUrl"].as_str().unwrap_or_default().to_owned();
+        Ok((oid, url))
+    }
+}
+
+/// The headers an LFS action asks for.
+fn headers(action: &Value) -> Vec<(String, String)> {
+    action["header"]
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A revision as one URL path segment (`/` in branch names escaped, as the Hub's client does).
+fn encode_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revisions_are_escaped_as_one_segment() {
+        assert_eq!(encode_segment("main"), "main");
+        assert_eq!(encode_segment("feature/x y"), "feature%2Fx%20y");
+    }
+}
