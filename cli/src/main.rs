@@ -1,7 +1,7 @@
 //! `span-marker`: SpanMarker named-entity recognition from the command line: predict, annotate
 //! Parquet corpora, run SQL with the SpanMarker functions, train (from a pipeline file or CoNLL
-//! files), evaluate, and inspect span candidates. One file per subcommand; each subcommand's
-//! arguments are its own `clap::Args` struct. The benchmark against Python is the separate
+//! files), evaluate, publish to the Hugging Face Hub, and inspect span candidates. One file per
+//! subcommand; each subcommand's arguments are its own `clap::Args` struct. The benchmark against Python is the separate
 //! `span-marker-bench` binary.
 
 use clap::{Parser, Subcommand};
@@ -12,6 +12,7 @@ mod candidates;
 mod evaluate;
 mod input;
 mod predict;
+mod push;
 mod sql;
 mod train;
 
@@ -54,6 +55,12 @@ enum Command {
     /// Evaluate a model on annotated data (Parquet, CSV, JSON lines or CoNLL) and print the
     /// metrics as JSON.
     Evaluate(evaluate::EvaluateArgs),
+    /// Publish a model directory to a Hugging Face Hub repository (created when missing).
+    ///
+    /// The token comes from --token, HF_TOKEN or the token file `huggingface-cli login`
+    /// writes; the Hub's address from --endpoint or HF_ENDPOINT. The model card becomes the
+    /// repository's README; weights go through Git LFS.
+    Push(push::PushArgs),
     /// Tokenize sentences and print their span candidates and encoder samples.
     ///
     /// Reads one sentence per line from FILE (`-` for stdin); without FILE, a bundled sample.
@@ -69,5 +76,6 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => train::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Candidates(args) => candidates::run(args),
+        Command::Push(args) => push::run(args),
     })
 }

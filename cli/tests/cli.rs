@@ -225,3 +225,79 @@ fn evaluate_prints_metrics_for_annotated_files() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.parquet"));
 }
+
+#[test]
+fn push_publishes_a_model_directory_and_refuses_what_is_not_one() {
+    let hub = span_marker_hub_standin::StandInHub::start().unwrap();
+    hub.add_token("hf_cli_token", "user", true);
+    let model = common::conll_tiny();
+    let home = tempfile::tempdir().unwrap();
+    let push = |dir: &str| {
+        let mut command = span_marker();
+        command
+            .args([
+                "push",
+                dir,
+                "user/conll-tiny",
+                "--private",
+                "-m",
+                "From the CLI",
+            ])
+            .args(["--endpoint", hub.endpoint()])
+            .env("HF_HOME", home.path())
+            .env_remove("HF_TOKEN_PATH");
+        command
+    };
+    let out = push(model.to_str().unwrap())
+        .env("HF_TOKEN", "hf_cli_token")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains(&format!("to {}/user/conll-tiny", hub.endpoint())),
+        "{stdout}"
+    );
+    assert_eq!(hub.is_private("user/conll-tiny"), Some(true));
+    let files = hub.files("user/conll-tiny", "main").unwrap();
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "README.md",
+    ] {
+        assert_eq!(
+            files[name],
+            std::fs::read(model.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+
+    // An encoder directory is not a SpanMarker model: refused before anything goes up.
+    let commits = hub.commits_made();
+    let out = push("tests/fixtures/encoders/tiny-bert")
+        .env("HF_TOKEN", "hf_cli_token")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("is not a SpanMarker model directory to publish"),
+        "{stderr}"
+    );
+    assert_eq!(hub.commits_made(), commits);
+
+    // No token anywhere: says where one comes from.
+    let out = push(model.to_str().unwrap())
+        .env_remove("HF_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no access token") && stderr.contains("HF_TOKEN"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -12,7 +12,15 @@
 //! [training]                          # Hugging Face TrainingArguments names
 //! output_dir = "models/my-ner"
 //! num_train_epochs = 3
+//! [hub]                               # optional: publish to the Hugging Face Hub
+//! repo_id = "me/my-ner"
+//! strategy = "every_save"            # end (default), every_save, checkpoint, all_checkpoints
 //! ```
+//!
+//! The `[hub]` table publishes the model (token from `HF_TOKEN` or the Hugging Face CLI's token
+//! file, never from the pipeline file): it sets the `push_to_hub`, `hub_model_id`,
+//! `hub_strategy`, `hub_private_repo` and `hub_endpoint` training arguments, which the
+//! `[training]` table then leaves out.
 //!
 //! Relative paths are relative to the pipeline file's directory. Paths and the encoder may name
 //! environment variables as `${NAME}` (for data and encoders kept outside the project, e.g.
@@ -21,11 +29,28 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use span_marker::train::TrainingArguments;
+use span_marker::train::{HubStrategy, TrainingArguments};
 
 use crate::error::{Error, Result};
 use crate::sources::TableSource;
 use crate::training::{self, ModelSpec, TrainReport};
+
+/// Where and when a pipeline publishes its model: the `[hub]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubTable {
+    /// The repository, `user/name` or `org/name`; created when missing.
+    pub repo_id: String,
+    /// Create the repository as private.
+    #[serde(default)]
+    pub private: bool,
+    /// When to publish during training; the final model is always published.
+    #[serde(default)]
+    pub strategy: HubStrategy,
+    /// The Hub's URL; `HF_ENDPOINT`, else `https://huggingface.co`, when unset.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
 
 /// The data of a pipeline.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -49,6 +74,9 @@ pub struct Pipeline {
     pub model: ModelSpec,
     #[serde(default)]
     pub training: TrainingArguments,
+    /// Publishing to the Hub, when the model should go there.
+    #[serde(default)]
+    pub hub: Option<HubTable>,
     /// The file it was read from (not a key of the file).
     #[serde(skip)]
     pub file: PathBuf,
@@ -98,7 +126,41 @@ impl Pipeline {
                 }
             })?;
         pipeline.file = file.to_path_buf();
+        pipeline.apply_hub()?;
         Ok(pipeline)
+    }
+
+    /// Sets the training arguments that publish, from the `[hub]` table; the same settings in
+    /// `[training]` too are an error, so that each is said in one place.
+    fn apply_hub(&mut self) -> Result<()> {
+        let Some(hub) = &self.hub else {
+            return Ok(());
+        };
+        let args = &mut self.training;
+        let defaults = TrainingArguments::default();
+        let doubled = [
+            ("push_to_hub", args.push_to_hub != defaults.push_to_hub),
+            ("hub_model_id", args.hub_model_id.is_some()),
+            ("hub_strategy", args.hub_strategy != defaults.hub_strategy),
+            ("hub_private_repo", args.hub_private_repo),
+            ("hub_endpoint", args.hub_endpoint.is_some()),
+            ("hub_token", args.hub_token.is_some()),
+        ];
+        if let Some((key, _)) = doubled.iter().find(|(_, set)| *set) {
+            return Err(Error::Pipeline {
+                file: self.file.display().to_string(),
+                key: format!("training.{key}"),
+                message: "publishing is set in the [hub] table; leave it out of [training] \
+                          (the token comes from HF_TOKEN or the Hugging Face CLI's token file)"
+                    .into(),
+            });
+        }
+        args.push_to_hub = true;
+        args.hub_model_id = Some(hub.repo_id.clone());
+        args.hub_strategy = hub.strategy;
+        args.hub_private_repo = hub.private;
+        args.hub_endpoint = hub.endpoint.clone();
+        Ok(())
     }
 
     /// Replaces `${NAME}` in the sources' paths, the encoder and the output directory.
@@ -154,6 +216,10 @@ impl Pipeline {
             key,
             message,
         };
+        if let Some(hub) = &self.hub {
+            span_marker::hub::check_repo_id(&hub.repo_id)
+                .map_err(|message| error("hub.repo_id".into(), message))?;
+        }
         for (split, source) in [
             ("train", Some(&self.sources.train)),
             ("eval", self.sources.eval.as_ref()),

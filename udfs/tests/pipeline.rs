@@ -140,6 +140,25 @@ fn malformed_pipelines_name_the_key() {
             ),
             "training",
         ),
+        (
+            format!("{valid}\n[hub]\nrepo_id = \"no-namespace\""),
+            "hub.repo_id",
+        ),
+        (
+            format!("{valid}\n[hub]\nrepo_id = \"me/ner\"\ntoken = \"hf_x\""),
+            "hub.token",
+        ),
+        (
+            format!("{valid}\n[hub]\nrepo_id = \"me/ner\"\nstrategy = \"often\""),
+            "hub.strategy",
+        ),
+        (
+            format!("{valid}\n[hub]\nrepo_id = \"me/ner\"").replace(
+                "learning_rate = 5e-3",
+                "learning_rate = 5e-3\nhub_model_id = \"me/other\"",
+            ),
+            "training.hub_model_id",
+        ),
     ];
     for (text, key) in cases {
         let path = write(dir.path(), "p.toml", &text);
@@ -148,6 +167,28 @@ fn malformed_pipelines_name_the_key() {
         assert!(error.contains("p.toml"), "{error}");
     }
     assert!(!dir.path().join("model").exists(), "nothing was written");
+}
+
+#[test]
+fn the_hub_table_sets_the_publishing_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[hub]\nrepo_id = \"me/toy-ner\"\nprivate = true\nstrategy = \"checkpoint\"\n",
+        common::toy_pipeline(dir.path(), "")
+    );
+    let pipeline = Pipeline::from_toml_str(&text, Path::new("p.toml")).unwrap();
+    let args = &pipeline.training;
+    assert!(args.push_to_hub && args.hub_private_repo);
+    assert_eq!(args.hub_model_id.as_deref(), Some("me/toy-ner"));
+    assert_eq!(
+        args.hub_strategy,
+        span_marker::train::HubStrategy::Checkpoint
+    );
+    assert_eq!(args.hub_endpoint, None);
+    let without =
+        Pipeline::from_toml_str(&common::toy_pipeline(dir.path(), ""), Path::new("p.toml"))
+            .unwrap();
+    assert!(!without.training.push_to_hub);
 }
 
 /// The toy test split as Parquet (ids), CSV (space-separated strings) and JSON lines (lists of
