@@ -376,3 +376,48 @@ fn push_to_hub_publishes_to_a_branch() {
         predictions(&model, &sentences)
     );
 }
+
+#[test]
+fn the_checkpoint_strategy_publishes_the_latest_checkpoint_whole_without_the_token() {
+    let hub = hub();
+    let mut model =
+        SpanMarkerModel::from_pretrained(fixtures().join("training/init").to_str().unwrap())
+            .unwrap();
+    let train =
+        NerDataset::from_conll(repo().join("examples/data/train.txt"), model.labels()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // Without hub_model_id: the token's user and the output directory's name.
+    let args = TrainingArguments {
+        output_dir: work.path().join("from-checkpoints"),
+        max_steps: Some(4),
+        save_steps: 2,
+        device: "cpu".into(),
+        push_to_hub: true,
+        hub_strategy: HubStrategy::Checkpoint,
+        hub_token: Some(WRITER.into()),
+        hub_endpoint: Some(hub.endpoint().to_owned()),
+        ..TrainingArguments::default()
+    };
+    Trainer::new(&mut model, args)
+        .unwrap()
+        .train(&train, None, None)
+        .unwrap();
+    let files = hub.files("user/from-checkpoints", "main").unwrap();
+    for name in [
+        "model.safetensors",
+        "last-checkpoint/model.safetensors",
+        "last-checkpoint/optimizer.safetensors",
+        "last-checkpoint/trainer_state.json",
+    ] {
+        assert!(files.contains_key(name), "{name}: {:?}", files.keys());
+    }
+    let state: Value =
+        serde_json::from_slice(&files["last-checkpoint/trainer_state.json"]).unwrap();
+    assert_eq!(state["global_step"], 4);
+    assert!(!files.contains_key("optimizer.safetensors"));
+    let args = String::from_utf8(files["last-checkpoint/training_args.json"].clone()).unwrap();
+    assert!(
+        args.contains("<HUB_TOKEN>") && !args.contains(WRITER),
+        "{args}"
+    );
+}
