@@ -35,7 +35,7 @@ fn push_options(hub: &StandInHub, token: &str) -> PushOptions {
     PushOptions {
         hub: HubOptions {
             endpoint: Some(hub.endpoint().to_owned()),
-            token: Some(token.to_owned()),
+            token: Some(token.into()),
             ..HubOptions::default()
         },
         ..PushOptions::default()
@@ -47,7 +47,7 @@ fn load_options(hub: &StandInHub, cache: &Path, labels: Option<Vec<String>>) -> 
     LoadOptions {
         hub: HubOptions {
             endpoint: Some(hub.endpoint().to_owned()),
-            token: Some(WRITER.to_owned()),
+            token: Some(WRITER.into()),
             cache_dir: Some(cache.to_owned()),
             ..HubOptions::default()
         },
@@ -277,6 +277,10 @@ fn refused_tokens_and_missing_rights_are_clear_errors() {
         .to_string();
     assert!(err.contains("user/model") && err.contains("401"), "{err}");
     assert!(err.contains("token was refused"), "{err}");
+    assert!(
+        !err.contains("hf_not_a_token"),
+        "the token leaks into the error: {err}"
+    );
 
     // A read-only token cannot create the repository.
     let err = upload_folder(&dir, "user/model", &push_options(&hub, READER))
@@ -332,7 +336,10 @@ fn a_broken_upload_leaves_the_revision_as_it_was_and_a_retry_completes_it() {
     let trained = SpanMarkerModel::from_pretrained(common::conll_tiny().to_str().unwrap()).unwrap();
     trained.save_pretrained(second.path()).unwrap();
     std::fs::write(second.path().join("notes.txt"), "second version\n").unwrap();
-    hub.fail_next_lfs_upload(1);
+    // An empty file is committed inline, whatever its name says.
+    std::fs::write(second.path().join("empty.safetensors"), b"").unwrap();
+    // Every attempt breaks: the push gives up.
+    hub.fail_next_lfs_upload(4);
     let commits = hub.commits_made();
     let err = upload_folder(second.path(), "user/ner", &options)
         .unwrap_err()
@@ -342,8 +349,12 @@ fn a_broken_upload_leaves_the_revision_as_it_was_and_a_retry_completes_it() {
     assert_eq!(hub.commits_made(), commits);
     assert_eq!(hub.files("user/ner", "main").unwrap(), before);
 
+    // One broken attempt is absorbed by trying again.
+    hub.fail_next_lfs_upload(1);
     let commit = upload_folder(second.path(), "user/ner", &options).unwrap();
     let after = hub.files("user/ner", "main").unwrap();
+    assert_eq!(after["empty.safetensors"], b"");
+    assert_eq!(hub.lfs_files("user/ner", "main"), ["model.safetensors"]);
     assert_eq!(after["notes.txt"], b"second version\n");
     assert_eq!(
         after["model.safetensors"],

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use span_marker::hub::publish::{upload_folder_filtered, PushOptions};
+use span_marker::hub::publish::{upload_folders, Folder, PushOptions};
 use span_marker::hub::HubOptions;
 use span_marker::SpanMarkerModel;
 
@@ -47,7 +47,7 @@ pub fn run(args: PushArgs) -> CliResult {
         hub: HubOptions {
             revision: args.revision,
             endpoint: args.endpoint,
-            token: args.token,
+            token: args.token.map(Into::into),
             ..HubOptions::default()
         },
         private: args.private,
@@ -55,9 +55,13 @@ pub fn run(args: PushArgs) -> CliResult {
         ..PushOptions::default()
     };
     let with_checkpoints = args.with_checkpoints;
-    let commit = upload_folder_filtered(&args.model_dir, &args.repo_id, &options, |path| {
-        with_checkpoints || !path.starts_with("checkpoint-")
-    })?;
+    let keep = |path: &str| with_checkpoints || !path.starts_with("checkpoint-");
+    let folder = Folder {
+        dir: &args.model_dir,
+        path_in_repo: None,
+        keep: &keep,
+    };
+    let commit = upload_folders(&[folder], &args.repo_id, &options)?;
     println!(
         "published {} files ({} through LFS) to {}\ncommit {}",
         commit.files, commit.lfs_files, commit.repo_url, commit.commit_url

@@ -657,9 +657,11 @@ impl State {
                 .as_str()
                 .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
                 .unwrap_or_default();
-            let lfs = LFS_SUFFIXES.iter().any(|s| path.ends_with(s))
-                || size >= LFS_MIN_SIZE
-                || sample.contains(&0);
+            // Empty files are never LFS objects, as on the Hub.
+            let lfs = size > 0
+                && (LFS_SUFFIXES.iter().any(|s| path.ends_with(s))
+                    || size >= LFS_MIN_SIZE
+                    || sample.contains(&0));
             answers.push(json!({
                 "path": path,
                 "uploadMode": if lfs { "lfs" } else { "regular" },
@@ -734,13 +736,21 @@ impl State {
         }
         let mut tree = repo.commits[&parent].clone();
         let mut summary = None;
-        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let lines = body.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        for (number, line) in lines.enumerate() {
             let Ok(line) = serde_json::from_slice::<Value>(line) else {
                 return Reply::error(400, None, "a commit line is not JSON");
             };
             let value = &line["value"];
             let path = value["path"].as_str().unwrap_or_default().to_owned();
-            match line["key"].as_str() {
+            let key = line["key"].as_str();
+            if (number == 0) != (key == Some("header")) {
+                return Reply::error(400, None, "the header must be the commit's first line");
+            }
+            if key != Some("header") && (path.is_empty() || path.starts_with('/')) {
+                return Reply::error(400, None, &format!("invalid path {path:?}"));
+            }
+            match key {
                 Some("header") => summary = value["summary"].as_str().map(str::to_owned),
                 Some("file") => {
                     let Some(data) = value["content"]
@@ -766,6 +776,9 @@ impl State {
                             &format!("{path}: LFS object {oid} was never uploaded"),
                         );
                     };
+                    if value["size"].as_u64() != Some(data.len() as u64) {
+                        return Reply::error(422, None, &format!("{path}: wrong LFS object size"));
+                    }
                     tree.insert(
                         path,
                         Entry {
@@ -841,15 +854,16 @@ fn parse_range(range: &str, size: usize) -> Option<(usize, usize)> {
     }
 }
 
-/// `%XX` escapes of a URL path segment decoded.
+/// `%XX` escapes of a URL path segment decoded (a `%` not followed by two hex digits kept).
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(byte);
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((high * 16 + low) as u8);
                 i += 3;
                 continue;
             }

@@ -68,7 +68,42 @@ pub struct HubOptions {
     pub endpoint: Option<String>,
     /// The access token; `HF_TOKEN`, else the token file (`HF_TOKEN_PATH`, else `token` in
     /// `HF_HOME`), when unset.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
+}
+
+/// A token, kept out of `Debug` output (and so out of logs and failed assertions).
+///
+/// ```
+/// let token = span_marker::hub::Secret::from("hf_abc");
+/// assert_eq!(format!("{token:?}"), "Secret(<redacted>)");
+/// assert_eq!(token.expose(), "hf_abc");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The token itself, for the `Authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(token: String) -> Self {
+        Self(token)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(token: &str) -> Self {
+        Self(token.to_owned())
+    }
 }
 
 impl HubOptions {
@@ -91,7 +126,8 @@ impl HubOptions {
     /// The access token, if any: given, `HF_TOKEN`, or the token file.
     pub fn token(&self) -> Option<String> {
         self.token
-            .clone()
+            .as_ref()
+            .map(|t| t.expose().to_owned())
             .or_else(|| non_empty_env("HF_TOKEN"))
             .or_else(|| {
                 let text = std::fs::read_to_string(token_path()?).ok()?;
@@ -124,8 +160,12 @@ fn non_empty_env(name: &str) -> Option<String> {
 impl HubOptions {
     fn is_offline(&self) -> bool {
         self.offline
-            || std::env::var("HF_HUB_OFFLINE")
-                .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
+            || std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
     }
 
     fn cache(&self) -> Cache {

@@ -1,9 +1,10 @@
 //! Publishing to a Hugging Face Hub repository, by the protocol the `huggingface_hub` client
 //! speaks: the repository is created when missing, the Hub says which files go through Git LFS
 //! (`preupload`), those are uploaded as LFS objects (batch API, basic transfer, verified), and
-//! one commit then adds every file at once: inline files as base64, LFS files as pointers. A
-//! failure before the commit leaves the repository as it was; pushing again uploads only the
-//! LFS objects the Hub does not have yet.
+//! one commit then adds every file at once: inline files as base64, LFS files as pointers. The
+//! files of a failed push never show (the repository and branch may have been created), and
+//! pushing again uploads only the LFS objects the Hub does not have yet. Requests that can be
+//! repeated are, on network errors and on `429` and `5xx` answers.
 //!
 //! ```no_run
 //! use span_marker::hub::publish::{upload_folder, PushOptions};
@@ -12,6 +13,9 @@
 //! println!("{}", commit.commit_url);
 //! # Ok::<(), span_marker::Error>(())
 //! ```
+
+// ureq's error (a whole response) is large; it only lives while a failed request is looked at.
+#![allow(clippy::result_large_err)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,12 +30,19 @@ use crate::error::{Error, Result};
 
 /// How many files one `preupload` request asks about (the Hub's own client sends 256).
 const PREUPLOAD_CHUNK: usize = 256;
+/// What a token check publishes to, in its errors.
+const WHOAMI: &str = "(the token's user)";
 /// The name of the last step in errors.
 const COMMIT_STEP: &str = "committing";
 /// How many bytes of each file the Hub sees to tell text from binary.
 const SAMPLE_BYTES: usize = 512;
 
-/// How a folder is published.
+/// How many times a request that can be repeated is sent before its failure is the push's,
+/// and the wait before the first repetition (doubled each time).
+const ATTEMPTS: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// How files are published.
 #[derive(Debug, Clone)]
 pub struct PushOptions {
     /// Endpoint and token (see [`HubOptions::endpoint`] and [`HubOptions::token`]); its
@@ -42,8 +53,6 @@ pub struct PushOptions {
     pub private: bool,
     /// The commit's summary line; `Upload folder using span-marker` when unset.
     pub commit_message: Option<String>,
-    /// The folder of the repository the files go to; its root when unset.
-    pub path_in_repo: Option<String>,
     /// Create the repository when it does not exist (else a missing one is an error).
     pub create_repo: bool,
 }
@@ -54,8 +63,29 @@ impl Default for PushOptions {
             hub: HubOptions::default(),
             private: false,
             commit_message: None,
-            path_in_repo: None,
             create_repo: true,
+        }
+    }
+}
+
+/// Files of one local folder to commit.
+pub struct Folder<'a> {
+    /// The local folder (walked recursively; hidden files and folders left out).
+    pub dir: &'a Path,
+    /// Where its files go in the repository; its root when `None`.
+    pub path_in_repo: Option<&'a str>,
+    /// Which files go, by their path relative to `dir` (with `/` separators); a folder that
+    /// is refused is not entered.
+    pub keep: &'a dyn Fn(&str) -> bool,
+}
+
+impl<'a> Folder<'a> {
+    /// Every file of `dir`, at the repository's root.
+    pub fn all(dir: &'a Path) -> Self {
+        Self {
+            dir,
+            path_in_repo: None,
+            keep: &|_| true,
         }
     }
 }
@@ -69,8 +99,9 @@ pub struct CommitInfo {
     pub commit_oid: String,
     /// The commit's page.
     pub commit_url: String,
-    /// How many files the commit holds, and how many of them went through LFS.
+    /// How many files the commit holds.
     pub files: usize,
+    /// How many of them are stored through LFS.
     pub lfs_files: usize,
 }
 
@@ -86,16 +117,14 @@ struct LocalFile {
 /// Commits every file under `dir` (recursively; hidden files and folders left out) to
 /// `repo_id` (`user/name` or `org/name`).
 pub fn upload_folder(dir: &Path, repo_id: &str, options: &PushOptions) -> Result<CommitInfo> {
-    upload_folder_filtered(dir, repo_id, options, |_| true)
+    upload_folders(&[Folder::all(dir)], repo_id, options)
 }
 
-/// [`upload_folder`] of the files whose path relative to `dir` (with `/` separators) `keep`
-/// accepts.
-pub fn upload_folder_filtered(
-    dir: &Path,
+/// Commits the files of several folders to `repo_id` in one commit.
+pub fn upload_folders(
+    folders: &[Folder<'_>],
     repo_id: &str,
     options: &PushOptions,
-    keep: impl Fn(&str) -> bool,
 ) -> Result<CommitInfo> {
     let fail = |message: String| Error::Publish {
         repo: repo_id.to_owned(),
@@ -107,17 +136,19 @@ pub fn upload_folder_filtered(
             "offline mode is on (HF_HUB_OFFLINE): publishing needs the network".into(),
         ));
     }
-    if !dir.is_dir() {
-        return Err(fail(format!("{} is not a directory", dir.display())));
-    }
-    let prefix = match options.path_in_repo.as_deref().map(|p| p.trim_matches('/')) {
-        Some(p) if !p.is_empty() => format!("{p}/"),
-        _ => String::new(),
-    };
     let mut files = Vec::new();
-    collect_files(dir, dir, &prefix, &keep, &mut files)?;
+    for folder in folders {
+        if !folder.dir.is_dir() {
+            return Err(fail(format!("{} is not a directory", folder.dir.display())));
+        }
+        let prefix = match folder.path_in_repo.map(|p| p.trim_matches('/')) {
+            Some(p) if !p.is_empty() => format!("{p}/"),
+            _ => String::new(),
+        };
+        collect_files(folder.dir, folder.dir, &prefix, folder.keep, &mut files)?;
+    }
     if files.is_empty() {
-        return Err(fail(format!("{} holds no files to publish", dir.display())));
+        return Err(fail("no files to publish".into()));
     }
     let client = Client::new(&options.hub, repo_id)?;
     let revision = options.hub.revision.as_deref().unwrap_or("main");
@@ -155,13 +186,12 @@ pub fn upload_folder_filtered(
 
 /// The name of the user (or organization) `hub`'s token belongs to.
 pub fn whoami(hub: &HubOptions) -> Result<String> {
-    let client = Client::new(hub, "")?;
+    let client = Client::new(hub, WHOAMI)?;
+    let url = format!("{}/api/whoami-v2", client.endpoint);
     let answer: Value = client
-        .agent
-        .get(&format!("{}/api/whoami-v2", client.endpoint))
-        .set("Authorization", &format!("Bearer {}", client.token))
-        .call()
-        .map_err(|e| client.failure("asking the Hub whose token this is", e))?
+        .retrying("asking the Hub whose token this is", || {
+            client.request("GET", &url).call()
+        })?
         .into_json()
         .map_err(|e| client.fail(format!("the whoami answer is not JSON: {e}")))?;
     answer["name"]
@@ -184,7 +214,7 @@ fn collect_files(
     root: &Path,
     dir: &Path,
     prefix: &str,
-    keep: &impl Fn(&str) -> bool,
+    keep: &dyn Fn(&str) -> bool,
     out: &mut Vec<LocalFile>,
 ) -> Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -334,7 +364,9 @@ impl Client {
             }
         };
         // Files become visible only through the commit, all at once.
-        let outcome = if step == COMMIT_STEP {
+        let outcome = if self.repo_id == WHOAMI {
+            ""
+        } else if step == COMMIT_STEP {
             "; the commit may or may not have been applied, and pushing again is safe"
         } else {
             "; nothing was committed, and pushing again continues where this stopped"
@@ -342,14 +374,59 @@ impl Client {
         self.fail(format!("{message}{outcome}"))
     }
 
-    fn post(&self, url: &str) -> ureq::Request {
+    /// A request to the Hub's API, with the token.
+    fn request(&self, method: &str, url: &str) -> ureq::Request {
         self.agent
-            .post(url)
+            .request(method, url)
             .set("Authorization", &format!("Bearer {}", self.token))
             .set(
                 "User-Agent",
                 concat!("span-marker-rs/", env!("CARGO_PKG_VERSION")),
             )
+    }
+
+    fn post(&self, url: &str) -> ureq::Request {
+        self.request("POST", url)
+    }
+
+    /// `send` until it succeeds, fails for good, or [`ATTEMPTS`] are spent: network errors and
+    /// `429`/`5xx` answers are tried again after a growing wait.
+    fn retrying(
+        &self,
+        step: &str,
+        send: impl Fn() -> std::result::Result<ureq::Response, ureq::Error>,
+    ) -> Result<ureq::Response> {
+        let mut wait = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match send() {
+                Ok(response) => return Ok(response),
+                Err(error) => {
+                    let transient = match &error {
+                        ureq::Error::Transport(_) => true,
+                        ureq::Error::Status(status, _) => *status == 429 || *status >= 500,
+                    };
+                    if !transient || attempt >= ATTEMPTS {
+                        return Err(self.failure(step, error));
+                    }
+                    tracing::warn!(step, attempt, %error, "the Hub did not answer; trying again");
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// An LFS action's URL, moved to this endpoint when it names the public Hub and another
+    /// endpoint is used (as the Python client does for mirrors).
+    fn action_url(&self, href: &str) -> String {
+        match href.strip_prefix(super::DEFAULT_ENDPOINT) {
+            Some(rest) if self.endpoint != super::DEFAULT_ENDPOINT => {
+                format!("{}{rest}", self.endpoint)
+            }
+            _ => href.to_owned(),
+        }
     }
 
     fn api(&self, action: &str, revision: &str) -> String {
@@ -382,11 +459,12 @@ impl Client {
 
     /// Whether the repository exists for this token.
     fn exists(&self) -> bool {
-        self.agent
-            .get(&format!("{}/api/models/{}", self.endpoint, self.repo_id))
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .call()
-            .is_ok()
+        self.request(
+            "GET",
+            &format!("{}/api/models/{}", self.endpoint, self.repo_id),
+        )
+        .call()
+        .is_ok()
     }
 
     fn create_branch(&self, branch: &str) -> Result<()> {
@@ -405,10 +483,11 @@ impl Client {
                 "sample": base64::engine::general_purpose::STANDARD.encode(&f.sample),
             })).collect::<Vec<_>>()
         });
+        let url = self.api("preupload", revision);
         let answer: Value = self
-            .post(&self.api("preupload", revision))
-            .send_json(body)
-            .map_err(|e| self.failure("asking the Hub how to upload", e))?
+            .retrying("asking the Hub how to upload", || {
+                self.post(&url).send_json(&body)
+            })?
             .into_json()
             .map_err(|e| self.fail(format!("the pre-upload answer is not JSON: {e}")))?;
         let modes = answer["files"]
@@ -422,6 +501,9 @@ impl Client {
                     .find(|m| m["path"] == file.path_in_repo.as_str())
                     .and_then(|m| m["uploadMode"].as_str());
                 match mode {
+                    // An empty file is stored inline whatever its name, as the Python client
+                    // does (object stores refuse empty uploads).
+                    _ if file.size == 0 => Ok(false),
                     Some("lfs") => Ok(true),
                     Some("regular") => Ok(false),
                     other => Err(self.fail(format!(
@@ -443,17 +525,20 @@ impl Client {
             "transfers": ["basic"],
             "objects": files.iter().map(|f| json!({"oid": f.sha256, "size": f.size})).collect::<Vec<_>>(),
             "hash_algo": "sha256",
-            "ref": {"name": format!("refs/heads/{revision}")},
+            "ref": {"name": revision},
         });
+        let url = format!(
+            "{}/{}.git/info/lfs/objects/batch",
+            self.endpoint, self.repo_id
+        );
+        let body = body.to_string();
         let answer: Value = self
-            .post(&format!(
-                "{}/{}.git/info/lfs/objects/batch",
-                self.endpoint, self.repo_id
-            ))
-            .set("Accept", "application/vnd.git-lfs+json")
-            .set("Content-Type", "application/vnd.git-lfs+json")
-            .send_string(&body.to_string())
-            .map_err(|e| self.failure("starting the LFS upload", e))?
+            .retrying("starting the LFS upload", || {
+                self.post(&url)
+                    .set("Accept", "application/vnd.git-lfs+json")
+                    .set("Content-Type", "application/vnd.git-lfs+json")
+                    .send_string(&body)
+            })?
             .into_json()
             .map_err(|e| self.fail(format!("the LFS batch answer is not JSON: {e}")))?;
         let objects = answer["objects"]
@@ -482,31 +567,32 @@ impl Client {
             let href = upload["href"]
                 .as_str()
                 .ok_or_else(|| self.fail("an LFS upload action has no `href`".into()))?;
-            let mut request = self.agent.put(href);
-            for (name, value) in headers(upload) {
-                request = request.set(&name, &value);
-            }
-            let reader = std::fs::File::open(&file.path).map_err(|e| Error::io(&file.path, e))?;
-            request
-                .set("Content-Length", &file.size.to_string())
-                .send(reader)
-                .map_err(|e| self.failure(&format!("uploading `{}`", file.path_in_repo), e))?;
+            let href = self.action_url(href);
+            let step = format!("uploading `{}`", file.path_in_repo);
+            // The object goes to storage as is, without the Hub's token.
+            self.retrying(&step, || {
+                let mut request = self.agent.put(&href);
+                for (name, value) in headers(upload) {
+                    request = request.set(&name, &value);
+                }
+                let reader = std::fs::File::open(&file.path).map_err(ureq::Error::from)?;
+                request
+                    .set("Content-Length", &file.size.to_string())
+                    .send(reader)
+            })?;
             if let Some(verify) = object["actions"].get("verify") {
                 let href = verify["href"]
                     .as_str()
                     .ok_or_else(|| self.fail("an LFS verify action has no `href`".into()))?;
-                let mut request = self.post(href);
-                for (name, value) in headers(verify) {
-                    request = request.set(&name, &value);
-                }
-                request
-                    .send_json(json!({"oid": file.sha256, "size": file.size}))
-                    .map_err(|e| {
-                        self.failure(
-                            &format!("verifying the upload of `{}`", file.path_in_repo),
-                            e,
-                        )
-                    })?;
+                let href = self.action_url(href);
+                let step = format!("verifying the upload of `{}`", file.path_in_repo);
+                self.retrying(&step, || {
+                    let mut request = self.post(&href);
+                    for (name, value) in headers(verify) {
+                        request = request.set(&name, &value);
+                    }
+                    request.send_json(json!({"oid": file.sha256, "size": file.size}))
+                })?;
             }
         }
         Ok(())
@@ -544,9 +630,12 @@ impl Client {
             .map_err(|e| self.failure(COMMIT_STEP, e))?
             .into_json()
             .map_err(|e| self.fail(format!("the commit answer is not JSON: {e}")))?;
-        let oid = answer["commitOid"].as_str().unwrap_or_default().to_owned();
-        let url = answer["commitUrl"].as_str().unwrap_or_default().to_owned();
-        Ok((oid, url))
+        match (answer["commitOid"].as_str(), answer["commitUrl"].as_str()) {
+            (Some(oid), Some(url)) => Ok((oid.to_owned(), url.to_owned())),
+            _ => Err(self.fail(format!(
+                "the commit answer has no `commitOid` and `commitUrl`: {answer}"
+            ))),
+        }
     }
 }
 

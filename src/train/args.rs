@@ -100,14 +100,14 @@ pub struct TrainingArguments {
     /// The access token; `HF_TOKEN` or the Hugging Face CLI's token file when unset. Saved
     /// arguments hold [`HUB_TOKEN_MASK`] instead.
     #[serde(serialize_with = "mask_token", deserialize_with = "unmask_token")]
-    pub hub_token: Option<String>,
+    pub hub_token: Option<crate::hub::Secret>,
     /// The Hub's URL (`HF_ENDPOINT`, else `https://huggingface.co`, when unset): a mirror, a
     /// private Hub.
     pub hub_endpoint: Option<String>,
 }
 
 fn mask_token<S: serde::Serializer>(
-    token: &Option<String>,
+    token: &Option<crate::hub::Secret>,
     serializer: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     match token {
@@ -119,9 +119,9 @@ fn mask_token<S: serde::Serializer>(
 /// A saved (masked) token reads back as none, so that the live one is looked up again.
 fn unmask_token<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
-) -> std::result::Result<Option<String>, D::Error> {
+) -> std::result::Result<Option<crate::hub::Secret>, D::Error> {
     let token: Option<String> = Option::deserialize(deserializer)?;
-    Ok(token.filter(|t| t != HUB_TOKEN_MASK))
+    Ok(token.filter(|t| t != HUB_TOKEN_MASK).map(Into::into))
 }
 
 impl Default for TrainingArguments {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::train::args::TrainingArguments;
 
 #[cfg(feature = "hub")]
@@ -15,7 +15,7 @@ pub(crate) use enabled::HubPublisher;
 #[cfg(feature = "hub")]
 mod enabled {
     use super::*;
-    use crate::hub::publish::{self, PushOptions};
+    use crate::hub::publish::{self, Folder, PushOptions};
     use crate::hub::HubOptions;
     use crate::train::args::HubStrategy;
     use crate::train::trainer::{ARGS_FILE, CHECKPOINT_PREFIX, OPTIMIZER_FILE, TRAINER_STATE_FILE};
@@ -57,7 +57,15 @@ mod enabled {
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_else(|| "span-marker".into());
-                    format!("{}/{name}", publish::whoami(&options.hub)?)
+                    let id = format!("{}/{name}", publish::whoami(&options.hub)?);
+                    crate::hub::check_repo_id(&id).map_err(|e| {
+                        Error::Config(format!(
+                            "`hub_model_id` is unset and the name made from the token's user \
+                             and `output_dir`, {id:?}, is not a repository id: {e}; set \
+                             `hub_model_id`"
+                        ))
+                    })?;
+                    id
                 }
             };
             publish::create_repo(&repo, &options)?;
@@ -80,20 +88,32 @@ mod enabled {
             };
             let message = format!("Training in progress, step {step}");
             let model_only = |path: &str| !RESUME_ONLY.contains(&path);
-            let mut result = self.push(dir, None, &message, model_only);
-            if let (Ok(_), Some(folder)) = (&result, whole_into) {
-                result = self.push(dir, Some(folder), &message, |_| true);
+            let mut folders = vec![Folder {
+                dir,
+                path_in_repo: None,
+                keep: &model_only,
+            }];
+            if let Some(folder) = &whole_into {
+                folders.push(Folder {
+                    dir,
+                    path_in_repo: Some(folder),
+                    keep: &|_| true,
+                });
             }
-            if let Err(error) = result {
+            if let Err(error) = self.push(&folders, &message) {
                 tracing::warn!(%error, step, "publishing the checkpoint failed; training goes on");
             }
         }
 
         /// The final model in `output_dir` (its checkpoints left out).
         pub(crate) fn training_ended(&self, output_dir: &Path) -> Result<()> {
-            let result = self.push(output_dir, None, "End of training", |path: &str| {
-                !path.starts_with(CHECKPOINT_PREFIX)
-            });
+            let model = |path: &str| !path.starts_with(CHECKPOINT_PREFIX);
+            let folders = [Folder {
+                dir: output_dir,
+                path_in_repo: None,
+                keep: &model,
+            }];
+            let result = self.push(&folders, "End of training");
             if result.is_err() {
                 tracing::error!(
                     output_dir = %output_dir.display(),
@@ -105,19 +125,12 @@ mod enabled {
             result
         }
 
-        fn push(
-            &self,
-            dir: &Path,
-            path_in_repo: Option<String>,
-            message: &str,
-            keep: impl Fn(&str) -> bool,
-        ) -> Result<()> {
+        fn push(&self, folders: &[Folder<'_>], message: &str) -> Result<()> {
             let options = PushOptions {
                 commit_message: Some(message.to_owned()),
-                path_in_repo,
                 ..self.options.clone()
             };
-            publish::upload_folder_filtered(dir, &self.repo, &options, keep).map(drop)
+            publish::upload_folders(folders, &self.repo, &options).map(drop)
         }
     }
 }

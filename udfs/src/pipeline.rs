@@ -133,6 +133,15 @@ impl Pipeline {
     /// Sets the training arguments that publish, from the `[hub]` table; the same settings in
     /// `[training]` too are an error, so that each is said in one place.
     fn apply_hub(&mut self) -> Result<()> {
+        if self.training.hub_token.is_some() {
+            return Err(Error::Pipeline {
+                file: self.file.display().to_string(),
+                key: "training.hub_token".into(),
+                message: "a token does not belong in a pipeline file: set HF_TOKEN or log in \
+                          with `huggingface-cli login`"
+                    .into(),
+            });
+        }
         let Some(hub) = &self.hub else {
             return Ok(());
         };
@@ -144,7 +153,6 @@ impl Pipeline {
             ("hub_strategy", args.hub_strategy != defaults.hub_strategy),
             ("hub_private_repo", args.hub_private_repo),
             ("hub_endpoint", args.hub_endpoint.is_some()),
-            ("hub_token", args.hub_token.is_some()),
         ];
         if let Some((key, _)) = doubled.iter().find(|(_, set)| *set) {
             return Err(Error::Pipeline {

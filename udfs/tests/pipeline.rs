@@ -159,6 +159,13 @@ fn malformed_pipelines_name_the_key() {
             ),
             "training.hub_model_id",
         ),
+        (
+            valid.replace(
+                "learning_rate = 5e-3",
+                "learning_rate = 5e-3\nhub_token = \"hf_secret\"",
+            ),
+            "training.hub_token",
+        ),
     ];
     for (text, key) in cases {
         let path = write(dir.path(), "p.toml", &text);
