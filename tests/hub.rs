@@ -56,6 +56,20 @@ fn load_options(hub: &StandInHub, cache: &Path, labels: Option<Vec<String>>) -> 
     }
 }
 
+/// Training on the CPU into `output_dir`, saving every 2 steps, publishing to the stand-in.
+fn publishing_args(hub: &StandInHub, output_dir: &Path) -> TrainingArguments {
+    TrainingArguments {
+        output_dir: output_dir.to_owned(),
+        save_strategy: IntervalStrategy::Steps,
+        save_steps: 2,
+        device: "cpu".into(),
+        push_to_hub: true,
+        hub_token: Some(WRITER.into()),
+        hub_endpoint: Some(hub.endpoint().to_owned()),
+        ..TrainingArguments::default()
+    }
+}
+
 /// Runs `tests/compat/hub_client.py` against the stand-in; its JSON output.
 fn python_client(hub: &StandInHub, work: &Path, load: Option<&str>) -> Value {
     let python = repo().join(".venv-python");
@@ -182,20 +196,13 @@ fn a_model_trained_from_a_hub_encoder_is_published_while_training_and_loads_back
     let output_dir = work.path().join("tiny-ner");
     let commits_before = hub.commits_made();
     let args = TrainingArguments {
-        output_dir: output_dir.clone(),
         learning_rate: 5e-3,
         max_steps: Some(6),
-        save_strategy: IntervalStrategy::Steps,
-        save_steps: 2,
         logging_steps: 2,
-        device: "cpu".into(),
-        push_to_hub: true,
         hub_model_id: Some("user/tiny-ner".into()),
         hub_strategy: HubStrategy::EverySave,
         hub_private_repo: true,
-        hub_token: Some(WRITER.into()),
-        hub_endpoint: Some(hub.endpoint().to_owned()),
-        ..TrainingArguments::default()
+        ..publishing_args(&hub, &output_dir)
     };
     Trainer::new(&mut model, args)
         .unwrap()
@@ -399,15 +406,9 @@ fn the_checkpoint_strategy_publishes_the_latest_checkpoint_whole_without_the_tok
     let work = tempfile::tempdir().unwrap();
     // Without hub_model_id: the token's user and the output directory's name.
     let args = TrainingArguments {
-        output_dir: work.path().join("from-checkpoints"),
         max_steps: Some(4),
-        save_steps: 2,
-        device: "cpu".into(),
-        push_to_hub: true,
         hub_strategy: HubStrategy::Checkpoint,
-        hub_token: Some(WRITER.into()),
-        hub_endpoint: Some(hub.endpoint().to_owned()),
-        ..TrainingArguments::default()
+        ..publishing_args(&hub, &work.path().join("from-checkpoints"))
     };
     Trainer::new(&mut model, args)
         .unwrap()

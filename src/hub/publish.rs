@@ -571,12 +571,8 @@ impl Client {
             let step = format!("uploading `{}`", file.path_in_repo);
             // The object goes to storage as is, without the Hub's token.
             self.retrying(&step, || {
-                let mut request = self.agent.put(&href);
-                for (name, value) in headers(upload) {
-                    request = request.set(&name, &value);
-                }
                 let reader = std::fs::File::open(&file.path).map_err(ureq::Error::from)?;
-                request
+                with_headers(self.agent.put(&href), upload)
                     .set("Content-Length", &file.size.to_string())
                     .send(reader)
             })?;
@@ -587,11 +583,8 @@ impl Client {
                 let href = self.action_url(href);
                 let step = format!("verifying the upload of `{}`", file.path_in_repo);
                 self.retrying(&step, || {
-                    let mut request = self.post(&href);
-                    for (name, value) in headers(verify) {
-                        request = request.set(&name, &value);
-                    }
-                    request.send_json(json!({"oid": file.sha256, "size": file.size}))
+                    with_headers(self.post(&href), verify)
+                        .send_json(json!({"oid": file.sha256, "size": file.size}))
                 })?;
             }
         }
@@ -639,16 +632,16 @@ impl Client {
     }
 }
 
-/// The headers an LFS action asks for.
-fn headers(action: &Value) -> Vec<(String, String)> {
-    action["header"]
-        .as_object()
-        .map(|h| {
-            h.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
+/// `request` with the headers an LFS action asks for.
+fn with_headers(mut request: ureq::Request, action: &Value) -> ureq::Request {
+    if let Some(headers) = action["header"].as_object() {
+        for (name, value) in headers {
+            if let Some(value) = value.as_str() {
+                request = request.set(name, value);
+            }
+        }
+    }
+    request
 }
 
 /// A revision as one URL path segment (`/` in branch names escaped, as the Hub's client does).
