@@ -396,7 +396,8 @@ fn push_to_hub_publishes_to_a_branch() {
 }
 
 #[test]
-fn the_checkpoint_strategy_publishes_the_latest_checkpoint_whole_without_the_token() {
+fn the_checkpoint_strategy_publishes_the_latest_checkpoint_whole_without_the_token_and_survives_a_failed_push(
+) {
     let hub = hub();
     let mut model =
         SpanMarkerModel::from_pretrained(fixtures().join("training/init").to_str().unwrap())
@@ -410,10 +411,13 @@ fn the_checkpoint_strategy_publishes_the_latest_checkpoint_whole_without_the_tok
         hub_strategy: HubStrategy::Checkpoint,
         ..publishing_args(&hub, &work.path().join("from-checkpoints"))
     };
-    Trainer::new(&mut model, args)
-        .unwrap()
-        .train(&train, None, None)
-        .unwrap();
+    let mut trainer = Trainer::new(&mut model, args).unwrap();
+    // The first checkpoint's push fails for good: a warning, and training goes on.
+    let commits = hub.commits_made();
+    hub.fail_next_lfs_upload(4);
+    trainer.train(&train, None, None).unwrap();
+    // The step-4 checkpoint and the final model; not the step-2 checkpoint.
+    assert_eq!(hub.commits_made() - commits, 2);
     let files = hub.files("user/from-checkpoints", "main").unwrap();
     for name in [
         "model.safetensors",

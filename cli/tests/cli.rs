@@ -288,6 +288,24 @@ fn push_publishes_a_model_directory_and_refuses_what_is_not_one() {
     );
     assert_eq!(hub.commits_made(), commits);
 
+    // The token from the file `huggingface-cli login` writes, the Hub from HF_ENDPOINT.
+    std::fs::write(home.path().join("token"), "hf_cli_token\n").unwrap();
+    let out = span_marker()
+        .args(["push", model.to_str().unwrap(), "user/from-env"])
+        .env("HF_HOME", home.path())
+        .env("HF_ENDPOINT", hub.endpoint())
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_TOKEN_PATH")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(hub.is_private("user/from-env"), Some(false));
+    std::fs::remove_file(home.path().join("token")).unwrap();
+
     // No token anywhere: says where one comes from.
     let out = push(model.to_str().unwrap())
         .env_remove("HF_TOKEN")
