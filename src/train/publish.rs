@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::train::args::TrainingArguments;
 
 #[cfg(feature = "hub")]
@@ -15,6 +15,7 @@ pub(crate) use enabled::HubPublisher;
 #[cfg(feature = "hub")]
 mod enabled {
     use super::*;
+    use crate::error::Error;
     use crate::hub::publish::{self, Folder, PushOptions};
     use crate::hub::HubOptions;
     use crate::train::args::HubStrategy;
