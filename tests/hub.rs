@@ -324,6 +324,11 @@ fn refused_tokens_and_missing_rights_are_clear_errors() {
         err.contains("could not talk to http://127.0.0.1:9"),
         "{err}"
     );
+    options.hub.endpoint = Some("127.0.0.1:9".into());
+    let err = upload_folder(&dir, "user/model", &options)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not an http:// or https:// URL"), "{err}");
 }
 
 #[test]

@@ -310,6 +310,16 @@ impl Client {
                     .unwrap_or_else(|| "~/.cache/huggingface/token".into())
             ),
         })?;
+        let endpoint = hub.endpoint();
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(Error::Publish {
+                repo: repo_id.to_owned(),
+                message: format!(
+                    "the Hub's address {endpoint:?} (from the options or HF_ENDPOINT) is not an \
+                     http:// or https:// URL"
+                ),
+            });
+        }
         let agent = ureq::AgentBuilder::new()
             .try_proxy_from_env(true)
             .timeout_connect(Duration::from_secs(30))
@@ -319,7 +329,7 @@ impl Client {
             .build();
         Ok(Self {
             agent,
-            endpoint: hub.endpoint(),
+            endpoint,
             repo_id: repo_id.to_owned(),
             token,
         })
@@ -403,7 +413,15 @@ impl Client {
                 Ok(response) => return Ok(response),
                 Err(error) => {
                     let transient = match &error {
-                        ureq::Error::Transport(_) => true,
+                        ureq::Error::Transport(transport) => matches!(
+                            transport.kind(),
+                            ureq::ErrorKind::Dns
+                                | ureq::ErrorKind::ConnectionFailed
+                                | ureq::ErrorKind::Io
+                                | ureq::ErrorKind::ProxyConnect
+                                | ureq::ErrorKind::BadStatus
+                                | ureq::ErrorKind::BadHeader
+                        ),
                         ureq::Error::Status(status, _) => *status == 429 || *status >= 500,
                     };
                     if !transient || attempt >= ATTEMPTS {
