@@ -374,6 +374,20 @@ fn a_broken_upload_leaves_the_revision_as_it_was_and_a_retry_completes_it() {
     );
     assert_eq!(commit.lfs_files, 1);
     assert!(commit.commit_url.ends_with(&commit.commit_oid));
+
+    // Unchanged files are not sent again; with nothing changed, no commit is made.
+    let commits = hub.commits_made();
+    let again = upload_folder(second.path(), "user/ner", &options).unwrap();
+    assert_eq!((again.files, again.lfs_files), (0, 0));
+    assert_eq!(again.commit_oid, commit.commit_oid);
+    assert_eq!(hub.commits_made(), commits);
+    std::fs::write(second.path().join("notes.txt"), "third version\n").unwrap();
+    let third = upload_folder(second.path(), "user/ner", &options).unwrap();
+    assert_eq!((third.files, third.lfs_files), (1, 0));
+    assert_eq!(
+        hub.files("user/ner", "main").unwrap()["notes.txt"],
+        b"third version\n"
+    );
 }
 
 #[test]

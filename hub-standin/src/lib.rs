@@ -87,10 +87,15 @@ struct Entry {
 }
 
 impl Entry {
-    /// The `ETag` the Hub sends: the git blob id of an inline file (here its SHA-256, as clients
-    /// only compare it), the LFS oid of an LFS file.
+    /// The `ETag` (and pre-upload `oid`) the Hub sends: the git blob id of an inline file, the
+    /// LFS oid (SHA-256) of an LFS file.
     fn etag(&self) -> String {
-        self.lfs.clone().unwrap_or_else(|| sha256_hex(&self.data))
+        self.lfs.clone().unwrap_or_else(|| {
+            let mut git = sha1::Sha1::new();
+            git.update(format!("blob {}\0", self.data.len()).as_bytes());
+            git.update(self.data.as_slice());
+            git.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        })
     }
 }
 
@@ -635,13 +640,15 @@ impl State {
     }
 
     fn preupload(&self, id: &str, revision: &str, body: &[u8]) -> Reply {
-        if self.repos[id].commit_of(revision).is_none() {
+        let repo = &self.repos[id];
+        let Some(commit) = repo.commit_of(revision) else {
             return Reply::error(
                 404,
                 Some("RevisionNotFound"),
                 &format!("Invalid rev id: {revision}"),
             );
-        }
+        };
+        let tree = &repo.commits[&commit];
         let Ok(request) = serde_json::from_slice::<Value>(body) else {
             return Reply::error(400, None, "the body is not JSON");
         };
@@ -662,16 +669,18 @@ impl State {
                 && (LFS_SUFFIXES.iter().any(|s| path.ends_with(s))
                     || size >= LFS_MIN_SIZE
                     || sample.contains(&0));
-            answers.push(json!({
+            let mut answer = json!({
                 "path": path,
                 "uploadMode": if lfs { "lfs" } else { "regular" },
                 "shouldIgnore": false,
-            }));
+            });
+            // What the revision holds at that path, so that clients skip unchanged files.
+            if let Some(entry) = tree.get(path) {
+                answer["oid"] = json!(entry.etag());
+            }
+            answers.push(answer);
         }
-        Reply::json(
-            200,
-            json!({ "files": answers, "commitOid": self.repos[id].commit_of(revision) }),
-        )
+        Reply::json(200, json!({ "files": answers, "commitOid": commit }))
     }
 
     fn lfs_batch(&self, id: &str, body: &[u8]) -> Reply {

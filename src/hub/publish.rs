@@ -99,7 +99,8 @@ pub struct CommitInfo {
     pub commit_oid: String,
     /// The commit's page.
     pub commit_url: String,
-    /// How many files the commit holds.
+    /// How many files the commit adds or changes (0 when nothing changed, and no commit was
+    /// made: `commit_oid` is then the revision's current commit).
     pub files: usize,
     /// How many of them are stored through LFS.
     pub lfs_files: usize,
@@ -111,7 +112,18 @@ struct LocalFile {
     path_in_repo: String,
     size: u64,
     sha256: String,
+    /// The git blob id, which the Hub gives inline files.
+    git_sha1: String,
     sample: Vec<u8>,
+}
+
+/// How the Hub wants a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upload {
+    Inline,
+    Lfs,
+    /// The revision holds it already, byte for byte.
+    Unchanged,
 }
 
 /// Commits every file under `dir` (recursively; hidden files and folders left out) to
@@ -158,28 +170,48 @@ pub fn upload_folders(
     if revision != "main" {
         client.create_branch(revision)?;
     }
-    let mut lfs = Vec::new();
+    let mut uploads = Vec::new();
     for chunk in files.chunks(PREUPLOAD_CHUNK) {
-        lfs.extend(client.preupload(revision, chunk)?);
+        uploads.extend(client.preupload(revision, chunk)?);
     }
-    let lfs_files: Vec<&LocalFile> = files
+    let changed: Vec<(&LocalFile, Upload)> = files
         .iter()
-        .zip(&lfs)
-        .filter(|(_, lfs)| **lfs)
-        .map(|(f, _)| f)
+        .zip(uploads)
+        .filter(|(_, upload)| *upload != Upload::Unchanged)
+        .collect();
+    let repo_url = format!("{}/{repo_id}", client.endpoint);
+    if changed.is_empty() {
+        // An empty commit would only add noise to the history, as the Python client knows.
+        let commit_oid = client.head(revision)?;
+        tracing::info!(
+            repo = repo_id,
+            "nothing changed since the last commit: nothing published"
+        );
+        return Ok(CommitInfo {
+            commit_url: format!("{repo_url}/commit/{commit_oid}"),
+            repo_url,
+            commit_oid,
+            files: 0,
+            lfs_files: 0,
+        });
+    }
+    let lfs_files: Vec<&LocalFile> = changed
+        .iter()
+        .filter(|(_, upload)| *upload == Upload::Lfs)
+        .map(|(file, _)| *file)
         .collect();
     client.upload_lfs(revision, &lfs_files)?;
     let message = options
         .commit_message
         .clone()
         .unwrap_or_else(|| "Upload folder using span-marker".into());
-    let (commit_oid, commit_url) = client.commit(revision, &message, &files, &lfs)?;
-    tracing::info!(repo = repo_id, commit = %commit_oid, files = files.len(), "published");
+    let (commit_oid, commit_url) = client.commit(revision, &message, &changed)?;
+    tracing::info!(repo = repo_id, commit = %commit_oid, files = changed.len(), "published");
     Ok(CommitInfo {
-        repo_url: format!("{}/{repo_id}", client.endpoint),
+        repo_url,
         commit_oid,
         commit_url,
-        files: files.len(),
+        files: changed.len(),
         lfs_files: lfs_files.len(),
     })
 }
@@ -251,12 +283,13 @@ fn collect_files(
         if kind.is_dir() {
             collect_files(root, &path, prefix, keep, out)?;
         } else if kind.is_file() || path.is_file() {
-            let (size, sha256, sample) = digest_file(&path)?;
+            let (size, sha256, git_sha1, sample) = digest_file(&path)?;
             out.push(LocalFile {
                 path,
                 path_in_repo: format!("{prefix}{relative}"),
                 size,
                 sha256,
+                git_sha1,
                 sample,
             });
         }
@@ -264,10 +297,13 @@ fn collect_files(
     Ok(())
 }
 
-/// A file's size, SHA-256 (hex) and first bytes, in one read.
-fn digest_file(path: &Path) -> Result<(u64, String, Vec<u8>)> {
+/// A file's size, SHA-256, git blob id (hex) and first bytes, in one read.
+fn digest_file(path: &Path) -> Result<(u64, String, String, Vec<u8>)> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let expected = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut hasher = Sha256::new();
+    let mut git = sha1::Sha1::new();
+    git.update(format!("blob {expected}\0").as_bytes());
     let mut buffer = vec![0u8; 1 << 20];
     let (mut size, mut sample) = (0u64, Vec::new());
     loop {
@@ -280,14 +316,17 @@ fn digest_file(path: &Path) -> Result<(u64, String, Vec<u8>)> {
             sample.extend_from_slice(&buffer[..take]);
         }
         hasher.update(&buffer[..read]);
+        git.update(&buffer[..read]);
         size += read as u64;
     }
-    let sha256 = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((size, sha256, sample))
+    if size != expected {
+        return Err(Error::io(
+            path,
+            std::io::Error::other("the file changed while it was read for publishing"),
+        ));
+    }
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((size, hex(&hasher.finalize()), hex(&git.finalize()), sample))
 }
 
 /// The Hub's API for one repository, with the token.
@@ -485,6 +524,19 @@ impl Client {
         .is_ok()
     }
 
+    /// The commit `revision` points at.
+    fn head(&self, revision: &str) -> Result<String> {
+        let url = self.api("revision", revision);
+        let answer: Value = self
+            .retrying("reading the revision", || self.request("GET", &url).call())?
+            .into_json()
+            .map_err(|e| self.fail(format!("the revision answer is not JSON: {e}")))?;
+        answer["sha"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| self.fail("the revision answer has no `sha`".into()))
+    }
+
     fn create_branch(&self, branch: &str) -> Result<()> {
         match self.post(&self.api("branch", branch)).send_json(json!({})) {
             Ok(_) | Err(ureq::Error::Status(409, _)) => Ok(()),
@@ -492,8 +544,9 @@ impl Client {
         }
     }
 
-    /// Per file, whether the Hub wants it through LFS.
-    fn preupload(&self, revision: &str, files: &[LocalFile]) -> Result<Vec<bool>> {
+    /// Per file, how the Hub wants it: inline, through LFS, or not at all when the revision
+    /// has it already (the Hub's `oid` equal to ours) or ignores it.
+    fn preupload(&self, revision: &str, files: &[LocalFile]) -> Result<Vec<Upload>> {
         let body = json!({
             "files": files.iter().map(|f| json!({
                 "path": f.path_in_repo,
@@ -514,16 +567,27 @@ impl Client {
         files
             .iter()
             .map(|file| {
-                let mode = modes
+                let answer = modes
                     .iter()
-                    .find(|m| m["path"] == file.path_in_repo.as_str())
-                    .and_then(|m| m["uploadMode"].as_str());
+                    .find(|m| m["path"] == file.path_in_repo.as_str());
+                let mode = answer.and_then(|m| m["uploadMode"].as_str());
+                let known = answer.and_then(|m| m["oid"].as_str());
+                let ignored = answer.is_some_and(|m| m["shouldIgnore"] == true);
+                // An empty file is stored inline whatever its name, as the Python client does
+                // (object stores refuse empty uploads).
+                let mode = if file.size == 0 {
+                    Some("regular")
+                } else {
+                    mode
+                };
                 match mode {
-                    // An empty file is stored inline whatever its name, as the Python client
-                    // does (object stores refuse empty uploads).
-                    _ if file.size == 0 => Ok(false),
-                    Some("lfs") => Ok(true),
-                    Some("regular") => Ok(false),
+                    _ if ignored => Ok(Upload::Unchanged),
+                    Some("lfs") if known == Some(file.sha256.as_str()) => Ok(Upload::Unchanged),
+                    Some("regular") if known == Some(file.git_sha1.as_str()) => {
+                        Ok(Upload::Unchanged)
+                    }
+                    Some("lfs") => Ok(Upload::Lfs),
+                    Some("regular") => Ok(Upload::Inline),
                     other => Err(self.fail(format!(
                         "the pre-upload answer gives `{}` the upload mode {other:?}",
                         file.path_in_repo
@@ -614,13 +678,12 @@ impl Client {
         &self,
         revision: &str,
         message: &str,
-        files: &[LocalFile],
-        lfs: &[bool],
+        files: &[(&LocalFile, Upload)],
     ) -> Result<(String, String)> {
         let mut lines =
             vec![json!({"key": "header", "value": {"summary": message, "description": ""}})];
-        for (file, lfs) in files.iter().zip(lfs) {
-            lines.push(if *lfs {
+        for &(file, upload) in files {
+            lines.push(if upload == Upload::Lfs {
                 json!({"key": "lfsFile", "value": {
                     "path": file.path_in_repo, "algo": "sha256", "oid": file.sha256, "size": file.size
                 }})
