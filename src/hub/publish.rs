@@ -3,8 +3,9 @@
 //! (`preupload`), those are uploaded as LFS objects (batch API, basic transfer, verified), and
 //! one commit then adds every file at once: inline files as base64, LFS files as pointers. The
 //! files of a failed push never show (the repository and branch may have been created), and
-//! pushing again uploads only the LFS objects the Hub does not have yet. Requests that can be
-//! repeated are, on network errors and on `429` and `5xx` answers.
+//! pushing again uploads only the LFS objects the Hub does not have yet. Files the revision
+//! already holds (the pre-upload answer's `oid`) are left out, and nothing changed means no
+//! commit. Requests that can be repeated are, on network errors and on `429` and `5xx` answers.
 //!
 //! ```no_run
 //! use span_marker::hub::publish::{upload_folder, PushOptions};
