@@ -62,9 +62,16 @@ pub fn run(args: PushArgs) -> CliResult {
         keep: &keep,
     };
     let commit = upload_folders(&[folder], &args.repo_id, &options)?;
-    println!(
-        "published {} files ({} through LFS) to {}\ncommit {}",
-        commit.files, commit.lfs_files, commit.repo_url, commit.commit_url
-    );
+    if commit.files == 0 {
+        println!(
+            "nothing changed: {} already holds these files at {}",
+            commit.repo_url, commit.commit_url
+        );
+    } else {
+        println!(
+            "published {} files ({} through LFS) to {}\ncommit {}",
+            commit.files, commit.lfs_files, commit.repo_url, commit.commit_url
+        );
+    }
     Ok(())
 }

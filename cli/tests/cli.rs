@@ -290,20 +290,26 @@ fn push_publishes_a_model_directory_and_refuses_what_is_not_one() {
 
     // The token from the file `huggingface-cli login` writes, the Hub from HF_ENDPOINT.
     std::fs::write(home.path().join("token"), "hf_cli_token\n").unwrap();
-    let out = span_marker()
-        .args(["push", model.to_str().unwrap(), "user/from-env"])
-        .env("HF_HOME", home.path())
-        .env("HF_ENDPOINT", hub.endpoint())
-        .env_remove("HF_TOKEN")
-        .env_remove("HF_TOKEN_PATH")
-        .output()
-        .unwrap();
+    let push_from_env = || {
+        span_marker()
+            .args(["push", model.to_str().unwrap(), "user/from-env"])
+            .env("HF_HOME", home.path())
+            .env("HF_ENDPOINT", hub.endpoint())
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_TOKEN_PATH")
+            .output()
+            .unwrap()
+    };
+    let out = push_from_env();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(hub.is_private("user/from-env"), Some(false));
+    let out = push_from_env();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with("nothing changed"), "{stdout}");
     std::fs::remove_file(home.path().join("token")).unwrap();
 
     // No token anywhere: says where one comes from.
