@@ -70,7 +70,8 @@ impl FileIdentity {
     }
 }
 
-fn hex(digest: &[u8]) -> String {
+/// Bytes as lower-case hex digits.
+pub(crate) fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -94,7 +94,7 @@ impl Entry {
             let mut git = sha1::Sha1::new();
             git.update(format!("blob {}\0", self.data.len()).as_bytes());
             git.update(self.data.as_slice());
-            git.finalize().iter().map(|b| format!("{b:02x}")).collect()
+            hex(&git.finalize())
         })
     }
 }
@@ -115,6 +115,17 @@ impl Repo {
             self.commits
                 .contains_key(revision)
                 .then(|| revision.to_owned())
+        })
+    }
+
+    /// [`commit_of`](Self::commit_of), or the Hub's answer for a revision it does not know.
+    fn commit_or_404(&self, revision: &str) -> Result<String, Reply> {
+        self.commit_of(revision).ok_or_else(|| {
+            Reply::error(
+                404,
+                Some("RevisionNotFound"),
+                &format!("Invalid rev id: {revision}"),
+            )
         })
     }
 }
@@ -413,12 +424,9 @@ impl State {
         };
         let (revision, file) = rest.split_once('/').unwrap_or((rest, ""));
         let revision = percent_decode(revision);
-        let Some(commit) = repo.commit_of(&revision) else {
-            return Reply::error(
-                404,
-                Some("RevisionNotFound"),
-                &format!("Invalid rev id: {revision}"),
-            );
+        let commit = match repo.commit_or_404(&revision) {
+            Ok(commit) => commit,
+            Err(reply) => return reply,
         };
         let Some(entry) = repo.commits[&commit].get(&percent_decode(file)) else {
             let mut reply = Reply::error(
@@ -476,12 +484,9 @@ impl State {
             }
             _ => return Reply::error(404, Some("EntryNotFound"), "not found"),
         };
-        let Some(commit) = repo.commit_of(&revision) else {
-            return Reply::error(
-                404,
-                Some("RevisionNotFound"),
-                &format!("Invalid rev id: {revision}"),
-            );
+        let commit = match repo.commit_or_404(&revision) {
+            Ok(commit) => commit,
+            Err(reply) => return reply,
         };
         let tree = &repo.commits[&commit];
         if kind == "tree" {
@@ -641,12 +646,9 @@ impl State {
 
     fn preupload(&self, id: &str, revision: &str, body: &[u8]) -> Reply {
         let repo = &self.repos[id];
-        let Some(commit) = repo.commit_of(revision) else {
-            return Reply::error(
-                404,
-                Some("RevisionNotFound"),
-                &format!("Invalid rev id: {revision}"),
-            );
+        let commit = match repo.commit_or_404(revision) {
+            Ok(commit) => commit,
+            Err(reply) => return reply,
         };
         let tree = &repo.commits[&commit];
         let Ok(request) = serde_json::from_slice::<Value>(body) else {
@@ -733,12 +735,9 @@ impl State {
     /// Applies an NDJSON commit: every line checked before the branch moves.
     fn commit(&mut self, id: &str, revision: &str, body: &[u8]) -> Reply {
         let repo = &self.repos[id];
-        let Some(parent) = repo.commit_of(revision) else {
-            return Reply::error(
-                404,
-                Some("RevisionNotFound"),
-                &format!("Invalid rev id: {revision}"),
-            );
+        let parent = match repo.commit_or_404(revision) {
+            Ok(commit) => commit,
+            Err(reply) => return reply,
         };
         if !repo.branches.contains_key(revision) {
             return Reply::error(400, None, "commits go to a branch, not to a commit id");
@@ -832,19 +831,15 @@ fn commit_id(parent: &str, tree: &Tree) -> String {
         hasher.update(path.as_bytes());
         hasher.update(entry.etag().as_bytes());
     }
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    hex[..40].to_owned()
+    hex(&hasher.finalize())[..40].to_owned()
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(data))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `bytes=a-b`, `bytes=a-` or `bytes=-n` as an inclusive range within `size`.

@@ -265,14 +265,11 @@ fn cached_snapshot(
 /// ```
 pub fn check_repo_id(repo_id: &str) -> std::result::Result<(), String> {
     let parts: Vec<&str> = repo_id.split('/').collect();
+    // Stricter than ids to download: the Hub refuses to create names that start or end with
+    // `-` or `.`, or are longer than 96 characters.
     let valid = parts.len() == 2
         && parts.iter().all(|p| {
-            !p.is_empty()
-                && !p.starts_with(['.', '-'])
-                && !p.ends_with(['.', '-'])
-                && p.len() <= 96
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            is_repo_part(p) && !p.starts_with('-') && !p.ends_with(['.', '-']) && p.len() <= 96
         });
     if valid {
         Ok(())
@@ -284,13 +281,16 @@ pub fn check_repo_id(repo_id: &str) -> std::result::Result<(), String> {
 /// Whether `id` looks like a Hugging Face model id.
 fn is_repo_id(id: &str) -> bool {
     let parts: Vec<&str> = id.split('/').collect();
-    (1..=2).contains(&parts.len())
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && !p.starts_with('.')
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        })
+    (1..=2).contains(&parts.len()) && parts.iter().all(|p| is_repo_part(p))
+}
+
+/// One part of a Hub id: letters, digits, `-`, `_` and `.`, not starting with `.`.
+fn is_repo_part(part: &str) -> bool {
+    !part.is_empty()
+        && !part.starts_with('.')
+        && part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[cfg(feature = "hub")]

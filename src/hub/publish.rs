@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::{check_repo_id, HubOptions};
 use crate::error::{Error, Result};
+use crate::fingerprint::hex;
 
 /// How many files one `preupload` request asks about (the Hub's own client sends 256).
 const PREUPLOAD_CHUNK: usize = 256;
@@ -221,12 +222,12 @@ pub fn upload_folders(
 pub fn whoami(hub: &HubOptions) -> Result<String> {
     let client = Client::new(hub, WHOAMI)?;
     let url = format!("{}/api/whoami-v2", client.endpoint);
-    let answer: Value = client
-        .retrying("asking the Hub whose token this is", || {
+    let answer = client.json(
+        "whoami",
+        client.retrying("asking the Hub whose token this is", || {
             client.request("GET", &url).call()
-        })?
-        .into_json()
-        .map_err(|e| client.fail(format!("the whoami answer is not JSON: {e}")))?;
+        })?,
+    )?;
     answer["name"]
         .as_str()
         .map(str::to_owned)
@@ -326,7 +327,6 @@ fn digest_file(path: &Path) -> Result<(u64, String, String, Vec<u8>)> {
             std::io::Error::other("the file changed while it was read for publishing"),
         ));
     }
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect();
     Ok((size, hex(&hasher.finalize()), hex(&git.finalize()), sample))
 }
 
@@ -373,6 +373,13 @@ impl Client {
             repo_id: repo_id.to_owned(),
             token,
         })
+    }
+
+    /// The JSON body of the Hub's `what` answer.
+    fn json(&self, what: &str, response: ureq::Response) -> Result<Value> {
+        response
+            .into_json()
+            .map_err(|e| self.fail(format!("the {what} answer is not JSON: {e}")))
     }
 
     fn fail(&self, message: String) -> Error {
@@ -528,10 +535,10 @@ impl Client {
     /// The commit `revision` points at.
     fn head(&self, revision: &str) -> Result<String> {
         let url = self.api("revision", revision);
-        let answer: Value = self
-            .retrying("reading the revision", || self.request("GET", &url).call())?
-            .into_json()
-            .map_err(|e| self.fail(format!("the revision answer is not JSON: {e}")))?;
+        let answer = self.json(
+            "revision",
+            self.retrying("reading the revision", || self.request("GET", &url).call())?,
+        )?;
         answer["sha"]
             .as_str()
             .map(str::to_owned)
@@ -556,12 +563,12 @@ impl Client {
             })).collect::<Vec<_>>()
         });
         let url = self.api("preupload", revision);
-        let answer: Value = self
-            .retrying("asking the Hub how to upload", || {
+        let answer = self.json(
+            "pre-upload",
+            self.retrying("asking the Hub how to upload", || {
                 self.post(&url).send_json(&body)
-            })?
-            .into_json()
-            .map_err(|e| self.fail(format!("the pre-upload answer is not JSON: {e}")))?;
+            })?,
+        )?;
         let modes = answer["files"]
             .as_array()
             .ok_or_else(|| self.fail("the pre-upload answer has no `files`".into()))?;
@@ -615,15 +622,15 @@ impl Client {
             self.endpoint, self.repo_id
         );
         let body = body.to_string();
-        let answer: Value = self
-            .retrying("starting the LFS upload", || {
+        let answer = self.json(
+            "LFS batch",
+            self.retrying("starting the LFS upload", || {
                 self.post(&url)
                     .set("Accept", "application/vnd.git-lfs+json")
                     .set("Content-Type", "application/vnd.git-lfs+json")
                     .send_string(&body)
-            })?
-            .into_json()
-            .map_err(|e| self.fail(format!("the LFS batch answer is not JSON: {e}")))?;
+            })?,
+        )?;
         let objects = answer["objects"]
             .as_array()
             .ok_or_else(|| self.fail("the LFS batch answer has no `objects`".into()))?;
@@ -698,13 +705,13 @@ impl Client {
             });
         }
         let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        let answer: Value = self
-            .post(&self.api("commit", revision))
-            .set("Content-Type", "application/x-ndjson")
-            .send_string(&body)
-            .map_err(|e| self.failure(COMMIT_STEP, e))?
-            .into_json()
-            .map_err(|e| self.fail(format!("the commit answer is not JSON: {e}")))?;
+        let answer = self.json(
+            "commit",
+            self.post(&self.api("commit", revision))
+                .set("Content-Type", "application/x-ndjson")
+                .send_string(&body)
+                .map_err(|e| self.failure(COMMIT_STEP, e))?,
+        )?;
         match (answer["commitOid"].as_str(), answer["commitUrl"].as_str()) {
             (Some(oid), Some(url)) => Ok((oid.to_owned(), url.to_owned())),
             _ => Err(self.fail(format!(
