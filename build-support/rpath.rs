@@ -1,5 +1,6 @@
 // Shared by the build scripts of the workspace's crates (`include!`d): embeds the libtorch
-// directory that torch-sys linked against as a DT_RPATH and keeps libtorch_cuda linked.
+// directory that torch-sys linked against as a DT_RPATH (unless `SPAN_MARKER_NO_RPATH` is set)
+// and keeps libtorch_cuda linked.
 
 /// Emits the link arguments and returns the (canonical) libtorch library directory.
 fn embed_libtorch_rpath() -> Option<String> {
@@ -15,7 +16,12 @@ fn embed_libtorch_rpath() -> Option<String> {
     let lib_dir = std::fs::canonicalize(&lib_dir)
         .map(|p| p.display().to_string())
         .unwrap_or(lib_dir);
-    println!("cargo:rustc-link-arg=-Wl,--disable-new-dtags,-rpath,{lib_dir}");
+    // `SPAN_MARKER_NO_RPATH` (any value) leaves it out, for binaries carried to another machine
+    // whose libtorch is found through `LD_LIBRARY_PATH` (`scripts/gpu/pack.sh`).
+    println!("cargo:rerun-if-env-changed=SPAN_MARKER_NO_RPATH");
+    if std::env::var_os("SPAN_MARKER_NO_RPATH").is_none() {
+        println!("cargo:rustc-link-arg=-Wl,--disable-new-dtags,-rpath,{lib_dir}");
+    }
     if std::path::Path::new(&lib_dir)
         .join("libtorch_cuda.so")
         .exists()

@@ -10,14 +10,25 @@ use tch::Tensor;
 /// Largest tolerated absolute difference between our logits and the reference's.
 pub const LOGIT_TOLERANCE: f64 = 1e-4;
 
-/// The workspace root (these helpers are shared by the tests of all the workspace's crates).
+/// The workspace root (these helpers are shared by the tests of all the workspace's crates), or
+/// `$SPAN_MARKER_REPO` for a test binary carried away from its checkout (the GPU bundle of
+/// `scripts/gpu/`, which holds the fixtures the tests read).
 pub fn repo() -> &'static Path {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if manifest.join("tests/fixtures").is_dir() {
-        manifest
-    } else {
-        manifest.parent().expect("the workspace's crates sit in it")
-    }
+    static REPO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    REPO.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("SPAN_MARKER_REPO") {
+            return PathBuf::from(dir);
+        }
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        if manifest.join("tests/fixtures").is_dir() {
+            manifest.to_owned()
+        } else {
+            manifest
+                .parent()
+                .expect("the workspace's crates sit in it")
+                .to_owned()
+        }
+    })
 }
 
 pub fn fixtures() -> PathBuf {
