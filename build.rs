@@ -6,7 +6,8 @@
 //! library is present, keep it linked even though no symbol of ours references it:
 //! otherwise the linker drops it and CUDA never registers with libtorch.
 //!
-//! It also compiles `csrc/autocast.cpp`, a one-function shim for the CUDA autocast dtype.
+//! It also compiles the C++ shims of `csrc/`: the CUDA autocast dtype (`autocast.cpp`) and the
+//! dynamic int8 linear layers of `--precision int8` (`quantized.cpp`).
 
 use std::path::Path;
 
@@ -20,11 +21,13 @@ fn main() {
 
 fn compile_shim(lib_dir: &Path) {
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    println!("cargo:rerun-if-changed=csrc/quantized.cpp");
     let include = lib_dir.parent().unwrap_or(lib_dir).join("include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
         .cpp(true)
         .file("csrc/autocast.cpp")
+        .file("csrc/quantized.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -46,14 +46,16 @@ pub fn parse_device(name: &str) -> Result<Device> {
     }
 }
 
-/// The floating-point precision of forward passes. Weights stay float32; the mixed precisions
-/// run matrix products and attention in 16 bits under CUDA autocast (as `torch.autocast`), with
-/// reductions, softmax and layer norms kept in float32.
+/// The precision of forward passes. Weights stay float32; the mixed precisions run matrix
+/// products and attention in 16 bits under CUDA autocast (as `torch.autocast`), with
+/// reductions, softmax and layer norms kept in float32; `int8` runs the encoder's linear maps
+/// on int8 copies of their weights on the CPU (inference only).
 ///
 /// ```
 /// use span_marker::device::Precision;
 /// assert_eq!("bf16".parse::<Precision>()?, Precision::BFloat16);
 /// assert!(Precision::BFloat16.check(tch::Device::Cpu).is_err());
+/// assert!(Precision::Int8.check(tch::Device::Cuda(0)).is_err());
 /// assert!(Precision::Float32.check(tch::Device::Cpu).is_ok());
 /// # Ok::<(), span_marker::Error>(())
 /// ```
@@ -65,23 +67,37 @@ pub enum Precision {
     BFloat16,
     /// float16 autocast (`fp16`).
     Float16,
+    /// Dynamic int8 quantisation of the encoder's linear maps (`int8`, CPU inference only):
+    /// int8 weights with a scale per output channel, activations quantised per call (see
+    /// `model::quantized`).
+    Int8,
 }
 
 impl Precision {
-    /// Mixed precision needs a CUDA device; float32 runs anywhere.
+    /// Mixed precision needs a CUDA device, int8 a CPU with fbgemm's instructions (AVX2);
+    /// float32 runs anywhere.
     pub fn check(self, device: Device) -> Result<()> {
-        if self != Self::Float32 && !device.is_cuda() {
-            return Err(Error::Device(format!(
-                "`{self}` needs a CUDA device: mixed precision is not available on the CPU (use `fp32`)"
-            )));
+        match self {
+            Self::Float32 => Ok(()),
+            Self::BFloat16 | Self::Float16 if !device.is_cuda() => Err(Error::Device(format!(
+                "`{self}` needs a CUDA device: mixed precision is not available on the CPU (use `fp32`, or `int8` for quantised CPU inference)"
+            ))),
+            Self::BFloat16 | Self::Float16 => Ok(()),
+            Self::Int8 if device.is_cuda() => Err(Error::Device(
+                "`int8` runs on the CPU only (use `bf16` or `fp16` on a CUDA device)".into(),
+            )),
+            Self::Int8 if !crate::model::quantized::supported() => Err(Error::Device(
+                "`int8` needs a CPU with AVX2 and a libtorch with the fbgemm quantisation engine; this one has neither (use `fp32`)".into(),
+            )),
+            Self::Int8 => Ok(()),
         }
-        Ok(())
     }
 
-    /// Runs `f` under CUDA autocast with this precision's 16-bit type (plainly for float32).
+    /// Runs `f` under CUDA autocast with this precision's 16-bit type (plainly for float32 and
+    /// int8, whose quantised layers are chosen by the caller).
     pub fn autocast<T>(self, f: impl FnOnce() -> T) -> Result<T> {
         let bf16 = match self {
-            Self::Float32 => return Ok(f()),
+            Self::Float32 | Self::Int8 => return Ok(f()),
             Self::BFloat16 => true,
             Self::Float16 => false,
         };
@@ -109,8 +125,9 @@ impl FromStr for Precision {
             "fp32" | "float32" | "f32" => Ok(Self::Float32),
             "bf16" | "bfloat16" => Ok(Self::BFloat16),
             "fp16" | "float16" | "f16" | "half" => Ok(Self::Float16),
+            "int8" | "qint8" => Ok(Self::Int8),
             other => Err(Error::Config(format!(
-                "unknown precision {other:?}: use `fp32`, `bf16` or `fp16`"
+                "unknown precision {other:?}: use `fp32`, `bf16`, `fp16` or `int8`"
             ))),
         }
     }
@@ -122,6 +139,7 @@ impl fmt::Display for Precision {
             Self::Float32 => "fp32",
             Self::BFloat16 => "bf16",
             Self::Float16 => "fp16",
+            Self::Int8 => "int8",
         })
     }
 }

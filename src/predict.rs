@@ -37,7 +37,8 @@ pub struct PredictOptions {
     /// Return every non-`O` span instead of the best non-overlapping ones.
     #[cfg_attr(feature = "clap", arg(long = "overlapping"))]
     pub allow_overlapping: bool,
-    /// Precision of the forward passes: `fp32`, or `bf16`/`fp16` autocast on a CUDA device.
+    /// Precision of the forward passes: `fp32`, `bf16`/`fp16` autocast on a CUDA device, or
+    /// `int8` (dynamically quantised linear maps) on the CPU.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = Precision::Float32))]
     pub precision: Precision,
 }
@@ -264,6 +265,10 @@ impl SpanMarkerModel {
         precision: Precision,
     ) -> Result<(Vec<Vec<ScoredSpan>>, Option<f64>)> {
         precision.check(self.device())?;
+        let int8 = match precision {
+            Precision::Int8 => Some(self.encoder().int8()?),
+            _ => None,
+        };
         let spec = CollateSpec {
             trim_to_multiple_of: Some(8),
             ..self.preprocessor().collate_spec()
@@ -288,7 +293,8 @@ impl SpanMarkerModel {
             picked.clear();
             picked.extend(chunk.iter().map(|&i| samples[i].clone()));
             let batch = collate(&encoded.windows, &picked, &spec, self.device())?;
-            let output = precision.autocast(|| self.forward(&batch, false))?;
+            let output =
+                precision.autocast(|| self.forward_with(&batch, false, int8.as_deref()))?;
             if let Some(loss) = &output.loss {
                 loss_sum += f64::try_from(loss)? * chunk.len() as f64;
                 with_loss = true;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use datafusion::prelude::SessionContext;
+use span_marker::device::Precision;
 use span_marker::train::evaluate;
 use span_marker::PredictOptions;
 use span_marker_udfs::sources::TableSource;
@@ -30,6 +31,10 @@ pub struct EvaluateArgs {
     /// Samples per forward pass.
     #[arg(long, default_value_t = PredictOptions::DEFAULT_BATCH_SIZE)]
     batch_size: usize,
+    /// Precision of the forward passes: `fp32`, `bf16`/`fp16` autocast on a CUDA device, or
+    /// `int8` (dynamically quantised linear maps) on the CPU.
+    #[arg(long, default_value_t = Precision::Float32)]
+    precision: Precision,
 }
 
 pub fn run(args: EvaluateArgs) -> CliResult {
@@ -45,7 +50,7 @@ pub fn run(args: EvaluateArgs) -> CliResult {
     let runtime = tokio::runtime::Runtime::new()?;
     let rows = runtime.block_on(source.read(&SessionContext::new()))?;
     let dataset = rows.to_dataset(model.labels())?;
-    let evaluation = evaluate(&model, &dataset, "test", args.batch_size)?;
+    let evaluation = evaluate(&model, &dataset, "test", args.batch_size, args.precision)?;
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::Value::Object(evaluation.to_record()))?

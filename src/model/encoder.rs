@@ -10,11 +10,14 @@
 //! attention pattern (a 3-D mask in the reference), so the encoder takes exactly those; the
 //! pattern is a [`MarkerAttention`], which scores only the keys the mask can allow.
 
+use std::sync::{Arc, Mutex};
+
 use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::attention::MarkerAttention;
 use super::dropout::dropout;
+use super::quantized::Int8Linears;
 
 use crate::config::EncoderConfig;
 use crate::error::{Error, Result};
@@ -251,6 +254,8 @@ pub struct Encoder {
     embeddings_project: Option<nn::Linear>,
     layers: Vec<Layer>,
     pooler: Option<nn::Linear>,
+    /// The int8 form of the layers' linear maps, made on first int8 use.
+    int8: Mutex<Option<Arc<Int8Linears>>>,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -358,6 +363,7 @@ impl Encoder {
             embeddings_project,
             layers,
             pooler,
+            int8: Mutex::new(None),
         }
     }
 
@@ -375,15 +381,43 @@ impl Encoder {
         self.word_embeddings.ws.size()[0]
     }
 
+    /// The six linear maps of every layer, in the order [`Int8Linears`] indexes them.
+    fn linears(&self) -> impl Iterator<Item = &nn::Linear> {
+        self.layers.iter().flat_map(|l| {
+            [
+                &l.query,
+                &l.key,
+                &l.value,
+                &l.attention_output,
+                &l.intermediate,
+                &l.output,
+            ]
+        })
+    }
+
+    /// The layers' linear maps in int8 (CPU), packed on first use and again whenever a weight
+    /// changed since.
+    pub(crate) fn int8(&self) -> Result<Arc<Int8Linears>> {
+        let mut cached = self.int8.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(packed) = cached.as_ref().filter(|p| p.matches(self.linears())) {
+            return Ok(packed.clone());
+        }
+        let packed = Arc::new(Int8Linears::pack(self.linears())?);
+        *cached = Some(packed.clone());
+        Ok(packed)
+    }
+
     /// The last hidden states `[B, T, H]` for `input_ids` and `position_ids` `[B, T]` (int64)
     /// under the SpanMarker `attention` pattern. Token types are all zero. Dropout is active
-    /// when `train` is set.
+    /// when `train` is set. With `int8` (from [`Encoder::int8`]) the layers' linear maps run
+    /// in int8.
     pub fn forward(
         &self,
         input_ids: &Tensor,
         position_ids: &Tensor,
         attention: &MarkerAttention,
         train: bool,
+        int8: Option<&Int8Linears>,
     ) -> Tensor {
         let s = &self.settings;
         let (b, t) = input_ids.size2().expect("input_ids is [B, T]");
@@ -402,22 +436,26 @@ impl Encoder {
         let head_dim = s.hidden_size / heads;
         let split = |y: Tensor| y.view([b, t, heads, head_dim]).transpose(1, 2);
         let attention_dropout = s.attention_probs_dropout_prob;
-        for layer in &self.layers {
-            let q = split(layer.query.forward(&x));
-            let k = split(layer.key.forward(&x));
-            let v = split(layer.value.forward(&x));
+        for (index, layer) in self.layers.iter().enumerate() {
+            let linear = |k: usize, map: &nn::Linear, x: &Tensor| match int8 {
+                Some(packed) => packed.forward(index * 6 + k, x),
+                None => map.forward(x),
+            };
+            let q = split(linear(0, &layer.query, &x));
+            let k = split(linear(1, &layer.key, &x));
+            let v = split(linear(2, &layer.value, &x));
             let context = attention
                 .attend(&q, &k, &v, attention_dropout, train)
                 .transpose(1, 2)
                 .reshape([b, t, s.hidden_size]);
             let attended = dropout(
-                &layer.attention_output.forward(&context),
+                &linear(3, &layer.attention_output, &context),
                 hidden_dropout,
                 train,
             );
             x = layer.attention_norm.forward(&(attended + &x));
-            let inner = self.activation.apply(&layer.intermediate.forward(&x));
-            let out = dropout(&layer.output.forward(&inner), hidden_dropout, train);
+            let inner = self.activation.apply(&linear(4, &layer.intermediate, &x));
+            let out = dropout(&linear(5, &layer.output, &inner), hidden_dropout, train);
             x = layer.output_norm.forward(&(out + &x));
         }
         x
@@ -488,7 +526,7 @@ mod tests {
             text_length: 3,
         };
         let attention = MarkerAttention::new(&layout, tch::Kind::Float);
-        let out = encoder.forward(&ids, &pos, &attention, false);
+        let out = encoder.forward(&ids, &pos, &attention, false, None);
         assert_eq!(out.size(), [1, 4, 4]);
         assert!(bool::try_from(out.isfinite().all()).unwrap());
     }

@@ -20,6 +20,7 @@ mod card;
 pub mod dropout;
 pub mod encoder;
 pub mod head;
+pub mod quantized;
 
 use std::path::Path;
 
@@ -30,6 +31,7 @@ use tch::{Device, Kind, Tensor};
 use attention::MarkerAttention;
 pub use card::ModelCard;
 use encoder::{Encoder, EncoderSettings};
+use quantized::Int8Linears;
 
 use crate::checkpoint::{self, StateDict, SAFETENSORS_FILE};
 use crate::collate::Batch;
@@ -443,10 +445,24 @@ impl SpanMarkerModel {
 
     /// Runs the encoder and the head on a collated batch; dropout is active when `train` is set.
     pub fn forward(&self, batch: &Batch, train: bool) -> ModelOutput {
+        self.forward_with(batch, train, None)
+    }
+
+    /// [`forward`](Self::forward), with the encoder's linear maps in int8 when `int8` is given.
+    pub(crate) fn forward_with(
+        &self,
+        batch: &Batch,
+        train: bool,
+        int8: Option<&Int8Linears>,
+    ) -> ModelOutput {
         let attention = MarkerAttention::new(&batch.layout(), Kind::Float);
-        let hidden = self
-            .encoder
-            .forward(&batch.input_ids, &batch.position_ids, &attention, train);
+        let hidden = self.encoder.forward(
+            &batch.input_ids,
+            &batch.position_ids,
+            &attention,
+            train,
+            int8,
+        );
         let hidden = dropout::dropout(&hidden, self.dropout, train);
         let features = head::marker_features(
             &hidden,

@@ -129,12 +129,14 @@ impl Evaluation {
     }
 }
 
-/// Evaluates `model` on `data` in batches of `batch_size`; `prefix` names the metrics.
+/// Evaluates `model` on `data` in batches of `batch_size`, its forward passes in `precision`;
+/// `prefix` names the metrics.
 pub fn evaluate(
     model: &SpanMarkerModel,
     data: &NerDataset,
     prefix: &str,
     batch_size: usize,
+    precision: Precision,
 ) -> Result<Evaluation> {
     crate::predict::check_batch_size(batch_size)?;
     let start = Instant::now();
@@ -144,7 +146,7 @@ pub fn evaluate(
         prefix
     };
     let prepared = prepare(model, data, split)?;
-    evaluate_prepared(model, &prepared, prefix, batch_size, start)
+    evaluate_prepared(model, &prepared, prefix, batch_size, precision, start)
 }
 
 pub(crate) fn evaluate_prepared(
@@ -152,11 +154,11 @@ pub(crate) fn evaluate_prepared(
     prepared: &Prepared,
     prefix: &str,
     batch_size: usize,
+    precision: Precision,
     start: Instant,
 ) -> Result<Evaluation> {
     // Sample order, as the reference batches evaluation data (the loss depends on batching).
-    let (per_row, loss) =
-        model.score_samples(&prepared.encoded, batch_size, false, Precision::Float32)?;
+    let (per_row, loss) = model.score_samples(&prepared.encoded, batch_size, false, precision)?;
     let samples = prepared.encoded.samples.len();
     let labels = model.labels();
     let options = PredictOptions::default();

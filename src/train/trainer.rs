@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, StateDict};
 use crate::collate::{collate, CollateSpec};
-use crate::device::parse_device;
+use crate::device::{parse_device, Precision};
 use crate::encoding::SampleRef;
 use crate::error::{Error, Result};
 use crate::lock::DirLock;
@@ -243,6 +243,7 @@ impl<'m> Trainer<'m> {
             data,
             prefix,
             self.args.per_device_eval_batch_size,
+            Precision::Float32,
         )
     }
 
@@ -482,6 +483,7 @@ impl<'m> Trainer<'m> {
             eval,
             "eval",
             self.args.per_device_eval_batch_size,
+            Precision::Float32,
             Instant::now(),
         )?;
         let mut record = evaluation.to_record();
