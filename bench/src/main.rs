@@ -34,7 +34,7 @@ mod system;
 mod training;
 
 use python::python_reference;
-use system::{cpu_model, device_name, gpu_name, median, peak_rss_mb};
+use system::{cpu_model, device_name, gpu_name, matmul_peak_gflops, median, peak_rss_mb, roofline};
 use training::bench_training;
 
 /// What to measure.
@@ -238,18 +238,26 @@ fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..options.warmup {
         predict_all()?;
     }
+    let peak = matmul_peak_gflops(options.device);
     let mut rates = Vec::with_capacity(options.repeat);
     let mut ours: Entities = Vec::new();
+    let flops_before = shared.lock().flops_executed();
     for _ in 0..options.repeat.max(1) {
         let start = Instant::now();
         let predicted = predict_all()?;
         rates.push(sentences.len() as f64 / start.elapsed().as_secs_f64());
         ours = triples(predicted);
     }
+    let flops_per_pass =
+        (shared.lock().flops_executed() - flops_before) as f64 / options.repeat.max(1) as f64;
     let rust_rate = median(&mut rates);
     println!(
         "rust:   {rust_rate:10.1} sentences/s, peak RSS {:.0} MB",
         peak_rss_mb().unwrap_or(f64::NAN)
+    );
+    println!(
+        "        {}",
+        roofline(flops_per_pass, sentences.len() as f64 / rust_rate, peak)
     );
     for partitions in [1, 2] {
         let sql_rate = bench_sql(&shared, &words, options, partitions, &ours)?;

@@ -1,8 +1,9 @@
 //! The machine and process: device names, CPU model, memory, and the median of runs.
 
 use std::process::Command;
+use std::time::Instant;
 
-use tch::Device;
+use tch::{Device, Kind, Tensor};
 
 /// The name of `device` for training arguments and for Python.
 pub(crate) fn device_name(device: Device) -> String {
@@ -59,4 +60,47 @@ pub(crate) fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// The machine's float32 matrix-multiply rate as libtorch reaches it in this process, in
+/// GFLOP/s: the best of square products (1024 to 4096 on the CPU, up to 8192 on a GPU), each
+/// repeated for at least a quarter of a second after a warm-up. The roofline of the runs.
+pub(crate) fn matmul_peak_gflops(device: Device) -> f64 {
+    let _no_grad = tch::no_grad_guard();
+    let sync = || {
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    };
+    let sizes: &[i64] = if device.is_cuda() {
+        &[2048, 4096, 8192]
+    } else {
+        &[1024, 2048, 4096]
+    };
+    let mut best = 0f64;
+    for &n in sizes {
+        let a = Tensor::randn([n, n], (Kind::Float, device));
+        let b = Tensor::randn([n, n], (Kind::Float, device));
+        let _ = a.matmul(&b);
+        sync();
+        let (mut reps, start) = (0u32, Instant::now());
+        while reps < 2 || start.elapsed().as_secs_f64() < 0.25 {
+            let _ = a.matmul(&b);
+            sync();
+            reps += 1;
+        }
+        let flops = 2.0 * (n as f64).powi(3) * f64::from(reps);
+        best = best.max(flops / start.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+/// One line placing a run's model FLOP rate under the machine's measured matmul peak.
+pub(crate) fn roofline(flops_per_pass: f64, seconds_per_pass: f64, peak_gflops: f64) -> String {
+    let rate = flops_per_pass / seconds_per_pass / 1e9;
+    format!(
+        "roofline: {:.1} GFLOP of model FLOPs per pass (text and marker tokens as run) at {rate:.1} GFLOP/s = {:.0}% of the float32 matmul peak measured in this run ({peak_gflops:.0} GFLOP/s)",
+        flops_per_pass / 1e9,
+        100.0 * rate / peak_gflops
+    )
 }

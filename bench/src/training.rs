@@ -6,7 +6,7 @@ use span_marker::train::{IntervalStrategy, NerDataset, Trainer, TrainingArgument
 use span_marker::{Entity, Labels, PredictOptions, SentenceInput, SpanMarkerModel};
 
 use crate::python::run_python;
-use crate::system::{device_name, median, peak_rss_mb};
+use crate::system::{device_name, matmul_peak_gflops, median, peak_rss_mb};
 use crate::BenchOptions;
 use crate::{borrowed_words, triples, Entities};
 
@@ -55,7 +55,9 @@ pub(crate) fn bench_training(
     options: &BenchOptions,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let runs = options.repeat.max(1);
+    let peak = matmul_peak_gflops(options.device);
     let mut rates = Vec::with_capacity(runs);
+    let mut flop_rates = Vec::with_capacity(runs);
     let mut scores = Vec::with_capacity(runs);
     let eval_sentences: Vec<Vec<String>> = eval
         .map(|eval| eval.examples.iter().map(|e| e.tokens.clone()).collect())
@@ -91,6 +93,11 @@ pub(crate) fn bench_training(
                 .as_f64()
                 .unwrap_or(f64::NAN),
         );
+        // Forward passes counted, backward passes taken as twice a forward's.
+        flop_rates.push(
+            3.0 * model.flops_executed() as f64
+                / output.metrics["train_runtime"].as_f64().unwrap_or(f64::NAN),
+        );
         if let Some(eval) = eval {
             let predicted = triples(model.predict(&eval_inputs, &eval_options)?);
             scores.push(eval_scores(labels, eval, &predicted)?);
@@ -103,6 +110,11 @@ pub(crate) fn bench_training(
         options.batch_size,
         peak_rss_mb().unwrap_or(f64::NAN),
         scores_note(&scores)
+    );
+    let flop_rate = median(&mut flop_rates) / 1e9;
+    println!(
+        "        roofline: {flop_rate:.1} GFLOP/s of model FLOPs (forward passes as run, backward as twice a forward) = {:.0}% of the float32 matmul peak measured in this run ({peak:.0} GFLOP/s)",
+        100.0 * flop_rate / peak
     );
     let Some(python) = &options.python else {
         return Ok(());

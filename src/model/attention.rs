@@ -67,6 +67,15 @@ impl MarkerAttention {
         Self::Dense { bias }
     }
 
+    /// Keys each query scores in a batch of `total_length` tokens: all of them in the dense
+    /// form, the text keys and two more in the structured one.
+    pub fn keys_per_query(&self, total_length: i64) -> i64 {
+        match self {
+            Self::Dense { .. } => total_length,
+            Self::Structured { text_keys, .. } => text_keys + 2,
+        }
+    }
+
     /// The structured form, whatever the lengths.
     pub fn structured(layout: &MarkerLayout<'_>, kind: Kind) -> Self {
         let roles = layout.roles();

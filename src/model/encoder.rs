@@ -381,6 +381,23 @@ impl Encoder {
         self.word_embeddings.ws.size()[0]
     }
 
+    /// Model FLOPs of one forward pass over `batch` samples of `length` tokens whose queries
+    /// each score `keys` keys: the matrix products (two FLOPs per multiply-add) of the
+    /// embedding projection, the query, key, value and output projections, the feed-forward
+    /// maps, and attention's scores and weighted sums as executed. Element-wise work (norms,
+    /// softmax, activations) is left out, as model-FLOPs-utilisation counts do.
+    pub fn forward_flops(&self, batch: i64, length: i64, keys: i64) -> u64 {
+        let s = &self.settings;
+        let (h, i) = (s.hidden_size, s.intermediate_size);
+        let tokens = batch * length;
+        let per_layer = 2 * tokens * (4 * h * h + 2 * h * i) + 2 * 2 * tokens * keys * h;
+        let projection = match self.embeddings_project {
+            Some(_) => 2 * tokens * s.embedding_size() * h,
+            None => 0,
+        };
+        (projection + s.num_hidden_layers * per_layer).max(0) as u64
+    }
+
     /// The six linear maps of every layer, in the order [`Int8Linears`] indexes them.
     fn linears(&self) -> impl Iterator<Item = &nn::Linear> {
         self.layers.iter().flat_map(|l| {

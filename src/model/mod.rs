@@ -23,6 +23,7 @@ pub mod head;
 pub mod quantized;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 use tch::nn::{self, Module};
@@ -211,6 +212,8 @@ pub struct SpanMarkerModel {
     encoder: Encoder,
     classifier: nn::Linear,
     dropout: f64,
+    /// Model FLOPs of the forward passes run so far ([`SpanMarkerModel::flops_executed`]).
+    flops: AtomicU64,
 }
 
 impl std::fmt::Debug for SpanMarkerModel {
@@ -440,6 +443,7 @@ impl SpanMarkerModel {
             encoder,
             classifier,
             dropout,
+            flops: AtomicU64::new(0),
         })
     }
 
@@ -471,11 +475,40 @@ impl SpanMarkerModel {
         );
         let features = dropout::dropout(&features, self.dropout, train);
         let logits = self.classifier.forward(&features);
+        self.count_flops(batch, &attention, &logits);
         let loss = batch
             .labels
             .as_ref()
             .map(|labels| head::span_loss(&logits, labels));
         ModelOutput { logits, loss }
+    }
+
+    /// Model FLOPs of every forward pass run so far: the encoder's matrix products as executed
+    /// (see [`Encoder::forward_flops`]) and the classifier's, for the shapes actually run
+    /// (text plus marker tokens, padding included). Backward passes are not counted; they take
+    /// about twice a forward's. Benchmarks divide the difference over a run by its time.
+    ///
+    /// ```
+    /// let model = span_marker::SpanMarkerModel::from_pretrained("bundled")?;
+    /// let before = model.flops_executed();
+    /// model.predict(&[span_marker::SentenceInput::Text("Ada Lovelace lived in London.")], &Default::default())?;
+    /// assert!(model.flops_executed() > before);
+    /// # Ok::<(), span_marker::Error>(())
+    /// ```
+    pub fn flops_executed(&self) -> u64 {
+        self.flops.load(Ordering::Relaxed)
+    }
+
+    fn count_flops(&self, batch: &Batch, attention: &MarkerAttention, logits: &Tensor) {
+        let (b, t) = batch.input_ids.size2().unwrap_or((0, 0));
+        let size = logits.size();
+        let (pairs, labels) = (size[1], size[2]);
+        let features = self.classifier.ws.size()[1];
+        let head = (2 * b * pairs * features * labels).max(0) as u64;
+        let encoder = self
+            .encoder
+            .forward_flops(b, t, attention.keys_per_query(t));
+        self.flops.fetch_add(encoder + head, Ordering::Relaxed);
     }
 
     /// Saves `config.json`, `model.safetensors`, the tokenizer files (with the marker tokens)
