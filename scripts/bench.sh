@@ -7,13 +7,15 @@
 #   bash scripts/bench.sh scaling    # how inference time and memory grow with sentence
 #                                    # length and corpus size
 #   bash scripts/bench.sh conll      # real sentences: CoNLL-2003 from $CONLL2003_DIR, the
-#                                    # tiny fixture, the bundled MiniLM model, and training
-#                                    # pretrained MiniLM (part of `all` when the data is there)
+#                                    # tiny fixture, the bundled MiniLM model and a BERT-base
+#                                    # shape in float32 and int8, and training pretrained
+#                                    # MiniLM (part of `all` when the data is there)
 #
-# Inference runs check that the entities equal Python's and time the SQL path against the
-# direct API; training runs score both sides' trained models with one scorer. Sets up the venv,
-# builds the release binary and makes the random benchmark models (once, under the cache)
-# first.
+# Inference runs check that the entities equal Python's (int8 runs count the sentences that
+# agree), print the model FLOP rate against a float32 matmul peak measured in the same run, and
+# time the SQL path against the direct API; training runs score both sides' trained models
+# with one scorer and print their model FLOP rate the same way. Sets up the venv, builds the
+# release binary and makes the random benchmark models (once, under the cache) first.
 #
 # Environment:
 #   BENCH_ARGS   extra `span-marker-bench` flags for every run, e.g. "--threads 1"
@@ -94,6 +96,8 @@ if [ "$part" = conll ] && [ ! -f "$conll/train.txt" ]; then
 fi
 if { [ "$part" = all ] || [ "$part" = conll ]; } && [ -f "$conll/train.txt" ]; then
   run "inference, tiny BERT, CoNLL-2003 test sentences" --data "$conll/test.txt" --sentences 2000
+  run "inference, tiny BERT, CoNLL-2003 test sentences, int8" --data "$conll/test.txt" \
+    --sentences 2000 --precision int8
   # Python span_marker reads the encoder's config and tokenizer from `encoder._name_or_path`,
   # which the bundled model gives as the Hub id `sentence-transformers/all-MiniLM-L6-v2`: both
   # sides run a copy that names the fetched encoder directory instead, so that no Hub is needed.
@@ -110,6 +114,13 @@ with open(path, "w") as f:
 PY
   run "inference, the bundled MiniLM model, CoNLL-2003 test sentences" \
     --model "$bundled" --data "$conll/test.txt" --sentences 500 --repeat 2
+  run "inference, the bundled MiniLM model, CoNLL-2003 test sentences, int8" \
+    --model "$bundled" --data "$conll/test.txt" --sentences 500 --repeat 2 --precision int8
+  base="$(model bench-base)"
+  for precision in fp32 int8; do
+    run "inference, BERT-base shape (random weights), CoNLL-2003 test sentences, $precision" \
+      --model "$base" --data "$conll/test.txt" --sentences 200 --repeat 1 --precision "$precision"
+  done
   # Training a pretrained encoder as a new user would: MiniLM with a head that Python made
   # (the same start for both sides), the first 2,000 training sentences, batch 16, lr 1e-4,
   # one pass over their 2,610 samples (164 steps; with group_by_length a shorter run would see
