@@ -185,21 +185,33 @@ mod tests {
 
     #[test]
     fn precisions_parse_print_and_check_the_device() {
-        for precision in [Precision::Float32, Precision::BFloat16, Precision::Float16] {
+        for precision in [
+            Precision::Float32,
+            Precision::BFloat16,
+            Precision::Float16,
+            Precision::Int8,
+        ] {
             assert_eq!(
                 precision.to_string().parse::<Precision>().unwrap(),
                 precision
             );
         }
         assert_eq!(" Half ".parse::<Precision>().unwrap(), Precision::Float16);
-        let err = "int8".parse::<Precision>().unwrap_err().to_string();
-        assert!(err.contains("int8"), "{err}");
+        let err = "int4".parse::<Precision>().unwrap_err().to_string();
+        assert!(err.contains("int4") && err.contains("int8"), "{err}");
         let err = Precision::Float16
             .check(Device::Cpu)
             .unwrap_err()
             .to_string();
         assert!(err.contains("fp16") && err.contains("CUDA"), "{err}");
         assert!(Precision::BFloat16.check(Device::Cuda(0)).is_ok());
+        let err = Precision::Int8
+            .check(Device::Cuda(0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("int8") && err.contains("CPU"), "{err}");
+        // The machines this runs on have AVX2 and libtorch's fbgemm engine.
+        assert!(Precision::Int8.check(Device::Cpu).is_ok());
     }
 
     #[test]

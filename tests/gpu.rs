@@ -11,11 +11,11 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{fixtures, logits, max_abs_diff, repo, Case, Inputs, LOGIT_TOLERANCE};
+use common::{fixtures, logits, max_abs_diff, predict_words, repo, Case, Inputs, LOGIT_TOLERANCE};
 use serde::Deserialize;
 use span_marker::device::{parse_device, Precision};
 use span_marker::train::{IntervalStrategy, NerDataset, Trainer, TrainingArguments};
-use span_marker::{PredictOptions, PredictedEntity, SentenceInput, SpanMarkerModel};
+use span_marker::{PredictedEntity, SpanMarkerModel};
 use tch::Device;
 
 /// The device under test: `$SPAN_MARKER_TEST_DEVICE`, `cuda` by default.
@@ -88,24 +88,6 @@ fn float32_logits_on_the_device_equal_the_cpu() {
     }
 }
 
-/// Per sentence, its entities (word start, word end, label) with their scores.
-fn entities(
-    model: &SpanMarkerModel,
-    sentences: &[Vec<String>],
-    precision: Precision,
-) -> Vec<Vec<PredictedEntity>> {
-    let words: Vec<Vec<&str>> = sentences
-        .iter()
-        .map(|s| s.iter().map(String::as_str).collect())
-        .collect();
-    let inputs: Vec<SentenceInput<'_>> = words.iter().map(|w| SentenceInput::Words(w)).collect();
-    let options = PredictOptions {
-        precision,
-        ..Default::default()
-    };
-    model.predict(&inputs, &options).unwrap()
-}
-
 type Key = (usize, usize, String);
 
 fn key(e: &PredictedEntity) -> Key {
@@ -150,10 +132,10 @@ fn conll_test_entities_on_the_device_in_every_precision() {
     let on_cpu = load(path.clone());
     let test = NerDataset::from_conll(conll("test"), on_cpu.labels()).unwrap();
     let sentences: Vec<Vec<String>> = test.examples.into_iter().map(|e| e.tokens).collect();
-    let reference = entities(&on_cpu, &sentences, Precision::Float32);
+    let reference = predict_words(&on_cpu, &sentences, Precision::Float32);
     let mut model = load(path);
     model.to_device(device);
-    let float32 = entities(&model, &sentences, Precision::Float32);
+    let float32 = predict_words(&model, &sentences, Precision::Float32);
     let (lines, total) = differences(&float32, &reference);
     println!(
         "float32 on {device:?}: {} of {total} entities differ from the CPU's over {} sentences",
@@ -162,7 +144,7 @@ fn conll_test_entities_on_the_device_in_every_precision() {
     );
     assert!(lines.is_empty(), "{}", lines.join("\n"));
     for &precision in mixed_precisions(device) {
-        let got = entities(&model, &sentences, precision);
+        let got = predict_words(&model, &sentences, precision);
         let (lines, total) = differences(&got, &float32);
         println!(
             "{precision}: {} of {total} float32 entities differ:\n{}",

@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{conll_tiny, repo};
+use common::{conll_tiny, predict_words, repo};
 use span_marker::device::Precision;
 use span_marker::train::NerDataset;
-use span_marker::{PredictOptions, PredictedEntity, SentenceInput, SpanMarkerModel};
+use span_marker::{PredictedEntity, SpanMarkerModel};
 
 fn model() -> SpanMarkerModel {
     SpanMarkerModel::from_pretrained(conll_tiny().to_str().unwrap()).unwrap()
@@ -19,23 +19,6 @@ fn sentences(model: &SpanMarkerModel) -> Vec<Vec<String>> {
         .into_iter()
         .map(|e| e.tokens)
         .collect()
-}
-
-fn predict(
-    model: &SpanMarkerModel,
-    sentences: &[Vec<String>],
-    precision: Precision,
-) -> Vec<Vec<PredictedEntity>> {
-    let words: Vec<Vec<&str>> = sentences
-        .iter()
-        .map(|s| s.iter().map(String::as_str).collect())
-        .collect();
-    let inputs: Vec<SentenceInput<'_>> = words.iter().map(|w| SentenceInput::Words(w)).collect();
-    let options = PredictOptions {
-        precision,
-        ..Default::default()
-    };
-    model.predict(&inputs, &options).unwrap()
 }
 
 /// Per float32 entity, the int8 entity at the same span and label, if any.
@@ -61,8 +44,8 @@ fn matched<'a>(
 fn int8_entities_stay_close_to_float32() {
     let model = model();
     let sentences = sentences(&model);
-    let float32 = predict(&model, &sentences, Precision::Float32);
-    let int8 = predict(&model, &sentences, Precision::Int8);
+    let float32 = predict_words(&model, &sentences, Precision::Float32);
+    let int8 = predict_words(&model, &sentences, Precision::Int8);
     let pairs = matched(&float32, &int8);
     assert!(pairs.len() > 50, "only {} entities", pairs.len());
     let kept = pairs.iter().filter(|(_, q)| q.is_some()).count();
@@ -90,7 +73,7 @@ fn int8_entities_stay_close_to_float32() {
 fn int8_follows_weights_that_change() {
     let mut model = model();
     let sentences = sentences(&model);
-    let before = predict(&model, &sentences, Precision::Int8);
+    let before = predict_words(&model, &sentences, Precision::Int8);
     // Halve one layer's feed-forward output: an in-place change, as an optimizer step makes.
     tch::no_grad(|| {
         let vars = model.var_store_mut().variables();
@@ -101,8 +84,8 @@ fn int8_follows_weights_that_change() {
             .shallow_clone();
         let _ = weight.g_mul_scalar_(0.5);
     });
-    let float32 = predict(&model, &sentences, Precision::Float32);
-    let after = predict(&model, &sentences, Precision::Int8);
+    let float32 = predict_words(&model, &sentences, Precision::Float32);
+    let after = predict_words(&model, &sentences, Precision::Int8);
     let scores = |rows: &[Vec<PredictedEntity>]| -> Vec<f32> {
         rows.iter().flatten().map(|e| e.score).collect()
     };
@@ -114,10 +97,4 @@ fn int8_follows_weights_that_change() {
         "{kept} of {} kept",
         pairs.len()
     );
-}
-
-#[test]
-fn an_unknown_precision_names_int8_among_the_choices() {
-    let err = "int4".parse::<Precision>().unwrap_err().to_string();
-    assert!(err.contains("int8"), "{err}");
 }

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use span_marker::{PredictedEntity, SentenceInput, SpanMarkerModel};
+use span_marker::device::Precision;
+use span_marker::{PredictOptions, PredictedEntity, SentenceInput, SpanMarkerModel};
 use tch::Tensor;
 
 /// Largest tolerated absolute difference between our logits and the reference's.
@@ -128,6 +129,24 @@ impl Inputs {
             }
         }
     }
+}
+
+/// The entities of `sentences` (word lists) predicted in `precision`, other options default.
+pub fn predict_words(
+    model: &SpanMarkerModel,
+    sentences: &[Vec<String>],
+    precision: Precision,
+) -> Vec<Vec<PredictedEntity>> {
+    let words: Vec<Vec<&str>> = sentences
+        .iter()
+        .map(|s| s.iter().map(String::as_str).collect())
+        .collect();
+    let inputs: Vec<SentenceInput<'_>> = words.iter().map(|w| SentenceInput::Words(w)).collect();
+    let options = PredictOptions {
+        precision,
+        ..Default::default()
+    };
+    model.predict(&inputs, &options).unwrap()
 }
 
 /// Our logits for `inputs`, all samples in one batch, as the reference collates them.
