@@ -4,8 +4,8 @@
 //! `torch.ao.quantization.quantize_dynamic` does for `nn.Linear`. Embeddings, layer norms,
 //! attention and the classifier stay float32.
 //!
-//! The packed weights are made on first use and remade when a weight changed since (its
-//! version counter or storage moved), so training and then predicting in int8 sees the new
+//! The packed weights are made on first use and remade when a weight or bias changed since
+//! (its version counter or storage moved), so training and then predicting in int8 sees the new
 //! weights.
 
 use std::ffi::{c_char, c_void, CStr};
@@ -52,10 +52,11 @@ fn take_error(error: *mut c_char) -> String {
     message
 }
 
-/// One linear layer's prepacked int8 weights, and which version of the float weights they are.
+/// One linear layer's prepacked int8 weights, and which version of the float weight and bias
+/// they were made from.
 struct PackedLinear {
     handle: NonNull<c_void>,
-    source: (i64, usize),
+    source: Source,
 }
 
 // SAFETY: the packed parameters are immutable after packing; fbgemm's `apply_dynamic` only reads
@@ -70,10 +71,16 @@ impl Drop for PackedLinear {
     }
 }
 
-/// A weight's identity for staleness: its version counter (bumped by every in-place change,
-/// an optimizer step or a checkpoint copy) and its storage.
-fn source(linear: &nn::Linear) -> (i64, usize) {
-    (linear.ws.internal_version(), linear.ws.data_ptr() as usize)
+/// A tensor's identity for staleness: its version counter (bumped by every in-place change, an
+/// optimizer step or a checkpoint copy) and its storage.
+type Identity = (i64, usize);
+
+/// The identities of a linear layer's weight and bias.
+type Source = (Identity, Option<Identity>);
+
+fn source(linear: &nn::Linear) -> Source {
+    let identity = |t: &Tensor| (t.internal_version(), t.data_ptr() as usize);
+    (identity(&linear.ws), linear.bs.as_ref().map(identity))
 }
 
 impl PackedLinear {
@@ -125,14 +132,10 @@ impl Int8Linears {
 
     /// Whether these were packed from exactly the current `linears`.
     pub(crate) fn matches<'a>(&self, linears: impl IntoIterator<Item = &'a nn::Linear>) -> bool {
-        let mut count = 0;
-        let all = linears.into_iter().all(|linear| {
-            count += 1;
-            self.layers
-                .get(count - 1)
-                .is_some_and(|p| p.source == source(linear))
-        });
-        all && count == self.layers.len()
+        self.layers
+            .iter()
+            .map(|p| p.source)
+            .eq(linears.into_iter().map(source))
     }
 
     /// `x` through layer `index`.
