@@ -11,7 +11,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{fixtures, logits, max_abs_diff, predict_words, repo, Case, Inputs, LOGIT_TOLERANCE};
+use common::{
+    conll_words, fixtures, logits, max_abs_diff, predict_words, repo, Case, Inputs, LOGIT_TOLERANCE,
+};
 use serde::Deserialize;
 use span_marker::device::{parse_device, Precision};
 use span_marker::train::{IntervalStrategy, NerDataset, Trainer, TrainingArguments};
@@ -130,8 +132,7 @@ fn conll_test_entities_on_the_device_in_every_precision() {
     let device = device();
     let path = fixtures().join("span-marker/conll-tiny");
     let on_cpu = load(path.clone());
-    let test = NerDataset::from_conll(conll("test"), on_cpu.labels()).unwrap();
-    let sentences: Vec<Vec<String>> = test.examples.into_iter().map(|e| e.tokens).collect();
+    let sentences = conll_words(&conll("test"), on_cpu.labels());
     let reference = predict_words(&on_cpu, &sentences, Precision::Float32);
     let mut model = load(path);
     model.to_device(device);

@@ -10,12 +10,13 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fixtures, repo};
+use common::{conll_words, fixtures, predict_words, repo};
 use serde_json::Value;
+use span_marker::device::Precision;
 use span_marker::hub::publish::{upload_folder, PushOptions};
 use span_marker::hub::HubOptions;
 use span_marker::train::{HubStrategy, IntervalStrategy, NerDataset, Trainer, TrainingArguments};
-use span_marker::{LoadOptions, PredictOptions, SentenceInput, SpanMarkerModel};
+use span_marker::{LoadOptions, SpanMarkerModel};
 use span_marker_hub_standin::StandInHub;
 
 const WRITER: &str = "hf_writer_token";
@@ -131,13 +132,9 @@ fn the_python_client_uploads_to_and_downloads_from_the_stand_in() {
 fn sentences() -> Vec<Vec<String>> {
     let labels: Vec<String> = CONLL_LABELS.iter().map(|s| s.to_string()).collect();
     let labels = span_marker::Labels::new(&labels).unwrap();
-    NerDataset::from_conll(repo().join("examples/data/test.txt"), &labels)
-        .unwrap()
-        .examples
-        .into_iter()
-        .take(8)
-        .map(|e| e.tokens)
-        .collect()
+    let mut sentences = conll_words(&repo().join("examples/data/test.txt"), &labels);
+    sentences.truncate(8);
+    sentences
 }
 
 /// Entities with their scores, for comparisons across loads.
@@ -145,15 +142,7 @@ fn predictions(
     model: &SpanMarkerModel,
     sentences: &[Vec<String>],
 ) -> Vec<Vec<(usize, usize, String, u32)>> {
-    let words: Vec<Vec<&str>> = sentences
-        .iter()
-        .map(|s| s.iter().map(String::as_str).collect())
-        .collect();
-    let inputs: Vec<SentenceInput<'_>> = words.iter().map(|w| SentenceInput::Words(w)).collect();
-    let options = PredictOptions::default();
-    model
-        .predict(&inputs, &options)
-        .unwrap()
+    predict_words(model, sentences, Precision::Float32)
         .into_iter()
         .map(|found| {
             found

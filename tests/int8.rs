@@ -3,9 +3,8 @@
 
 mod common;
 
-use common::{conll_tiny, predict_words, repo};
+use common::{conll_tiny, conll_words, predict_words, repo};
 use span_marker::device::Precision;
-use span_marker::train::NerDataset;
 use span_marker::{PredictedEntity, SpanMarkerModel};
 
 fn model() -> SpanMarkerModel {
@@ -13,12 +12,7 @@ fn model() -> SpanMarkerModel {
 }
 
 fn sentences(model: &SpanMarkerModel) -> Vec<Vec<String>> {
-    NerDataset::from_conll(repo().join("examples/data/test.txt"), model.labels())
-        .unwrap()
-        .examples
-        .into_iter()
-        .map(|e| e.tokens)
-        .collect()
+    conll_words(&repo().join("examples/data/test.txt"), model.labels())
 }
 
 /// Per float32 entity, the int8 entity at the same span and label, if any.

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use span_marker::device::Precision;
-use span_marker::{PredictOptions, PredictedEntity, SentenceInput, SpanMarkerModel};
+use span_marker::train::NerDataset;
+use span_marker::{Labels, PredictOptions, PredictedEntity, SentenceInput, SpanMarkerModel};
 use tch::Tensor;
 
 /// Largest tolerated absolute difference between our logits and the reference's.
@@ -113,15 +114,7 @@ impl Inputs {
     /// Runs `f` on the inputs as [`SentenceInput`]s.
     pub fn with<R>(&self, f: impl FnOnce(&[SentenceInput<'_>]) -> R) -> R {
         match self {
-            Self::Words(rows) => {
-                let words: Vec<Vec<&str>> = rows
-                    .iter()
-                    .map(|r| r.iter().map(String::as_str).collect())
-                    .collect();
-                let inputs: Vec<SentenceInput<'_>> =
-                    words.iter().map(|w| SentenceInput::Words(w)).collect();
-                f(&inputs)
-            }
+            Self::Words(rows) => with_words(rows, f),
             Self::Text(texts) => {
                 let inputs: Vec<SentenceInput<'_>> =
                     texts.iter().map(|t| SentenceInput::Text(t)).collect();
@@ -131,22 +124,37 @@ impl Inputs {
     }
 }
 
+/// Runs `f` on `sentences` (word lists) as [`SentenceInput::Words`].
+pub fn with_words<R>(sentences: &[Vec<String>], f: impl FnOnce(&[SentenceInput<'_>]) -> R) -> R {
+    let words: Vec<Vec<&str>> = sentences
+        .iter()
+        .map(|s| s.iter().map(String::as_str).collect())
+        .collect();
+    let inputs: Vec<SentenceInput<'_>> = words.iter().map(|w| SentenceInput::Words(w)).collect();
+    f(&inputs)
+}
+
+/// The words of every sentence of a CoNLL file, read with `labels`.
+pub fn conll_words(path: &Path, labels: &Labels) -> Vec<Vec<String>> {
+    NerDataset::from_conll(path, labels)
+        .unwrap()
+        .examples
+        .into_iter()
+        .map(|e| e.tokens)
+        .collect()
+}
+
 /// The entities of `sentences` (word lists) predicted in `precision`, other options default.
 pub fn predict_words(
     model: &SpanMarkerModel,
     sentences: &[Vec<String>],
     precision: Precision,
 ) -> Vec<Vec<PredictedEntity>> {
-    let words: Vec<Vec<&str>> = sentences
-        .iter()
-        .map(|s| s.iter().map(String::as_str).collect())
-        .collect();
-    let inputs: Vec<SentenceInput<'_>> = words.iter().map(|w| SentenceInput::Words(w)).collect();
     let options = PredictOptions {
         precision,
         ..Default::default()
     };
-    model.predict(&inputs, &options).unwrap()
+    with_words(sentences, |inputs| model.predict(inputs, &options).unwrap())
 }
 
 /// Our logits for `inputs`, all samples in one batch, as the reference collates them.
