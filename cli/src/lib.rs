@@ -25,6 +25,17 @@ pub fn init() {
     report_bugs_as_errors();
 }
 
+/// Undoes [`init`]'s default handling of `SIGPIPE` for commands that talk over sockets (the
+/// cluster programs and clients): there a peer that hangs up must be an error on that
+/// connection, not the silent end of the process.
+pub fn ignore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: sets one signal's disposition to "ignore"; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 /// Exit code of a run stopped by a bug (`EX_SOFTWARE`).
 const INTERNAL_ERROR: u8 = 70;
 

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod annotate;
 mod args;
 mod candidates;
+mod cluster;
 mod evaluate;
 mod input;
 mod predict;
@@ -65,6 +66,10 @@ enum Command {
     ///
     /// Reads one sentence per line from FILE (`-` for stdin); without FILE, a bundled sample.
     Candidates(candidates::CandidatesArgs),
+    /// Run a Ballista scheduler or executor with the SpanMarker functions built in, for
+    /// `sql --cluster` and `annotate --cluster`.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,5 +82,6 @@ fn main() -> std::process::ExitCode {
         Command::Evaluate(args) => evaluate::run(args),
         Command::Candidates(args) => candidates::run(args),
         Command::Push(args) => push::run(args),
+        Command::Cluster(command) => cluster::run(command),
     })
 }

@@ -1,8 +1,11 @@
 //! `span-marker sql`: DataFusion with the SpanMarker functions; files are tables by path.
+//! With `--cluster`, the statements run on a Ballista cluster.
 
 use clap::Args;
 use datafusion::arrow::util::pretty::print_batches;
 use datafusion::prelude::SessionContext;
+use span_marker_udfs::cluster::Cluster;
+use span_marker_udfs::sql::SpanMarkerOptions;
 
 use crate::args::ModelArgs;
 use crate::CliResult;
@@ -16,13 +19,29 @@ pub struct SqlArgs {
     /// `SET span_marker.device` override them).
     #[command(flatten)]
     model: ModelArgs,
+    /// Run on the Ballista cluster whose scheduler is at df://HOST:PORT (see `span-marker
+    /// cluster`). Files named in queries must be at the same path on every executor; every
+    /// executor must be able to load the model, which is checked before the first query.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    cluster: Option<String>,
 }
 
 pub fn run(args: SqlArgs) -> CliResult {
+    if args.cluster.is_some() {
+        span_marker_cli::ignore_sigpipe();
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let ctx = SessionContext::new().enable_url_table();
-        span_marker_udfs::sql::register_all(&ctx);
+        let cluster = args.cluster.as_deref().map(Cluster::connect).transpose()?;
+        let ctx = match &cluster {
+            Some(cluster) => cluster.context().await?,
+            None => {
+                let ctx = SessionContext::new();
+                span_marker_udfs::sql::register_all(&ctx);
+                ctx
+            }
+        }
+        .enable_url_table();
         ctx.sql(&format!(
             "SET span_marker.model = '{}'",
             args.model.model.replace('\'', "''")
@@ -33,7 +52,20 @@ pub fn run(args: SqlArgs) -> CliResult {
             args.model.device.replace('\'', "''")
         ))
         .await?;
+        // The model the executors were last checked to load.
+        let mut checked: Option<String> = None;
         for statement in &args.statements {
+            if let Some(cluster) = &cluster {
+                let is_set = statement
+                    .trim_start()
+                    .get(..4)
+                    .is_some_and(|start| start.eq_ignore_ascii_case("set "));
+                let model = SpanMarkerOptions::from_config(ctx.state().config().options()).model;
+                if !is_set && checked.as_ref() != Some(&model) {
+                    cluster.check_model(&ctx).await?;
+                    checked = Some(model);
+                }
+            }
             let batches = ctx.sql(statement).await?.collect().await?;
             if !batches.is_empty() {
                 print_batches(&batches)?;

@@ -18,6 +18,8 @@
 //! ```
 
 pub mod annotate;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod columns;
 pub mod dataset;
 mod error;

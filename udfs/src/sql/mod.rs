@@ -13,6 +13,7 @@
 
 mod candidates;
 mod common;
+mod model_info;
 mod options;
 mod predict;
 mod train;
@@ -20,9 +21,10 @@ mod train;
 use std::sync::Arc;
 
 use datafusion::logical_expr::ScalarUDF;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use candidates::SpanMarkerCandidates;
+pub use model_info::{ModelInfo, SpanMarkerModelInfo};
 pub use options::SpanMarkerOptions;
 pub use predict::SpanMarkerPredict;
 pub use train::SpanMarkerTrain;
@@ -45,17 +47,50 @@ fn register(ctx: &SessionContext, model: Option<SharedModel>) {
     {
         let state = ctx.state_ref();
         let mut state = state.write();
-        let extensions = &mut state.config_mut().options_mut().extensions;
-        if extensions.get::<options::SessionOptions>().is_none() {
-            extensions.insert(options::SessionOptions::default());
-        }
+        add_settings(state.config_mut());
     }
-    ctx.register_udf(ScalarUDF::new_from_impl(SpanMarkerCandidates::new()));
-    for kind in [InputKind::Words, InputKind::Text] {
-        ctx.register_udf(ScalarUDF::new_from_impl(SpanMarkerPredict::new(
-            kind,
-            model.clone(),
-        )));
+    for udf in scalar_functions(model, None) {
+        ctx.register_udf(udf);
     }
     ctx.register_udtf("span_marker_train", Arc::new(SpanMarkerTrain));
+}
+
+/// Adds the `span_marker.*` settings to `config` (once).
+pub(crate) fn add_settings(config: &mut SessionConfig) {
+    let extensions = &mut config.options_mut().extensions;
+    if extensions.get::<options::SessionOptions>().is_none() {
+        extensions.insert(options::SessionOptions::default());
+    }
+}
+
+/// A process that runs the SpanMarker functions for others: a cluster executor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Worker {
+    /// How errors and `span_marker_model_info` name it (a Ballista executor's id).
+    pub name: String,
+    /// Its device, which replaces the session's `span_marker.device` (one executor per GPU);
+    /// `None` keeps the session's.
+    pub device: Option<String>,
+}
+
+/// The scalar functions (`span_marker_candidates`, `span_marker_predict`,
+/// `span_marker_predict_text`, `span_marker_model_info`), with `model` used when
+/// `span_marker.model` is not set, running on `worker` when they run for others.
+pub(crate) fn scalar_functions(
+    model: Option<SharedModel>,
+    worker: Option<Worker>,
+) -> Vec<ScalarUDF> {
+    let worker = worker.map(Arc::new);
+    let mut functions = vec![
+        ScalarUDF::new_from_impl(SpanMarkerCandidates::new()),
+        ScalarUDF::new_from_impl(SpanMarkerModelInfo::new(model.clone(), worker.clone())),
+    ];
+    for kind in [InputKind::Words, InputKind::Text] {
+        functions.push(ScalarUDF::new_from_impl(SpanMarkerPredict::new(
+            kind,
+            model.clone(),
+            worker.clone(),
+        )));
+    }
+    functions
 }

@@ -8,6 +8,7 @@ use span_marker::{ModelSettings, PredictOptions};
 
 use crate::error::{Error, Result};
 use crate::model::SharedModel;
+use crate::sql::Worker;
 
 extensions_options! {
     /// Settings of the SpanMarker SQL functions, changed with
@@ -70,8 +71,15 @@ impl ExtensionOptions for SessionOptions {
         })
     }
 
+    /// Full keys (`span_marker.model`): DataFusion's generated entries leave the prefix out,
+    /// and Ballista sends a session's settings to the scheduler and executors as these
+    /// entries, which they `set` again by key.
     fn entries(&self) -> Vec<ConfigEntry> {
-        self.0.entries()
+        let mut entries = self.0.entries();
+        for entry in &mut entries {
+            entry.key = format!("{}.{}", Self::PREFIX, entry.key.trim_start_matches('.'));
+        }
+        entries
     }
 }
 
@@ -117,6 +125,26 @@ impl SpanMarkerOptions {
 
     /// The model these settings name, or `fallback` when they name none.
     pub fn model(&self, fallback: Option<&SharedModel>) -> Result<SharedModel> {
+        self.model_on(fallback, None)
+    }
+
+    /// [`model`](Self::model) as loaded by `worker`: on its device, with a failure naming it.
+    pub(crate) fn model_on(
+        &self,
+        fallback: Option<&SharedModel>,
+        worker: Option<&Worker>,
+    ) -> Result<SharedModel> {
+        let Some(worker) = worker else {
+            return self.load(fallback, &self.device);
+        };
+        let device = worker.device.as_deref().unwrap_or(&self.device);
+        self.load(fallback, device).map_err(|e| Error::Worker {
+            name: worker.name.clone(),
+            source: Box::new(e),
+        })
+    }
+
+    fn load(&self, fallback: Option<&SharedModel>, device: &str) -> Result<SharedModel> {
         match (self.model.trim(), fallback) {
             ("", Some(model)) => Ok(model.clone()),
             ("", None) => Err(Error::Pipeline {
@@ -126,7 +154,7 @@ impl SpanMarkerOptions {
                           (or 'bundled'), or register the functions with a model"
                     .into(),
             }),
-            (source, _) => SharedModel::load(source, &self.device),
+            (source, _) => SharedModel::load(source, device),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `span_marker_predict(tokens)` and `span_marker_predict_text(text)`: one implementation,
 //! parameterised by what the argument holds.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::plan_err;
@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::model::SharedModel;
 use crate::sql::common::{arrays, check_arity};
 use crate::sql::options::SpanMarkerOptions;
+use crate::sql::Worker;
 
 /// `span_marker_predict(tokens)`: the entities of a list of words as
 /// `List<Struct{start, end, label, score}>` (word indices, `end` exclusive).
@@ -30,16 +31,18 @@ pub struct SpanMarkerPredict {
     kind: InputKind,
     signature: Signature,
     model: Option<SharedModel>,
+    worker: Option<Arc<Worker>>,
 }
 
 impl SpanMarkerPredict {
     /// `span_marker_predict` (words) or `span_marker_predict_text` (text), using `model` when
-    /// `span_marker.model` is not set.
-    pub fn new(kind: InputKind, model: Option<SharedModel>) -> Self {
+    /// `span_marker.model` is not set, running on `worker` when it runs for others.
+    pub fn new(kind: InputKind, model: Option<SharedModel>, worker: Option<Arc<Worker>>) -> Self {
         Self {
             kind,
             signature: Signature::user_defined(Volatility::Stable),
             model,
+            worker,
         }
     }
 
@@ -132,7 +135,7 @@ impl ScalarUDFImpl for SpanMarkerPredict {
         let arrays = arrays(&args)?;
         let settings = SpanMarkerOptions::from_config(&args.config_options);
         let options = settings.predict_options()?;
-        let model = settings.model(self.model.as_ref())?;
+        let model = settings.model_on(self.model.as_ref(), self.worker.as_deref())?;
         let source = format!("{}: record batch", self.name());
         let job = ColumnJob {
             kind: self.kind,

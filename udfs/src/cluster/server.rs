@@ -1,0 +1,176 @@
+//! The scheduler and executor programs: Ballista's, with the SpanMarker functions and
+//! settings built in.
+//!
+//! Defaults suit a small annotation cluster: executors send a heartbeat every 5 s and the
+//! scheduler gives up on a silent one after 30 s (Ballista's own defaults are 60 s and 180 s),
+//! so that work of a lost executor is retried elsewhere within seconds, and tasks go to the
+//! executors in turn (round robin) rather than filling the first one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
+use ballista_scheduler::scheduler_process::start_server;
+use span_marker::device::parse_device;
+
+use crate::cluster::{function_registry, session_config, session_state};
+use crate::error::{Error, Result};
+use crate::sql::Worker;
+
+/// How a scheduler listens and when it gives up on executors.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// Address to listen on.
+    pub bind_host: String,
+    /// Port of the gRPC API and the REST API (`/api/executors`).
+    pub port: u16,
+    /// The host name clients and executors reach this scheduler by.
+    pub external_host: String,
+    /// An executor silent for this long is taken as lost and its tasks are run elsewhere.
+    pub executor_timeout_seconds: u64,
+    /// Attempts of a task before its job fails.
+    pub task_max_failures: usize,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        Self {
+            bind_host: "0.0.0.0".into(),
+            port: 50050,
+            external_host: "localhost".into(),
+            executor_timeout_seconds: 30,
+            task_max_failures: 4,
+        }
+    }
+}
+
+/// How an executor listens, which scheduler it serves, and where its model runs.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// Address to listen on.
+    pub bind_host: String,
+    /// The host name the scheduler, other executors and clients reach this executor by
+    /// (default: `bind_host`).
+    pub external_host: Option<String>,
+    /// Port of the Arrow Flight service that serves results.
+    pub port: u16,
+    /// Port of the gRPC service the scheduler sends tasks to.
+    pub grpc_port: u16,
+    pub scheduler_host: String,
+    pub scheduler_port: u16,
+    /// Tasks run at once. The model serves them one at a time with all intra-op threads, so
+    /// two keep it busy while the next batch is read.
+    pub concurrent_tasks: usize,
+    /// Where intermediate results go (default: a temporary directory).
+    pub work_dir: Option<PathBuf>,
+    /// The device of the models this executor loads (`cpu`, `cuda`, `cuda:N`), replacing
+    /// the sessions' `span_marker.device`; `None` keeps theirs. One executor per GPU.
+    pub device: Option<String>,
+    /// Seconds between heartbeats to the scheduler.
+    pub heartbeat_interval_seconds: u64,
+}
+
+impl Default for ExecutorOptions {
+    fn default() -> Self {
+        Self {
+            bind_host: "0.0.0.0".into(),
+            external_host: None,
+            port: 50051,
+            grpc_port: 50052,
+            scheduler_host: "localhost".into(),
+            scheduler_port: 50050,
+            concurrent_tasks: 2,
+            work_dir: None,
+            device: None,
+            heartbeat_interval_seconds: 5,
+        }
+    }
+}
+
+/// Runs a scheduler until the process is stopped.
+pub async fn run_scheduler(options: SchedulerOptions) -> Result<()> {
+    let address: SocketAddr = format!("{}:{}", options.bind_host, options.port)
+        .parse()
+        .map_err(|e| setting("bind-host", format!("`{}`: {e}", options.bind_host)))?;
+    let config = SchedulerConfig {
+        bind_host: options.bind_host.clone(),
+        bind_port: options.port,
+        external_host: options.external_host.clone(),
+        task_distribution: TaskDistributionPolicy::RoundRobin,
+        executor_timeout_seconds: options.executor_timeout_seconds,
+        expire_dead_executor_interval_seconds: (options.executor_timeout_seconds / 4).max(1),
+        no_executors_grace_period_seconds: options.executor_timeout_seconds,
+        task_max_failures: options.task_max_failures,
+        override_config_producer: Some(Arc::new(session_config)),
+        override_session_builder: Some(Arc::new(session_state)),
+        ..Default::default()
+    };
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(|e| ballista("cannot start the scheduler", e))?;
+    tracing::info!(%address, "SpanMarker scheduler listening");
+    start_server(cluster, address, Arc::new(config))
+        .await
+        .map_err(|e| ballista(&format!("scheduler on {address}"), e))
+}
+
+/// Runs an executor until the process is stopped (or its scheduler stops it).
+pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
+    if let Some(device) = &options.device {
+        parse_device(device).map_err(|e| setting("device", e.to_string()))?;
+    }
+    if options.concurrent_tasks == 0 {
+        return Err(setting("concurrent-tasks", "must be at least 1".into()));
+    }
+    let external_host = options
+        .external_host
+        .clone()
+        .unwrap_or_else(|| options.bind_host.clone());
+    // The id names this executor in the scheduler's API and in errors; the process id tells
+    // a restarted executor from the one it replaces.
+    let executor_id = format!("{external_host}:{}/{}", options.port, std::process::id());
+    let registry = function_registry(Worker {
+        name: executor_id.clone(),
+        device: options.device.clone(),
+    });
+    let config = ExecutorProcessConfig {
+        executor_id,
+        bind_host: options.bind_host.clone(),
+        external_host: Some(external_host),
+        port: options.port,
+        grpc_port: options.grpc_port,
+        scheduler_host: options.scheduler_host.clone(),
+        scheduler_port: options.scheduler_port,
+        scheduler_connect_timeout_seconds: 10,
+        vcores: options.concurrent_tasks,
+        work_dir: options
+            .work_dir
+            .as_ref()
+            .map(|dir| dir.to_string_lossy().into_owned()),
+        executor_heartbeat_interval_seconds: options.heartbeat_interval_seconds,
+        override_function_registry: Some(Arc::new(registry)),
+        override_config_producer: Some(Arc::new(session_config)),
+        ..Default::default()
+    };
+    start_executor_process(Arc::new(config))
+        .await
+        .map_err(|e| ballista("executor", e))
+}
+
+fn setting(key: &str, message: String) -> Error {
+    Error::Pipeline {
+        file: "cluster".into(),
+        key: key.into(),
+        message,
+    }
+}
+
+fn ballista(what: &str, error: ballista_core::error::BallistaError) -> Error {
+    Error::Cluster {
+        url: what.to_owned(),
+        message: error.to_string(),
+    }
+}
