@@ -11,6 +11,8 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use span_marker::PredictOptions;
 use span_marker_udfs::annotate::{annotate, AnnotateOptions, InputColumn};
+use span_marker_udfs::cluster::annotate::{annotate_files, input_files, ClusterAnnotateOptions};
+use span_marker_udfs::cluster::Cluster;
 use span_marker_udfs::SharedModel;
 
 use crate::args::ModelArgs;
@@ -23,12 +25,23 @@ const SAMPLE_CORPUS: &str = include_str!("../../examples/data/sample-corpus.txt"
 pub struct AnnotateArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The Parquet corpus.
+    /// The Parquet corpus (with --cluster: a directory of Parquet files, a glob such as
+    /// 'corpus/part-*.parquet', or one file).
     #[arg(long, required_unless_present = "sample")]
     input: Option<PathBuf>,
-    /// Where the annotated corpus goes (all input columns plus the entity column).
+    /// Where the annotated corpus goes (all input columns plus the entity column); with
+    /// --cluster, a directory that gets one file per input file, under the same name.
     #[arg(long, required_unless_present = "sample")]
     output: Option<PathBuf>,
+    /// Annotate on the Ballista cluster whose scheduler is at df://HOST:PORT (see `span-marker
+    /// cluster`): each input file is one task; the files must be at the same path on every
+    /// executor, and every executor must be able to load the model (checked first). A rerun
+    /// skips the files an earlier run finished.
+    #[arg(long, value_name = "df://HOST:PORT", conflicts_with = "sample")]
+    cluster: Option<String>,
+    /// With --cluster: files annotated at once (default: two per executor).
+    #[arg(long, requires = "cluster")]
+    files_at_once: Option<usize>,
     /// The column of raw text.
     #[arg(long, conflicts_with = "tokens_column")]
     text_column: Option<String>,
@@ -38,9 +51,10 @@ pub struct AnnotateArgs {
     /// Name of the added column.
     #[arg(long, default_value = "entities")]
     output_column: String,
-    /// Rows per chunk: the unit of progress and of resumption.
-    #[arg(long, default_value_t = 1024)]
-    chunk_rows: usize,
+    /// Rows per chunk: the unit of progress and of resumption [default: 1024] (with
+    /// --cluster, a file is that unit).
+    #[arg(long, conflicts_with = "cluster")]
+    chunk_rows: Option<usize>,
     #[command(flatten)]
     predict: PredictOptions,
     /// Stop at the first row that cannot be annotated instead of writing NULL for it.
@@ -55,15 +69,16 @@ pub struct AnnotateArgs {
 }
 
 pub fn run(args: AnnotateArgs) -> CliResult {
+    let column = match (&args.text_column, &args.tokens_column) {
+        (Some(text), _) => InputColumn::Text(text.clone()),
+        (None, tokens) => InputColumn::Tokens(tokens.clone().unwrap_or_else(|| "tokens".into())),
+    };
+    if let Some(url) = &args.cluster {
+        return run_on_cluster(url, &args, column);
+    }
     let (input, column) = match (args.sample, args.input) {
         (true, _) => (write_sample_corpus()?, InputColumn::Text("text".into())),
-        (false, Some(input)) => {
-            let column = match (args.text_column, args.tokens_column) {
-                (Some(text), _) => InputColumn::Text(text),
-                (None, tokens) => InputColumn::Tokens(tokens.unwrap_or_else(|| "tokens".into())),
-            };
-            (input, column)
-        }
+        (false, Some(input)) => (input, column),
         (false, None) => return Err("--input is required (or --sample)".into()),
     };
     let output = args
@@ -71,7 +86,7 @@ pub fn run(args: AnnotateArgs) -> CliResult {
         .unwrap_or_else(|| PathBuf::from("sample-entities.parquet"));
     let mut options = AnnotateOptions::new(&input, &output, column);
     options.output_column = args.output_column;
-    options.chunk_rows = args.chunk_rows;
+    options.chunk_rows = args.chunk_rows.unwrap_or(options.chunk_rows);
     options.strict = args.strict;
     options.predict = args.predict;
     options.validate()?;
@@ -99,6 +114,78 @@ pub fn run(args: AnnotateArgs) -> CliResult {
         }
     );
     show_entities(&output, &options, args.show)
+}
+
+/// `annotate --cluster`: the input files on the cluster, into the output directory.
+fn run_on_cluster(url: &str, args: &AnnotateArgs, column: InputColumn) -> CliResult {
+    span_marker_cli::ignore_sigpipe();
+    let (Some(input), Some(output_dir)) = (&args.input, &args.output) else {
+        return Err("--input and --output are required with --cluster".into());
+    };
+    args.predict.validate()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (report, first) = runtime.block_on(async {
+        let cluster = Cluster::connect(url)?;
+        let inputs = input_files(&input.to_string_lossy())?;
+        let executors = cluster.executors()?.len();
+        let ctx = cluster.context().await?;
+        let predict = &args.predict;
+        let quoted = |value: &str| format!("'{}'", value.replace('\'', "''"));
+        let settings = [
+            ("model", quoted(&args.model.model)),
+            ("device", quoted(&args.model.device)),
+            ("batch_size", predict.batch_size.to_string()),
+            (
+                "threshold",
+                predict.threshold.map_or("0".into(), |t| t.to_string()),
+            ),
+            ("allow_overlapping", predict.allow_overlapping.to_string()),
+            ("precision", quoted(&predict.precision.to_string())),
+            ("strict", args.strict.to_string()),
+        ];
+        for (key, value) in settings {
+            ctx.sql(&format!("SET span_marker.{key} = {value}")).await?;
+        }
+        let first = inputs.first().cloned();
+        let options = ClusterAnnotateOptions {
+            inputs,
+            output_dir: output_dir.clone(),
+            column: column.clone(),
+            output_column: args.output_column.clone(),
+            files_at_once: args.files_at_once.unwrap_or(2 * executors.max(1)),
+            progress: true,
+        };
+        let report = annotate_files(&cluster, &ctx, &options).await?;
+        Ok::<_, Box<dyn std::error::Error>>((report, first))
+    })?;
+    eprintln!(
+        "annotated {} files ({} rows) into {} in {:.1}s{}{}",
+        report.files,
+        report.rows,
+        output_dir.display(),
+        report.elapsed.as_secs_f64(),
+        if report.skipped_files > 0 {
+            format!(" ({} files done by an earlier run)", report.skipped_files)
+        } else {
+            String::new()
+        },
+        if report.failed_rows > 0 {
+            format!(
+                "; {} rows could not be annotated (NULL; the executors' logs say why)",
+                report.failed_rows
+            )
+        } else {
+            String::new()
+        }
+    );
+    let Some(first) = first.and_then(|f| f.file_name().map(|n| output_dir.join(n))) else {
+        return Ok(());
+    };
+    let shown = AnnotateOptions {
+        output_column: args.output_column.clone(),
+        ..AnnotateOptions::new(&first, &first, column)
+    };
+    show_entities(&first, &shown, args.show)
 }
 
 /// Writes the bundled sample corpus as Parquet (a `text` column) to the temp dir, once.

@@ -278,18 +278,31 @@ pub fn annotate(model: &SharedModel, options: &AnnotateOptions) -> Result<Annota
 
 /// The input schema plus the entity column, after checking the input column's type.
 fn output_schema(input: &SchemaRef, options: &AnnotateOptions) -> Result<SchemaRef> {
-    let name = options.column.name();
+    entity_schema(
+        input,
+        &options.input,
+        &options.column,
+        &options.output_column,
+    )
+}
+
+/// `input` (the schema of the file at `path`) plus the entity column `output_column`, after
+/// checking that `column` is there with a type it can be read as.
+pub(crate) fn entity_schema(
+    input: &SchemaRef,
+    path: &Path,
+    column: &InputColumn,
+    output_column: &str,
+) -> Result<SchemaRef> {
+    let name = column.name();
     let field = input.field_with_name(name).map_err(|_| {
         let found: Vec<&String> = input.fields().iter().map(|f| f.name()).collect();
         Error::column(
             name,
-            format!(
-                "not in {}; its columns are {found:?}",
-                options.input.display()
-            ),
+            format!("not in {}; its columns are {found:?}", path.display()),
         )
     })?;
-    let kind = options.column.kind();
+    let kind = column.kind();
     if !kind.accepts(field.data_type()) {
         let hint = kind
             .other()
@@ -303,17 +316,17 @@ fn output_schema(input: &SchemaRef, options: &AnnotateOptions) -> Result<SchemaR
             kind.mismatch(name, field.data_type(), hint),
         ));
     }
-    if input.field_with_name(&options.output_column).is_ok() {
+    if input.field_with_name(output_column).is_ok() {
         return Err(Error::column(
-            &options.output_column,
+            output_column,
             format!(
                 "{} already has this column: choose another output column name",
-                options.input.display()
+                path.display()
             ),
         ));
     }
     let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(&options.output_column, kind.output_type(), true));
+    fields.push(Field::new(output_column, kind.output_type(), true));
     Ok(Arc::new(Schema::new_with_metadata(
         fields,
         input.metadata().clone(),
@@ -423,10 +436,10 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// What differs between the job that wrote a part directory and this one, as
-/// "`key` was X, is now Y".
-fn job_differences(found: &JobIdentity, wanted: &JobIdentity) -> String {
-    let as_map = |job: &JobIdentity| {
+/// What differs between the job that wrote a part directory (or an output directory) and
+/// this one, as "`key` was X, is now Y".
+pub(crate) fn job_differences<T: Serialize>(found: &T, wanted: &T) -> String {
+    let as_map = |job: &T| {
         serde_json::to_value(job)
             .ok()
             .and_then(|value| value.as_object().cloned())
@@ -456,22 +469,66 @@ fn write_parquet_atomically(
     schema: &SchemaRef,
     batches: impl IntoIterator<Item = Result<RecordBatch>>,
 ) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    let file = temp.reopen().map_err(|e| Error::io(temp.path(), e))?;
-    let properties = WriterProperties::builder()
-        .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
-        .build();
-    let cannot_write = |e: &dyn std::fmt::Display| Error::file(path, format!("cannot write: {e}"));
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties))
-        .map_err(|e| cannot_write(&e))?;
+    let mut out = ParquetOut::create(path, schema)?;
     for batch in batches {
-        writer.write(&batch?).map_err(|e| cannot_write(&e))?;
+        out.write(&batch?)?;
     }
-    writer.close().map_err(|e| cannot_write(&e))?;
-    temp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    let temp = out.finish()?;
     temp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// A Parquet file being written under a temporary name beside its destination.
+pub(crate) struct ParquetOut {
+    path: PathBuf,
+    temp: tempfile::NamedTempFile,
+    writer: ArrowWriter<File>,
+}
+
+impl ParquetOut {
+    /// Starts a file meant for `path` (in `path`'s directory).
+    pub(crate) fn create(path: &Path, schema: &SchemaRef) -> Result<Self> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let temp = tempfile::Builder::new()
+            .prefix(".span-marker-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        let file = temp.reopen().map_err(|e| Error::io(temp.path(), e))?;
+        let properties = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
+            .build();
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(properties))
+            .map_err(|e| Self::cannot_write(path, &e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            temp,
+            writer,
+        })
+    }
+
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .map_err(|e| Self::cannot_write(&self.path, &e))
+    }
+
+    /// Closes the file and syncs it to disk: complete, still under its temporary name (which
+    /// goes when the returned handle is dropped).
+    pub(crate) fn finish(self) -> Result<tempfile::NamedTempFile> {
+        self.writer
+            .close()
+            .map_err(|e| Self::cannot_write(&self.path, &e))?;
+        self.temp
+            .as_file()
+            .sync_all()
+            .map_err(|e| Error::io(&self.path, e))?;
+        Ok(self.temp)
+    }
+
+    fn cannot_write(path: &Path, e: &dyn std::fmt::Display) -> Error {
+        Error::file(path, format!("cannot write: {e}"))
+    }
 }
 
 /// Streams every part into a merged file, records it in the manifest, publishes it at
@@ -527,7 +584,7 @@ fn remove_parts(dir: &Path) -> Result<()> {
 /// Moves `file` to `output` unless something is there: a hard link fails rather than replace,
 /// where a rename would not. File systems without hard links get a checked rename (a file
 /// created at the output in the instant between the check and the rename would be replaced).
-fn publish(file: &Path, output: &Path) -> Result<()> {
+pub(crate) fn publish(file: &Path, output: &Path) -> Result<()> {
     let taken = || {
         Error::file(
             output,
@@ -543,7 +600,7 @@ fn publish(file: &Path, output: &Path) -> Result<()> {
     }
 }
 
-fn progress_bar(show: bool, total: u64, done: u64) -> ProgressBar {
+pub(crate) fn progress_bar(show: bool, total: u64, done: u64) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }

@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod annotate;
 mod client;
 pub mod server;
 

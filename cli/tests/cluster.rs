@@ -1,0 +1,578 @@
+//! SQL and bulk annotation on a Ballista cluster of real processes: a scheduler and two
+//! executors (`span-marker cluster ...`) started on 127.0.0.1 with free ports, compared with
+//! the local engine row for row.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+#[path = "../../tests/common/corpus.rs"]
+mod corpus;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use corpus::{entities, ids, read_all, write_corpus};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionContext;
+use span_marker_udfs::cluster::Cluster;
+
+const BIN: &str = env!("CARGO_BIN_EXE_span-marker");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scheduler and executors, killed when dropped. Their logs go to `dir`.
+struct TestCluster {
+    scheduler: Child,
+    executors: Vec<(Child, u16)>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// A scheduler and one executor per entry of `cwds` (its working directory), all up.
+    fn start(cwds: &[&Path]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let logs = dir.path().to_owned();
+        let log = |name: &str| Stdio::from(std::fs::File::create(logs.join(name)).unwrap());
+        let scheduler = Command::new(BIN)
+            .args(["cluster", "scheduler", "--bind-host", "127.0.0.1"])
+            .args(["--external-host", "127.0.0.1", "--port", &port.to_string()])
+            // A lost executor is noticed within seconds.
+            .args(["--executor-timeout-seconds", "3"])
+            .stderr(log("scheduler.log"))
+            .spawn()
+            .unwrap();
+        let mut cluster = Self {
+            scheduler,
+            executors: Vec::new(),
+            port,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Cluster::connect(&cluster.url()).is_err() {
+            assert!(Instant::now() < deadline, "the scheduler did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for (i, cwd) in cwds.iter().enumerate() {
+            let (flight, grpc) = (free_port(), free_port());
+            let work = cluster.dir.path().join(format!("work-{i}"));
+            std::fs::create_dir_all(&work).unwrap();
+            let child = Command::new(BIN)
+                .current_dir(cwd)
+                .args(["cluster", "executor", "--bind-host", "127.0.0.1"])
+                .args([
+                    "--port",
+                    &flight.to_string(),
+                    "--grpc-port",
+                    &grpc.to_string(),
+                ])
+                .args(["--scheduler-host", "127.0.0.1"])
+                .args(["--scheduler-port", &port.to_string()])
+                .args([
+                    "--heartbeat-interval-seconds",
+                    "1",
+                    "--concurrent-tasks",
+                    "2",
+                ])
+                .arg("--work-dir")
+                .arg(&work)
+                .stderr(log(&format!("executor-{i}.log")))
+                .spawn()
+                .unwrap();
+            cluster.executors.push((child, flight));
+        }
+        Cluster::connect(&cluster.url())
+            .unwrap()
+            .wait_for_executors(cwds.len(), Duration::from_secs(30))
+            .unwrap();
+        cluster
+    }
+
+    fn url(&self) -> String {
+        format!("df://127.0.0.1:{}", self.port)
+    }
+
+    /// The logs, for a failing test's message.
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                text += &format!("--- {}\n", entry.path().display());
+                for line in tail.into_iter().rev() {
+                    text += line;
+                    text += "\n";
+                }
+            }
+        }
+        text
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.executors {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.scheduler.kill();
+        let _ = self.scheduler.wait();
+    }
+}
+
+/// Runs `command`, killed if it takes longer than `limit` (a hang guard, not a speed check).
+fn run_with_limit(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{command:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Three corpus files of different sizes, row 5 of the second one unannotatable.
+fn corpus_dir(dir: &Path) -> PathBuf {
+    let corpus = dir.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    write_corpus(&corpus.join("a.parquet"), 150, &[]);
+    write_corpus(&corpus.join("b.parquet"), 90, &[5]);
+    write_corpus(&corpus.join("c.parquet"), 120, &[]);
+    corpus
+}
+
+fn model() -> String {
+    common::conll_tiny().to_string_lossy().into_owned()
+}
+
+/// `statements` in order on `ctx`; the batches of the last, as a table.
+async fn run_sql(ctx: &SessionContext, statements: &[String]) -> datafusion::error::Result<String> {
+    let mut last: Vec<RecordBatch> = Vec::new();
+    for statement in statements {
+        last = ctx.sql(statement).await?.collect().await?;
+    }
+    Ok(pretty_format_batches(&last)?.to_string())
+}
+
+/// The same statements locally and on the cluster.
+async fn both(cluster: &Cluster, statements: &[String]) -> (String, String) {
+    let local = SessionContext::new();
+    span_marker_udfs::sql::register_all(&local);
+    let local = run_sql(&local.enable_url_table(), statements)
+        .await
+        .unwrap();
+    let remote = cluster.context().await.unwrap().enable_url_table();
+    cluster_check(cluster, &remote, statements).await;
+    let remote = run_sql(&remote, statements).await.unwrap();
+    (local, remote)
+}
+
+/// Applies the SET statements and has every executor load the model.
+async fn cluster_check(cluster: &Cluster, ctx: &SessionContext, statements: &[String]) {
+    for statement in statements.iter().filter(|s| s.starts_with("SET")) {
+        ctx.sql(statement).await.unwrap();
+    }
+    let models = cluster.check_model(ctx).await.unwrap();
+    assert_eq!(
+        models.len(),
+        2,
+        "both executors loaded the model: {models:?}"
+    );
+}
+
+#[test]
+fn sql_on_the_cluster_equals_the_local_engine_and_every_setting_reaches_the_executors() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_dir(dir.path());
+    let repo = common::repo();
+    let test_cluster = TestCluster::start(&[repo, repo]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cluster = Cluster::connect(&test_cluster.url()).unwrap();
+        let query = |file: &str| {
+            format!(
+                "SELECT id, span_marker_predict(tokens) AS entities FROM '{}' ORDER BY id",
+                corpus.join(file).display()
+            )
+        };
+        let with = |settings: &[&str], file: &str| -> Vec<String> {
+            let mut statements = vec![format!("SET span_marker.model = '{}'", model())];
+            statements.extend(settings.iter().map(|s| format!("SET span_marker.{s}")));
+            statements.push(query(file));
+            statements
+        };
+        let mut results = Vec::new();
+        for settings in [
+            &[][..],
+            &["threshold = 0.6"],
+            &["allow_overlapping = true"],
+            &["precision = 'int8'"],
+        ] {
+            let (local, remote) = both(&cluster, &with(settings, "a.parquet")).await;
+            assert_eq!(
+                local,
+                remote,
+                "settings {settings:?}\n{}",
+                test_cluster.logs()
+            );
+            results.push(remote);
+        }
+        // A setting dropped on the way would give the default's result.
+        for (i, result) in results.iter().enumerate().skip(1) {
+            assert_ne!(result, &results[0], "setting {i} changed nothing");
+        }
+        // Another model.
+        let tiny = common::fixtures().join("span-marker/tiny-bert");
+        let other = vec![
+            format!("SET span_marker.model = '{}'", tiny.display()),
+            query("a.parquet"),
+        ];
+        let (local, remote) = both(&cluster, &other).await;
+        assert_eq!(local, remote);
+        assert_ne!(remote, results[0], "the model setting changed nothing");
+
+        // Settings checked only where the function runs: their errors come back.
+        let ctx = cluster.context().await.unwrap().enable_url_table();
+        let strict = with(&["strict = true"], "b.parquet");
+        let error = run_sql(&ctx, &strict).await.unwrap_err().to_string();
+        assert!(error.contains("row 5"), "strict mode: {error}");
+        let lenient = run_sql(&ctx, &with(&["strict = false"], "b.parquet"))
+            .await
+            .unwrap();
+        assert!(lenient.contains("| 5  |"), "{lenient}");
+        let error = run_sql(&ctx, &with(&["batch_size = 0"], "c.parquet"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("batch_size"), "batch size: {error}");
+    });
+}
+
+fn annotate(cluster: &str, input: &Path, output: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["annotate", "--cluster", cluster, "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(["--model", &model(), "--show", "0"])
+        .args(extra);
+    command
+}
+
+/// The local engine's annotation of each file of `corpus`, by file name.
+fn local_annotations(corpus: &Path, dir: &Path) -> Vec<(String, Vec<RecordBatch>)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|input| {
+            let name = input.file_name().unwrap().to_string_lossy().into_owned();
+            let output = dir.join(format!("local-{name}"));
+            let status = Command::new(BIN)
+                .args(["annotate", "--input"])
+                .arg(input)
+                .arg("--output")
+                .arg(&output)
+                .args(["--model", &model(), "--show", "0"])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            (name, read_all(&output))
+        })
+        .collect()
+}
+
+fn assert_same_outputs(want: &[(String, Vec<RecordBatch>)], output_dir: &Path) {
+    for (name, local) in want {
+        let got = read_all(&output_dir.join(name));
+        assert_eq!(ids(&got), ids(local), "{name}: every row once, in order");
+        assert_eq!(
+            entities(&got),
+            entities(local),
+            "{name}: the local entities"
+        );
+    }
+}
+
+#[test]
+fn annotation_on_the_cluster_equals_the_local_one_and_a_rerun_redoes_only_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_dir(dir.path());
+    let want = local_annotations(&corpus, dir.path());
+    let repo = common::repo();
+    let cluster = TestCluster::start(&[repo, repo]);
+    let url = cluster.url();
+    let output = dir.path().join("annotated");
+
+    let out = run_with_limit(
+        &mut annotate(&url, &corpus, &output, &[]),
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    assert!(
+        stderr(&out).contains("annotated 3 files (360 rows)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("1 rows could not be annotated"),
+        "{}",
+        stderr(&out)
+    );
+    assert_same_outputs(&want, &output);
+
+    // Everything done: nothing redone, nothing rewritten.
+    let before = std::fs::read(output.join("b.parquet")).unwrap();
+    let out = run_with_limit(
+        &mut annotate(&url, &corpus, &output, &[]),
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("annotated 0 files (0 rows)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("3 files done by an earlier run"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(output.join("b.parquet")).unwrap(), before);
+
+    // A lost output is redone alone; a glob names the inputs as well as the directory.
+    std::fs::remove_file(output.join("c.parquet")).unwrap();
+    let glob = corpus.join("*.parquet");
+    let out = run_with_limit(
+        &mut annotate(&url, &glob, &output, &[]),
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("annotated 1 files (120 rows)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_same_outputs(&want, &output);
+
+    // Another job's settings in the same directory: refused, naming the difference.
+    let out = run_with_limit(
+        &mut annotate(&url, &corpus, &output, &["--threshold", "0.7"]),
+        Duration::from_secs(300),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`threshold` was 0.0, is now 0.7"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A file the job did not write is never replaced.
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("a.parquet"), b"someone else's").unwrap();
+    let out = run_with_limit(
+        &mut annotate(&url, &corpus, &foreign, &[]),
+        Duration::from_secs(300),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("was not written by this annotation job"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(foreign.join("a.parquet")).unwrap(),
+        b"someone else's"
+    );
+}
+
+#[test]
+fn an_executor_killed_during_an_annotation_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for i in 0..6 {
+        write_corpus(&corpus.join(format!("part-{i}.parquet")), 1500, &[]);
+    }
+    let want = local_annotations(&corpus, dir.path());
+    let repo = common::repo();
+    let mut cluster = TestCluster::start(&[repo, repo]);
+    let url = cluster.url();
+    let output = dir.path().join("annotated");
+
+    let mut job = annotate(&url, &corpus, &output, &["--files-at-once", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill an executor once the first file is written: work is in flight on both.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !output.join("part-0.parquet").exists() && !output.join("part-1.parquet").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no file finished\n{}",
+            cluster.logs()
+        );
+        if job.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (executor, _) = &mut cluster.executors[0];
+    executor.kill().unwrap(); // SIGKILL
+    executor.wait().unwrap();
+    while job.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the job hung after the kill\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first = job.wait_with_output().unwrap();
+    let first_error = stderr(&first);
+    eprintln!(
+        "the run with the kill ended with {}: {first_error}",
+        first.status
+    );
+    if !first.status.success() {
+        // Failing is allowed, with a clear error naming the file.
+        assert!(first_error.contains("part-"), "{first_error}");
+        assert!(!first_error.contains("panicked"), "{first_error}");
+    }
+    // A rerun (on the one executor left) completes the job exactly.
+    let out = run_with_limit(
+        &mut annotate(&url, &corpus, &output, &[]),
+        Duration::from_secs(300),
+    );
+    assert!(
+        out.status.success(),
+        "first run: {first_error}\nrerun: {}\n{}",
+        stderr(&out),
+        cluster.logs()
+    );
+    assert_same_outputs(&want, &output);
+}
+
+#[test]
+fn an_executor_that_cannot_load_the_model_is_named_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_dir(dir.path());
+    let elsewhere = tempfile::tempdir().unwrap();
+    // A relative model path resolves on the first executor only.
+    let cluster = TestCluster::start(&[common::repo(), elsewhere.path()]);
+    let (_, lost_port) = cluster.executors[1];
+    let relative = "tests/fixtures/span-marker/conll-tiny";
+    let output = dir.path().join("annotated");
+    let out = run_with_limit(
+        Command::new(BIN)
+            .current_dir(common::repo())
+            .args([
+                "annotate",
+                "--cluster",
+                &cluster.url(),
+                "--model",
+                relative,
+                "--input",
+            ])
+            .arg(&corpus)
+            .arg("--output")
+            .arg(&output),
+        Duration::from_secs(120),
+    );
+    assert!(!out.status.success());
+    let error = stderr(&out);
+    assert!(
+        error.contains("cannot be loaded on every executor"),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!("127.0.0.1:{lost_port}/")),
+        "names the executor: {error}"
+    );
+    assert!(!output.exists(), "nothing written before the check");
+
+    let out = run_with_limit(
+        Command::new(BIN)
+            .current_dir(common::repo())
+            .args(["sql", "--cluster", &cluster.url(), "--model", relative])
+            .arg("SELECT span_marker_predict(['Paris'])"),
+        Duration::from_secs(120),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("127.0.0.1:{lost_port}/")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_or_unreachable_cluster_addresses_fail_within_seconds() {
+    let closed = free_port();
+    // Something that accepts connections but is no scheduler.
+    let impostor = TcpListener::bind("127.0.0.1:0").unwrap();
+    let impostor_port = impostor.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in impostor.incoming() {
+            drop(stream);
+        }
+    });
+    for (url, expected) in [
+        ("127.0.0.1:50050".to_owned(), "expected df://HOST:PORT"),
+        ("df://127.0.0.1:notaport".to_owned(), "is not a port number"),
+        (
+            format!("df://127.0.0.1:{closed}"),
+            "cannot reach the scheduler",
+        ),
+        (
+            format!("df://127.0.0.1:{impostor_port}"),
+            "no Ballista scheduler answers",
+        ),
+        (
+            "df://no-such-host.invalid:50050".to_owned(),
+            "cannot resolve",
+        ),
+    ] {
+        for command in ["sql", "annotate"] {
+            let mut cmd = Command::new(BIN);
+            cmd.args([command, "--cluster", &url]);
+            match command {
+                "sql" => cmd.arg("SELECT 1"),
+                _ => cmd.args(["--input", ".", "--output", "/nonexistent-out"]),
+            };
+            let out = run_with_limit(&mut cmd, Duration::from_secs(60));
+            assert!(!out.status.success(), "{command} {url}");
+            let error = stderr(&out);
+            assert!(error.contains(expected), "{command} {url}: {error}");
+            assert!(error.starts_with("error: "), "{command} {url}: {error}");
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Distributed bulk annotation: a directory of Parquet files in, a directory of Parquet
+//! files out, one output file per input file with the same name.
+//!
+//! Each input file is one query on the cluster (`SELECT *, span_marker_predict(column)`), one
+//! task reading the file whole, so its rows come back in their order; several files run at
+//! once, spread over the executors. The client streams each result into a temporary file in
+//! the output directory and publishes it under its final name only when complete, never
+//! replacing a file there.
+//!
+//! The output directory's manifest (`.span-marker-annotate.json`) records the job (the
+//! model's weights by content, the input column and the settings that change what is
+//! written) and, per finished file, the input's and the output's content digests. A rerun
+//! after any failure (a lost executor, a killed client) checks that it continues the same job
+//! and skips every file whose output is there and intact, so no row is lost or written twice.
+//! An output file the manifest does not know of is never replaced. The directory is locked
+//! while a run works in it.
+//!
+//! Input files must be reachable at the same path by the client (which reads their schema)
+//! and by every executor (which reads their rows): a shared file system.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::execution::FunctionRegistry;
+use datafusion::prelude::{Expr, ParquetReadOptions, SessionContext};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use span_marker::fingerprint::FileIdentity;
+use span_marker::lock::DirLock;
+
+use crate::annotate::{
+    entity_schema, job_differences, progress_bar, publish, InputColumn, ParquetOut,
+};
+use crate::cluster::Cluster;
+use crate::columns::InputKind;
+use crate::error::{Error, Result};
+use crate::sources::open_parquet;
+use crate::sql::SpanMarkerOptions;
+
+/// The manifest's name in the output directory.
+pub const MANIFEST_FILE: &str = ".span-marker-annotate.json";
+
+/// What to annotate on the cluster and how; the prediction settings are the session's
+/// (`SET span_marker.threshold = ...` on the context given to [`annotate_files`]).
+#[derive(Debug, Clone)]
+pub struct ClusterAnnotateOptions {
+    /// The input files (see [`input_files`]); their names must differ.
+    pub inputs: Vec<PathBuf>,
+    /// The output directory (created when missing).
+    pub output_dir: PathBuf,
+    pub column: InputColumn,
+    /// Name of the added column.
+    pub output_column: String,
+    /// Files annotated at once (at least 1); each is one task on one executor.
+    pub files_at_once: usize,
+    /// Show a progress bar on stderr (hidden when stderr is not a terminal).
+    pub progress: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterAnnotateReport {
+    /// Files annotated by this run, and rows in them.
+    pub files: usize,
+    pub rows: usize,
+    /// Files an earlier run had finished (skipped).
+    pub skipped_files: usize,
+    /// Rows of this run's files whose entity column is NULL though their input is not: rows
+    /// that could not be annotated (the executors' logs say why).
+    pub failed_rows: usize,
+    pub elapsed: Duration,
+}
+
+/// What a rerun must share with the run that started the output directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Job {
+    /// The model's content digest, as every executor reported it.
+    model: String,
+    column: InputColumn,
+    output_column: String,
+    /// The settings that change which entities are written, as set in the session.
+    threshold: f64,
+    allow_overlapping: bool,
+    precision: String,
+}
+
+/// A finished file: the contents it was made from and the contents written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Finished {
+    input: FileIdentity,
+    output: FileIdentity,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Manifest {
+    job: Job,
+    /// By output file name.
+    files: BTreeMap<String, Finished>,
+}
+
+/// The Parquet files `pattern` names: a directory (its `*.parquet` files), a glob
+/// (`corpus/part-*.parquet`) or one file; sorted, at least one.
+pub fn input_files(pattern: &str) -> Result<Vec<PathBuf>> {
+    let path = Path::new(pattern);
+    let mut files: Vec<PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "parquet"))
+            .collect()
+    } else if path.is_file() {
+        vec![path.to_path_buf()]
+    } else {
+        glob::glob(pattern)
+            .map_err(|e| Error::file(path, format!("not a file, directory or glob: {e}")))?
+            .filter_map(|entry| entry.ok())
+            .filter(|p| p.is_file())
+            .collect()
+    };
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::file(
+            path,
+            "names no Parquet file (give a directory of .parquet files, a glob or a file)",
+        ));
+    }
+    Ok(files)
+}
+
+/// Annotates `options.inputs` on `cluster` through `ctx` (a session of
+/// [`Cluster::context`] with the model and settings set), resuming an earlier run of the
+/// same job in the output directory.
+pub async fn annotate_files(
+    cluster: &Cluster,
+    ctx: &SessionContext,
+    options: &ClusterAnnotateOptions,
+) -> Result<ClusterAnnotateReport> {
+    let started = Instant::now();
+    if options.files_at_once == 0 {
+        return Err(setting("files_at_once", "must be at least 1"));
+    }
+    let settings = SpanMarkerOptions::from_config(ctx.state().config().options());
+    settings.predict_options()?;
+    let inputs = check_inputs(options)?;
+
+    // Every executor loads the model (and the same weights) before anything is written.
+    let models = cluster.check_model(ctx).await?;
+    let fingerprint = models
+        .values()
+        .next()
+        .map(|info| info.fingerprint.clone())
+        .unwrap_or_default();
+    let job = Job {
+        model: fingerprint,
+        column: options.column.clone(),
+        output_column: options.output_column.clone(),
+        threshold: settings.threshold,
+        allow_overlapping: settings.allow_overlapping,
+        precision: settings.precision.clone(),
+    };
+
+    let dir = &options.output_dir;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let _lock = DirLock::acquire(dir, "annotation")?;
+    let manifest = open_manifest(dir, job)?;
+    let mut pending = Vec::new();
+    let mut skipped_files = 0;
+    for input in inputs {
+        if input.finished(dir, &manifest)? {
+            skipped_files += 1;
+        } else {
+            pending.push(input);
+        }
+    }
+
+    let total_rows: usize = pending.iter().map(|input| input.rows).sum();
+    let bar = progress_bar(options.progress, total_rows as u64, 0);
+    let manifest = Mutex::new(manifest);
+    let done: Vec<(usize, usize)> = futures::stream::iter(pending.iter())
+        .map(|input| input.annotate(ctx, options, dir, &manifest, &bar))
+        .buffer_unordered(options.files_at_once)
+        .try_collect()
+        .await?;
+    bar.finish_and_clear();
+    Ok(ClusterAnnotateReport {
+        files: done.len(),
+        rows: done.iter().map(|(rows, _)| rows).sum(),
+        skipped_files,
+        failed_rows: done.iter().map(|(_, failed)| failed).sum(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// An input file, checked.
+struct Input {
+    path: PathBuf,
+    /// The output file's name (the input's).
+    name: String,
+    identity: FileIdentity,
+    rows: usize,
+}
+
+/// Opens every input, checks its column and that no two share an output name.
+fn check_inputs(options: &ClusterAnnotateOptions) -> Result<Vec<Input>> {
+    let mut names: BTreeMap<String, &Path> = BTreeMap::new();
+    let mut inputs = Vec::with_capacity(options.inputs.len());
+    for path in &options.inputs {
+        let builder = open_parquet(path)?;
+        entity_schema(
+            builder.schema(),
+            path,
+            &options.column,
+            &options.output_column,
+        )?;
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::file(path, "is not a file"))?;
+        if let Some(other) = names.insert(name.clone(), path) {
+            return Err(Error::file(
+                path,
+                format!(
+                    "has the same name as {}: both would be written to `{name}`",
+                    other.display()
+                ),
+            ));
+        }
+        inputs.push(Input {
+            rows: builder.metadata().file_metadata().num_rows().max(0) as usize,
+            identity: FileIdentity::of(path)?,
+            path: path.clone(),
+            name,
+        });
+    }
+    Ok(inputs)
+}
+
+/// The output directory's manifest, created for `job` or checked to be `job`'s.
+fn open_manifest(dir: &Path, job: Job) -> Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    if !path.exists() {
+        let manifest = Manifest {
+            job,
+            files: BTreeMap::new(),
+        };
+        write_manifest(dir, &manifest)?;
+        return Ok(manifest);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let found: Manifest = serde_json::from_str(&text).map_err(|e| {
+        Error::file(
+            &path,
+            format!(
+                "not a manifest of this version of the tool ({e}); use another output directory"
+            ),
+        )
+    })?;
+    if found.job != job {
+        return Err(Error::file(
+            dir,
+            format!(
+                "holds the output of another annotation job ({}); rerun it with the same model and settings, or use another output directory",
+                job_differences(&found.job, &job)
+            ),
+        ));
+    }
+    Ok(found)
+}
+
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let text = serde_json::to_string_pretty(manifest)
+        .map_err(|e| Error::file(dir, format!("cannot record the job: {e}")))?;
+    span_marker::checkpoint::write_atomically(&dir.join(MANIFEST_FILE), text.as_bytes())?;
+    Ok(())
+}
+
+impl Input {
+    /// Whether an earlier run finished this file; an error when its output is there but
+    /// not this job's, or its input changed since.
+    fn finished(&self, dir: &Path, manifest: &Manifest) -> Result<bool> {
+        let output = dir.join(&self.name);
+        let record = manifest.files.get(&self.name);
+        if let Some(record) = record {
+            if record.input != self.identity {
+                return Err(Error::file(
+                    &self.path,
+                    format!(
+                        "changed since {} was written from it: remove that output to annotate the new content",
+                        output.display()
+                    ),
+                ));
+            }
+        }
+        if std::fs::symlink_metadata(&output).is_err() {
+            return Ok(false);
+        }
+        match record {
+            Some(record) if FileIdentity::of(&output)? == record.output => Ok(true),
+            _ => Err(Error::file(
+                &output,
+                "exists but was not written by this annotation job: it is not replaced; move it away or use another output directory",
+            )),
+        }
+    }
+
+    /// Runs the file's query on the cluster and publishes its output; returns its rows and
+    /// how many of them could not be annotated.
+    async fn annotate(
+        &self,
+        ctx: &SessionContext,
+        options: &ClusterAnnotateOptions,
+        dir: &Path,
+        manifest: &Mutex<Manifest>,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<(usize, usize)> {
+        let output = dir.join(&self.name);
+        let failed_here = |e: &dyn std::fmt::Display| {
+            Error::file(&self.path, format!("annotation on the cluster failed: {e}"))
+        };
+        let function = match options.column.kind() {
+            InputKind::Words => "span_marker_predict",
+            InputKind::Text => "span_marker_predict_text",
+        };
+        let input_column =
+            Expr::Column(datafusion::common::Column::from_name(options.column.name()));
+        let entities = ctx.udf(function)?.call(vec![input_column.clone()]);
+        let path = self.path.to_string_lossy();
+        let frame = ctx
+            .read_parquet(path.as_ref(), ParquetReadOptions::default())
+            .await?;
+        let mut columns: Vec<Expr> = frame
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
+        columns.push(entities.alias(&options.output_column));
+        let frame = frame.select(columns)?;
+        let stream = frame.execute_stream().await.map_err(|e| failed_here(&e))?;
+        let mut stream = stream;
+        let schema = stream.schema();
+        let mut out = ParquetOut::create(&output, &schema)?;
+        let (mut rows, mut failed) = (0, 0);
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| failed_here(&e))?;
+            failed += unannotated(&batch, options)?;
+            rows += batch.num_rows();
+            out.write(&batch)?;
+            bar.inc(batch.num_rows() as u64);
+        }
+        if rows != self.rows {
+            return Err(failed_here(&format!(
+                "{rows} rows came back, the file has {}",
+                self.rows
+            )));
+        }
+        let temp = out.finish()?;
+        // Recorded before it is published: a run stopped in between finds an output that the
+        // manifest knows.
+        let finished = Finished {
+            input: self.identity.clone(),
+            output: FileIdentity::of(temp.path())?,
+        };
+        {
+            let mut manifest = manifest.lock().unwrap_or_else(|p| p.into_inner());
+            manifest.files.insert(self.name.clone(), finished);
+            write_manifest(dir, &manifest)?;
+        }
+        publish(temp.path(), &output)?;
+        Ok((rows, failed))
+    }
+}
+
+/// Rows of `batch` whose entities are NULL though their input is not.
+fn unannotated(batch: &RecordBatch, options: &ClusterAnnotateOptions) -> Result<usize> {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::column(name, "missing from a result batch"))
+    };
+    let input = column(options.column.name())?;
+    let entities = column(&options.output_column)?;
+    Ok((0..batch.num_rows())
+        .filter(|&row| entities.is_null(row) && !input.is_null(row))
+        .count())
+}
+
+fn setting(key: &str, message: &str) -> Error {
+    Error::Pipeline {
+        file: "annotate".into(),
+        key: key.into(),
+        message: message.into(),
+    }
+}
