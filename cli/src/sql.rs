@@ -4,7 +4,7 @@
 use clap::Args;
 use datafusion::arrow::util::pretty::print_batches;
 use datafusion::prelude::SessionContext;
-use span_marker_udfs::cluster::Cluster;
+use span_marker_udfs::cluster::{readable_error, Cluster};
 use span_marker_udfs::sql::SpanMarkerOptions;
 
 use crate::args::ModelArgs;
@@ -66,7 +66,11 @@ pub fn run(args: SqlArgs) -> CliResult {
                     checked = Some(model);
                 }
             }
-            let batches = ctx.sql(statement).await?.collect().await?;
+            let batches = match ctx.sql(statement).await?.collect().await {
+                Ok(batches) => batches,
+                Err(e) if cluster.is_some() => return Err(readable_error(&e).into()),
+                Err(e) => return Err(e.into()),
+            };
             if !batches.is_empty() {
                 print_batches(&batches)?;
             }

@@ -44,13 +44,6 @@ pub enum Error {
     /// The thread that runs the engine functions' libtorch work could not take or finish a job.
     #[error("the model thread {0}")]
     ModelThread(&'static str),
-    /// A failure on a cluster executor (or another process working for this one), naming it.
-    #[error("executor {name}: {source}")]
-    Worker {
-        name: String,
-        #[source]
-        source: Box<Error>,
-    },
     /// A cluster that cannot be reached or used as asked.
     #[error("cluster {url}: {message}")]
     Cluster { url: String, message: String },

@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::error::DataFusionError;
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::{Expr, ParquetReadOptions, SessionContext};
 use futures::{StreamExt, TryStreamExt};
@@ -34,7 +35,7 @@ use span_marker::lock::DirLock;
 use crate::annotate::{
     entity_schema, job_differences, progress_bar, publish, InputColumn, ParquetOut,
 };
-use crate::cluster::Cluster;
+use crate::cluster::{readable_error, Cluster};
 use crate::columns::InputKind;
 use crate::error::{Error, Result};
 use crate::sources::open_parquet;
@@ -317,8 +318,11 @@ impl Input {
         bar: &indicatif::ProgressBar,
     ) -> Result<(usize, usize)> {
         let output = dir.join(&self.name);
-        let failed_here = |e: &dyn std::fmt::Display| {
-            Error::file(&self.path, format!("annotation on the cluster failed: {e}"))
+        let failed_here = |e: &DataFusionError| {
+            Error::file(
+                &self.path,
+                format!("annotation on the cluster failed: {}", readable_error(e)),
+            )
         };
         let function = match options.column.kind() {
             InputKind::Words => "span_marker_predict",
@@ -352,10 +356,13 @@ impl Input {
             bar.inc(batch.num_rows() as u64);
         }
         if rows != self.rows {
-            return Err(failed_here(&format!(
-                "{rows} rows came back, the file has {}",
-                self.rows
-            )));
+            return Err(Error::file(
+                &self.path,
+                format!(
+                    "{rows} rows came back from the cluster, the file has {}",
+                    self.rows
+                ),
+            ));
         }
         let temp = out.finish()?;
         // Recorded before it is published: a run stopped in between finds an output that the

@@ -155,10 +155,14 @@ impl Cluster {
         // busy cluster may need another round.
         for round in 0..4 {
             let partitions = executors.len() * 4 << round;
-            for info in self.ask_executors(ctx, partitions).await.map_err(|e| {
+            let asked = self.ask_executors(ctx, partitions).await;
+            for info in asked.map_err(|e| {
+                let reason = match e {
+                    Error::DataFusion(e) => readable_error(&e),
+                    other => other.to_string(),
+                };
                 self.error(format!(
-                    "the model `{model}` cannot be loaded on every executor: {}",
-                    e.to_string().trim()
+                    "the model `{model}` cannot be loaded on every executor: {reason}"
                 ))
             })? {
                 answers.insert(info.executor.clone(), info);
@@ -249,6 +253,32 @@ impl Cluster {
             message,
         }
     }
+}
+
+/// A cluster error as one readable line: where a task failed, the message of the executor's
+/// error, which Ballista hands back in its debug form (`DataFusionError(Shared(External(...`).
+pub fn readable_error(error: &datafusion::error::DataFusionError) -> String {
+    const MARK: &str = "Execution(\"";
+    let text = error.strip_backtrace();
+    let Some(start) = text.find(MARK) else {
+        return text;
+    };
+    // The string's debug form, up to its closing quote.
+    let mut message = String::new();
+    let mut chars = text[start + MARK.len()..].chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            ('"', _) => break,
+            (_, true) => match chars.next() {
+                Some('n') => message.push('\n'),
+                Some('t') => message.push('\t'),
+                Some(escaped) => message.push(escaped),
+                None => break,
+            },
+            (c, false) => message.push(c),
+        }
+    }
+    format!("a task failed on the cluster: {message}")
 }
 
 /// A session on the cluster at `url` (`df://HOST:PORT`), checked to answer; the same as

@@ -38,7 +38,7 @@ use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::SessionConfig;
 
-pub use client::{remote_context, Cluster, ExecutorInfo};
+pub use client::{readable_error, remote_context, Cluster, ExecutorInfo};
 
 use crate::sql::{add_settings, scalar_functions, Worker};
 

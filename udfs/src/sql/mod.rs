@@ -73,6 +73,27 @@ pub struct Worker {
     pub device: Option<String>,
 }
 
+impl Worker {
+    /// `result` as the function's answer: on a worker, an error becomes one plain message
+    /// naming it (Ballista hands errors back to the client in their debug form).
+    pub(crate) fn answer<T>(
+        worker: Option<&Worker>,
+        result: datafusion::error::Result<T>,
+    ) -> datafusion::error::Result<T> {
+        match worker {
+            None => result,
+            Some(worker) => result.map_err(|e| {
+                use datafusion::error::DataFusionError;
+                let message = match e {
+                    DataFusionError::External(inner) => inner.to_string(),
+                    other => other.strip_backtrace(),
+                };
+                DataFusionError::Execution(format!("executor {}: {message}", worker.name))
+            }),
+        }
+    }
+}
+
 /// The scalar functions (`span_marker_candidates`, `span_marker_predict`,
 /// `span_marker_predict_text`, `span_marker_model_info`), with `model` used when
 /// `span_marker.model` is not set, running on `worker` when they run for others.

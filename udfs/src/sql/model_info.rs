@@ -97,7 +97,10 @@ impl ScalarUDFImpl for SpanMarkerModelInfo {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let settings = SpanMarkerOptions::from_config(&args.config_options);
-        let info = self.describe(&settings)?;
+        let info = Worker::answer(
+            self.worker.as_deref(),
+            self.describe(&settings).map_err(Into::into),
+        )?;
         Ok(ColumnarValue::Array(Arc::new(StringArray::from(vec![
             info.as_str();
             args.number_rows

@@ -128,20 +128,16 @@ impl SpanMarkerOptions {
         self.model_on(fallback, None)
     }
 
-    /// [`model`](Self::model) as loaded by `worker`: on its device, with a failure naming it.
+    /// [`model`](Self::model) as loaded by `worker`: on its device.
     pub(crate) fn model_on(
         &self,
         fallback: Option<&SharedModel>,
         worker: Option<&Worker>,
     ) -> Result<SharedModel> {
-        let Some(worker) = worker else {
-            return self.load(fallback, &self.device);
-        };
-        let device = worker.device.as_deref().unwrap_or(&self.device);
-        self.load(fallback, device).map_err(|e| Error::Worker {
-            name: worker.name.clone(),
-            source: Box::new(e),
-        })
+        let device = worker
+            .and_then(|w| w.device.as_deref())
+            .unwrap_or(&self.device);
+        self.load(fallback, device)
     }
 
     fn load(&self, fallback: Option<&SharedModel>, device: &str) -> Result<SharedModel> {

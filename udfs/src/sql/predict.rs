@@ -132,6 +132,19 @@ impl ScalarUDFImpl for SpanMarkerPredict {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Worker::answer(self.worker.as_deref(), self.predict(args))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(match self.kind {
+            InputKind::Words => &WORDS_DOCS,
+            InputKind::Text => &TEXT_DOCS,
+        })
+    }
+}
+
+impl SpanMarkerPredict {
+    fn predict(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = arrays(&args)?;
         let settings = SpanMarkerOptions::from_config(&args.config_options);
         let options = settings.predict_options()?;
@@ -153,12 +166,5 @@ impl ScalarUDFImpl for SpanMarkerPredict {
                 other => other.into(),
             })?;
         Ok(ColumnarValue::Array(column))
-    }
-
-    fn documentation(&self) -> Option<&Documentation> {
-        Some(match self.kind {
-            InputKind::Words => &WORDS_DOCS,
-            InputKind::Text => &TEXT_DOCS,
-        })
     }
 }
