@@ -402,3 +402,34 @@ fn setting(key: &str, message: &str) -> Error {
         message: message.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_are_a_directory_a_glob_or_a_file_sorted_and_never_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.parquet", "a.parquet", "notes.txt"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let names = |files: Vec<PathBuf>| -> Vec<String> {
+            files
+                .iter()
+                .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        let root = dir.path().to_string_lossy().into_owned();
+        assert_eq!(
+            names(input_files(&root).unwrap()),
+            ["a.parquet", "b.parquet"]
+        );
+        let glob = format!("{root}/b*");
+        assert_eq!(names(input_files(&glob).unwrap()), ["b.parquet"]);
+        let file = format!("{root}/notes.txt");
+        assert_eq!(names(input_files(&file).unwrap()), ["notes.txt"]);
+        let none = format!("{root}/*.csv");
+        let error = input_files(&none).unwrap_err().to_string();
+        assert!(error.contains("names no Parquet file"), "{error}");
+    }
+}

@@ -154,7 +154,7 @@ impl Cluster {
         // Tasks go to the executors in turn, so a few tasks per executor reach them all; a
         // busy cluster may need another round.
         for round in 0..4 {
-            let partitions = executors.len() * 4 << round;
+            let partitions = (executors.len() * 4) << round;
             let asked = self.ask_executors(ctx, partitions).await;
             for info in asked.map_err(|e| {
                 let reason = match e {
@@ -285,4 +285,43 @@ pub fn readable_error(error: &datafusion::error::DataFusionError) -> String {
 /// `Cluster::connect(url)?.context()`.
 pub async fn remote_context(url: &str) -> Result<SessionContext> {
     Cluster::connect(url)?.context().await
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::error::DataFusionError;
+
+    use super::*;
+
+    #[test]
+    fn a_task_error_in_debug_form_comes_back_as_its_message() {
+        // How Ballista's client reports a task that failed on an executor.
+        let inner = DataFusionError::Execution(
+            "executor 127.0.0.1:1/2: model \"m\": not a directory\nsee `x`".into(),
+        );
+        let shipped = DataFusionError::Execution(format!(
+            "Job 1 failed: Job failed due to stage 0 failed: Task failed due to runtime \
+             execution error: DataFusionError(Shared(External(DataFusionError({inner:?})))))"
+        ));
+        assert_eq!(
+            readable_error(&shipped),
+            "a task failed on the cluster: executor 127.0.0.1:1/2: model \"m\": not a directory\nsee `x`"
+        );
+        let plain = DataFusionError::Plan("no such table".into());
+        assert_eq!(readable_error(&plain), plain.strip_backtrace());
+    }
+
+    #[test]
+    fn addresses_that_are_not_df_urls_are_refused_before_any_connection() {
+        for (url, expected) in [
+            ("http://h:1", "expected df://HOST:PORT"),
+            ("df://", "expected df://HOST:PORT"),
+            ("df://h:port", "`port` is not a port number"),
+            ("df://h/x:1", "expected df://HOST:PORT"),
+        ] {
+            let error = Cluster::connect(url).unwrap_err().to_string();
+            assert!(error.contains(expected), "{url}: {error}");
+            assert!(error.starts_with(&format!("cluster {url}: ")), "{error}");
+        }
+    }
 }
