@@ -19,7 +19,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache_root/target}"
 bash scripts/setup.sh
 cargo build --release -p span-marker-cli
 bin="$CARGO_TARGET_DIR/release/span-marker"
-python=./.venv-python/bin/python
+python=./.venv-python
 
 work="$(mktemp -d)"
 pids=()

@@ -1,6 +1,7 @@
 //! `span-marker annotate`: an entity column added to a Parquet corpus, streaming and
 //! resumable (see [`span_marker_udfs::annotate`]).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -217,6 +218,9 @@ fn show_entities(output: &Path, options: &AnnotateOptions, rows: usize) -> CliRe
     if rows == 0 {
         return Ok(());
     }
+    // Written, not printed: with --cluster SIGPIPE is ignored, and a closed standard output is
+    // an error that ends the command quietly (see `span_marker_cli::run`), not a panic.
+    let mut out = std::io::stdout().lock();
     let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(output)?)?
         .with_batch_size(rows)
         .with_limit(rows)
@@ -251,9 +255,9 @@ fn show_entities(output: &Path, options: &AnnotateOptions, rows: usize) -> CliRe
                     .map(|w| w.unwrap_or_default().to_owned())
                     .collect()
             };
-            println!("{}", words.join(" "));
+            writeln!(out, "{}", words.join(" "))?;
             if entities.is_null(row) {
-                println!("    (not annotated)");
+                writeln!(out, "    (not annotated)")?;
                 continue;
             }
             let found = entities.value(row);
@@ -273,10 +277,15 @@ fn show_entities(output: &Path, options: &AnnotateOptions, rows: usize) -> CliRe
                     Some(t) => t.as_string::<i32>().value(i).to_owned(),
                     None => words[starts.value(i) as usize..ends.value(i) as usize].join(" "),
                 };
-                println!("    {:<6} {:.3}  {span}", labels.value(i), scores.value(i));
+                writeln!(
+                    out,
+                    "    {:<6} {:.3}  {span}",
+                    labels.value(i),
+                    scores.value(i)
+                )?;
             }
             if found.is_empty() {
-                println!("    (no entities)");
+                writeln!(out, "    (no entities)")?;
             }
         }
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use span_marker_udfs::cluster::server::{
-    run_executor, run_scheduler, ExecutorOptions, SchedulerOptions,
+    run_executor, run_scheduler, ExecutorOptions, SchedulerOptions, SCHEDULER_PORT,
 };
 
 use crate::CliResult;
@@ -25,7 +25,7 @@ pub struct SchedulerArgs {
     #[arg(long, default_value = "0.0.0.0")]
     bind_host: String,
     /// Port of the scheduler's API (`--cluster df://HOST:PORT` of the clients).
-    #[arg(long, short, default_value_t = 50050)]
+    #[arg(long, short, visible_alias = "bind-port", default_value_t = SCHEDULER_PORT)]
     port: u16,
     /// The host name executors and clients reach this scheduler by.
     #[arg(long, default_value = "localhost")]
@@ -44,20 +44,21 @@ pub struct ExecutorArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind_host: String,
-    /// The host name the scheduler and clients reach this executor by (default: --bind-host).
+    /// The host name the scheduler and clients reach this executor by (default: the address
+    /// the scheduler sees its connection come from).
     #[arg(long)]
     external_host: Option<String>,
     /// Port of the executor's Arrow Flight service (results).
-    #[arg(long, short, default_value_t = 50051)]
+    #[arg(long, short, visible_alias = "bind-port", default_value_t = 50051)]
     port: u16,
     /// Port of the executor's gRPC service (tasks).
-    #[arg(long, default_value_t = 50052)]
+    #[arg(long, visible_alias = "bind-grpc-port", default_value_t = 50052)]
     grpc_port: u16,
     /// The scheduler's host.
     #[arg(long, default_value = "localhost")]
     scheduler_host: String,
     /// The scheduler's port.
-    #[arg(long, default_value_t = 50050)]
+    #[arg(long, default_value_t = SCHEDULER_PORT)]
     scheduler_port: u16,
     /// Tasks run at once (the model serves them in turn, with all intra-op threads).
     #[arg(long, short = 'c', default_value_t = 2)]

@@ -80,6 +80,14 @@ fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
     let Err(error) = result else {
         return ExitCode::SUCCESS;
     };
+    // Standard output closed by its reader (`... | head`) where SIGPIPE is ignored: the
+    // reader has what it wanted.
+    if error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    {
+        return ExitCode::SUCCESS;
+    }
     let mut shown = error.to_string();
     eprintln!("error: {shown}");
     let mut source = error.source();

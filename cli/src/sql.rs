@@ -2,7 +2,9 @@
 //! With `--cluster`, the statements run on a Ballista cluster.
 
 use clap::Args;
-use datafusion::arrow::util::pretty::print_batches;
+use std::io::Write;
+
+use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
 use span_marker_udfs::cluster::{readable_error, Cluster};
 use span_marker_udfs::sql::SpanMarkerOptions;
@@ -52,15 +54,16 @@ pub fn run(args: SqlArgs) -> CliResult {
             args.model.device.replace('\'', "''")
         ))
         .await?;
-        // The model the executors were last checked to load.
-        let mut checked: Option<String> = None;
+        // The model (and device) the executors were last checked to load.
+        let mut checked: Option<(String, String)> = None;
         for statement in &args.statements {
             if let Some(cluster) = &cluster {
                 let is_set = statement
                     .trim_start()
                     .get(..4)
                     .is_some_and(|start| start.eq_ignore_ascii_case("set "));
-                let model = SpanMarkerOptions::from_config(ctx.state().config().options()).model;
+                let settings = SpanMarkerOptions::from_config(ctx.state().config().options());
+                let model = (settings.model, settings.device);
                 if !is_set && checked.as_ref() != Some(&model) {
                     cluster.check_model(&ctx).await?;
                     checked = Some(model);
@@ -72,7 +75,12 @@ pub fn run(args: SqlArgs) -> CliResult {
                 Err(e) => return Err(e.into()),
             };
             if !batches.is_empty() {
-                print_batches(&batches)?;
+                // Written, not printed: see `show_entities` in annotate.rs.
+                writeln!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    pretty_format_batches(&batches)?
+                )?;
             }
         }
         Ok(())

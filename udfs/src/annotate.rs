@@ -478,6 +478,9 @@ fn write_parquet_atomically(
     Ok(())
 }
 
+/// How the temporary names of [`ParquetOut`] files start (they end in `.tmp`).
+pub(crate) const TEMP_PREFIX: &str = ".span-marker-";
+
 /// A Parquet file being written under a temporary name beside its destination.
 pub(crate) struct ParquetOut {
     path: PathBuf,
@@ -490,7 +493,7 @@ impl ParquetOut {
     pub(crate) fn create(path: &Path, schema: &SchemaRef) -> Result<Self> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let temp = tempfile::Builder::new()
-            .prefix(".span-marker-")
+            .prefix(TEMP_PREFIX)
             .suffix(".tmp")
             .tempfile_in(dir)
             .map_err(|e| Error::io(dir, e))?;
@@ -565,7 +568,7 @@ fn merge_parts(dir: &Path, manifest: &Manifest, output: &Path, schema: &SchemaRe
             ..manifest.clone()
         },
     )?;
-    publish(&merged, output)?;
+    publish(&merged, output, "the result is kept in the part directory")?;
     remove_parts(dir)
 }
 
@@ -584,11 +587,12 @@ fn remove_parts(dir: &Path) -> Result<()> {
 /// Moves `file` to `output` unless something is there: a hard link fails rather than replace,
 /// where a rename would not. File systems without hard links get a checked rename (a file
 /// created at the output in the instant between the check and the rename would be replaced).
-pub(crate) fn publish(file: &Path, output: &Path) -> Result<()> {
+/// `kept` says where the result stays when the output is taken.
+pub(crate) fn publish(file: &Path, output: &Path, kept: &str) -> Result<()> {
     let taken = || {
         Error::file(
             output,
-            "appeared while the annotation ran; it was not replaced (the result is kept in the part directory)",
+            format!("appeared while the annotation ran; it was not replaced ({kept})"),
         )
     };
     match std::fs::hard_link(file, output) {

@@ -33,7 +33,7 @@ use span_marker::fingerprint::FileIdentity;
 use span_marker::lock::DirLock;
 
 use crate::annotate::{
-    entity_schema, job_differences, progress_bar, publish, InputColumn, ParquetOut,
+    entity_schema, job_differences, progress_bar, publish, InputColumn, ParquetOut, TEMP_PREFIX,
 };
 use crate::cluster::{readable_error, Cluster};
 use crate::columns::InputKind;
@@ -107,19 +107,28 @@ struct Manifest {
 pub fn input_files(pattern: &str) -> Result<Vec<PathBuf>> {
     let path = Path::new(pattern);
     let mut files: Vec<PathBuf> = if path.is_dir() {
-        std::fs::read_dir(path)
-            .map_err(|e| Error::io(path, e))?
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "parquet"))
-            .collect()
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
+            let file = entry.map_err(|e| Error::io(path, e))?.path();
+            if file.is_file() && file.extension().is_some_and(|e| e == "parquet") {
+                files.push(file);
+            }
+        }
+        files
     } else if path.is_file() {
         vec![path.to_path_buf()]
     } else {
-        glob::glob(pattern)
-            .map_err(|e| Error::file(path, format!("not a file, directory or glob: {e}")))?
-            .filter_map(|entry| entry.ok())
-            .filter(|p| p.is_file())
-            .collect()
+        let mut files = Vec::new();
+        let matches = glob::glob(pattern)
+            .map_err(|e| Error::file(path, format!("not a file, directory or glob: {e}")))?;
+        for entry in matches {
+            // An entry that cannot be read is an error, not a file left out.
+            let file = entry.map_err(|e| Error::io(e.path().to_owned(), e.into()))?;
+            if file.is_file() {
+                files.push(file);
+            }
+        }
+        files
     };
     files.sort();
     if files.is_empty() {
@@ -146,6 +155,14 @@ pub async fn annotate_files(
     let settings = SpanMarkerOptions::from_config(ctx.state().config().options());
     settings.predict_options()?;
     let inputs = check_inputs(options)?;
+    // One task per file, whatever the caller's session says: its rows come back in order.
+    let mut state = ctx.state();
+    state
+        .config_mut()
+        .options_mut()
+        .optimizer
+        .repartition_file_scans = false;
+    let ctx = &SessionContext::new_with_state(state);
 
     // Every executor loads the model (and the same weights) before anything is written.
     let models = cluster.check_model(ctx).await?;
@@ -166,6 +183,7 @@ pub async fn annotate_files(
     let dir = &options.output_dir;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let _lock = DirLock::acquire(dir, "annotation")?;
+    remove_unfinished(dir)?;
     let manifest = open_manifest(dir, job)?;
     let mut pending = Vec::new();
     let mut skipped_files = 0;
@@ -239,16 +257,28 @@ fn check_inputs(options: &ClusterAnnotateOptions) -> Result<Vec<Input>> {
     Ok(inputs)
 }
 
-/// The output directory's manifest, created for `job` or checked to be `job`'s.
+/// Removes what killed runs left in `dir` (locked by this run): outputs and manifests being
+/// written, under their temporary names.
+fn remove_unfinished(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with(TEMP_PREFIX) && name.ends_with(".tmp") && path.is_file() {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The output directory's manifest, checked to be `job`'s, or a new one for `job` (written
+/// with the first finished file).
 fn open_manifest(dir: &Path, job: Job) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
     if !path.exists() {
-        let manifest = Manifest {
+        return Ok(Manifest {
             job,
             files: BTreeMap::new(),
-        };
-        write_manifest(dir, &manifest)?;
-        return Ok(manifest);
+        });
     }
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let found: Manifest = serde_json::from_str(&text).map_err(|e| {
@@ -283,23 +313,23 @@ impl Input {
     /// not this job's, or its input changed since.
     fn finished(&self, dir: &Path, manifest: &Manifest) -> Result<bool> {
         let output = dir.join(&self.name);
-        let record = manifest.files.get(&self.name);
-        if let Some(record) = record {
-            if record.input != self.identity {
-                return Err(Error::file(
-                    &self.path,
-                    format!(
-                        "changed since {} was written from it: remove that output to annotate the new content",
-                        output.display()
-                    ),
-                ));
-            }
-        }
         if std::fs::symlink_metadata(&output).is_err() {
+            // Never written, removed, or recorded by a run stopped before publishing it.
             return Ok(false);
         }
-        match record {
-            Some(record) if FileIdentity::of(&output)? == record.output => Ok(true),
+        match manifest.files.get(&self.name) {
+            Some(record) if FileIdentity::of(&output)? == record.output => {
+                if record.input != self.identity {
+                    return Err(Error::file(
+                        &self.path,
+                        format!(
+                            "changed since {} was written from it: remove that output to annotate the new content",
+                            output.display()
+                        ),
+                    ));
+                }
+                Ok(true)
+            }
             _ => Err(Error::file(
                 &output,
                 "exists but was not written by this annotation job: it is not replaced; move it away or use another output directory",
@@ -376,7 +406,11 @@ impl Input {
             manifest.files.insert(self.name.clone(), finished);
             write_manifest(dir, &manifest)?;
         }
-        publish(temp.path(), &output)?;
+        publish(
+            temp.path(),
+            &output,
+            "this run's result for it is discarded",
+        )?;
         Ok((rows, failed))
     }
 }

@@ -10,15 +10,13 @@ use datafusion::arrow::array::AsArray;
 use datafusion::prelude::SessionContext;
 use serde::Deserialize;
 
+use crate::cluster::server::SCHEDULER_PORT;
 use crate::cluster::{session_config, session_state};
 use crate::error::{Error, Result};
 use crate::sql::{scalar_functions, ModelInfo, SpanMarkerOptions};
 
 /// How long a scheduler may take to accept a connection or answer its REST API.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Ballista's default scheduler port.
-const DEFAULT_PORT: u16 = 50050;
 
 /// A Ballista scheduler with SpanMarker executors, reached at `df://HOST:PORT`.
 #[derive(Debug, Clone)]
@@ -54,7 +52,7 @@ impl Cluster {
                 port.parse::<u16>()
                     .map_err(|_| bad(format!("`{port}` is not a port number")))?,
             ),
-            None => (rest, DEFAULT_PORT),
+            None => (rest, SCHEDULER_PORT),
         };
         if host.is_empty() || host.contains('/') {
             return Err(bad("expected df://HOST:PORT".into()));
@@ -178,7 +176,8 @@ impl Cluster {
             .collect();
         if !missing.is_empty() {
             return Err(self.error(format!(
-                "executor(s) {} took no part in the check of model `{model}`; are they busy or lost?",
+                "executor(s) {} took no part in the check of model `{model}`: busy, or lost (the \
+                 scheduler drops a lost executor after its executor timeout; run again then)",
                 missing.join(", ")
             )));
         }

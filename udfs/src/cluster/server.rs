@@ -1,10 +1,10 @@
 //! The scheduler and executor programs: Ballista's, with the SpanMarker functions and
 //! settings built in.
 //!
-//! Defaults suit a small annotation cluster: executors send a heartbeat every 5 s and the
-//! scheduler gives up on a silent one after 30 s (Ballista's own defaults are 60 s and 180 s),
-//! so that work of a lost executor is retried elsewhere within seconds, and tasks go to the
-//! executors in turn (round robin) rather than filling the first one.
+//! The command line's defaults suit a small annotation cluster: executors send a heartbeat
+//! every 5 s and the scheduler gives up on a silent one after 30 s (Ballista's own defaults
+//! are 60 s and 180 s), so that work of a lost executor is retried elsewhere within seconds;
+//! tasks go to the executors in turn (round robin) rather than filling the first one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +19,9 @@ use span_marker::device::parse_device;
 use crate::cluster::{function_registry, session_config, session_state};
 use crate::error::{Error, Result};
 use crate::sql::Worker;
+
+/// Ballista's default scheduler port.
+pub const SCHEDULER_PORT: u16 = 50050;
 
 /// How a scheduler listens and when it gives up on executors.
 #[derive(Debug, Clone)]
@@ -35,25 +38,13 @@ pub struct SchedulerOptions {
     pub task_max_failures: usize,
 }
 
-impl Default for SchedulerOptions {
-    fn default() -> Self {
-        Self {
-            bind_host: "0.0.0.0".into(),
-            port: 50050,
-            external_host: "localhost".into(),
-            executor_timeout_seconds: 30,
-            task_max_failures: 4,
-        }
-    }
-}
-
 /// How an executor listens, which scheduler it serves, and where its model runs.
 #[derive(Debug, Clone)]
 pub struct ExecutorOptions {
     /// Address to listen on.
     pub bind_host: String,
     /// The host name the scheduler, other executors and clients reach this executor by
-    /// (default: `bind_host`).
+    /// (default: the address the scheduler sees its connection come from).
     pub external_host: Option<String>,
     /// Port of the Arrow Flight service that serves results.
     pub port: u16,
@@ -71,23 +62,6 @@ pub struct ExecutorOptions {
     pub device: Option<String>,
     /// Seconds between heartbeats to the scheduler.
     pub heartbeat_interval_seconds: u64,
-}
-
-impl Default for ExecutorOptions {
-    fn default() -> Self {
-        Self {
-            bind_host: "0.0.0.0".into(),
-            external_host: None,
-            port: 50051,
-            grpc_port: 50052,
-            scheduler_host: "localhost".into(),
-            scheduler_port: 50050,
-            concurrent_tasks: 2,
-            work_dir: None,
-            device: None,
-            heartbeat_interval_seconds: 5,
-        }
-    }
 }
 
 /// Runs a scheduler until the process is stopped.
@@ -125,13 +99,14 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     if options.concurrent_tasks == 0 {
         return Err(setting("concurrent-tasks", "must be at least 1".into()));
     }
-    let external_host = options
+    // The id names this executor in the scheduler's API and in errors: where it listens, and
+    // a random part that tells apart executors on one address (a restarted one, containers).
+    let host = options
         .external_host
-        .clone()
-        .unwrap_or_else(|| options.bind_host.clone());
-    // The id names this executor in the scheduler's API and in errors; the process id tells
-    // a restarted executor from the one it replaces.
-    let executor_id = format!("{external_host}:{}/{}", options.port, std::process::id());
+        .as_deref()
+        .unwrap_or(&options.bind_host);
+    let random = ballista_core::ids::new_instance_id();
+    let executor_id = format!("{host}:{}/{}", options.port, &random[..8]);
     let registry = function_registry(Worker {
         name: executor_id.clone(),
         device: options.device.clone(),
@@ -139,7 +114,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     let config = ExecutorProcessConfig {
         executor_id,
         bind_host: options.bind_host.clone(),
-        external_host: Some(external_host),
+        external_host: options.external_host.clone(),
         port: options.port,
         grpc_port: options.grpc_port,
         scheduler_host: options.scheduler_host.clone(),
