@@ -18,9 +18,11 @@ pub fn init() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                // Ballista's client logs a failed job's error in its debug form; the command
-                // reports it readably.
-                "warn,ballista_core::execution_plans::distributed_query=off".into()
+                // Ballista's client logs a failed job's error in its debug form (the command
+                // reports it readably), and its scheduler an error about metrics display on
+                // every job that runs fine.
+                "warn,ballista_core::execution_plans::distributed_query=off,ballista_scheduler::display=off"
+                    .into()
             }),
         )
         .with_writer(std::io::stderr)
