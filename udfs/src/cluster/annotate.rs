@@ -123,7 +123,10 @@ pub fn input_files(pattern: &str) -> Result<Vec<PathBuf>> {
             .map_err(|e| Error::file(path, format!("not a file, directory or glob: {e}")))?;
         for entry in matches {
             // An entry that cannot be read is an error, not a file left out.
-            let file = entry.map_err(|e| Error::io(e.path().to_owned(), e.into()))?;
+            let file = entry.map_err(|e| {
+                let path = e.path().to_path_buf();
+                Error::io(path, e.into())
+            })?;
             if file.is_file() {
                 files.push(file);
             }
