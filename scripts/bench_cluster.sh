@@ -2,7 +2,7 @@
 # One process against a Ballista cluster (a scheduler and N executors on this machine):
 # annotation rows/s on CoNLL-2003 sentences, and the fixed cost of a query.
 #
-#   CONLL2003_DIR=../shared/data/conll2003 bash scripts/bench_cluster.sh [MODEL] [EXECUTORS]
+#   CONLL2003_DIR=/data/conll2003 bash scripts/bench_cluster.sh [MODEL] [EXECUTORS]
 #
 # MODEL defaults to `bundled` (MiniLM), EXECUTORS to 2. The test split goes into one Parquet
 # file (for `span-marker annotate`, one process) and into four (for `annotate --cluster`,

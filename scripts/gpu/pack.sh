@@ -2,7 +2,7 @@
 # Packs what the GPU machine needs into .gpu-bundle/ (ignored by git), small enough to travel
 # with the working tree (see scripts/gpu/README.md):
 #
-#   CONLL2003_DIR=../shared/data/conll2003 bash scripts/gpu/pack.sh
+#   CONLL2003_DIR=/data/conll2003 bash scripts/gpu/pack.sh
 #
 # - bin/span-marker.xz: the release CLI without the embedded model's weights (feature
 #   `embedded-model` off) and without an rpath, so that LD_LIBRARY_PATH alone points it at the
