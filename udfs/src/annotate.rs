@@ -386,16 +386,10 @@ fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<(Prog
                 "already exists: remove it or choose another output",
             ));
         }
-        write_manifest(dir, manifest)?;
+        write_manifest(&dir.join(MANIFEST_FILE), manifest)?;
         return Ok((Progress::Parts(0), lock));
     }
-    let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
-    let found: Manifest = serde_json::from_str(&text).map_err(|e| {
-        Error::file(
-            &manifest_path,
-            format!("not a manifest of this version of the tool ({e}); remove the directory to start over"),
-        )
-    })?;
+    let found: Manifest = read_manifest(&manifest_path, "remove the directory to start over")?;
     if found.job != manifest.job {
         return Err(Error::file(
             dir,
@@ -429,11 +423,28 @@ const MANIFEST_FILE: &str = "manifest.json";
 /// The merged output's name in the part directory, until it is published.
 const MERGED_FILE: &str = "merged.parquet";
 
-fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+/// Writes a job's manifest to `path` atomically (the part directory's here, the output
+/// directory's for cluster annotation).
+pub(crate) fn write_manifest(path: &Path, manifest: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(manifest)
-        .map_err(|e| Error::file(dir, format!("cannot record the job: {e}")))?;
-    span_marker::checkpoint::write_atomically(&dir.join(MANIFEST_FILE), text.as_bytes())?;
+        .map_err(|e| Error::file(path, format!("cannot record the job: {e}")))?;
+    span_marker::checkpoint::write_atomically(path, text.as_bytes())?;
     Ok(())
+}
+
+/// Reads a manifest [`write_manifest`] wrote; `otherwise` says what to do when the file is not
+/// one of this version's.
+pub(crate) fn read_manifest<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    otherwise: &str,
+) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::file(
+            path,
+            format!("not a manifest of this version of the tool ({e}); {otherwise}"),
+        )
+    })
 }
 
 /// What differs between the job that wrote a part directory (or an output directory) and
@@ -562,7 +573,7 @@ fn merge_parts(dir: &Path, manifest: &Manifest, output: &Path, schema: &SchemaRe
     let merged = dir.join(MERGED_FILE);
     write_parquet_atomically(&merged, schema, batches)?;
     write_manifest(
-        dir,
+        &dir.join(MANIFEST_FILE),
         &Manifest {
             merged: Some(FileIdentity::of(&merged)?),
             ..manifest.clone()

@@ -33,7 +33,8 @@ use span_marker::fingerprint::FileIdentity;
 use span_marker::lock::DirLock;
 
 use crate::annotate::{
-    entity_schema, job_differences, progress_bar, publish, InputColumn, ParquetOut, TEMP_PREFIX,
+    entity_schema, job_differences, progress_bar, publish, read_manifest, write_manifest,
+    InputColumn, ParquetOut, TEMP_PREFIX,
 };
 use crate::cluster::{readable_error, Cluster};
 use crate::columns::InputKind;
@@ -283,15 +284,7 @@ fn open_manifest(dir: &Path, job: Job) -> Result<Manifest> {
             files: BTreeMap::new(),
         });
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let found: Manifest = serde_json::from_str(&text).map_err(|e| {
-        Error::file(
-            &path,
-            format!(
-                "not a manifest of this version of the tool ({e}); use another output directory"
-            ),
-        )
-    })?;
+    let found: Manifest = read_manifest(&path, "use another output directory")?;
     if found.job != job {
         return Err(Error::file(
             dir,
@@ -302,13 +295,6 @@ fn open_manifest(dir: &Path, job: Job) -> Result<Manifest> {
         ));
     }
     Ok(found)
-}
-
-fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
-    let text = serde_json::to_string_pretty(manifest)
-        .map_err(|e| Error::file(dir, format!("cannot record the job: {e}")))?;
-    span_marker::checkpoint::write_atomically(&dir.join(MANIFEST_FILE), text.as_bytes())?;
-    Ok(())
 }
 
 impl Input {
@@ -407,7 +393,7 @@ impl Input {
         {
             let mut manifest = manifest.lock().unwrap_or_else(|p| p.into_inner());
             manifest.files.insert(self.name.clone(), finished);
-            write_manifest(dir, &manifest)?;
+            write_manifest(&dir.join(MANIFEST_FILE), &*manifest)?;
         }
         publish(
             temp.path(),

@@ -59,9 +59,7 @@ impl SpanMarkerModelInfo {
         let info = ModelInfo {
             executor: worker.map_or_else(|| "local".to_owned(), |w| w.name.clone()),
             model: model.source().to_owned(),
-            device: worker
-                .and_then(|w| w.device.clone())
-                .unwrap_or_else(|| settings.device.clone()),
+            device: settings.device_on(worker).to_owned(),
             fingerprint: model.fingerprint()?,
         };
         Ok(serde_json::to_string(&info).expect("plain strings serialise"))

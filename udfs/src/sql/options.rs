@@ -134,10 +134,14 @@ impl SpanMarkerOptions {
         fallback: Option<&SharedModel>,
         worker: Option<&Worker>,
     ) -> Result<SharedModel> {
-        let device = worker
+        self.load(fallback, self.device_on(worker))
+    }
+
+    /// The device models run on for `worker`: its own, or else the session's.
+    pub(crate) fn device_on<'a>(&'a self, worker: Option<&'a Worker>) -> &'a str {
+        worker
             .and_then(|w| w.device.as_deref())
-            .unwrap_or(&self.device);
-        self.load(fallback, device)
+            .unwrap_or(&self.device)
     }
 
     fn load(&self, fallback: Option<&SharedModel>, device: &str) -> Result<SharedModel> {
