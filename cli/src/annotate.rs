@@ -16,7 +16,7 @@ use span_marker_udfs::cluster::annotate::{annotate_files, input_files, ClusterAn
 use span_marker_udfs::cluster::Cluster;
 use span_marker_udfs::SharedModel;
 
-use crate::args::ModelArgs;
+use crate::args::{set_session, ModelArgs};
 use crate::CliResult;
 
 /// Sentences of the bundled sample corpus, one per line.
@@ -131,22 +131,21 @@ fn run_on_cluster(url: &str, args: &AnnotateArgs, column: InputColumn) -> CliRes
         let executors = cluster.executors()?.len();
         let ctx = cluster.context().await?;
         let predict = &args.predict;
-        let quoted = |value: &str| format!("'{}'", value.replace('\'', "''"));
-        let settings = [
-            ("model", quoted(&args.model.model)),
-            ("device", quoted(&args.model.device)),
-            ("batch_size", predict.batch_size.to_string()),
-            (
-                "threshold",
-                predict.threshold.map_or("0".into(), |t| t.to_string()),
-            ),
-            ("allow_overlapping", predict.allow_overlapping.to_string()),
-            ("precision", quoted(&predict.precision.to_string())),
-            ("strict", args.strict.to_string()),
-        ];
-        for (key, value) in settings {
-            ctx.sql(&format!("SET span_marker.{key} = {value}")).await?;
-        }
+        set_session(
+            &ctx,
+            &[
+                ("model", args.model.model.clone()),
+                ("device", args.model.device.clone()),
+                ("batch_size", predict.batch_size.to_string()),
+                (
+                    "threshold",
+                    predict.threshold.map_or("0".into(), |t| t.to_string()),
+                ),
+                ("allow_overlapping", predict.allow_overlapping.to_string()),
+                ("precision", predict.precision.to_string()),
+                ("strict", args.strict.to_string()),
+            ],
+        )?;
         let first = inputs.first().cloned();
         let options = ClusterAnnotateOptions {
             inputs,

@@ -31,3 +31,20 @@ impl ModelArgs {
         span_marker::SpanMarkerModel::from_pretrained_with(&self.model, &options)
     }
 }
+
+/// Sets `span_marker.<key> = value` for each pair on `ctx`, as `SET` does (values unquoted;
+/// a value that does not parse is an error naming its setting).
+pub fn set_session(
+    ctx: &datafusion::prelude::SessionContext,
+    settings: &[(&str, String)],
+) -> datafusion::error::Result<()> {
+    let state = ctx.state_ref();
+    let mut state = state.write();
+    for (key, value) in settings {
+        state
+            .config_mut()
+            .options_mut()
+            .set(&format!("span_marker.{key}"), value)?;
+    }
+    Ok(())
+}

@@ -9,7 +9,7 @@ use datafusion::prelude::SessionContext;
 use span_marker_udfs::cluster::{readable_error, Cluster};
 use span_marker_udfs::sql::SpanMarkerOptions;
 
-use crate::args::ModelArgs;
+use crate::args::{set_session, ModelArgs};
 use crate::CliResult;
 
 #[derive(Args)]
@@ -44,16 +44,13 @@ pub fn run(args: SqlArgs) -> CliResult {
             }
         }
         .enable_url_table();
-        ctx.sql(&format!(
-            "SET span_marker.model = '{}'",
-            args.model.model.replace('\'', "''")
-        ))
-        .await?;
-        ctx.sql(&format!(
-            "SET span_marker.device = '{}'",
-            args.model.device.replace('\'', "''")
-        ))
-        .await?;
+        set_session(
+            &ctx,
+            &[
+                ("model", args.model.model.clone()),
+                ("device", args.model.device.clone()),
+            ],
+        )?;
         // The model (and device) the executors were last checked to load.
         let mut checked: Option<(String, String)> = None;
         for statement in &args.statements {
