@@ -56,28 +56,9 @@ pub struct SpanMarkerNameSpace(Expr);
 impl SpanMarkerNameSpace {
     /// Every span of up to `entity_max_length` words: `List<Struct{start, end}>`.
     pub fn candidates(self, entity_max_length: usize) -> Expr {
-        let output = polars_dtype(&list_of(candidate_fields()));
+        let output = candidates_dtype();
         self.0.map(
-            move |column| {
-                if entity_max_length == 0 {
-                    polars_bail!(ComputeError: "span_marker.candidates: `entity_max_length` must be at least 1");
-                }
-                check_dtype(&column, InputKind::Words, "candidates")?;
-                let array = to_arrow(&column)?;
-                let spans: Vec<Option<Vec<_>>> = read_words(array.as_ref(), column.name())?
-                    .into_iter()
-                    .enumerate()
-                    .map(|(row, words)| match words {
-                        None => Ok(None),
-                        Some(Ok(words)) => {
-                            Ok(Some(candidate_spans(words.len(), entity_max_length).collect()))
-                        }
-                        Some(Err(reason)) => Err(polars_err!(ComputeError:
-                            "span_marker.candidates: `{}` row {row}: {reason}", column.name())),
-                    })
-                    .collect::<PolarsResult<_>>()?;
-                from_arrow(column.name().clone(), candidates_column(&spans))
-            },
+            move |column| candidates(&column, entity_max_length),
             move |_, field| Ok(Field::new(field.name().clone(), output.clone())),
         )
     }
@@ -105,27 +86,71 @@ impl SpanMarkerNameSpace {
 
     fn predict_kind(self, kind: InputKind, model: &SharedModel, kwargs: PredictKwargs) -> Expr {
         let model = model.clone();
-        let output = polars_dtype(&kind.output_type());
-        let name = expression_name(kind);
+        let output = predict_dtype(kind);
         self.0.map(
-            move |column| {
-                check_dtype(&column, kind, name)?;
-                let array = to_arrow(&column)?;
-                let source = format!("span_marker.{name}");
-                let job = ColumnJob {
-                    kind,
-                    options: &kwargs.options,
-                    strict: kwargs.strict,
-                    source: &source,
-                    column: column.name(),
-                    first_row: 0,
-                };
-                let (entities, _failed) = predict_column(&model, array.as_ref(), &job)?;
-                from_arrow(column.name().clone(), entities)
-            },
+            move |column| Ok(predict(&column, kind, &model, &kwargs)?.0),
             move |_, field| Ok(Field::new(field.name().clone(), output.clone())),
         )
     }
+}
+
+/// The candidate spans of a list-of-words column (`List<Struct{start, end}>`, named as the
+/// input): what [`SpanMarkerNameSpace::candidates`] computes, for plugins that call it on a
+/// column directly.
+pub fn candidates(column: &Column, entity_max_length: usize) -> PolarsResult<Column> {
+    if entity_max_length == 0 {
+        polars_bail!(ComputeError: "span_marker.candidates: `entity_max_length` must be at least 1");
+    }
+    check_dtype(column, InputKind::Words, "candidates")?;
+    let array = to_arrow(column)?;
+    let spans: Vec<Option<Vec<_>>> = read_words(array.as_ref(), column.name())?
+        .into_iter()
+        .enumerate()
+        .map(|(row, words)| match words {
+            None => Ok(None),
+            Some(Ok(words)) => Ok(Some(
+                candidate_spans(words.len(), entity_max_length).collect(),
+            )),
+            Some(Err(reason)) => Err(polars_err!(ComputeError:
+                "span_marker.candidates: `{}` row {row}: {reason}", column.name())),
+        })
+        .collect::<PolarsResult<_>>()?;
+    from_arrow(column.name().clone(), candidates_column(&spans))
+}
+
+/// The entities of a column of `kind` (named as the input), with the rows that could not be
+/// annotated (row number, reason; NULL in the output, or an error in strict mode): what the
+/// prediction expressions compute, for plugins that call it on a column directly.
+pub fn predict(
+    column: &Column,
+    kind: InputKind,
+    model: &SharedModel,
+    kwargs: &PredictKwargs,
+) -> PolarsResult<(Column, Vec<(usize, String)>)> {
+    let name = expression_name(kind);
+    check_dtype(column, kind, name)?;
+    let array = to_arrow(column)?;
+    let source = format!("span_marker.{name}");
+    let job = ColumnJob {
+        kind,
+        options: &kwargs.options,
+        strict: kwargs.strict,
+        source: &source,
+        column: column.name(),
+        first_row: 0,
+    };
+    let (entities, failed) = predict_column(model, array.as_ref(), &job)?;
+    Ok((from_arrow(column.name().clone(), entities)?, failed))
+}
+
+/// The Polars type of [`candidates`]' output.
+pub fn candidates_dtype() -> DataType {
+    polars_dtype(&list_of(candidate_fields()))
+}
+
+/// The Polars type of [`predict`]'s output for input of `kind`.
+pub fn predict_dtype(kind: InputKind) -> DataType {
+    polars_dtype(&kind.output_type())
 }
 
 /// Options of the prediction expressions.

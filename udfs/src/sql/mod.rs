@@ -20,6 +20,7 @@ mod train;
 
 use std::sync::Arc;
 
+use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -49,18 +50,54 @@ fn register(ctx: &SessionContext, model: Option<SharedModel>) {
         let mut state = state.write();
         add_settings(state.config_mut());
     }
-    for udf in scalar_functions(model, None) {
+    for udf in scalar_udfs(model) {
         ctx.register_udf(udf);
     }
     ctx.register_udtf("span_marker_train", Arc::new(SpanMarkerTrain));
 }
 
+/// The namespace of the session settings: `span_marker.<key>`.
+pub const SETTINGS_PREFIX: &str = "span_marker";
+
 /// Adds the `span_marker.*` settings to `config` (once).
 pub(crate) fn add_settings(config: &mut SessionConfig) {
-    let extensions = &mut config.options_mut().extensions;
+    add_settings_to(config.options_mut());
+}
+
+fn add_settings_to(options: &mut ConfigOptions) {
+    let extensions = &mut options.extensions;
     if extensions.get::<options::SessionOptions>().is_none() {
         extensions.insert(options::SessionOptions::default());
     }
+}
+
+/// Sets `span_marker.*` settings given as (full key, value) pairs in `options`, adding the
+/// settings there if needed; keys of other namespaces are skipped. For settings that reach the
+/// functions another way than through this crate's config extension, e.g. as plain strings
+/// across the DataFusion FFI. An invalid value is an error naming its setting.
+///
+/// ```
+/// use datafusion::config::ConfigOptions;
+/// use span_marker_udfs::sql::{set_settings, SpanMarkerOptions};
+///
+/// let mut options = ConfigOptions::default();
+/// set_settings(&mut options, [("span_marker.threshold", "0.5"), ("other.key", "x")])?;
+/// assert_eq!(SpanMarkerOptions::from_config(&options).threshold, 0.5);
+/// assert!(set_settings(&mut options, [("span_marker.batch_size", "many")]).is_err());
+/// # Ok::<(), datafusion::error::DataFusionError>(())
+/// ```
+pub fn set_settings<'a>(
+    options: &mut ConfigOptions,
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> datafusion::error::Result<()> {
+    add_settings_to(options);
+    let prefix = format!("{SETTINGS_PREFIX}.");
+    for (key, value) in entries {
+        if key.starts_with(&prefix) {
+            options.set(key, value)?;
+        }
+    }
+    Ok(())
 }
 
 /// A process that runs the SpanMarker functions for others: a cluster executor.
@@ -96,7 +133,12 @@ impl Worker {
 
 /// The scalar functions (`span_marker_candidates`, `span_marker_predict`,
 /// `span_marker_predict_text`, `span_marker_model_info`), with `model` used when
-/// `span_marker.model` is not set, running on `worker` when they run for others.
+/// `span_marker.model` is not set: for engines that register them their own way.
+pub fn scalar_udfs(model: Option<SharedModel>) -> Vec<ScalarUDF> {
+    scalar_functions(model, None)
+}
+
+/// [`scalar_udfs`], running on `worker` when they run for others.
 pub(crate) fn scalar_functions(
     model: Option<SharedModel>,
     worker: Option<Worker>,

@@ -43,7 +43,7 @@ extensions_options! {
 pub(crate) struct SessionOptions(SpanMarkerOptions);
 
 impl ConfigExtension for SessionOptions {
-    const PREFIX: &'static str = "span_marker";
+    const PREFIX: &'static str = crate::sql::SETTINGS_PREFIX;
 }
 
 impl ExtensionOptions for SessionOptions {

@@ -1,0 +1,146 @@
+//! The Polars expression plugin: `predict`, `predict_text` and `candidates`, registered by the
+//! Python namespace `pl.col(...).span_marker` (`span_marker_rs/polars.py`).
+//!
+//! Each runs the engine crate's Polars functions on the column Polars hands over; the model is
+//! loaded once per process (the engine's model cache) and shared by every expression.
+
+use polars::prelude::{Column, DataType, Field, IntoColumn, PolarsResult, Series};
+use polars_error::{polars_bail, polars_err};
+use pyo3::exceptions::PyUserWarning;
+use pyo3::prelude::*;
+use pyo3_polars::derive::polars_expr;
+use serde::Deserialize;
+use span_marker_udfs::columns::InputKind;
+use span_marker_udfs::polars_expr::{self as engine, PredictKwargs};
+use span_marker_udfs::span_marker::PredictOptions;
+use span_marker_udfs::SharedModel;
+
+/// The keyword arguments of `predict` and `predict_text` (checked in Python first).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictArgs {
+    model: String,
+    device: String,
+    batch_size: usize,
+    threshold: Option<f64>,
+    allow_overlapping: bool,
+    precision: String,
+    strict: bool,
+}
+
+impl PredictArgs {
+    fn kwargs(&self, expression: &str) -> PolarsResult<PredictKwargs> {
+        let precision = self
+            .precision
+            .parse()
+            .map_err(|e| polars_err!(ComputeError: "span_marker.{expression}: `precision`: {e}"))?;
+        let options = PredictOptions {
+            batch_size: self.batch_size,
+            threshold: self.threshold.map(|t| t as f32),
+            allow_overlapping: self.allow_overlapping,
+            precision,
+        };
+        options
+            .validate()
+            .map_err(|e| polars_err!(ComputeError: "span_marker.{expression}: {e}"))?;
+        Ok(PredictKwargs {
+            options,
+            strict: self.strict,
+        })
+    }
+}
+
+/// The keyword arguments of `candidates`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CandidateArgs {
+    entity_max_length: usize,
+}
+
+/// The output field: the input's name with the expression's type.
+fn output(fields: &[Field], dtype: DataType) -> PolarsResult<Field> {
+    match fields {
+        [field] => Ok(Field::new(field.name().clone(), dtype)),
+        _ => {
+            polars_bail!(ComputeError: "span_marker: expected one input column, got {}", fields.len())
+        }
+    }
+}
+
+fn predict_field(fields: &[Field], _: PredictArgs) -> PolarsResult<Field> {
+    output(fields, engine::predict_dtype(InputKind::Words))
+}
+
+fn predict_text_field(fields: &[Field], _: PredictArgs) -> PolarsResult<Field> {
+    output(fields, engine::predict_dtype(InputKind::Text))
+}
+
+fn candidates_field(fields: &[Field], _: CandidateArgs) -> PolarsResult<Field> {
+    output(fields, engine::candidates_dtype())
+}
+
+#[polars_expr(output_type_func_with_kwargs = predict_field)]
+fn predict(inputs: &[Series], kwargs: PredictArgs) -> PolarsResult<Series> {
+    crate::plugin::run_predict(inputs, InputKind::Words, &kwargs)
+}
+
+#[polars_expr(output_type_func_with_kwargs = predict_text_field)]
+fn predict_text(inputs: &[Series], kwargs: PredictArgs) -> PolarsResult<Series> {
+    crate::plugin::run_predict(inputs, InputKind::Text, &kwargs)
+}
+
+#[polars_expr(output_type_func_with_kwargs = candidates_field)]
+fn candidates(inputs: &[Series], kwargs: CandidateArgs) -> PolarsResult<Series> {
+    let column = crate::plugin::single(inputs)?;
+    Ok(engine::candidates(&column, kwargs.entity_max_length)?.take_materialized_series())
+}
+
+fn single(inputs: &[Series]) -> PolarsResult<Column> {
+    match inputs {
+        [series] => Ok(series.clone().into_column()),
+        _ => {
+            polars_bail!(ComputeError: "span_marker: expected one input column, got {}", inputs.len())
+        }
+    }
+}
+
+fn run_predict(inputs: &[Series], kind: InputKind, args: &PredictArgs) -> PolarsResult<Series> {
+    let expression = match kind {
+        InputKind::Words => "predict",
+        InputKind::Text => "predict_text",
+    };
+    let column = single(inputs)?;
+    let kwargs = args.kwargs(expression)?;
+    let model = SharedModel::load(&args.model, &args.device)
+        .map_err(|e| polars_err!(ComputeError: "span_marker.{expression}: {e}"))?;
+    let (entities, failed) = engine::predict(&column, kind, &model, &kwargs)?;
+    if !failed.is_empty() {
+        warn_failed(expression, column.name(), &failed)?;
+    }
+    Ok(entities.take_materialized_series())
+}
+
+/// A Python `UserWarning` for rows that could not be annotated (NULL in the output). Where
+/// warnings are errors (`-W error`), it is the expression's error instead.
+fn warn_failed(expression: &str, column: &str, failed: &[(usize, String)]) -> PolarsResult<()> {
+    const SHOWN: usize = 3;
+    let mut rows: Vec<String> = failed
+        .iter()
+        .take(SHOWN)
+        .map(|(row, reason)| format!("row {row}: {reason}"))
+        .collect();
+    if failed.len() > SHOWN {
+        rows.push(format!("and {} more", failed.len() - SHOWN));
+    }
+    let message = format!(
+        "span_marker.{expression}: {} row(s) of `{column}` could not be annotated and are null \
+         (strict=True makes this an error): {}",
+        failed.len(),
+        rows.join("; ")
+    );
+    Python::attach(|py| {
+        let message = std::ffi::CString::new(message.replace('\0', " ")).unwrap_or_default();
+        PyErr::warn(py, &py.get_type::<PyUserWarning>(), &message, 1)
+    })
+    .map_err(|e| polars_err!(ComputeError: "{e}"))
+}
