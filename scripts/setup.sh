@@ -7,6 +7,9 @@
 # transformers release its fixtures were made with): the compatibility tests load models
 # saved here in Python. `.venv-python` in the repository runs that interpreter.
 #
+# It also gets what the Python package (python/) is built and tested with: maturin, the Polars
+# and DataFusion releases the wheel's plugin ABI and FFI match, and pytest.
+#
 # Idempotent: a second run only checks the venv and the links.
 # Environment:
 #   SPAN_MARKER_CACHE   cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/span-marker)
@@ -15,6 +18,7 @@ set -euo pipefail
 
 TORCH_VERSION="2.11.0" # tch =0.24.0 is generated for exactly this release
 REFERENCE_PACKAGES=("span_marker==1.8.1" "transformers==4.57.6" "datasets" "seqeval" "torch==$TORCH_VERSION")
+PACKAGE_TOOLS=("maturin==1.16.0" "polars==1.43.2" "datafusion==55.0.0" "pytest==9.2.0")
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache_root="${SPAN_MARKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/span-marker}"
 venv="$cache_root/torch-$TORCH_VERSION"
@@ -64,6 +68,14 @@ if ! "$venv/bin/python" -c 'import span_marker, transformers, sys; sys.exit(span
   echo "setup: installing the Python reference (${REFERENCE_PACKAGES[*]}) into $venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "${REFERENCE_PACKAGES[@]}" ||
     die "pip could not install the Python reference packages (is PyPI reachable?)"
+fi
+if ! "$venv/bin/python" - "${PACKAGE_TOOLS[@]}" <<'PY' 2>/dev/null; then
+import importlib.metadata as m, sys
+sys.exit(any(m.version(name) != version for name, version in (p.split("==") for p in sys.argv[1:])))
+PY
+  echo "setup: installing the Python package's build and test tools (${PACKAGE_TOOLS[*]}) into $venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "${PACKAGE_TOOLS[@]}" ||
+    die "pip could not install the Python package's tools (is PyPI reachable?)"
 fi
 printf '#!/bin/sh\nexec "%s" "$@"\n' "$venv/bin/python" > "$repo_root/.venv-python"
 chmod +x "$repo_root/.venv-python"
