@@ -4,21 +4,25 @@
 //! Each runs the engine crate's Polars functions on the column Polars hands over; the model is
 //! loaded once per process (the engine's model cache) and shared by every expression.
 
-use polars::prelude::{Column, DataType, Field, IntoColumn, PolarsResult, Series};
+use polars::prelude::{
+    col, Column, DataFrame, DataType, Field, IntoColumn, IntoLazy, PolarsResult, Series,
+};
 use polars_error::{polars_bail, polars_err};
 use pyo3::exceptions::PyUserWarning;
 use pyo3::prelude::*;
 use pyo3_polars::derive::polars_expr;
+use pyo3_polars::PyDataFrame;
 use serde::Deserialize;
 use span_marker_udfs::columns::InputKind;
-use span_marker_udfs::polars_expr::{self as engine, PredictKwargs};
+use span_marker_udfs::polars_expr::{self as engine, PredictKwargs, SpanMarkerExt};
 use span_marker_udfs::span_marker::PredictOptions;
 use span_marker_udfs::SharedModel;
 
 /// The keyword arguments of `predict` and `predict_text` (checked in Python first).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, FromPyObject)]
+#[pyo3(from_item_all)]
 #[serde(deny_unknown_fields)]
-struct PredictArgs {
+pub(crate) struct PredictArgs {
     model: String,
     device: String,
     batch_size: usize,
@@ -104,15 +108,23 @@ fn single(inputs: &[Series]) -> PolarsResult<Column> {
     }
 }
 
-fn run_predict(inputs: &[Series], kind: InputKind, args: &PredictArgs) -> PolarsResult<Series> {
-    let expression = match kind {
+fn expression_name(kind: InputKind) -> &'static str {
+    match kind {
         InputKind::Words => "predict",
         InputKind::Text => "predict_text",
-    };
+    }
+}
+
+fn load(args: &PredictArgs, expression: &str) -> PolarsResult<SharedModel> {
+    SharedModel::load(&args.model, &args.device)
+        .map_err(|e| polars_err!(ComputeError: "span_marker.{expression}: {e}"))
+}
+
+fn run_predict(inputs: &[Series], kind: InputKind, args: &PredictArgs) -> PolarsResult<Series> {
+    let expression = expression_name(kind);
     let column = single(inputs)?;
     let kwargs = args.kwargs(expression)?;
-    let model = SharedModel::load(&args.model, &args.device)
-        .map_err(|e| polars_err!(ComputeError: "span_marker.{expression}: {e}"))?;
+    let model = load(args, expression)?;
     let (entities, failed) = engine::predict(&column, kind, &model, &kwargs)?;
     if !failed.is_empty() {
         warn_failed(expression, column.name(), &failed)?;
@@ -143,4 +155,34 @@ fn warn_failed(expression: &str, column: &str, failed: &[(usize, String)]) -> Po
         PyErr::warn(py, &py.get_type::<PyUserWarning>(), &message, 1)
     })
     .map_err(|e| polars_err!(ComputeError: "{e}"))
+}
+
+/// `frame` with `column` replaced by its entities, computed by the engine crate's Rust Polars
+/// API (`col(column).span_marker().predict_with(...)` in a lazy plan) with the plugin's
+/// arguments: the reference that the tests and the benchmark hold the plugin against.
+#[pyfunction]
+pub fn rust_polars_predict(
+    py: Python<'_>,
+    frame: PyDataFrame,
+    column: &str,
+    text: bool,
+    kwargs: PredictArgs,
+) -> PyResult<PyDataFrame> {
+    let kind = if text {
+        InputKind::Text
+    } else {
+        InputKind::Words
+    };
+    let expression = expression_name(kind);
+    let run = || -> PolarsResult<DataFrame> {
+        let options = kwargs.kwargs(expression)?;
+        let model = load(&kwargs, expression)?;
+        let predict = col(column).span_marker();
+        let predict = match kind {
+            InputKind::Words => predict.predict_with(&model, options),
+            InputKind::Text => predict.predict_text_with(&model, options),
+        };
+        frame.0.lazy().with_column(predict).collect()
+    };
+    py.detach(run).map(PyDataFrame).map_err(crate::py_error)
 }

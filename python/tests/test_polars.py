@@ -7,6 +7,8 @@ import pytest
 from conftest import TINY_MODEL, assert_same_entities, run_cli, rust_annotate
 
 import span_marker_rs  # noqa: F401  (registers the namespace)
+from span_marker_rs import _native
+from span_marker_rs.polars import _predict_kwargs
 
 ENTITY = pl.Struct(
     {"start": pl.Int64, "end": pl.Int64, "label": pl.String, "score": pl.Float32}
@@ -42,6 +44,32 @@ def test_eager_lazy_and_streaming_equal_the_rust_engine(sentences, rust_entities
     for frame in (eager, lazy, streaming):
         assert frame["id"].to_list() == sentences["id"].to_list()
         assert_same_entities(frame["entities"].to_list(), rust_entities)
+
+
+def rust_api(frame: pl.DataFrame, column: str, model: str, **options) -> list:
+    """The entities that the Rust Polars API (`col(..).span_marker().predict_with`) gives."""
+    defaults = {
+        "device": "cpu",
+        "batch_size": _native.DEFAULT_BATCH_SIZE,
+        "threshold": None,
+        "allow_overlapping": False,
+        "precision": "fp32",
+        "strict": False,
+    }
+    kwargs = _predict_kwargs(model, **{**defaults, **options})
+    out = _native.rust_polars_predict(frame, column, column == "text", kwargs)
+    return out[column].to_list()
+
+
+def test_plugin_equals_the_rust_polars_api_in_every_engine(sentences):
+    want = rust_api(sentences, "tokens", TINY_MODEL)
+    expr = pl.col("tokens").span_marker.predict(TINY_MODEL)
+    for engine in ["in-memory", "streaming"]:
+        got = sentences.lazy().select(expr).collect(engine=engine)["tokens"].to_list()
+        assert got == want, engine
+    texts = pl.DataFrame({"text": [" ".join(words) for words in sentences["tokens"].head(50)]})
+    got = texts.select(pl.col("text").span_marker.predict_text("bundled", threshold=0.5))
+    assert got["text"].to_list() == rust_api(texts, "text", "bundled", threshold=0.5)
 
 
 def test_options_reach_the_model(span_marker_bin, sentences, tmp_path, rust_entities):
