@@ -41,6 +41,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("SpanMarkerError", m.py().get_type::<SpanMarkerError>())?;
     m.add("DEFAULT_BATCH_SIZE", PredictOptions::DEFAULT_BATCH_SIZE)?;
+    m.add("MAX_BATCH_SIZE", PredictOptions::MAX_BATCH_SIZE)?;
     m.add(
         "DEFAULT_ENTITY_MAX_LENGTH",
         ModelSettings::DEFAULT_ENTITY_MAX_LENGTH,

@@ -127,14 +127,19 @@ fn run_predict(inputs: &[Series], kind: InputKind, args: &PredictArgs) -> Polars
     let model = load(args, expression)?;
     let (entities, failed) = engine::predict(&column, kind, &model, &kwargs)?;
     if !failed.is_empty() {
-        warn_failed(expression, column.name(), &failed)?;
+        warn_failed(expression, column.name(), column.len(), &failed)?;
     }
     Ok(entities.take_materialized_series())
 }
 
 /// A Python `UserWarning` for rows that could not be annotated (NULL in the output). Where
 /// warnings are errors (`-W error`), it is the expression's error instead.
-fn warn_failed(expression: &str, column: &str, failed: &[(usize, String)]) -> PolarsResult<()> {
+fn warn_failed(
+    expression: &str,
+    column: &str,
+    rows_in_batch: usize,
+    failed: &[(usize, String)],
+) -> PolarsResult<()> {
     const SHOWN: usize = 3;
     let mut rows: Vec<String> = failed
         .iter()
@@ -145,8 +150,9 @@ fn warn_failed(expression: &str, column: &str, failed: &[(usize, String)]) -> Po
         rows.push(format!("and {} more", failed.len() - SHOWN));
     }
     let message = format!(
-        "span_marker.{expression}: {} row(s) of `{column}` could not be annotated and are null \
-         (strict=True makes this an error): {}",
+        "span_marker.{expression}: {} of the {rows_in_batch} rows of `{column}` in this batch \
+         could not be annotated and are null (strict=True makes this an error); rows counted \
+         within the batch: {}",
         failed.len(),
         rows.join("; ")
     );

@@ -4,23 +4,27 @@
 //! config extension holding the `span_marker.*` keys as strings (Python's DataFusion stores any
 //! namespaced key there, so `SET span_marker.model = '...'` works). Each call hands those
 //! strings to the function ([`WithFfiSettings`]), which parses and checks them as the engine's
-//! own sessions do: an invalid value is an error naming its setting.
+//! own sessions do: an invalid value is an error naming its setting. `SET` checks the key and
+//! that the value parses already, as the Rust engine's sessions do.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::plan_err;
-use datafusion::config::{ConfigExtension, ExtensionOptions};
+use datafusion::config::{ConfigExtension, ConfigOptions, ExtensionOptions};
 use datafusion::error::Result;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
 };
 use datafusion_ffi::config::extension_options::FFI_ExtensionOptions;
+use datafusion_ffi::ffi_option::FFI_Result;
 use datafusion_ffi::udf::FFI_ScalarUDF;
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 use span_marker_udfs::sql::{scalar_udfs, set_settings, SpanMarkerOptions, SETTINGS_PREFIX};
 use span_marker_udfs::SharedModel;
+use stabby::str::Str as SStr;
 
 use crate::py_error;
 
@@ -114,10 +118,49 @@ impl Settings {
             .collect();
         PyCapsule::new_with_value(
             py,
-            FFI_ExtensionOptions::from(defaults),
+            checked(FFI_ExtensionOptions::from(defaults)),
             c"datafusion_extension_options",
         )
     }
+}
+
+type SetFn = unsafe extern "C" fn(&mut FFI_ExtensionOptions, SStr, SStr) -> FFI_Result<()>;
+type ClonedFn = unsafe extern "C" fn(&FFI_ExtensionOptions) -> FFI_ExtensionOptions;
+
+/// datafusion-ffi's own `set` and `cloned`, which store any key (read off an instance).
+static PLAIN: LazyLock<(SetFn, ClonedFn)> = LazyLock::new(|| {
+    let options = FFI_ExtensionOptions::default();
+    (options.set, options.cloned)
+});
+
+/// `options` with a `set` that checks `span_marker.*` keys and values as the Rust engine's
+/// `SET` does (an unknown key or a value that does not parse is an error naming it, and the
+/// session keeps its settings), and a `cloned` that keeps this `set` in every copy the session
+/// makes.
+fn checked(mut options: FFI_ExtensionOptions) -> FFI_ExtensionOptions {
+    options.set = checked_set;
+    options.cloned = checked_cloned;
+    options
+}
+
+unsafe extern "C" fn checked_set(
+    options: &mut FFI_ExtensionOptions,
+    key: SStr,
+    value: SStr,
+) -> FFI_Result<()> {
+    if key.as_str().starts_with(&format!("{SETTINGS_PREFIX}.")) {
+        let mut config = ConfigOptions::default();
+        if let Err(e) = set_settings(&mut config, [(key.as_str(), value.as_str())]) {
+            return FFI_Result::Err(e.strip_backtrace().as_str().into());
+        }
+    }
+    // SAFETY: the library's own function on an instance of its own making.
+    unsafe { (PLAIN.0)(options, key, value) }
+}
+
+unsafe extern "C" fn checked_cloned(options: &FFI_ExtensionOptions) -> FFI_ExtensionOptions {
+    // SAFETY: as in `checked_set`.
+    checked(unsafe { (PLAIN.1)(options) })
 }
 
 /// A SpanMarker function that takes its settings from the FFI config extension of the calling

@@ -100,10 +100,14 @@ def test_bad_settings_and_sessions_fail_clearly(tmp_path):
     with pytest.raises(Exception, match="no model chosen"):
         ctx.sql("SELECT span_marker_predict(['Paris']) AS e").collect()
     ctx.sql("SET span_marker.model = 'bundled'")
-    ctx.sql("SET span_marker.batch_size = 'many'")
+    # SET checks keys and that values parse, and the session keeps its settings.
     with pytest.raises(Exception, match=r"invalid value 'many' for `span_marker.batch_size`"):
-        ctx.sql("SELECT span_marker_predict(['Paris']) AS e").collect()
+        ctx.sql("SET span_marker.batch_size = 'many'")
+    with pytest.raises(Exception, match=r"`span_marker.nope`"):
+        ctx.sql("SET span_marker.nope = 1")
     ctx.sql("SET span_marker.batch_size = 8")
+    entities = ctx.sql("SELECT span_marker_predict(['Paris']) AS e").to_arrow_table()
+    assert entities.column("e")[0].as_py()[0]["label"] == "LOC"
     ctx.sql("SET span_marker.threshold = 2")
     with pytest.raises(Exception, match="span_marker.threshold"):
         ctx.sql("SELECT span_marker_predict(['Paris']) AS e").collect()
@@ -121,6 +125,10 @@ def test_bad_settings_and_sessions_fail_clearly(tmp_path):
         plain.sql("SELECT span_marker_predict(['Paris']) AS e").collect()
     with pytest.raises(span_marker_rs.SpanMarkerError, match="missing"):
         span_marker_rs.register(plain, model=tmp_path / "missing")
+    with pytest.raises(TypeError, match="`model`"):
+        span_marker_rs.register(plain, model=123)
+    with pytest.raises(ValueError, match="`device` applies to `model`"):
+        span_marker_rs.register(plain, device="cuda")
 
 
 def test_strict_mode_fails_on_an_unannotatable_row():

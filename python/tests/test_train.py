@@ -62,19 +62,37 @@ def test_bad_training_input_fails_clearly(train_rows, tmp_path):
         span_marker_rs.train(rows, encoder=TINY_ENCODER, args={"learning_rat": 1.0})
     with pytest.raises(span_marker_rs.SpanMarkerError, match="`num_train_epochs`"):
         span_marker_rs.train(rows, encoder=TINY_ENCODER, args={"num_train_epochs": "two"})
-    with pytest.raises(span_marker_rs.SpanMarkerError, match="`nope`"):
-        span_marker_rs.train(
-            rows, encoder=TINY_ENCODER, tags="nope", args={"output_dir": str(tmp_path / "a")}
-        )
     with pytest.raises(span_marker_rs.SpanMarkerError, match="missing-encoder"):
         span_marker_rs.train(
             rows, encoder=tmp_path / "missing-encoder", args={"output_dir": str(tmp_path / "b")}
         )
     with pytest.raises(TypeError, match="`frame`"):
         span_marker_rs.train([1, 2], encoder=TINY_ENCODER)
+    with pytest.raises(TypeError, match="`args` must be a dict"):
+        span_marker_rs.train(rows, encoder=TINY_ENCODER, args=["x"])
+    with pytest.raises(TypeError, match="`labels` must be a list of strings"):
+        span_marker_rs.train(rows, encoder=TINY_ENCODER, labels="OB")
+    with pytest.raises(ValueError, match="`args.learning_rate` must be a finite number"):
+        span_marker_rs.train(rows, encoder=TINY_ENCODER, args={"learning_rate": float("nan")})
+    with pytest.raises(span_marker_rs.SpanMarkerError, match="no column 'nope'"):
+        span_marker_rs.train(rows, encoder=TINY_ENCODER, tags="nope")
     with pytest.raises(span_marker_rs.SpanMarkerError, match="tokens"):
         span_marker_rs.train(
             rows.with_columns(tokens=pl.lit(1)),
             encoder=TINY_ENCODER,
             args={"output_dir": str(tmp_path / "c")},
         )
+
+
+def test_categorical_columns_and_unrelated_columns_of_any_type(train_rows, tmp_path):
+    rows = train_rows.head(16).with_columns(
+        pl.col("ner_tags").cast(pl.List(pl.Categorical)),
+        extra=pl.lit("x").cast(pl.Categorical),
+        small=pl.lit(1, dtype=pl.UInt8),
+    )
+    result = span_marker_rs.train(
+        rows,
+        encoder=TINY_ENCODER,
+        args={**ARGS, "max_steps": 1, "output_dir": str(tmp_path / "cat")},
+    )
+    assert (result.output_dir / "config.json").is_file()

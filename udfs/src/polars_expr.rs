@@ -23,7 +23,7 @@
 use std::sync::Arc;
 
 use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
-use datafusion::arrow::array::{make_array, Array, ArrayRef, RecordBatch};
+use datafusion::arrow::array::{make_array, Array, ArrayRef, NullArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType as ArrowDataType, Field as ArrowField, Schema};
 use polars::prelude::*;
 use span_marker::spans::candidate_spans;
@@ -102,6 +102,13 @@ pub fn candidates(column: &Column, entity_max_length: usize) -> PolarsResult<Col
         polars_bail!(ComputeError: "span_marker.candidates: `entity_max_length` must be at least 1");
     }
     check_dtype(column, InputKind::Words, "candidates")?;
+    if column.dtype() == &DataType::Null {
+        return Ok(Column::full_null(
+            column.name().clone(),
+            column.len(),
+            &candidates_dtype(),
+        ));
+    }
     let array = to_arrow(column)?;
     let spans: Vec<Option<Vec<_>>> = read_words(array.as_ref(), column.name())?
         .into_iter()
@@ -112,7 +119,8 @@ pub fn candidates(column: &Column, entity_max_length: usize) -> PolarsResult<Col
                 candidate_spans(words.len(), entity_max_length).collect(),
             )),
             Some(Err(reason)) => Err(polars_err!(ComputeError:
-                "span_marker.candidates: `{}` row {row}: {reason}", column.name())),
+                "span_marker.candidates: batch of {} rows: `{}` row {row}: {reason}",
+                column.len(), column.name())),
         })
         .collect::<PolarsResult<_>>()?;
     from_arrow(column.name().clone(), candidates_column(&spans))
@@ -130,7 +138,8 @@ pub fn predict(
     let name = expression_name(kind);
     check_dtype(column, kind, name)?;
     let array = to_arrow(column)?;
-    let source = format!("span_marker.{name}");
+    // Polars hands an element-wise function its column in parts: rows count within this one.
+    let source = format!("span_marker.{name}: batch of {} rows", column.len());
     let job = ColumnJob {
         kind,
         options: &kwargs.options,
@@ -172,9 +181,9 @@ fn expression_name(kind: InputKind) -> &'static str {
 /// Refuses a column that does not hold `kind`, naming the expression for the other kind.
 fn check_dtype(column: &Column, kind: InputKind, expression: &str) -> PolarsResult<()> {
     let fits = |kind: InputKind| match kind {
-        InputKind::Words => {
-            matches!(column.dtype(), DataType::List(inner) if inner.as_ref() == &DataType::String)
-        }
+        // A list of nulls only (`List(Null)`) is words that are all null.
+        InputKind::Words => matches!(column.dtype(), DataType::List(inner)
+            if matches!(inner.as_ref(), DataType::String | DataType::Null)),
         InputKind::Text => column.dtype() == &DataType::String,
     };
     if fits(kind) || column.dtype() == &DataType::Null {
@@ -187,6 +196,16 @@ fn check_dtype(column: &Column, kind: InputKind, expression: &str) -> PolarsResu
 
 /// A Polars column as an Arrow array, through the C data interface (the values are shared).
 fn to_arrow(column: &Column) -> PolarsResult<ArrayRef> {
+    // Polars exports a Null column with a buffer that the C data interface does not allow.
+    if column.dtype() == &DataType::Null {
+        return Ok(Arc::new(NullArray::new(column.len())));
+    }
+    let column = match column.dtype() {
+        DataType::List(inner) if inner.as_ref() == &DataType::Null => {
+            column.cast(&DataType::List(Box::new(DataType::String)))?
+        }
+        _ => column.clone(),
+    };
     let array = column.clone().rechunk_to_arrow(CompatLevel::newest());
     let field =
         polars_arrow::datatypes::Field::new(column.name().clone(), array.dtype().clone(), true);

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from span_marker_rs._args import check_str
 from span_marker_rs._native import ScalarFunction, Settings, scalar_function_names
 
 if TYPE_CHECKING:
@@ -66,6 +67,11 @@ def register(
     from datafusion import udf
 
     if model is not None:
-        model = os.fspath(model)
+        model = check_str("model", model, path=True)
+    if device is not None:
+        check_str("device", device)
+        if model is None:
+            msg = "`device` applies to `model`; without one, use SET span_marker.device = '...'"
+            raise ValueError(msg)
     for name in scalar_function_names():
         ctx.register_udf(udf(ScalarFunction(name, model, device)))

@@ -9,30 +9,12 @@ import polars as pl
 from polars.plugins import register_plugin_function
 
 from span_marker_rs import _native
+from span_marker_rs._args import check_fraction, check_int, check_str
 
 # The directory of the extension module, which holds the plugin's functions.
 _PLUGIN_PATH = Path(__file__).parent
 
 __all__ = ["SpanMarkerNamespace"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        msg = f"`{name}` must be an int, got {type(value).__name__}"
-        raise TypeError(msg)
-    if value < minimum:
-        msg = f"`{name}` must be at least {minimum}, got {value}"
-        raise ValueError(msg)
-    return value
-
-
-def _check_str(name: str, value: object) -> str:
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str) or not value:
-        msg = f"`{name}` must be a non-empty string, got {value!r}"
-        raise TypeError(msg)
-    return value
 
 
 def _predict_kwargs(
@@ -44,21 +26,13 @@ def _predict_kwargs(
     precision: str,
     strict: bool,
 ) -> dict[str, object]:
-    if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            msg = f"`threshold` must be a number or None, got {type(threshold).__name__}"
-            raise TypeError(msg)
-        if not 0.0 <= threshold <= 1.0:
-            msg = f"`threshold` must be between 0 and 1, got {threshold}"
-            raise ValueError(msg)
-        threshold = float(threshold)
     return {
-        "model": _check_str("model", model),
-        "device": _check_str("device", device),
-        "batch_size": _check_int("batch_size", batch_size, 1),
-        "threshold": threshold,
+        "model": check_str("model", model, path=True),
+        "device": check_str("device", device),
+        "batch_size": check_int("batch_size", batch_size, 1, _native.MAX_BATCH_SIZE),
+        "threshold": None if threshold is None else check_fraction("threshold", threshold),
         "allow_overlapping": bool(allow_overlapping),
-        "precision": _check_str("precision", precision),
+        "precision": check_str("precision", precision),
         "strict": bool(strict),
     }
 
@@ -155,7 +129,9 @@ class SpanMarkerNamespace:
             >>> out["tokens"].to_list()
             [[{'start': 0, 'end': 1}, {'start': 0, 'end': 2}, {'start': 1, 'end': 2}]]
         """
-        kwargs = {"entity_max_length": _check_int("entity_max_length", entity_max_length, 1)}
+        kwargs = {
+            "entity_max_length": check_int("entity_max_length", entity_max_length, 1, 2**32 - 1)
+        }
         return self._register("candidates", kwargs)
 
     def _register(self, function: str, kwargs: dict[str, object]) -> pl.Expr:

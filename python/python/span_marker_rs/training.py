@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import polars as pl
 
 from span_marker_rs import _native
+from span_marker_rs._args import check_finite, check_str
 
 __all__ = ["TrainResult", "train"]
 
@@ -27,22 +29,28 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def _frame(value: object, argument: str) -> pl.DataFrame:
-    """``value`` as a Polars DataFrame (collected when lazy)."""
-    if isinstance(value, pl.DataFrame):
-        return value
+def _frame(value: object, argument: str, columns: list[str]) -> pl.DataFrame:
+    """The ``columns`` of ``value`` as a Polars DataFrame (collected when lazy); categorical
+    columns become strings."""
     if isinstance(value, pl.LazyFrame):
-        return value.collect()
-    to_arrow = getattr(value, "to_arrow_table", None)
-    if callable(to_arrow):  # a datafusion.DataFrame
-        frame = pl.from_arrow(to_arrow())
-        if isinstance(frame, pl.DataFrame):
-            return frame
-    msg = (
-        f"`{argument}` must be a polars DataFrame or LazyFrame or a datafusion DataFrame, "
-        f"got {type(value).__name__}"
+        value = value.collect()
+    elif not isinstance(value, pl.DataFrame):
+        to_arrow = getattr(value, "to_arrow_table", None)
+        if not callable(to_arrow):
+            msg = (
+                f"`{argument}` must be a polars DataFrame or LazyFrame or a datafusion "
+                f"DataFrame, got {type(value).__name__}"
+            )
+            raise TypeError(msg)
+        value = pl.DataFrame(pl.from_arrow(to_arrow()))
+    missing = [c for c in columns if c not in value.columns]
+    if missing:
+        msg = f"`{argument}` has no column {missing[0]!r}; its columns are {value.columns}"
+        raise _native.SpanMarkerError(msg)
+    return value.select(columns).with_columns(
+        pl.col(pl.Categorical, pl.Enum).cast(pl.String),
+        pl.col(pl.List(pl.Categorical), pl.List(pl.Enum)).cast(pl.List(pl.String)),
     )
-    raise TypeError(msg)
 
 
 def train(
@@ -73,7 +81,8 @@ def train(
             absent.
         args: Training arguments by their Hugging Face ``TrainingArguments`` names
             (``output_dir``, ``learning_rate``, ``num_train_epochs``, ``per_device_train_batch_size``,
-            ``seed``, ...).
+            ``seed``, ...). ``output_dir`` defaults to ``models/span-marker`` under the
+            working directory.
         eval_frame: Rows to evaluate on (as ``frame``), at the end and as ``args`` schedule.
         tokens: The column of words.
         tags: The column of tags.
@@ -88,17 +97,33 @@ def train(
         span_marker_rs.SpanMarkerError: invalid arguments, settings or data (the message names
             which), an encoder that cannot be loaded, or a failed run.
     """
+    for name, value in [("args", args), ("model_settings", model_settings)]:
+        if value is not None and not isinstance(value, Mapping):
+            msg = f"`{name}` must be a dict, got {type(value).__name__}"
+            raise TypeError(msg)
     spec: dict[str, Any] = dict(model_settings or {})
-    spec["encoder"] = os.fspath(encoder)
+    spec["encoder"] = check_str("encoder", encoder, path=True)
     if labels is not None:
+        if isinstance(labels, str) or not all(isinstance(label, str) for label in labels):
+            msg = f"`labels` must be a list of strings, got {labels!r}"
+            raise TypeError(msg)
         spec["labels"] = list(labels)
-    train_rows = _frame(frame, "frame")
-    eval_rows = None if eval_frame is None else _frame(eval_frame, "eval_frame")
+    args = dict(args or {})
+    check_finite("args", args)
+    check_finite("model_settings", spec)
+    columns = [check_str("tokens", tokens), check_str("tags", tags)]
+    if (document_id is None) != (sentence_id is None):
+        msg = "document context needs both `document_id` and `sentence_id`"
+        raise ValueError(msg)
+    if document_id is not None:
+        columns += [check_str("document_id", document_id), check_str("sentence_id", sentence_id)]
+    train_rows = _frame(frame, "frame", columns)
+    eval_rows = None if eval_frame is None else _frame(eval_frame, "eval_frame", columns)
     output_dir, metrics = _native.train(
         train_rows,
         eval_rows,
         json.dumps(spec),
-        json.dumps(args or {}),
+        json.dumps(args),
         tokens,
         tags,
         document_id,
