@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
 
     frame = read_conll(args.data, args.sentences)
-    kwargs = _predict_kwargs(args.model, "cpu", args.batch_size, None, False, "fp32", False)
+    kwargs = _predict_kwargs(args.model, batch_size=args.batch_size)
     expr = pl.col("tokens").span_marker.predict(args.model, batch_size=args.batch_size)
 
     results = {}

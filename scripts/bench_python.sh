@@ -9,11 +9,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 model="${1:-bundled}"
-cache_root="${SPAN_MARKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/span-marker}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache_root/target}"
 bash scripts/setup.sh
 python="$(./.venv-python -c 'import sys; print(sys.executable)')"
-wheels="$CARGO_TARGET_DIR/wheels-release"
+target_dir="$(cargo metadata --format-version 1 --no-deps |
+  "$python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+wheels="$target_dir/wheels-release"
 rm -f "$wheels"/span_marker_rs-*.whl
 "$python" -m maturin build --release --manifest-path python/Cargo.toml --interpreter "$python" --out "$wheels"
 "$python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$wheels"/span_marker_rs-*.whl

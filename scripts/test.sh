@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite (the README's test command): the Rust workspace's tests, then the Python
-# package's: its wheel built with maturin (unoptimised `dev` profile, in the shared target
-# directory, so that it reuses what the Rust tests compiled), installed into the venv that
-# scripts/setup.sh made, and its pytest suite run on the installed package.
+# package's: its wheel built with maturin (unoptimised `dev` profile, in the same target
+# directory; Polars is built again there with its Python features), installed into the venv
+# that scripts/setup.sh made, and its pytest suite run on the installed package.
 #
 # Arguments are passed to pytest (e.g. `-k polars -x`).
 set -euo pipefail

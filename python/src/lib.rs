@@ -19,6 +19,7 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3_polars::PolarsAllocator;
 use span_marker_udfs::span_marker::{ModelSettings, PredictOptions};
+use span_marker_udfs::sql::SpanMarkerOptions;
 
 // Buffers made here are freed by Polars and the other way round: one allocator for both.
 #[global_allocator]
@@ -42,6 +43,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SpanMarkerError", m.py().get_type::<SpanMarkerError>())?;
     m.add("DEFAULT_BATCH_SIZE", PredictOptions::DEFAULT_BATCH_SIZE)?;
     m.add("MAX_BATCH_SIZE", PredictOptions::MAX_BATCH_SIZE)?;
+    let settings = SpanMarkerOptions::default();
+    m.add("DEFAULT_DEVICE", settings.device)?;
+    m.add("DEFAULT_PRECISION", settings.precision)?;
     m.add(
         "DEFAULT_ENTITY_MAX_LENGTH",
         ModelSettings::DEFAULT_ENTITY_MAX_LENGTH,

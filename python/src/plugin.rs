@@ -85,18 +85,38 @@ fn candidates_field(fields: &[Field], _: CandidateArgs) -> PolarsResult<Field> {
 
 #[polars_expr(output_type_func_with_kwargs = predict_field)]
 fn predict(inputs: &[Series], kwargs: PredictArgs) -> PolarsResult<Series> {
-    crate::plugin::run_predict(inputs, InputKind::Words, &kwargs)
+    crate::plugin::nul_free(crate::plugin::run_predict(
+        inputs,
+        InputKind::Words,
+        &kwargs,
+    ))
 }
 
 #[polars_expr(output_type_func_with_kwargs = predict_text_field)]
 fn predict_text(inputs: &[Series], kwargs: PredictArgs) -> PolarsResult<Series> {
-    crate::plugin::run_predict(inputs, InputKind::Text, &kwargs)
+    crate::plugin::nul_free(crate::plugin::run_predict(inputs, InputKind::Text, &kwargs))
 }
 
 #[polars_expr(output_type_func_with_kwargs = candidates_field)]
 fn candidates(inputs: &[Series], kwargs: CandidateArgs) -> PolarsResult<Series> {
     let column = crate::plugin::single(inputs)?;
-    Ok(engine::candidates(&column, kwargs.entity_max_length)?.take_materialized_series())
+    crate::plugin::nul_free(
+        engine::candidates(&column, kwargs.entity_max_length).map(|c| c.take_materialized_series()),
+    )
+}
+
+/// `result` with NUL bytes in its error message escaped: pyo3-polars hands the message to
+/// Python as a C string and reports a bare "PANIC" for one that holds a NUL (a word or path
+/// from the user's data can).
+fn nul_free(result: PolarsResult<Series>) -> PolarsResult<Series> {
+    result.map_err(|e| {
+        let message = e.to_string();
+        if message.contains('\0') {
+            polars_err!(ComputeError: "{}", message.replace('\0', "\\0"))
+        } else {
+            e
+        }
+    })
 }
 
 fn single(inputs: &[Series]) -> PolarsResult<Column> {
@@ -108,20 +128,13 @@ fn single(inputs: &[Series]) -> PolarsResult<Column> {
     }
 }
 
-fn expression_name(kind: InputKind) -> &'static str {
-    match kind {
-        InputKind::Words => "predict",
-        InputKind::Text => "predict_text",
-    }
-}
-
 fn load(args: &PredictArgs, expression: &str) -> PolarsResult<SharedModel> {
     SharedModel::load(&args.model, &args.device)
         .map_err(|e| polars_err!(ComputeError: "span_marker.{expression}: {e}"))
 }
 
 fn run_predict(inputs: &[Series], kind: InputKind, args: &PredictArgs) -> PolarsResult<Series> {
-    let expression = expression_name(kind);
+    let expression = engine::expression_name(kind);
     let column = single(inputs)?;
     let kwargs = args.kwargs(expression)?;
     let model = load(args, expression)?;
@@ -179,7 +192,7 @@ pub fn rust_polars_predict(
     } else {
         InputKind::Words
     };
-    let expression = expression_name(kind);
+    let expression = engine::expression_name(kind);
     let run = || -> PolarsResult<DataFrame> {
         let options = kwargs.kwargs(expression)?;
         let model = load(&kwargs, expression)?;

@@ -5,13 +5,15 @@
 //! namespaced key there, so `SET span_marker.model = '...'` works). Each call hands those
 //! strings to the function ([`WithFfiSettings`]), which parses and checks them as the engine's
 //! own sessions do: an invalid value is an error naming its setting. `SET` checks the key and
-//! that the value parses already, as the Rust engine's sessions do.
+//! that the value parses already, as the Rust engine's sessions do (unless another library's
+//! FFI settings were added to the session after these: Python's DataFusion then keeps that
+//! library's object, and a bad value is caught when a function runs).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::plan_err;
+use datafusion::common::{exec_err, plan_err};
 use datafusion::config::{ConfigExtension, ConfigOptions, ExtensionOptions};
 use datafusion::error::Result;
 use datafusion::logical_expr::{
@@ -109,12 +111,8 @@ impl Settings {
         py: Python<'py>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let defaults: HashMap<String, String> = SpanMarkerOptions::default()
-            .entries()
+            .settings()
             .into_iter()
-            .filter_map(|entry| {
-                let key = format!("{SETTINGS_PREFIX}.{}", entry.key.trim_start_matches('.'));
-                entry.value.map(|value| (key, value))
-            })
             .collect();
         PyCapsule::new_with_value(
             py,
@@ -149,8 +147,11 @@ unsafe extern "C" fn checked_set(
     value: SStr,
 ) -> FFI_Result<()> {
     if key.as_str().starts_with(&format!("{SETTINGS_PREFIX}.")) {
-        let mut config = ConfigOptions::default();
-        if let Err(e) = set_settings(&mut config, [(key.as_str(), value.as_str())]) {
+        let check = || {
+            let mut config = ConfigOptions::default();
+            set_settings(&mut config, [(key.as_str(), value.as_str())])
+        };
+        if let Err(e) = without_panics(check) {
             return FFI_Result::Err(e.strip_backtrace().as_str().into());
         }
     }
@@ -182,14 +183,37 @@ impl ScalarUDFImpl for WithFfiSettings {
     }
 
     fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
-        self.udf.coerce_types(types)
+        without_panics(|| self.udf.coerce_types(types))
     }
 
     fn return_type(&self, types: &[DataType]) -> Result<DataType> {
-        self.udf.return_type(types)
+        without_panics(|| self.udf.return_type(types))
     }
 
-    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        without_panics(|| self.invoke(args))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.udf.documentation()
+    }
+}
+
+/// `f`'s result, with a panic as an error: a panic must not unwind into the FFI caller (Rust
+/// aborts the process there).
+fn without_panics<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        exec_err!("span_marker: internal error (a bug, please report it): {message}")
+    })
+}
+
+impl WithFfiSettings {
+    fn invoke(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let namespace = format!("{}.", FFI_ExtensionOptions::PREFIX);
         let settings = format!("{SETTINGS_PREFIX}.");
         let entries: Vec<(String, String)> = args
@@ -223,9 +247,5 @@ impl ScalarUDFImpl for WithFfiSettings {
             args.config_options = std::sync::Arc::new(options);
         }
         self.udf.invoke_with_args(args)
-    }
-
-    fn documentation(&self) -> Option<&Documentation> {
-        self.udf.documentation()
     }
 }

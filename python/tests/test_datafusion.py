@@ -91,7 +91,9 @@ def test_null_rows_and_dataframe_api():
 
     rows = frame.select(col("id"), predict(col("tokens")).alias("e")).sort(col("id"))
     values = rows.to_arrow_table().column("e").to_pylist()
-    assert values[1] is None and values[0] is not None
+    assert values[1] is None
+    assert [e["label"] for e in values[0]] == ["LOC"]
+    assert [e["label"] for e in values[2]] == ["LOC"]
 
 
 def test_bad_settings_and_sessions_fail_clearly(tmp_path):
@@ -103,7 +105,7 @@ def test_bad_settings_and_sessions_fail_clearly(tmp_path):
     # SET checks keys and that values parse, and the session keeps its settings.
     with pytest.raises(Exception, match=r"invalid value 'many' for `span_marker.batch_size`"):
         ctx.sql("SET span_marker.batch_size = 'many'")
-    with pytest.raises(Exception, match=r"`span_marker.nope`"):
+    with pytest.raises(Exception, match=r"unknown setting `span_marker.nope`; the settings are"):
         ctx.sql("SET span_marker.nope = 1")
     ctx.sql("SET span_marker.batch_size = 8")
     entities = ctx.sql("SELECT span_marker_predict(['Paris']) AS e").to_arrow_table()
@@ -139,3 +141,33 @@ def test_strict_mode_fails_on_an_unannotatable_row():
     ctx.sql("SET span_marker.strict = true")
     with pytest.raises(Exception, match="cannot be annotated"):
         ctx.sql(query).collect()
+
+
+def test_text_and_candidates_through_the_ffi_equal_the_rust_sql(span_marker_bin, tmp_path):
+    texts = pl.DataFrame(
+        {
+            "id": [0, 1, 2],
+            "text": ["Angela Merkel visited Paris.", None, "The ECB met in Frankfurt."],
+            "tokens": [["New", "York", "is", "big"], ["Rome"], None],
+        }
+    )
+    source = tmp_path / "texts.parquet"
+    texts.write_parquet(source)
+    select = (
+        "SELECT id, span_marker_predict_text(text) AS e, "
+        "span_marker_candidates(tokens, 2) AS c FROM {source}"
+    )
+    output = tmp_path / "rust.parquet"
+    run_cli(
+        span_marker_bin,
+        "sql",
+        f"COPY ({select.format(source=repr(str(source)))} ORDER BY id) TO '{output}'",
+    )
+    want = pl.read_parquet(output)
+    ctx = SessionContext(span_marker_rs.session_config())
+    span_marker_rs.register(ctx, model="bundled")
+    ctx.register_parquet("texts", str(source))
+    got = ctx.sql(f"{select.format(source='texts')} ORDER BY id").to_arrow_table()
+    assert_same_entities(got.column("e").to_pylist(), want["e"].to_list())
+    assert got.column("c").to_pylist() == want["c"].to_list()
+    assert got.column("c").to_pylist()[0][:2] == [{"start": 0, "end": 1}, {"start": 0, "end": 2}]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import polars as pl
 import pytest
 from conftest import TINY_MODEL, assert_same_entities, run_cli, rust_annotate
@@ -48,15 +50,7 @@ def test_eager_lazy_and_streaming_equal_the_rust_engine(sentences, rust_entities
 
 def rust_api(frame: pl.DataFrame, column: str, model: str, **options) -> list:
     """The entities that the Rust Polars API (`col(..).span_marker().predict_with`) gives."""
-    defaults = {
-        "device": "cpu",
-        "batch_size": _native.DEFAULT_BATCH_SIZE,
-        "threshold": None,
-        "allow_overlapping": False,
-        "precision": "fp32",
-        "strict": False,
-    }
-    kwargs = _predict_kwargs(model, **{**defaults, **options})
+    kwargs = _predict_kwargs(model, **options)
     out = _native.rust_polars_predict(frame, column, column == "text", kwargs)
     return out[column].to_list()
 
@@ -212,3 +206,21 @@ def test_numpy_scalars_are_accepted_as_numbers():
         pl.col("tokens").span_marker.predict(TINY_MODEL, batch_size=2**70)
     with pytest.raises(ValueError, match="threshold"):
         pl.col("tokens").span_marker.predict(TINY_MODEL, threshold=float("nan"))
+
+
+def test_warnings_from_the_streaming_engine_and_warnings_as_errors():
+    frame = pl.LazyFrame({"tokens": [["Paris"], ["Rome", None]] * 50})
+    expr = pl.col("tokens").span_marker.predict(TINY_MODEL)
+    with pytest.warns(UserWarning, match="word 1 is null"):
+        got = frame.select(expr).collect(engine="streaming")
+    assert got["tokens"].null_count() == 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(pl.exceptions.ComputeError, match="word 1 is null"):
+            frame.select(expr).collect(engine="streaming")
+
+
+def test_nul_bytes_in_messages_do_not_hide_the_error():
+    frame = pl.DataFrame({"tokens": [["Paris"]]})
+    with pytest.raises(pl.exceptions.ComputeError, match=r"no-such\\0model"):
+        frame.select(pl.col("tokens").span_marker.predict("no-such\0model"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from conftest import TINY_ENCODER
+from conftest import TINY_ENCODER, assert_same_entities, rust_annotate
 from datafusion import SessionContext
 
 import span_marker_rs
@@ -13,7 +13,7 @@ ARGS = {"num_train_epochs": 1, "learning_rate": 5e-4, "per_device_train_batch_si
 
 
 def test_train_from_a_lazy_frame_saves_a_model_python_span_marker_loads(
-    train_rows, sentences, tmp_path
+    train_rows, sentences, tmp_path, span_marker_bin
 ):
     output = tmp_path / "model"
     result = span_marker_rs.train(
@@ -33,9 +33,11 @@ def test_train_from_a_lazy_frame_saves_a_model_python_span_marker_loads(
     labels = set(model.config.id2label.values())
     assert {"O", "PER", "LOC"} <= labels, labels
 
-    # The new model serves the plugin too.
-    out = sentences.head(5).select(pl.col("tokens").span_marker.predict(str(output)))
-    assert out.height == 5
+    # The new model serves the plugin as it serves the Rust engine.
+    head = sentences.head(20)
+    out = head.select(pl.col("tokens").span_marker.predict(str(output), allow_overlapping=True))
+    want = rust_annotate(span_marker_bin, head, tmp_path, "--model", str(output), "--overlapping")
+    assert_same_entities(out["tokens"].to_list(), want)
 
 
 def test_train_from_a_datafusion_dataframe_with_tag_ids(train_rows, tmp_path):

@@ -170,8 +170,8 @@ pub struct PredictKwargs {
     pub strict: bool,
 }
 
-/// The expression that reads `kind`.
-fn expression_name(kind: InputKind) -> &'static str {
+/// The expression that reads `kind`: `predict` or `predict_text`.
+pub fn expression_name(kind: InputKind) -> &'static str {
     match kind {
         InputKind::Words => "predict",
         InputKind::Text => "predict_text",

@@ -32,8 +32,9 @@ def session_config(config: SessionConfig | None = None) -> SessionConfig:
 
     A context made from it accepts ``SET span_marker.<key> = <value>`` for the keys ``model``,
     ``device``, ``batch_size``, ``precision``, ``threshold``, ``allow_overlapping``,
-    ``strict`` and ``entity_max_length`` (the same settings as the Rust engine's; each value is
-    checked when a function runs, and an invalid one is an error naming it).
+    ``strict`` and ``entity_max_length`` (the same settings as the Rust engine's). ``SET``
+    refuses an unknown key or a value that does not parse; ranges and models are checked when
+    a function runs. Each error names the setting.
     """
     from datafusion import SessionConfig
 

@@ -19,13 +19,15 @@ __all__ = ["SpanMarkerNamespace"]
 
 def _predict_kwargs(
     model: str | os.PathLike[str],
-    device: str,
-    batch_size: int,
-    threshold: float | None,
-    allow_overlapping: bool,
-    precision: str,
-    strict: bool,
+    *,
+    device: str = _native.DEFAULT_DEVICE,
+    batch_size: int = _native.DEFAULT_BATCH_SIZE,
+    threshold: float | None = None,
+    allow_overlapping: bool = False,
+    precision: str = _native.DEFAULT_PRECISION,
+    strict: bool = False,
 ) -> dict[str, object]:
+    """The plugin's keyword arguments, checked (the one place of their defaults)."""
     return {
         "model": check_str("model", model, path=True),
         "device": check_str("device", device),
@@ -56,11 +58,11 @@ class SpanMarkerNamespace:
         self,
         model: str | os.PathLike[str],
         *,
-        device: str = "cpu",
+        device: str = _native.DEFAULT_DEVICE,
         batch_size: int = _native.DEFAULT_BATCH_SIZE,
         threshold: float | None = None,
         allow_overlapping: bool = False,
-        precision: str = "fp32",
+        precision: str = _native.DEFAULT_PRECISION,
         strict: bool = False,
     ) -> pl.Expr:
         """The entities of a column of words, as ``List(Struct{start, end, label, score})``.
@@ -90,7 +92,13 @@ class SpanMarkerNamespace:
         return self._register(
             "predict",
             _predict_kwargs(
-                model, device, batch_size, threshold, allow_overlapping, precision, strict
+                model,
+                device=device,
+                batch_size=batch_size,
+                threshold=threshold,
+                allow_overlapping=allow_overlapping,
+                precision=precision,
+                strict=strict,
             ),
         )
 
@@ -98,11 +106,11 @@ class SpanMarkerNamespace:
         self,
         model: str | os.PathLike[str],
         *,
-        device: str = "cpu",
+        device: str = _native.DEFAULT_DEVICE,
         batch_size: int = _native.DEFAULT_BATCH_SIZE,
         threshold: float | None = None,
         allow_overlapping: bool = False,
-        precision: str = "fp32",
+        precision: str = _native.DEFAULT_PRECISION,
         strict: bool = False,
     ) -> pl.Expr:
         """The entities of a column of text, split into words by the model's pre-tokenizer.
@@ -114,7 +122,13 @@ class SpanMarkerNamespace:
         return self._register(
             "predict_text",
             _predict_kwargs(
-                model, device, batch_size, threshold, allow_overlapping, precision, strict
+                model,
+                device=device,
+                batch_size=batch_size,
+                threshold=threshold,
+                allow_overlapping=allow_overlapping,
+                precision=precision,
+                strict=strict,
             ),
         )
 

@@ -60,6 +60,21 @@ impl ExtensionOptions for SessionOptions {
     }
 
     fn set(&mut self, key: &str, value: &str) -> datafusion::error::Result<()> {
+        let known = self.0.entries();
+        if !known
+            .iter()
+            .any(|entry| entry.key.trim_start_matches('.') == key)
+        {
+            let names: Vec<String> = known
+                .iter()
+                .map(|entry| entry.key.trim_start_matches('.').to_owned())
+                .collect();
+            return Err(DataFusionError::Configuration(format!(
+                "unknown setting `{}.{key}`; the settings are {}",
+                Self::PREFIX,
+                names.join(", ")
+            )));
+        }
         ExtensionOptions::set(&mut self.0, key, value).map_err(|e| {
             // DataFusion's message ("Error parsing 'abc' as usize") without its cause chain.
             let reason = e.strip_backtrace();
@@ -84,6 +99,15 @@ impl ExtensionOptions for SessionOptions {
 }
 
 impl SpanMarkerOptions {
+    /// Every setting as (full key, value): `("span_marker.model", "")`, ...
+    pub fn settings(&self) -> Vec<(String, String)> {
+        SessionOptions(self.clone())
+            .entries()
+            .into_iter()
+            .filter_map(|entry| Some((entry.key, entry.value?)))
+            .collect()
+    }
+
     /// The settings in force in `config` (the defaults when the extension is not registered).
     pub fn from_config(config: &ConfigOptions) -> Self {
         config
