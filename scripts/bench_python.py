@@ -4,7 +4,8 @@ Both sides run in this process, on one model load, through the same compiled eng
 plugin as Python users call it (`pl.col("tokens").span_marker.predict(...)` in an eager
 `select` and in a streaming lazy plan) and the Rust API (`col("tokens").span_marker()
 .predict_with(...)` in a Rust lazy plan, `span_marker_rs._native.rust_polars_predict`). Each
-timing is the median of `--repeats` runs after a warm-up; the entities must be equal.
+timing is the median of `--repeats` runs after a warm-up, the three paths interleaved; the
+entities must be equal.
 
     .venv-python scripts/bench_python.py --data /data/conll2003/test.txt --model bundled
 
@@ -44,14 +45,19 @@ def read_conll(path: Path, limit: int) -> pl.DataFrame:
     return pl.DataFrame({"tokens": sentences[:limit]}, schema={"tokens": pl.List(pl.String)})
 
 
-def median_seconds(run, repeats: int) -> float:
-    run()  # warm-up: loads the model, fills caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def median_seconds(runs: dict, repeats: int) -> dict:
+    """Median time of each run, the runs interleaved (in a rotating order) so that the
+    machine's drift over the benchmark is shared by all of them."""
+    for run in runs.values():
+        run()  # warm-up: loads the model, fills caches
+    times: dict = {name: [] for name in runs}
+    names = list(runs)
+    for repeat in range(repeats):
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -76,15 +82,18 @@ def main() -> None:
     strip = lambda rows: [[(e["start"], e["end"], e["label"]) for e in r] for r in rows]  # noqa: E731
     assert strip(results["streaming"].to_list()) == strip(results["rust"].to_list())
 
-    timings = {
-        "Rust Polars API": median_seconds(
-            lambda: _native.rust_polars_predict(frame, "tokens", False, kwargs), args.repeats
-        ),
-        "plugin, eager select": median_seconds(lambda: frame.select(expr), args.repeats),
-        "plugin, streaming lazy": median_seconds(
-            lambda: frame.lazy().select(expr).collect(engine="streaming"), args.repeats
-        ),
-    }
+    timings = median_seconds(
+        {
+            "Rust Polars API": lambda: _native.rust_polars_predict(
+                frame, "tokens", False, kwargs
+            ),
+            "plugin, eager select": lambda: frame.select(expr),
+            "plugin, streaming lazy": lambda: frame.lazy().select(expr).collect(
+                engine="streaming"
+            ),
+        },
+        args.repeats,
+    )
     rust = timings["Rust Polars API"]
     words = frame["tokens"].list.len().sum()
     print(
