@@ -206,9 +206,9 @@ fn to_arrow(column: &Column) -> PolarsResult<ArrayRef> {
         }
         _ => column.clone(),
     };
-    let array = column.clone().rechunk_to_arrow(CompatLevel::newest());
-    let field =
-        polars_arrow::datatypes::Field::new(column.name().clone(), array.dtype().clone(), true);
+    let name = column.name().clone();
+    let array = column.rechunk_to_arrow(CompatLevel::newest());
+    let field = polars_arrow::datatypes::Field::new(name.clone(), array.dtype().clone(), true);
     let schema = polars_arrow::ffi::export_field_to_c(&field);
     let array = polars_arrow::ffi::export_array_to_c(array);
     // SAFETY: both crates define these structs as the C data interface's `ArrowArray` and
@@ -222,7 +222,7 @@ fn to_arrow(column: &Column) -> PolarsResult<ArrayRef> {
     };
     // SAFETY: a valid array and schema, just exported.
     let data = unsafe { arrow::ffi::from_ffi(array, &schema) }
-        .map_err(|e| polars_err!(ComputeError: "span_marker: `{}` to Arrow: {e}", column.name()))?;
+        .map_err(|e| polars_err!(ComputeError: "span_marker: `{name}` to Arrow: {e}"))?;
     Ok(make_array(data))
 }
 
