@@ -31,7 +31,7 @@ const MASKED_BIAS: f64 = -1e4;
 #[derive(Debug)]
 pub enum MarkerAttention {
     /// Every query scores every key under a `[B, 1, T, T]` additive bias (0 where attention is
-    /// allowed, -1e4 elsewhere).
+    /// allowed, -1e4 elsewhere; padding rows see themselves).
     Dense { bias: Tensor },
     /// Every query scores the text keys, its own key and its partner's.
     Structured {
@@ -58,13 +58,30 @@ impl MarkerAttention {
         if t >= STRUCTURED_MIN_LENGTH && 8 * (layout.text_length + 2) <= t {
             return Self::structured(layout, kind);
         }
-        // Fully masked (padding) rows attend uniformly instead of producing NaN, which a
-        // boolean mask would do.
-        let mask = layout.attention_mask();
-        let bias = Tensor::zeros(mask.size(), (kind, layout.num_tokens.device()))
-            .masked_fill(&mask.logical_not(), MASKED_BIAS)
-            .unsqueeze(1);
-        Self::Dense { bias }
+        Self::Dense {
+            bias: Self::dense_bias(layout, kind),
+        }
+    }
+
+    /// The `[B, 1, T, T]` bias of the dense form, in three passes over its cells instead of
+    /// the ten that the boolean mask and a fill from it take: text and marker rows see the text
+    /// keys, then each row gets its own key and its partner's. Padding rows thereby see
+    /// themselves (not nothing, which would make NaN): their states are never read, and no row
+    /// that is read sees them, so the result is the reference's.
+    fn dense_bias(layout: &MarkerLayout<'_>, kind: Kind) -> Tensor {
+        let roles = layout.roles();
+        let t = layout.total_length;
+        let b = layout.num_tokens.size1().unwrap_or(0);
+        let sees_text = roles
+            .is_text
+            .logical_or(&roles.is_marker)
+            .logical_and(&layout.key_is_text(t));
+        let own_and_partner =
+            Tensor::cat(&[roles.position.expand([b, t, 1], false), roles.partner], 2);
+        let mut bias = Tensor::full([b, t, t], MASKED_BIAS, (kind, layout.num_tokens.device()));
+        let _ = bias.masked_fill_(&sees_text, 0.0);
+        let _ = bias.scatter_value_(2, &own_and_partner, 0.0);
+        bias.unsqueeze(1)
     }
 
     /// Keys each query scores in a batch of `total_length` tokens: all of them in the dense
