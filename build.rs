@@ -6,7 +6,7 @@
 //! library is present, keep it linked even though no symbol of ours references it:
 //! otherwise the linker drops it and CUDA never registers with libtorch.
 //!
-//! It also compiles the C++ shims of `csrc/`: the CUDA autocast dtype (`autocast.cpp`) and the
+//! It also compiles the C++ shims of `csrc/`: the autocast controls (`autocast.cpp`) and the
 //! dynamic int8 linear layers of `--precision int8` (`quantized.cpp`).
 
 use std::path::Path;

@@ -1,8 +1,10 @@
 //! Device selection (`cpu`, `cuda`, `cuda:N` or `auto`), the precision of forward passes, and
-//! process settings for fast CPU work.
+//! process settings for fast CPU work (the allocator, intra-op threads).
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use tch::Device;
 
@@ -47,14 +49,16 @@ pub fn parse_device(name: &str) -> Result<Device> {
 }
 
 /// The precision of forward passes. Weights stay float32; the mixed precisions run matrix
-/// products and attention in 16 bits under CUDA autocast (as `torch.autocast`), with
-/// reductions, softmax and layer norms kept in float32; `int8` runs the encoder's linear maps
-/// on int8 copies of their weights on the CPU (inference only).
+/// products and attention in 16 bits under autocast (as `torch.autocast`), with reductions,
+/// softmax and layer norms kept in float32: `bf16` and `fp16` on a CUDA device, `bf16` also on a
+/// CPU with bfloat16 instructions; `int8` runs the encoder's linear maps on int8 copies of their
+/// weights on the CPU (inference only).
 ///
 /// ```
-/// use span_marker::device::Precision;
+/// use span_marker::device::{cpu_has_bf16, Precision};
 /// assert_eq!("bf16".parse::<Precision>()?, Precision::BFloat16);
-/// assert!(Precision::BFloat16.check(tch::Device::Cpu).is_err());
+/// assert_eq!(Precision::BFloat16.check(tch::Device::Cpu).is_ok(), cpu_has_bf16());
+/// assert!(Precision::Float16.check(tch::Device::Cpu).is_err());
 /// assert!(Precision::Int8.check(tch::Device::Cuda(0)).is_err());
 /// assert!(Precision::Float32.check(tch::Device::Cpu).is_ok());
 /// # Ok::<(), span_marker::Error>(())
@@ -65,7 +69,7 @@ pub enum Precision {
     Float32,
     /// bfloat16 autocast (`bf16`): float32's range, so no loss scaling is needed.
     BFloat16,
-    /// float16 autocast (`fp16`).
+    /// float16 autocast (`fp16`, CUDA only).
     Float16,
     /// Dynamic int8 quantisation of the encoder's linear maps (`int8`, CPU inference only):
     /// int8 weights with a scale per output channel, activations quantised per call (see
@@ -73,16 +77,57 @@ pub enum Precision {
     Int8,
 }
 
+/// Whether this CPU has bfloat16 instructions: AVX512-BF16 on x86 (which every CPU with AMX
+/// has too) or BF16 on Arm. libtorch runs bfloat16 matrix products without them only by
+/// conversion, so `bf16` is refused there.
+pub fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("bf16")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU has AMX tiles the process may use. Without them a bfloat16 matrix product
+/// runs on AVX512-BF16's dot products, which on the CPUs measured (`docs/benchmarks.md`) is
+/// slower than float32; with them, oneDNN runs it on the tiles.
+pub fn cpu_has_amx() -> bool {
+    // SAFETY: no arguments; libtorch errors are caught in the shim.
+    unsafe { span_marker_cpu_has_amx() == 1 }
+}
+
 impl Precision {
-    /// Mixed precision needs a CUDA device, int8 a CPU with fbgemm's instructions (AVX2);
-    /// float32 runs anywhere.
+    /// `fp16` needs a CUDA device, `bf16` a CUDA device or a CPU with bfloat16 instructions
+    /// ([`cpu_has_bf16`]), `int8` a CPU with fbgemm's instructions (AVX2); float32 runs
+    /// anywhere.
     pub fn check(self, device: Device) -> Result<()> {
         match self {
             Self::Float32 => Ok(()),
-            Self::BFloat16 | Self::Float16 if !device.is_cuda() => Err(Error::Device(format!(
-                "`{self}` needs a CUDA device: mixed precision is not available on the CPU (use `fp32`, or `int8` for quantised CPU inference)"
-            ))),
-            Self::BFloat16 | Self::Float16 => Ok(()),
+            Self::BFloat16 if !device.is_cuda() && !cpu_has_bf16() => Err(Error::Device(
+                "`bf16` on the CPU needs bfloat16 instructions (AVX512-BF16 or AMX on x86, BF16 on Arm), which this CPU lacks: use `fp32`, or `int8` for quantised CPU inference".into(),
+            )),
+            Self::BFloat16 => {
+                if !device.is_cuda() && !cpu_has_amx() {
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| {
+                        tracing::warn!(
+                            "`bf16` on a CPU without AMX: libtorch's bfloat16 matrix products run slower than float32 here; `int8` is the fast CPU precision for inference"
+                        )
+                    });
+                }
+                Ok(())
+            }
+            Self::Float16 if !device.is_cuda() => Err(Error::Device(
+                "`fp16` needs a CUDA device (on the CPU use `fp32`, `bf16` where the CPU has bfloat16 instructions, or `int8` for quantised inference)".into(),
+            )),
+            Self::Float16 => Ok(()),
             Self::Int8 if device.is_cuda() => Err(Error::Device(
                 "`int8` runs on the CPU only (use `bf16` or `fp16` on a CUDA device)".into(),
             )),
@@ -93,16 +138,35 @@ impl Precision {
         }
     }
 
-    /// Runs `f` under CUDA autocast with this precision's 16-bit type (plainly for float32 and
-    /// int8, whose quantised layers are chosen by the caller).
-    pub fn autocast<T>(self, f: impl FnOnce() -> T) -> Result<T> {
+    /// Runs `f` under autocast on `device` with this precision's 16-bit type (plainly for
+    /// float32 and int8, whose quantised layers are chosen by the caller). Autocast state is
+    /// per thread, so it is set on the thread that runs `f`.
+    pub fn autocast<T>(self, device: Device, f: impl FnOnce() -> T) -> Result<T> {
         let bf16 = match self {
             Self::Float32 | Self::Int8 => return Ok(f()),
             Self::BFloat16 => true,
             Self::Float16 => false,
         };
+        if !device.is_cuda() {
+            if !bf16 {
+                return Err(Error::Device("`fp16` autocast needs a CUDA device".into()));
+            }
+            // SAFETY: plain C functions without pointers; libtorch errors are caught in the shim.
+            let was_enabled = unsafe { span_marker_cpu_autocast_enter() };
+            if was_enabled < 0 {
+                return Err(Error::Device(
+                    "libtorch refused CPU bfloat16 autocast".into(),
+                ));
+            }
+            let result = f();
+            if unsafe { span_marker_cpu_autocast_exit(was_enabled) } != 0 {
+                return Err(Error::Device(
+                    "libtorch could not leave CPU bfloat16 autocast".into(),
+                ));
+            }
+            return Ok(result);
+        }
         // SAFETY: a plain C function without pointers; libtorch errors are caught in the shim.
-        // The autocast type is per thread, so it is set on the thread that runs `f`.
         if unsafe { span_marker_set_cuda_autocast_bf16(i32::from(bf16)) } != 0 {
             return Err(Error::Device(format!(
                 "libtorch refused the CUDA autocast type for `{self}`"
@@ -115,6 +179,12 @@ impl Precision {
 extern "C" {
     /// From `csrc/autocast.cpp`: picks bfloat16 (1) or float16 (0) for CUDA autocast.
     fn span_marker_set_cuda_autocast_bf16(bf16: i32) -> i32;
+    /// From `csrc/autocast.cpp`: enters CPU bfloat16 autocast; whether it was on before, or -1.
+    fn span_marker_cpu_autocast_enter() -> i32;
+    /// From `csrc/autocast.cpp`: leaves CPU autocast, restoring the state `enter` returned.
+    fn span_marker_cpu_autocast_exit(was_enabled: i32) -> i32;
+    /// From `csrc/autocast.cpp`: 1 when AMX tiles are usable.
+    fn span_marker_cpu_has_amx() -> i32;
 }
 
 impl FromStr for Precision {
@@ -142,6 +212,84 @@ impl fmt::Display for Precision {
             Self::Int8 => "int8",
         })
     }
+}
+
+/// Encoders narrower than this many hidden units predict faster on one libtorch intra-op thread
+/// than on several: each of their operations is too small to split, and the threads spend the
+/// time waiting for each other at OpenMP barriers. Measured on 2 cores with CoNLL-2003 test
+/// sentences (batch 32): the 32-wide test encoder predicted 1.5-1.7x faster on one thread, while
+/// 64-, 128- and 256-wide encoders were 1.3x, 1.6x and 1.9x faster on two. Training is not
+/// affected (its backward passes are large enough to split: the 32-wide encoder trained 1.13x
+/// faster on two threads).
+pub const NARROW_ENCODER_WIDTH: i64 = 64;
+
+/// The intra-op threads for CPU inference with an encoder `hidden_size` wide, where libtorch's
+/// own count (all cores, or `OMP_NUM_THREADS`) is `default`: one for encoders narrower than
+/// [`NARROW_ENCODER_WIDTH`], `default` otherwise.
+///
+/// ```
+/// use span_marker::device::inference_threads;
+/// assert_eq!(inference_threads(32, 8), 1);
+/// assert_eq!(inference_threads(384, 8), 8);
+/// ```
+pub fn inference_threads(hidden_size: i64, default: usize) -> usize {
+    if hidden_size < NARROW_ENCODER_WIDTH {
+        1
+    } else {
+        default.max(1)
+    }
+}
+
+/// Intra-op threads fixed by [`pin_threads`] (0: not fixed).
+static PINNED_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// libtorch's intra-op thread count before this crate changed it.
+static DEFAULT_THREADS: OnceLock<usize> = OnceLock::new();
+
+fn default_threads() -> usize {
+    *DEFAULT_THREADS.get_or_init(|| tch::get_num_threads().max(1) as usize)
+}
+
+/// Fixes libtorch's intra-op threads at `threads` for the whole process (the command line's
+/// `--threads`): [`fit_inference_threads`] then keeps that count.
+///
+/// ```
+/// span_marker::device::pin_threads(1)?;
+/// assert_eq!(tch::get_num_threads(), 1);
+/// assert!(span_marker::device::pin_threads(0).is_err());
+/// # Ok::<(), span_marker::Error>(())
+/// ```
+pub fn pin_threads(threads: usize) -> Result<()> {
+    const MAX_THREADS: usize = 4096;
+    if !(1..=MAX_THREADS).contains(&threads) {
+        return Err(Error::Setting {
+            key: "threads",
+            message: format!("must be between 1 and {MAX_THREADS}, got {threads}"),
+        });
+    }
+    default_threads();
+    PINNED_THREADS.store(threads, Ordering::Relaxed);
+    tch::set_num_threads(threads as i32);
+    Ok(())
+}
+
+/// Sets the calling thread's libtorch intra-op threads for CPU inference with `model`
+/// ([`inference_threads`] of its encoder width) and returns the count it runs with. The count
+/// stays as it is for a model on a GPU, after [`pin_threads`], and when `OMP_NUM_THREADS` is set
+/// (the user's choice). The command line calls this once a model is loaded, and the engine
+/// layer on its model thread before each prediction.
+pub fn fit_inference_threads(model: &crate::SpanMarkerModel) -> usize {
+    let default = default_threads();
+    let pinned = PINNED_THREADS.load(Ordering::Relaxed);
+    let current = tch::get_num_threads().max(1) as usize;
+    if pinned != 0 || model.device().is_cuda() || std::env::var_os("OMP_NUM_THREADS").is_some() {
+        return current;
+    }
+    let wanted = inference_threads(model.encoder().settings().hidden_size, default);
+    if wanted != current {
+        tch::set_num_threads(wanted as i32);
+    }
+    wanted
 }
 
 /// Keeps freed tensor memory in the process instead of handing it back to the system after
@@ -204,6 +352,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("fp16") && err.contains("CUDA"), "{err}");
+        match Precision::BFloat16.check(Device::Cpu) {
+            Ok(()) => assert!(cpu_has_bf16()),
+            Err(err) => {
+                let err = err.to_string();
+                assert!(!cpu_has_bf16());
+                assert!(err.contains("bf16") && err.contains("AVX512-BF16"), "{err}");
+            }
+        }
         assert!(Precision::BFloat16.check(Device::Cuda(0)).is_ok());
         let err = Precision::Int8
             .check(Device::Cuda(0))
@@ -215,11 +371,38 @@ mod tests {
     }
 
     #[test]
+    fn autocast_runs_products_in_bfloat16_on_the_cpu_and_ends_with_its_closure() {
+        let a = tch::Tensor::ones([4, 4], (tch::Kind::Float, Device::Cpu));
+        let product = Precision::BFloat16
+            .autocast(Device::Cpu, || a.matmul(&a))
+            .unwrap();
+        assert_eq!(product.kind(), tch::Kind::BFloat16);
+        assert_eq!(a.matmul(&a).kind(), tch::Kind::Float, "autocast left on");
+        // Nested: the inner exit keeps the outer autocast on.
+        let (inner, after) = Precision::BFloat16
+            .autocast(Device::Cpu, || {
+                let inner = Precision::BFloat16
+                    .autocast(Device::Cpu, || a.matmul(&a).kind())
+                    .unwrap();
+                (inner, a.matmul(&a).kind())
+            })
+            .unwrap();
+        assert_eq!((inner, after), (tch::Kind::BFloat16, tch::Kind::BFloat16));
+        assert!(Precision::Float16.autocast(Device::Cpu, || ()).is_err());
+    }
+
+    #[test]
     fn the_autocast_shim_is_linked_and_float32_runs_plainly() {
-        // Choosing the autocast type works without a GPU; float32 never enters autocast.
-        assert_eq!(Precision::BFloat16.autocast(|| 1).unwrap(), 1);
-        assert_eq!(Precision::Float16.autocast(|| 2).unwrap(), 2);
-        assert_eq!(Precision::Float32.autocast(|| 3).unwrap(), 3);
+        // Choosing the CUDA autocast type works without a GPU; float32 never enters autocast.
+        assert_eq!(
+            Precision::BFloat16.autocast(Device::Cuda(0), || 1).unwrap(),
+            1
+        );
+        assert_eq!(
+            Precision::Float16.autocast(Device::Cuda(0), || 2).unwrap(),
+            2
+        );
+        assert_eq!(Precision::Float32.autocast(Device::Cpu, || 3).unwrap(), 3);
     }
 
     #[test]

@@ -293,8 +293,9 @@ impl SpanMarkerModel {
             picked.clear();
             picked.extend(chunk.iter().map(|&i| samples[i].clone()));
             let batch = collate(&encoded.windows, &picked, &spec, self.device())?;
-            let output =
-                precision.autocast(|| self.forward_with(&batch, false, int8.as_deref()))?;
+            let output = precision.autocast(self.device(), || {
+                self.forward_with(&batch, false, int8.as_deref())
+            })?;
             if let Some(loss) = &output.loss {
                 loss_sum += f64::try_from(loss)? * chunk.len() as f64;
                 with_loss = true;

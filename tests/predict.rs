@@ -144,18 +144,18 @@ fn results_do_not_depend_on_the_batch_size() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("batch_size"), "{err}");
-    // The model is on the CPU: 16-bit autocast is refused, naming what is needed.
+    // The model is on the CPU: float16 autocast is refused, naming what is needed.
     let err = model
         .predict(
             &inputs,
             &PredictOptions {
-                precision: Precision::BFloat16,
+                precision: Precision::Float16,
                 ..Default::default()
             },
         )
         .unwrap_err()
         .to_string();
-    assert!(err.contains("bf16") && err.contains("CUDA"), "{err}");
+    assert!(err.contains("fp16") && err.contains("CUDA"), "{err}");
 }
 
 #[test]

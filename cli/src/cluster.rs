@@ -60,7 +60,7 @@ pub struct ExecutorArgs {
     /// The scheduler's port.
     #[arg(long, default_value_t = SCHEDULER_PORT)]
     scheduler_port: u16,
-    /// Tasks run at once (the model serves them in turn, with all intra-op threads).
+    /// Tasks run at once (the model serves them in turn, with the intra-op threads of `--threads`).
     #[arg(long, short = 'c', default_value_t = 2)]
     concurrent_tasks: usize,
     /// Directory for intermediate results (default: a temporary directory).

@@ -29,6 +29,10 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// libtorch intra-op threads on the CPU. Default: all cores (or `OMP_NUM_THREADS`), and one
+    /// for inference with encoders narrower than 64 (their operations are too small to split).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -74,7 +78,17 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     span_marker_cli::init();
-    span_marker_cli::run(|| match Cli::parse().command {
+    span_marker_cli::run(|| {
+        let cli = Cli::parse();
+        if let Some(threads) = cli.threads {
+            span_marker::device::pin_threads(threads)?;
+        }
+        run(cli.command)
+    })
+}
+
+fn run(command: Command) -> CliResult {
+    match command {
         Command::Annotate(args) => annotate::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Sql(args) => sql::run(args),
@@ -83,5 +97,5 @@ fn main() -> std::process::ExitCode {
         Command::Candidates(args) => candidates::run(args),
         Command::Push(args) => push::run(args),
         Command::Cluster(command) => cluster::run(command),
-    })
+    }
 }

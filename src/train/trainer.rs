@@ -402,7 +402,7 @@ impl<'m> Trainer<'m> {
         let loss = self
             .args
             .precision()
-            .autocast(|| model.forward(&inputs, true).loss)?
+            .autocast(self.device, || model.forward(&inputs, true).loss)?
             .ok_or_else(|| Error::Config("a training batch without labels".into()))?
             / self.args.gradient_accumulation_steps as f64;
         match &run.scaler {

@@ -25,7 +25,8 @@ use crate::error::{Error, Result};
 ///
 /// libtorch tensors may move between threads but tch does not let them be shared, so the
 /// model sits behind a mutex; predictions run on the model thread (see the module
-/// documentation), one at a time, each using all intra-op threads.
+/// documentation), one at a time, each with the intra-op threads that suit the model
+/// ([`span_marker::device::fit_inference_threads`]: all cores, one for very narrow encoders).
 #[derive(Clone)]
 pub struct SharedModel {
     source: Arc<str>,
@@ -232,6 +233,7 @@ impl SharedModel {
             let model = model
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            span_marker::device::fit_inference_threads(&model);
             model.predict_rows_each(&rows, None, &options)
         })?
         .map_err(Into::into)

@@ -301,11 +301,11 @@ async fn settings_change_the_output() {
     let error = execution_error(&ctx, query).await;
     assert!(error.contains("batch_size"), "{error}");
     ctx.sql("SET span_marker.batch_size = 32").await.unwrap();
-    // Mixed precision needs the model on a GPU (here it is on the CPU); an unknown precision
-    // names the setting.
-    ctx.sql("SET span_marker.precision = 'bf16'").await.unwrap();
+    // float16 needs the model on a GPU (here it is on the CPU); an unknown precision names the
+    // setting.
+    ctx.sql("SET span_marker.precision = 'fp16'").await.unwrap();
     let error = execution_error(&ctx, query).await;
-    assert!(error.contains("bf16") && error.contains("CUDA"), "{error}");
+    assert!(error.contains("fp16") && error.contains("CUDA"), "{error}");
     ctx.sql("SET span_marker.precision = 'int4'").await.unwrap();
     let error = execution_error(&ctx, query).await;
     assert!(

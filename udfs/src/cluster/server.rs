@@ -52,7 +52,7 @@ pub struct ExecutorOptions {
     pub grpc_port: u16,
     pub scheduler_host: String,
     pub scheduler_port: u16,
-    /// Tasks run at once. The model serves them one at a time with all intra-op threads, so
+    /// Tasks run at once. The model serves them one at a time with its intra-op threads, so
     /// two keep it busy while the next batch is read.
     pub concurrent_tasks: usize,
     /// Where intermediate results go (default: a temporary directory).

@@ -1,0 +1,168 @@
+//! Reduced precisions on the CPU: `int8` (dynamically quantised linear maps) and `bf16`
+//! (bfloat16 autocast, where the CPU has the instructions) give nearly the float32 entities;
+//! int8 follows the weights when they change, and bf16 trains.
+
+mod common;
+
+use common::{conll_tiny, conll_words, predict_words, repo};
+use span_marker::device::{cpu_has_bf16, Precision};
+use span_marker::train::{IntervalStrategy, NerDataset, Trainer, TrainingArguments};
+use span_marker::{PredictedEntity, SpanMarkerModel};
+
+fn model() -> SpanMarkerModel {
+    SpanMarkerModel::from_pretrained(conll_tiny().to_str().unwrap()).unwrap()
+}
+
+fn sentences(model: &SpanMarkerModel) -> Vec<Vec<String>> {
+    conll_words(&repo().join("examples/data/test.txt"), model.labels())
+}
+
+/// Per float32 entity, the reduced-precision entity at the same span and label, if any.
+fn matched<'a>(
+    float32: &'a [Vec<PredictedEntity>],
+    reduced: &'a [Vec<PredictedEntity>],
+) -> Vec<(&'a PredictedEntity, Option<&'a PredictedEntity>)> {
+    float32
+        .iter()
+        .zip(reduced)
+        .flat_map(|(f, q)| {
+            f.iter().map(move |e| {
+                let same = q.iter().find(|o| {
+                    (o.word_start, o.word_end, &o.label) == (e.word_start, e.word_end, &e.label)
+                });
+                (e, same)
+            })
+        })
+        .collect()
+}
+
+/// Asserts that `precision` keeps at least 95% of the float32 entities, loses only unconfident
+/// ones, and changes the scores (so that it ran) by less than 0.1.
+fn assert_close_to_float32(precision: Precision) {
+    let model = model();
+    let sentences = sentences(&model);
+    let float32 = predict_words(&model, &sentences, Precision::Float32);
+    let reduced = predict_words(&model, &sentences, precision);
+    let pairs = matched(&float32, &reduced);
+    assert!(pairs.len() > 50, "only {} entities", pairs.len());
+    let kept = pairs.iter().filter(|(_, q)| q.is_some()).count();
+    assert!(
+        kept * 100 >= pairs.len() * 95,
+        "{precision}: {kept} of {} kept",
+        pairs.len()
+    );
+    let mut largest = 0f32;
+    for (f, q) in &pairs {
+        match q {
+            Some(q) => largest = largest.max((f.score - q.score).abs()),
+            None => assert!(f.score < 0.8, "confident {f:?} lost in {precision}"),
+        }
+    }
+    // Rounded, so not bit-identical, but close.
+    assert!(
+        largest > 0.0,
+        "{precision} scores equal float32's: the {precision} path did not run"
+    );
+    assert!(
+        largest < 0.1,
+        "{precision}: scores differ by up to {largest}"
+    );
+}
+
+#[test]
+fn int8_entities_stay_close_to_float32() {
+    assert_close_to_float32(Precision::Int8);
+}
+
+#[test]
+fn bf16_entities_stay_close_to_float32_where_the_cpu_has_bfloat16() {
+    if cpu_has_bf16() {
+        assert_close_to_float32(Precision::BFloat16);
+    } else {
+        let model = model();
+        let err = predict_words_error(&model, Precision::BFloat16);
+        assert!(err.contains("bf16") && err.contains("AVX512-BF16"), "{err}");
+    }
+}
+
+fn predict_words_error(model: &SpanMarkerModel, precision: Precision) -> String {
+    let options = span_marker::PredictOptions {
+        precision,
+        ..Default::default()
+    };
+    model
+        .predict(&[span_marker::SentenceInput::Text("Paris")], &options)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn bf16_training_on_the_cpu_lowers_the_loss_and_keeps_float32_weights() {
+    let mut model = model();
+    let labels = model.labels().clone();
+    let train = NerDataset::from_conll(repo().join("examples/data/train.txt"), &labels).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let args = TrainingArguments {
+        output_dir: out.path().to_owned(),
+        bf16: true,
+        per_device_train_batch_size: 8,
+        learning_rate: 5e-3,
+        max_steps: Some(40),
+        logging_steps: 10,
+        save_strategy: IntervalStrategy::No,
+        device: "cpu".into(),
+        ..Default::default()
+    };
+    let trainer = Trainer::new(&mut model, args);
+    if !cpu_has_bf16() {
+        let err = trainer.err().expect("bf16 refused").to_string();
+        assert!(err.contains("bf16") && err.contains("AVX512-BF16"), "{err}");
+        return;
+    }
+    let output = trainer.unwrap().train(&train, None, None).unwrap();
+    assert_eq!(output.global_step, 40);
+    let losses: Vec<f64> = std::fs::read_to_string(out.path().join("log_history.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .collect();
+    assert_eq!(losses.len(), 4, "{losses:?}");
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(
+        losses[3] < losses[0],
+        "bf16 training did not learn: {losses:?}"
+    );
+    for (name, weight) in model.var_store().variables() {
+        assert_eq!(weight.kind(), tch::Kind::Float, "{name}");
+    }
+}
+
+#[test]
+fn int8_follows_weights_that_change() {
+    let mut model = model();
+    let sentences = sentences(&model);
+    let before = predict_words(&model, &sentences, Precision::Int8);
+    // Halve one layer's feed-forward output: an in-place change, as an optimizer step makes.
+    tch::no_grad(|| {
+        let vars = model.var_store_mut().variables();
+        let name = "encoder.encoder.layer.0.output.dense.weight";
+        let mut weight = vars
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .shallow_clone();
+        let _ = weight.g_mul_scalar_(0.5);
+    });
+    let float32 = predict_words(&model, &sentences, Precision::Float32);
+    let after = predict_words(&model, &sentences, Precision::Int8);
+    let scores = |rows: &[Vec<PredictedEntity>]| -> Vec<f32> {
+        rows.iter().flatten().map(|e| e.score).collect()
+    };
+    assert_ne!(scores(&before), scores(&after), "int8 kept the old weights");
+    let pairs = matched(&float32, &after);
+    let kept = pairs.iter().filter(|(_, q)| q.is_some()).count();
+    assert!(
+        kept * 100 >= pairs.len() * 95,
+        "{kept} of {} kept",
+        pairs.len()
+    );
+}
