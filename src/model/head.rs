@@ -19,14 +19,12 @@ pub fn marker_features(
     let zero = Tensor::zeros_like(&start);
     let start = start.where_self(&valid, &zero);
     let end = (&start + &pairs).where_self(&valid, &zero);
-    let index = Tensor::cat(&[start, end], 1)
-        .unsqueeze(-1)
+    // Start and end interleaved, so that the gathered `[B, 2 x slots, H]` is already the
+    // `[B, slots, 2H]` of concatenated pairs.
+    let index = Tensor::stack(&[start, end], 2)
+        .view([b, 2 * slots, 1])
         .expand([b, 2 * slots, h], false);
-    let states = hidden.gather(1, &index, false);
-    let features = Tensor::cat(
-        &[states.narrow(1, 0, slots), states.narrow(1, slots, slots)],
-        2,
-    );
+    let features = hidden.gather(1, &index, false).view([b, slots, 2 * h]);
     features * valid.unsqueeze(-1).to_kind(hidden.kind())
 }
 
