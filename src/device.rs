@@ -1,10 +1,8 @@
 //! Device selection (`cpu`, `cuda`, `cuda:N` or `auto`), the precision of forward passes, and
-//! process settings for fast CPU work (the allocator, intra-op threads).
+//! process settings for fast CPU work.
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 
 use tch::Device;
 
@@ -212,84 +210,6 @@ impl fmt::Display for Precision {
             Self::Int8 => "int8",
         })
     }
-}
-
-/// Encoders narrower than this many hidden units predict faster on one libtorch intra-op thread
-/// than on several: each of their operations is too small to split, and the threads spend the
-/// time waiting for each other at OpenMP barriers. Measured on 2 cores with CoNLL-2003 test
-/// sentences (batch 32): the 32-wide test encoder predicted 1.5-1.7x faster on one thread, while
-/// 64-, 128- and 256-wide encoders were 1.3x, 1.6x and 1.9x faster on two. Training is not
-/// affected (its backward passes are large enough to split: the 32-wide encoder trained 1.13x
-/// faster on two threads).
-pub const NARROW_ENCODER_WIDTH: i64 = 64;
-
-/// The intra-op threads for CPU inference with an encoder `hidden_size` wide, where libtorch's
-/// own count (all cores, or `OMP_NUM_THREADS`) is `default`: one for encoders narrower than
-/// [`NARROW_ENCODER_WIDTH`], `default` otherwise.
-///
-/// ```
-/// use span_marker::device::inference_threads;
-/// assert_eq!(inference_threads(32, 8), 1);
-/// assert_eq!(inference_threads(384, 8), 8);
-/// ```
-pub fn inference_threads(hidden_size: i64, default: usize) -> usize {
-    if hidden_size < NARROW_ENCODER_WIDTH {
-        1
-    } else {
-        default.max(1)
-    }
-}
-
-/// Intra-op threads fixed by [`pin_threads`] (0: not fixed).
-static PINNED_THREADS: AtomicUsize = AtomicUsize::new(0);
-
-/// libtorch's intra-op thread count before this crate changed it.
-static DEFAULT_THREADS: OnceLock<usize> = OnceLock::new();
-
-fn default_threads() -> usize {
-    *DEFAULT_THREADS.get_or_init(|| tch::get_num_threads().max(1) as usize)
-}
-
-/// Fixes libtorch's intra-op threads at `threads` for the whole process (the command line's
-/// `--threads`): [`fit_inference_threads`] then keeps that count.
-///
-/// ```
-/// span_marker::device::pin_threads(1)?;
-/// assert_eq!(tch::get_num_threads(), 1);
-/// assert!(span_marker::device::pin_threads(0).is_err());
-/// # Ok::<(), span_marker::Error>(())
-/// ```
-pub fn pin_threads(threads: usize) -> Result<()> {
-    const MAX_THREADS: usize = 4096;
-    if !(1..=MAX_THREADS).contains(&threads) {
-        return Err(Error::Setting {
-            key: "threads",
-            message: format!("must be between 1 and {MAX_THREADS}, got {threads}"),
-        });
-    }
-    default_threads();
-    PINNED_THREADS.store(threads, Ordering::Relaxed);
-    tch::set_num_threads(threads as i32);
-    Ok(())
-}
-
-/// Sets the calling thread's libtorch intra-op threads for CPU inference with `model`
-/// ([`inference_threads`] of its encoder width) and returns the count it runs with. The count
-/// stays as it is for a model on a GPU, after [`pin_threads`], and when `OMP_NUM_THREADS` is set
-/// (the user's choice). The command line calls this once a model is loaded, and the engine
-/// layer on its model thread before each prediction.
-pub fn fit_inference_threads(model: &crate::SpanMarkerModel) -> usize {
-    let default = default_threads();
-    let pinned = PINNED_THREADS.load(Ordering::Relaxed);
-    let current = tch::get_num_threads().max(1) as usize;
-    if pinned != 0 || model.device().is_cuda() || std::env::var_os("OMP_NUM_THREADS").is_some() {
-        return current;
-    }
-    let wanted = inference_threads(model.encoder().settings().hidden_size, default);
-    if wanted != current {
-        tch::set_num_threads(wanted as i32);
-    }
-    wanted
 }
 
 /// Keeps freed tensor memory in the process instead of handing it back to the system after

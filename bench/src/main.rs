@@ -56,8 +56,7 @@ pub struct BenchOptions {
     pub join: usize,
     #[arg(long, default_value_t = PredictOptions::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
-    /// Intra-op threads for both implementations (default: Python all logical CPUs, this crate
-    /// as its command line: all of them, one for inference with encoders narrower than 64).
+    /// Intra-op threads for both implementations (default: all logical CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
     #[arg(long, default_value_t = 1)]
@@ -127,7 +126,7 @@ impl BenchOptions {
         Ok(())
     }
 
-    /// Intra-op threads of the Python side (and of this crate when --threads is given).
+    /// Intra-op threads of both sides.
     fn threads(&self) -> usize {
         self.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -149,11 +148,7 @@ pub(crate) type Entities = Vec<SentenceEntities>;
 
 fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     options.validate()?;
-    // Without --threads this crate runs as its command line does: libtorch's default (all
-    // cores), one thread for inference with very narrow encoders; Python gets all cores.
-    if let Some(threads) = options.threads {
-        span_marker::device::pin_threads(threads)?;
-    }
+    tch::set_num_threads(options.threads() as i32);
     // Inference goes through the engine layer's model thread, the direct API and SQL alike, so
     // that one thread of the process runs libtorch (see `span_marker_udfs::SharedModel`);
     // training runs here.
@@ -243,9 +238,10 @@ fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..options.warmup {
         predict_all()?;
     }
-    // The model thread fitted its threads to the model; the peak is measured with as many.
-    let threads = span_marker::device::fit_inference_threads(&shared.lock());
-    let peak = matmul_peak_gflops(options.device);
+    // Measured on the model thread: libtorch work on this thread would make a second OpenMP
+    // team and slow every later prediction down (see `span_marker_udfs::on_model_thread`).
+    let device = options.device;
+    let peak = span_marker_udfs::on_model_thread(move || matmul_peak_gflops(device))?;
     let mut rates = Vec::with_capacity(options.repeat);
     let mut ours: Entities = Vec::new();
     let flops_before = shared.lock().flops_executed();
@@ -259,7 +255,7 @@ fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         (shared.lock().flops_executed() - flops_before) as f64 / options.repeat.max(1) as f64;
     let rust_rate = median(&mut rates);
     println!(
-        "rust:   {rust_rate:10.1} sentences/s, peak RSS {:.0} MB (torch threads {threads})",
+        "rust:   {rust_rate:10.1} sentences/s, peak RSS {:.0} MB",
         peak_rss_mb().unwrap_or(f64::NAN)
     );
     println!(

@@ -22,17 +22,13 @@ impl ModelArgs {
         parse_device(&self.device)
     }
 
-    /// The model, loaded on its device for inference, with the process's intra-op threads
-    /// fitted to it ([`span_marker::device::fit_inference_threads`]) unless `--threads` fixed
-    /// them.
+    /// The model, loaded on its device.
     pub fn load(&self) -> span_marker::Result<span_marker::SpanMarkerModel> {
         let options = span_marker::LoadOptions {
             device: Some(self.device()?),
             ..Default::default()
         };
-        let model = span_marker::SpanMarkerModel::from_pretrained_with(&self.model, &options)?;
-        span_marker::device::fit_inference_threads(&model);
-        Ok(model)
+        span_marker::SpanMarkerModel::from_pretrained_with(&self.model, &options)
     }
 }
 

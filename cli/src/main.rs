@@ -29,10 +29,9 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// libtorch intra-op threads on the CPU. Default: all cores (or `OMP_NUM_THREADS`), and one
-    /// for inference with encoders narrower than 64 (their operations are too small to split).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
+    /// libtorch intra-op threads on the CPU (default: all cores, or `OMP_NUM_THREADS`).
+    #[arg(long, global = true, value_parser = clap::value_parser!(i32).range(1..=4096))]
+    threads: Option<i32>,
 }
 
 #[derive(Subcommand)]
@@ -81,7 +80,7 @@ fn main() -> std::process::ExitCode {
     span_marker_cli::run(|| {
         let cli = Cli::parse();
         if let Some(threads) = cli.threads {
-            span_marker::device::pin_threads(threads)?;
+            tch::set_num_threads(threads);
         }
         run(cli.command)
     })

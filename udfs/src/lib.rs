@@ -32,5 +32,5 @@ pub mod sql;
 pub mod training;
 
 pub use error::{Error, Result};
-pub use model::SharedModel;
+pub use model::{on_model_thread, SharedModel};
 pub use span_marker;

@@ -25,8 +25,7 @@ use crate::error::{Error, Result};
 ///
 /// libtorch tensors may move between threads but tch does not let them be shared, so the
 /// model sits behind a mutex; predictions run on the model thread (see the module
-/// documentation), one at a time, each with the intra-op threads that suit the model
-/// ([`span_marker::device::fit_inference_threads`]: all cores, one for very narrow encoders).
+/// documentation), one at a time, each using all intra-op threads.
 #[derive(Clone)]
 pub struct SharedModel {
     source: Arc<str>,
@@ -91,10 +90,18 @@ static MODEL_THREAD: LazyLock<Option<ModelThread>> = LazyLock::new(|| {
 });
 
 /// Runs `work` on the model thread and waits for its result (directly when called from that
-/// thread, or when it could not be started).
-pub(crate) fn on_model_thread<R: Send + 'static>(
-    work: impl FnOnce() -> R + Send + 'static,
-) -> Result<R> {
+/// thread, or when it could not be started). Other libtorch work of a process that uses the
+/// engine functions belongs there too: a second thread running libtorch operations makes a
+/// second OpenMP team, and with more team threads than cores every operation of both waits to
+/// be woken (on 2 cores the tiny test model predicted at about 1,300-1,600 sentences/s instead
+/// of 2,600 while the main thread had run one matrix product).
+///
+/// ```
+/// let sum = span_marker_udfs::on_model_thread(|| tch::Tensor::from_slice(&[1.0f32, 2.0]).sum(tch::Kind::Float).double_value(&[]))?;
+/// assert_eq!(sum, 3.0);
+/// # Ok::<(), span_marker_udfs::Error>(())
+/// ```
+pub fn on_model_thread<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> Result<R> {
     let Some(thread) = &*MODEL_THREAD else {
         return Ok(work());
     };
@@ -233,7 +240,6 @@ impl SharedModel {
             let model = model
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            span_marker::device::fit_inference_threads(&model);
             model.predict_rows_each(&rows, None, &options)
         })?
         .map_err(Into::into)
