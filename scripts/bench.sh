@@ -7,12 +7,13 @@
 #   bash scripts/bench.sh scaling    # how inference time and memory grow with sentence
 #                                    # length and corpus size
 #   bash scripts/bench.sh conll      # real sentences: CoNLL-2003 from $CONLL2003_DIR, the
-#                                    # tiny fixture, the bundled MiniLM model and a BERT-base
-#                                    # shape in float32 and int8, and training pretrained
-#                                    # MiniLM (part of `all` when the data is there)
+#                                    # tiny fixture, a 2 x 128 shape, the bundled MiniLM model
+#                                    # and a BERT-base shape in float32, int8 and (where the
+#                                    # CPU has it) bf16, and training pretrained MiniLM (part
+#                                    # of `all` when the data is there)
 #
-# Inference runs check that the entities equal Python's (int8 runs count the sentences that
-# agree), print the model FLOP rate against a float32 matmul peak measured in the same run, and
+# Inference runs check that the entities equal Python's (int8 and bf16 runs count the
+# sentences that agree), print the model FLOP rate against a float32 matmul peak measured in the same run, and
 # time the SQL path against the direct API; training runs score both sides' trained models
 # with one scorer and print their model FLOP rate the same way. Sets up the venv, builds the
 # release binary and makes the random benchmark models (once, under the cache) first.
@@ -95,9 +96,17 @@ if [ "$part" = conll ] && [ ! -f "$conll/train.txt" ]; then
   exit 2
 fi
 if { [ "$part" = all ] || [ "$part" = conll ]; } && [ -f "$conll/train.txt" ]; then
+  # bf16 runs where the CPU has bfloat16 instructions (else `--precision bf16` is refused).
+  precisions=(fp32 int8)
+  grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null && precisions+=(bf16)
   run "inference, tiny BERT, CoNLL-2003 test sentences" --data "$conll/test.txt" --sentences 2000
   run "inference, tiny BERT, CoNLL-2003 test sentences, int8" --data "$conll/test.txt" \
     --sentences 2000 --precision int8
+  # The 2-layer, 128-wide shape with CoNLL-sized inputs (random weights).
+  tiny128="$(model bench-tiny128 --hidden 128 --layers 2 --heads 2 --intermediate 512 \
+    --model-max-length 128 --marker-max-length 64 --entity-max-length 6)"
+  run "inference, 2 x 128 BERT shape (random weights), CoNLL-2003 test sentences" \
+    --model "$tiny128" --data "$conll/test.txt" --sentences 1000
   # Python span_marker reads the encoder's config and tokenizer from `encoder._name_or_path`,
   # which the bundled model gives as the Hub id `sentence-transformers/all-MiniLM-L6-v2`: both
   # sides run a copy that names the fetched encoder directory instead, so that no Hub is needed.
@@ -112,12 +121,12 @@ config["encoder"]["_name_or_path"] = encoder
 with open(path, "w") as f:
     json.dump(config, f, indent=2)
 PY
-  run "inference, the bundled MiniLM model, CoNLL-2003 test sentences" \
-    --model "$bundled" --data "$conll/test.txt" --sentences 500 --repeat 2
-  run "inference, the bundled MiniLM model, CoNLL-2003 test sentences, int8" \
-    --model "$bundled" --data "$conll/test.txt" --sentences 500 --repeat 2 --precision int8
+  for precision in "${precisions[@]}"; do
+    run "inference, the bundled MiniLM model, CoNLL-2003 test sentences, $precision" \
+      --model "$bundled" --data "$conll/test.txt" --sentences 500 --repeat 2 --precision "$precision"
+  done
   base="$(model bench-base)"
-  for precision in fp32 int8; do
+  for precision in "${precisions[@]}"; do
     run "inference, BERT-base shape (random weights), CoNLL-2003 test sentences, $precision" \
       --model "$base" --data "$conll/test.txt" --sentences 200 --repeat 1 --precision "$precision"
   done

@@ -37,8 +37,9 @@ pub struct PredictOptions {
     /// Return every non-`O` span instead of the best non-overlapping ones.
     #[cfg_attr(feature = "clap", arg(long = "overlapping"))]
     pub allow_overlapping: bool,
-    /// Precision of the forward passes: `fp32`, `bf16`/`fp16` autocast on a CUDA device, or
-    /// `int8` (dynamically quantised linear maps) on the CPU.
+    /// Precision of the forward passes: `fp32`; `bf16` autocast on a CUDA device or a CPU
+    /// with bfloat16 instructions; `fp16` autocast on a CUDA device; `int8` (dynamically
+    /// quantised linear maps) on the CPU.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = Precision::Float32))]
     pub precision: Precision,
 }

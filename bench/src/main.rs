@@ -87,8 +87,8 @@ pub struct BenchOptions {
     #[arg(long, default_value = "cpu", value_parser = device_argument)]
     pub device: Device,
     /// This crate's precision (training: both implementations' mixed precision; inference:
-    /// `fp32`, `bf16`/`fp16` autocast (CUDA) or `int8` (CPU) for this crate, Python predicting in
-    /// float32).
+    /// `fp32`, `bf16` autocast (CUDA, or a CPU with bfloat16 instructions), `fp16` autocast (CUDA)
+    /// or `int8` (CPU) for this crate, Python predicting in float32).
     #[arg(long, default_value_t = Precision::Float32)]
     pub precision: Precision,
 }

@@ -75,7 +75,7 @@ pub struct TrainingArguments {
     pub max_grad_norm: f64,
     /// float16 autocast (CUDA only).
     pub fp16: bool,
-    /// bfloat16 autocast (CUDA only).
+    /// bfloat16 autocast (CUDA, or a CPU with bfloat16 instructions).
     pub bf16: bool,
     /// Shuffle the training samples every epoch (seeded by `seed` and the epoch).
     pub shuffle: bool,

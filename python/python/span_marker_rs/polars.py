@@ -77,8 +77,9 @@ class SpanMarkerNamespace:
             threshold: Drop entities scoring below this probability (0 to 1).
             allow_overlapping: Return every span labelled as an entity, not only the best
                 non-overlapping ones.
-            precision: ``"fp32"``; ``"bf16"``/``"fp16"`` autocast on CUDA; ``"int8"``
-                (dynamically quantised linear maps) on the CPU.
+            precision: ``"fp32"``; ``"bf16"`` autocast on CUDA or a CPU with bfloat16
+                instructions; ``"fp16"`` autocast on CUDA; ``"int8"`` (dynamically
+                quantised linear maps) on the CPU.
             strict: Fail on a row that cannot be annotated instead of returning NULL for it.
 
         Example:

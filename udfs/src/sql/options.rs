@@ -21,8 +21,9 @@ extensions_options! {
         pub device: String, default = "cpu".to_owned()
         /// Encoder samples per forward pass.
         pub batch_size: usize, default = PredictOptions::DEFAULT_BATCH_SIZE
-        /// Precision of the forward passes: `fp32`, `bf16`/`fp16` autocast on a CUDA device, or
-        /// `int8` (dynamically quantised linear maps) on the CPU.
+        /// Precision of the forward passes: `fp32`; `bf16` autocast on a CUDA device or a CPU
+        /// with bfloat16 instructions; `fp16` autocast on a CUDA device; `int8` (dynamically
+        /// quantised linear maps) on the CPU.
         pub precision: String, default = Precision::default().to_string()
         /// Minimum score of an entity (0 keeps every entity the model finds).
         pub threshold: f64, default = 0.0
