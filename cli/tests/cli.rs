@@ -118,6 +118,8 @@ fn predict_refuses_bad_options() {
         (&["predict", "--device", "cuda:7"][..], "cuda:7"),
         (&["predict", "--threshold", "1.5"][..], "threshold"),
         (&["predict", "--batch-size", "0"][..], "batch_size"),
+        (&["--threads", "0", "predict"][..], "--threads"),
+        (&["predict", "--threads", "many"][..], "--threads"),
         (
             &["predict", "--model", "/no/such/model"][..],
             "/no/such/model",
@@ -131,6 +133,17 @@ fn predict_refuses_bad_options() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+#[test]
+fn threads_before_or_after_the_subcommand_give_the_same_entities() {
+    let sentence = "Ada Lovelace was born in London.";
+    let default = run_ok(span_marker().args(["predict", "--json", sentence]));
+    let one = run_ok(span_marker().args(["--threads", "1", "predict", "--json", sentence]));
+    let two = run_ok(span_marker().args(["predict", "--json", "--threads", "2", sentence]));
+    assert!(default.contains("London"), "{default}");
+    assert_eq!(one, default);
+    assert_eq!(two, default);
 }
 
 fn run_ok(command: &mut Command) -> String {
