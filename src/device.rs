@@ -149,20 +149,8 @@ impl Precision {
             if !bf16 {
                 return Err(Error::Device("`fp16` autocast needs a CUDA device".into()));
             }
-            // SAFETY: plain C functions without pointers; libtorch errors are caught in the shim.
-            let was_enabled = unsafe { span_marker_cpu_autocast_enter() };
-            if was_enabled < 0 {
-                return Err(Error::Device(
-                    "libtorch refused CPU bfloat16 autocast".into(),
-                ));
-            }
-            let result = f();
-            if unsafe { span_marker_cpu_autocast_exit(was_enabled) } != 0 {
-                return Err(Error::Device(
-                    "libtorch could not leave CPU bfloat16 autocast".into(),
-                ));
-            }
-            return Ok(result);
+            let _autocast = CpuAutocast::enter()?;
+            return Ok(f());
         }
         // SAFETY: a plain C function without pointers; libtorch errors are caught in the shim.
         if unsafe { span_marker_set_cuda_autocast_bf16(i32::from(bf16)) } != 0 {
@@ -171,6 +159,32 @@ impl Precision {
             )));
         }
         Ok(tch::autocast(true, f))
+    }
+}
+
+/// bfloat16 CPU autocast on the calling thread while this lives (left on drop, also when the
+/// work inside panics).
+struct CpuAutocast {
+    was_enabled: i32,
+}
+
+impl CpuAutocast {
+    fn enter() -> Result<Self> {
+        // SAFETY: a plain C function without pointers; libtorch errors are caught in the shim.
+        let was_enabled = unsafe { span_marker_cpu_autocast_enter() };
+        if was_enabled < 0 {
+            return Err(Error::Device(
+                "libtorch refused CPU bfloat16 autocast".into(),
+            ));
+        }
+        Ok(Self { was_enabled })
+    }
+}
+
+impl Drop for CpuAutocast {
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`; the shim only fails if libtorch's own state is broken.
+        unsafe { span_marker_cpu_autocast_exit(self.was_enabled) };
     }
 }
 
@@ -308,6 +322,12 @@ mod tests {
             })
             .unwrap();
         assert_eq!((inner, after), (tch::Kind::BFloat16, tch::Kind::BFloat16));
+        // Work that panics inside still leaves autocast.
+        let panicked = std::panic::catch_unwind(|| {
+            Precision::BFloat16.autocast(Device::Cpu, || panic!("inside autocast"))
+        });
+        assert!(panicked.is_err());
+        assert_eq!(a.matmul(&a).kind(), tch::Kind::Float, "autocast left on");
         assert!(Precision::Float16.autocast(Device::Cpu, || ()).is_err());
     }
 
