@@ -7,10 +7,10 @@
 #   bash scripts/bench.sh scaling    # how inference time and memory grow with sentence
 #                                    # length and corpus size
 #   bash scripts/bench.sh conll      # real sentences: CoNLL-2003 from $CONLL2003_DIR, the
-#                                    # tiny fixture, a 2 x 128 shape, the bundled MiniLM model
-#                                    # and a BERT-base shape in float32, int8 and (where the
-#                                    # CPU has it) bf16, and training pretrained MiniLM (part
-#                                    # of `all` when the data is there)
+#                                    # tiny fixture, the bundled MiniLM model and a BERT-base
+#                                    # shape in float32, int8 and (where the CPU has it) bf16,
+#                                    # a 2 x 128 shape in float32, and training pretrained
+#                                    # MiniLM (part of `all` when the data is there)
 #
 # Inference runs check that the entities equal Python's (int8 and bf16 runs count the
 # sentences that agree), print the model FLOP rate against a float32 matmul peak measured in the same run, and
@@ -98,10 +98,11 @@ fi
 if { [ "$part" = all ] || [ "$part" = conll ]; } && [ -f "$conll/train.txt" ]; then
   # bf16 runs where the CPU has bfloat16 instructions (else `--precision bf16` is refused).
   precisions=(fp32 int8)
-  grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null && precisions+=(bf16)
-  run "inference, tiny BERT, CoNLL-2003 test sentences" --data "$conll/test.txt" --sentences 2000
-  run "inference, tiny BERT, CoNLL-2003 test sentences, int8" --data "$conll/test.txt" \
-    --sentences 2000 --precision int8
+  grep -qwE 'avx512_bf16|bf16' /proc/cpuinfo 2>/dev/null && precisions+=(bf16)
+  for precision in "${precisions[@]}"; do
+    run "inference, tiny BERT, CoNLL-2003 test sentences, $precision" --data "$conll/test.txt" \
+      --sentences 2000 --precision "$precision"
+  done
   # The 2-layer, 128-wide shape with CoNLL-sized inputs (random weights).
   tiny128="$(model bench-tiny128 --hidden 128 --layers 2 --heads 2 --intermediate 512 \
     --model-max-length 128 --marker-max-length 64 --entity-max-length 6)"

@@ -45,7 +45,7 @@ def main():
     parser.add_argument(
         "--precision",
         default="fp32",
-        help="training: fp32, bf16 or fp16 (mixed precision, CUDA); inference always runs float32",
+        help="training: fp32, bf16 (CUDA, or a CPU with bfloat16) or fp16 (CUDA); inference always runs float32",
     )
     args = parser.parse_args()
 

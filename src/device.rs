@@ -48,8 +48,10 @@ pub fn parse_device(name: &str) -> Result<Device> {
 
 /// The precision of forward passes. Weights stay float32; the mixed precisions run matrix
 /// products and attention in 16 bits under autocast (as `torch.autocast`), with reductions,
-/// softmax and layer norms kept in float32: `bf16` and `fp16` on a CUDA device, `bf16` also on a
-/// CPU with bfloat16 instructions; `int8` runs the encoder's linear maps on int8 copies of their
+/// softmax and layer norms in float32: `bf16` and `fp16` on a CUDA device, `bf16` also on a
+/// CPU with bfloat16 instructions. (CUDA's autocast keeps softmax and layer norms in float32 by
+/// rule; the CPU's does not, and they stay float32 there because the residual stream and the
+/// attention bias are float32 and type promotion carries that through.) `int8` runs the encoder's linear maps on int8 copies of their
 /// weights on the CPU (inference only).
 ///
 /// ```
@@ -112,12 +114,15 @@ impl Precision {
                 "`bf16` on the CPU needs bfloat16 instructions (AVX512-BF16 or AMX on x86, BF16 on Arm), which this CPU lacks: use `fp32`, or `int8` for quantised CPU inference".into(),
             )),
             Self::BFloat16 => {
-                if !device.is_cuda() && !cpu_has_amx() {
+                // Measured on x86 only (docs/benchmarks.md); asked once per process.
+                if cfg!(target_arch = "x86_64") && !device.is_cuda() {
                     static WARNED: std::sync::Once = std::sync::Once::new();
                     WARNED.call_once(|| {
-                        tracing::warn!(
-                            "`bf16` on a CPU without AMX: libtorch's bfloat16 matrix products run slower than float32 here; `int8` is the fast CPU precision for inference"
-                        )
+                        if !cpu_has_amx() {
+                            tracing::warn!(
+                                "`bf16` on a CPU without AMX: libtorch's bfloat16 matrix products run slower than float32 here; `int8` is the fast CPU precision for inference"
+                            )
+                        }
                     });
                 }
                 Ok(())

@@ -96,36 +96,46 @@ fn predict_words_error(model: &SpanMarkerModel, precision: Precision) -> String 
         .to_string()
 }
 
-#[test]
-fn bf16_training_on_the_cpu_lowers_the_loss_and_keeps_float32_weights() {
+/// Trains the tiny model 40 steps (seed 42) in float32 or bfloat16; the logged losses and the
+/// trained model, or the trainer's refusal.
+fn train_tiny(bf16: bool) -> span_marker::Result<(Vec<f64>, SpanMarkerModel)> {
     let mut model = model();
     let labels = model.labels().clone();
-    let train = NerDataset::from_conll(repo().join("examples/data/train.txt"), &labels).unwrap();
+    let train = NerDataset::from_conll(repo().join("examples/data/train.txt"), &labels)?;
     let out = tempfile::tempdir().unwrap();
     let args = TrainingArguments {
         output_dir: out.path().to_owned(),
-        bf16: true,
+        bf16,
         per_device_train_batch_size: 8,
         learning_rate: 5e-3,
         max_steps: Some(40),
         logging_steps: 10,
+        seed: 42,
         save_strategy: IntervalStrategy::No,
         device: "cpu".into(),
         ..Default::default()
     };
-    let trainer = Trainer::new(&mut model, args);
-    if !cpu_has_bf16() {
-        let err = trainer.err().expect("bf16 refused").to_string();
-        assert!(err.contains("bf16") && err.contains("AVX512-BF16"), "{err}");
-        return;
-    }
-    let output = trainer.unwrap().train(&train, None, None).unwrap();
+    let output = Trainer::new(&mut model, args)?.train(&train, None, None)?;
     assert_eq!(output.global_step, 40);
-    let losses: Vec<f64> = std::fs::read_to_string(out.path().join("log_history.jsonl"))
+    let losses = std::fs::read_to_string(out.path().join("log_history.jsonl"))
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
         .collect();
+    Ok((losses, model))
+}
+
+#[test]
+fn bf16_training_on_the_cpu_lowers_the_loss_and_keeps_float32_weights() {
+    if !cpu_has_bf16() {
+        let Err(err) = train_tiny(true) else {
+            panic!("bf16 training accepted on a CPU without bfloat16 instructions");
+        };
+        let err = err.to_string();
+        assert!(err.contains("bf16") && err.contains("AVX512-BF16"), "{err}");
+        return;
+    }
+    let (losses, model) = train_tiny(true).unwrap();
     assert_eq!(losses.len(), 4, "{losses:?}");
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert!(
@@ -135,6 +145,9 @@ fn bf16_training_on_the_cpu_lowers_the_loss_and_keeps_float32_weights() {
     for (name, weight) in model.var_store().variables() {
         assert_eq!(weight.kind(), tch::Kind::Float, "{name}");
     }
+    // The same run in float32 logs other losses: bf16 took effect.
+    let (float32, _) = train_tiny(false).unwrap();
+    assert_ne!(losses, float32, "bf16 training ran in float32");
 }
 
 #[test]

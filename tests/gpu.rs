@@ -26,7 +26,8 @@ fn device() -> Device {
     parse_device(&name).unwrap_or_else(|e| panic!("SPAN_MARKER_TEST_DEVICE={name}: {e}"))
 }
 
-/// The mixed precisions to check on `device` (none on the CPU, where they are refused).
+/// The mixed precisions to check on `device` (none on the CPU: its bf16 is checked by
+/// `tests/cpu_precision.rs`).
 fn mixed_precisions(device: Device) -> &'static [Precision] {
     if device.is_cuda() {
         &[Precision::BFloat16, Precision::Float16]

@@ -82,6 +82,7 @@ fn main() -> std::process::ExitCode {
         if let Some(threads) = cli.threads {
             tch::set_num_threads(threads);
         }
+        tracing::debug!("libtorch intra-op threads: {}", tch::get_num_threads());
         run(cli.command)
     })
 }

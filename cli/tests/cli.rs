@@ -136,14 +136,51 @@ fn predict_refuses_bad_options() {
 }
 
 #[test]
-fn threads_before_or_after_the_subcommand_give_the_same_entities() {
+fn threads_before_or_after_the_subcommand_set_libtorch_and_keep_the_entities() {
     let sentence = "Ada Lovelace was born in London.";
-    let default = run_ok(span_marker().args(["predict", "--json", sentence]));
-    let one = run_ok(span_marker().args(["--threads", "1", "predict", "--json", sentence]));
-    let two = run_ok(span_marker().args(["predict", "--json", "--threads", "2", sentence]));
-    assert!(default.contains("London"), "{default}");
+    // (start, end, label) of each entity; scores may differ in the last bits between thread
+    // counts.
+    let entities = |args: &[&str]| {
+        let out = span_marker()
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let spans: Vec<(u64, u64, String)> = record["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let field = |key: &str| e[key].as_u64().unwrap();
+                (
+                    field("word_start"),
+                    field("word_end"),
+                    e["label"].to_string(),
+                )
+            })
+            .collect();
+        (spans, String::from_utf8(out.stderr).unwrap())
+    };
+    let (default, _) = entities(&["predict", "--json", sentence]);
+    let (one, log_one) = entities(&["--threads", "1", "predict", "--json", sentence]);
+    let (two, log_two) = entities(&["predict", "--json", "--threads", "2", sentence]);
+    assert!(!default.is_empty());
     assert_eq!(one, default);
     assert_eq!(two, default);
+    assert!(
+        log_one.contains("libtorch intra-op threads: 1"),
+        "{log_one}"
+    );
+    assert!(
+        log_two.contains("libtorch intra-op threads: 2"),
+        "{log_two}"
+    );
 }
 
 fn run_ok(command: &mut Command) -> String {

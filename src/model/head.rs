@@ -46,19 +46,30 @@ mod tests {
 
     #[test]
     fn features_pair_each_start_marker_with_its_end_marker() {
-        // Two samples, T = 8, H = 1: hidden state = 10 * sample + position.
-        let hidden = Tensor::arange(16, (Kind::Float, tch::Device::Cpu)).view([2, 8, 1])
+        // Two samples, T = 8, H = 2: the state of position p of sample s is
+        // [8s + p + 2s, -(8s + p + 2s)].
+        let first = Tensor::arange(16, (Kind::Float, tch::Device::Cpu)).view([2, 8, 1])
             + Tensor::from_slice(&[0f32, 2.]).view([2, 1, 1]);
+        let hidden = Tensor::cat(&[&first, &-&first], 2);
         let start = Tensor::from_slice(&[2i64, 4]);
         let pairs = Tensor::from_slice(&[3i64, 1]);
         let features = marker_features(&hidden, &start, &pairs);
-        assert_eq!(features.size(), [2, 4, 2]);
+        assert_eq!(features.size(), [2, 4, 4]);
         let got: Vec<f32> = features.flatten(0, -1).try_into().unwrap();
         // Sample 0: starts at 2,3,4 and ends at 5,6,7; sample 1 (offset 8 + 2): start 12, end 13.
-        assert_eq!(
-            got,
-            [2., 5., 3., 6., 4., 7., 0., 0., 14., 15., 0., 0., 0., 0., 0., 0.]
-        );
+        let pair = |s: f32, e: f32| [s, -s, e, -e];
+        let want: Vec<f32> = [
+            pair(2., 5.),
+            pair(3., 6.),
+            pair(4., 7.),
+            [0.; 4],
+            pair(14., 15.),
+            [0.; 4],
+            [0.; 4],
+            [0.; 4],
+        ]
+        .concat();
+        assert_eq!(got, want);
     }
 
     #[test]

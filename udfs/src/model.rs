@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 ///
 /// libtorch tensors may move between threads but tch does not let them be shared, so the
 /// model sits behind a mutex; predictions run on the model thread (see the module
-/// documentation), one at a time, each using all intra-op threads.
+/// documentation), one at a time, each using the process's intra-op threads.
 #[derive(Clone)]
 pub struct SharedModel {
     source: Arc<str>,
@@ -93,11 +93,15 @@ static MODEL_THREAD: LazyLock<Option<ModelThread>> = LazyLock::new(|| {
 /// thread, or when it could not be started). Other libtorch work of a process that uses the
 /// engine functions belongs there too: a second thread running libtorch operations makes a
 /// second OpenMP team, and with more team threads than cores every operation of both waits to
-/// be woken (on 2 cores the tiny test model predicted at about 1,300-1,600 sentences/s instead
-/// of 2,600 while the main thread had run one matrix product).
+/// be woken (on 2 cores the tiny test model predicted CoNLL-2003 sentences at 1,100-1,850 per
+/// second instead of 2,800-3,900 once the main thread had run one matrix product).
 ///
 /// ```
-/// let sum = span_marker_udfs::on_model_thread(|| tch::Tensor::from_slice(&[1.0f32, 2.0]).sum(tch::Kind::Float).double_value(&[]))?;
+/// let sum = span_marker_udfs::on_model_thread(|| {
+///     tch::Tensor::from_slice(&[1.0f32, 2.0])
+///         .sum(tch::Kind::Float)
+///         .double_value(&[])
+/// })?;
 /// assert_eq!(sum, 3.0);
 /// # Ok::<(), span_marker_udfs::Error>(())
 /// ```
