@@ -13,7 +13,8 @@
 #                                    # MiniLM (part of `all` when the data is there)
 #
 # Inference runs check that the entities equal Python's (int8 and bf16 runs count the
-# sentences that agree), print the model FLOP rate against a float32 matmul peak measured in the same run, and
+# sentences that agree), print the model FLOP rate against a float32 matmul peak measured in
+# the same run, and
 # time the SQL path against the direct API; training runs score both sides' trained models
 # with one scorer and print their model FLOP rate the same way. Sets up the venv, builds the
 # release binary and makes the random benchmark models (once, under the cache) first.

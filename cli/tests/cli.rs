@@ -141,16 +141,7 @@ fn threads_before_or_after_the_subcommand_set_libtorch_and_keep_the_entities() {
     // (start, end, label) of each entity; scores may differ in the last bits between thread
     // counts.
     let entities = |args: &[&str]| {
-        let out = span_marker()
-            .args(args)
-            .env("RUST_LOG", "debug")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = succeeded(span_marker().args(args).env("RUST_LOG", "debug"));
         let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let spans: Vec<(u64, u64, String)> = record["entities"]
             .as_array()
@@ -183,14 +174,19 @@ fn threads_before_or_after_the_subcommand_set_libtorch_and_keep_the_entities() {
     );
 }
 
-fn run_ok(command: &mut Command) -> String {
+/// The command's output, asserting that it succeeded (its standard error in the message).
+fn succeeded(command: &mut Command) -> std::process::Output {
     let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    out
+}
+
+fn run_ok(command: &mut Command) -> String {
+    String::from_utf8(succeeded(command).stdout).unwrap()
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //!
 //! In a sample of `n` text tokens, text attends to text; each marker attends to the text, to
 //! itself and to its partner (the other marker of its span); padding is never read (the dense
-//! form lets a padding row see itself, the structured form nothing, and no read row sees it). A dense mask makes every query score all `T = M + 2K` keys although at most
+//! form lets a padding row see itself, the structured form nothing, and no read row sees it).
+//! A dense mask makes every query score all `T = M + 2K` keys although at most
 //! `n + 2` of them can receive weight, and with long sentences the markers fill most of `T`.
 //! Here each query scores the batch's first `text_keys` keys (the longest text of the batch) and
 //! its own and its partner's key: `T x (text_keys + 2)` scores per head instead of `T x T`. The
