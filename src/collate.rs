@@ -48,6 +48,10 @@ pub struct Batch {
     pub start_marker_indices: Tensor,
     /// `[B]` int64: marker pairs `P` per sample.
     pub num_marker_pairs: Tensor,
+    /// `[N]` int64: the positions of the flattened `[B * T]` batch that hold text or a
+    /// marker, in order; `None` when every position does. The encoder runs its per-token work
+    /// on these `N` positions only (see [`Encoder::forward`](crate::model::encoder::Encoder::forward)).
+    pub tokens: Option<Tensor>,
 }
 
 /// Collates samples into tensors on `device`.
@@ -85,6 +89,7 @@ pub fn collate(
     let mut num_tokens = Vec::with_capacity(b);
     let mut start_indices = Vec::with_capacity(b);
     let mut num_pairs = Vec::with_capacity(b);
+    let mut tokens = Vec::with_capacity(b * t);
 
     for (i, sample) in samples.iter().enumerate() {
         let window = &windows[sample.window];
@@ -125,6 +130,9 @@ pub fn collate(
                 row[..p].copy_from_slice(&window_labels[sample.spans.clone()]);
             }
         }
+        let offset = (i * t) as i64;
+        tokens.extend((0..n as i64).map(|j| offset + j));
+        tokens.extend((start as i64..(start + 2 * p) as i64).map(|j| offset + j));
         num_tokens.push(n as i64);
         start_indices.push(start as i64);
         num_pairs.push(p as i64);
@@ -144,6 +152,7 @@ pub fn collate(
         labels: with_labels.then(|| to_device(&labels).view([b as i64, (t / 2) as i64])),
         start_marker_indices,
         num_marker_pairs,
+        tokens: (tokens.len() < b * t).then(|| to_device(&tokens)),
     })
 }
 

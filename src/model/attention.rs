@@ -11,10 +11,13 @@
 //! both, so the probabilities of every read row are the same up to float summation order.
 //!
 //! The structured form takes a dozen small operations where the dense form, without dropout,
-//! is one fused kernel; it pays off once `T` is long and mostly markers. Measured on CPU with a
-//! 4-layer, 256-wide BERT at `T` up to 512: 7% faster with 22-word sentences (text a tenth of
-//! `T`), 8-18% with 44-word ones, 6% slower with 88-word ones (text a quarter of `T`), and 20%
-//! slower with the tiny test model (`T <= 96`). Other batches therefore keep the dense form, see
+//! is one fused kernel; for inference it pays off once `T` is long and mostly markers.
+//! Measured on CPU with a 4-layer, 256-wide BERT at `T` up to 512: 7% faster with 22-word
+//! sentences (text a tenth of `T`), 8-18% with 44-word ones, 6% slower with 88-word ones (text a
+//! quarter of `T`), and 20% slower with the tiny test model (`T <= 96`). With dropout on the
+//! CPU (training) libtorch has no fused kernel: the dense form then materialises `B x heads x T
+//! x T` probabilities, draws a dropout mask over them and multiplies, and the structured form
+//! won by 1.35x at MiniLM size on CoNLL-2003 batches (`T = 256`, text keys about 60). See
 //! [`MarkerAttention::new`].
 
 use tch::{Device, Kind, Tensor};
@@ -51,12 +54,18 @@ pub enum MarkerAttention {
 const STRUCTURED_MIN_LENGTH: i64 = 256;
 
 impl MarkerAttention {
-    /// The pattern of a batch laid out as `layout`; the bias has `kind`. The structured form
-    /// is chosen for batches of at least 256 tokens whose text (plus two keys) is at most an
-    /// eighth of them, the dense one otherwise.
-    pub fn new(layout: &MarkerLayout<'_>, kind: Kind) -> Self {
+    /// The pattern of a batch laid out as `layout`; the bias has `kind`. `dropout` says
+    /// whether the attention probabilities get dropout (training). The structured form is
+    /// chosen for batches of at least 256 tokens whose text (plus two keys) is at most an
+    /// eighth of them, and whenever dropout runs on the CPU: there the dense form loses its
+    /// fused kernel and materialises, draws a mask for and multiplies `B x heads x T x T`
+    /// probabilities. The dense form serves the rest.
+    pub fn new(layout: &MarkerLayout<'_>, kind: Kind, dropout: bool) -> Self {
         let t = layout.total_length;
-        if t >= STRUCTURED_MIN_LENGTH && 8 * (layout.text_length + 2) <= t {
+        let long_and_mostly_markers =
+            t >= STRUCTURED_MIN_LENGTH && 8 * (layout.text_length + 2) <= t;
+        let unfused = dropout && layout.num_tokens.device() == Device::Cpu;
+        if long_and_mostly_markers || unfused {
             return Self::structured(layout, kind);
         }
         Self::Dense {
@@ -134,14 +143,6 @@ impl MarkerAttention {
                 bias,
                 partner,
             } => (*text_keys, bias, partner),
-            // libtorch's fused kernel serves every case but dropout on CPU, where it falls
-            // back to these same operations with a serial dropout mask; here the mask is drawn
-            // in parallel.
-            Self::Dense { bias } if p > 0.0 && q.device() == Device::Cpu => {
-                let scores = q.matmul(&k.transpose(-2, -1)) * scale + bias;
-                let probs = scores.softmax(-1, scores.kind());
-                return dropout(&probs, p, true).matmul(v);
-            }
             Self::Dense { bias } => {
                 return Tensor::scaled_dot_product_attention(
                     q,
@@ -239,7 +240,7 @@ mod tests {
             .view([b, 1, t, 1])
             .to_kind(Kind::Double);
         let structured = MarkerAttention::structured(&layout, Kind::Double);
-        let short = MarkerAttention::new(&layout, Kind::Double);
+        let short = MarkerAttention::new(&layout, Kind::Double, false);
         assert!(
             matches!(short, MarkerAttention::Dense { .. }),
             "T = 18 is short"
@@ -255,10 +256,20 @@ mod tests {
     fn long_batches_of_mostly_markers_take_the_structured_form() {
         let pattern = |text: i64| {
             let samples = Samples::new(&[text], &[text + text % 2], &[100], 512);
-            MarkerAttention::new(&samples.layout(), Kind::Float)
+            MarkerAttention::new(&samples.layout(), Kind::Float, false)
         };
         assert!(matches!(pattern(60), MarkerAttention::Structured { .. }));
         assert!(matches!(pattern(120), MarkerAttention::Dense { .. }));
+    }
+
+    #[test]
+    fn dropout_on_the_cpu_takes_the_structured_form() {
+        let samples = Samples::new(&[5], &[6], &[3], 18);
+        let layout = samples.layout();
+        let with_dropout = MarkerAttention::new(&layout, Kind::Float, true);
+        assert!(matches!(with_dropout, MarkerAttention::Structured { .. }));
+        let without = MarkerAttention::new(&layout, Kind::Float, false);
+        assert!(matches!(without, MarkerAttention::Dense { .. }));
     }
 
     #[test]

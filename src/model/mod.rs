@@ -459,11 +459,18 @@ impl SpanMarkerModel {
         train: bool,
         int8: Option<&Int8Linears>,
     ) -> ModelOutput {
-        let attention = MarkerAttention::new(&batch.layout(), Kind::Float);
+        let dropout = train && self.encoder.settings().attention_probs_dropout_prob > 0.0;
+        let attention = MarkerAttention::new(&batch.layout(), Kind::Float, dropout);
+        let positions = batch.input_ids.numel() as i64;
+        let tokens = batch
+            .tokens
+            .as_ref()
+            .filter(|index| self.encoder.skips_padding(index.size()[0], positions));
         let hidden = self.encoder.forward(
             &batch.input_ids,
             &batch.position_ids,
             &attention,
+            tokens,
             train,
             int8,
         );
@@ -475,7 +482,7 @@ impl SpanMarkerModel {
         );
         let features = dropout::dropout(&features, self.dropout, train);
         let logits = self.classifier.forward(&features);
-        self.count_flops(batch, &attention, &logits);
+        self.count_flops(batch, tokens, &attention, &logits);
         let loss = batch
             .labels
             .as_ref()
@@ -485,8 +492,9 @@ impl SpanMarkerModel {
 
     /// Model FLOPs of every forward pass run so far: the encoder's matrix products as executed
     /// (see [`Encoder::forward_flops`]) and the classifier's, for the shapes actually run
-    /// (text plus marker tokens, padding included). Backward passes are not counted; they take
-    /// about twice a forward's. Benchmarks divide the difference over a run by its time.
+    /// (text plus marker tokens; padding only where attention computes it). Backward passes
+    /// are not counted; they take about twice a forward's. Benchmarks divide the difference
+    /// over a run by its time.
     ///
     /// ```
     /// let model = span_marker::SpanMarkerModel::from_pretrained("bundled")?;
@@ -499,15 +507,22 @@ impl SpanMarkerModel {
         self.flops.load(Ordering::Relaxed)
     }
 
-    fn count_flops(&self, batch: &Batch, attention: &MarkerAttention, logits: &Tensor) {
+    fn count_flops(
+        &self,
+        batch: &Batch,
+        tokens: Option<&Tensor>,
+        attention: &MarkerAttention,
+        logits: &Tensor,
+    ) {
         let (b, t) = batch.input_ids.size2().unwrap_or((0, 0));
         let size = logits.size();
         let (pairs, labels) = (size[1], size[2]);
         let features = self.classifier.ws.size()[1];
         let head = (2 * b * pairs * features * labels).max(0) as u64;
+        let tokens = tokens.map_or(b * t, |index| index.size()[0]);
         let encoder = self
             .encoder
-            .forward_flops(b, t, attention.keys_per_query(t));
+            .forward_flops(tokens, b * t, attention.keys_per_query(t));
         self.flops.fetch_add(encoder + head, Ordering::Relaxed);
     }
 
@@ -672,6 +687,67 @@ mod tests {
         encoded
             .collate(0..encoded.samples.len(), &spec, Device::Cpu)
             .unwrap()
+    }
+
+    #[test]
+    fn padding_is_skipped_without_changing_a_score() {
+        // A short and a long sentence in one batch: the short one's row is mostly padding.
+        let model = SpanMarkerModel::bundled().unwrap();
+        let long = [
+            "The",
+            "European",
+            "Commission",
+            "said",
+            "on",
+            "Thursday",
+            "it",
+            "disagreed",
+            "with",
+            "German",
+            "advice",
+            "to",
+            "consumers",
+            "to",
+            "shun",
+            "British",
+            "lamb",
+        ];
+        let rows = [
+            Some(SentenceInput::Words(&WORDS[..2])),
+            Some(SentenceInput::Words(&long)),
+        ];
+        let encoded = model.preprocessor().encode(&rows).unwrap();
+        let spec = model.preprocessor().collate_spec();
+        let all = 0..encoded.samples.len();
+        let unpadded = encoded.collate(all.clone(), &spec, Device::Cpu).unwrap();
+        let tokens = unpadded.tokens.as_ref().expect("the batch has padding");
+        let (b, t) = unpadded.input_ids.size2().unwrap();
+        assert!(
+            tokens.size()[0] < b * t / 2,
+            "{:?} of {b} x {t}",
+            tokens.size()
+        );
+        let mut padded = encoded.collate(all, &spec, Device::Cpu).unwrap();
+        padded.tokens = None;
+
+        let pairs = unpadded.num_marker_pairs.view([b, 1, 1]);
+        let slot = Tensor::arange(t / 2, (Kind::Int64, Device::Cpu)).view([1, t / 2, 1]);
+        let read = slot.lt_tensor(&pairs).to_kind(Kind::Float);
+        // The logits of every read slot, and the gradient they send to the first layer.
+        let run = |batch: &Batch| {
+            let logits = model.forward(batch, false).logits * &read;
+            let query = &model.var_store().variables()
+                ["encoder.encoder.layer.0.attention.self.query.weight"];
+            let grad =
+                Tensor::run_backward(&[logits.sin().sum(Kind::Float)], &[query], false, false);
+            (logits.detach(), grad[0].shallow_clone())
+        };
+        let (logits, grad) = run(&unpadded);
+        let (want_logits, want_grad) = run(&padded);
+        let max_diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
+        assert!(max_diff(&logits, &want_logits) < 1e-4);
+        assert!(max_diff(&grad, &want_grad) < 1e-4 * f64::try_from(want_grad.abs().max()).unwrap());
+        assert!(f64::try_from(want_grad.abs().sum(Kind::Float)).unwrap() > 0.0);
     }
 
     #[test]
