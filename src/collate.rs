@@ -53,8 +53,9 @@ pub struct Batch {
     pub num_marker_pairs: Tensor,
     /// `[N]` int64: the positions of the flattened `[B * T]` batch that hold text or a
     /// marker, followed by as many padding positions as round `N` up to a multiple of
-    /// [`TOKEN_BUCKET`]; `None` when that would be every position. The encoder runs its per-token work
-    /// on these `N` positions only (see [`Encoder::forward`](crate::model::encoder::Encoder::forward)).
+    /// [`TOKEN_BUCKET`]; `None` when that would be every position. The encoder runs its
+    /// per-token work on these `N` positions only (see
+    /// [`Encoder::forward`](crate::model::encoder::Encoder::forward)).
     pub tokens: Option<Tensor>,
 }
 

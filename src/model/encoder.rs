@@ -454,7 +454,7 @@ impl Encoder {
     /// markers, see [`Batch::tokens`](crate::collate::Batch::tokens)), every per-token step
     /// (embeddings, linear maps, norms, activations, dropout) runs on those `N` rows only, and
     /// only attention sees the padded `[B, T]` layout: padding costs nothing outside attention.
-    /// The states of padding positions are then zero; they are never read.
+    /// The states of positions outside `tokens` are then zero; they are never read.
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -473,9 +473,11 @@ impl Encoder {
             None => y.shallow_clone(),
         };
         let pad = |y: &Tensor| match tokens {
-            Some(index) => y
-                .new_zeros([b * t, y.size()[1]], (y.kind(), y.device()))
-                .index_copy(0, index, y),
+            Some(index) => {
+                let mut padded = y.new_zeros([b * t, y.size()[1]], (y.kind(), y.device()));
+                let _ = padded.index_copy_(0, index, y);
+                padded
+            }
             None => y.shallow_clone(),
         };
 

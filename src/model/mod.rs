@@ -459,8 +459,8 @@ impl SpanMarkerModel {
         train: bool,
         int8: Option<&Int8Linears>,
     ) -> ModelOutput {
-        let dropout = train && self.encoder.settings().attention_probs_dropout_prob > 0.0;
-        let attention = MarkerAttention::new(&batch.layout(), Kind::Float, dropout);
+        let attention_dropout = train && self.encoder.settings().attention_probs_dropout_prob > 0.0;
+        let attention = MarkerAttention::new(&batch.layout(), Kind::Float, attention_dropout);
         let positions = batch.input_ids.numel() as i64;
         let tokens = batch
             .tokens
@@ -746,6 +746,20 @@ mod tests {
         let (logits, grad) = run(&unpadded);
         let (want_logits, want_grad) = run(&padded);
         let max_diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
+        // The structured attention (what training on the CPU takes): the same states at every
+        // kept position.
+        let structured = MarkerAttention::structured(&unpadded.layout(), Kind::Float);
+        let kept_positions = tokens;
+        let states = |tokens: Option<&Tensor>| {
+            let hidden = tch::no_grad(|| {
+                let (ids, pos) = (&unpadded.input_ids, &unpadded.position_ids);
+                model
+                    .encoder()
+                    .forward(ids, pos, &structured, tokens, false, None)
+            });
+            hidden.view([b * t, -1]).index_select(0, kept_positions)
+        };
+        assert!(max_diff(&states(Some(tokens)), &states(None)) < 1e-4);
         assert!(max_diff(&logits, &want_logits) < 1e-4);
         assert!(max_diff(&grad, &want_grad) < 1e-4 * f64::try_from(want_grad.abs().max()).unwrap());
         assert!(f64::try_from(want_grad.abs().sum(Kind::Float)).unwrap() > 0.0);
