@@ -95,7 +95,6 @@ pub fn collate(
     let mut start_indices = Vec::with_capacity(b);
     let mut num_pairs = Vec::with_capacity(b);
     let mut tokens = Vec::with_capacity(b * t);
-    let mut padding = Vec::new();
 
     for (i, sample) in samples.iter().enumerate() {
         let window = &windows[sample.window];
@@ -139,11 +138,6 @@ pub fn collate(
         let offset = (i * t) as i64;
         tokens.extend((0..n as i64).map(|j| offset + j));
         tokens.extend((start as i64..(start + 2 * p) as i64).map(|j| offset + j));
-        padding.extend(
-            (n..start)
-                .chain(start + 2 * p..t)
-                .map(|j| offset + j as i64),
-        );
         num_tokens.push(n as i64);
         start_indices.push(start as i64);
         num_pairs.push(p as i64);
@@ -156,7 +150,15 @@ pub fn collate(
     // training step); the extra positions are padding, never read.
     let keep = tokens.len().next_multiple_of(TOKEN_BUCKET);
     let tokens = (keep < b * t).then(|| {
-        tokens.extend(padding.iter().take(keep - tokens.len()));
+        let padding = (0..b).flat_map(|i| {
+            let (n, start, p) = (num_tokens[i], start_indices[i], num_pairs[i]);
+            let offset = (i * t) as i64;
+            (n..start)
+                .chain(start + 2 * p..t as i64)
+                .map(move |j| offset + j)
+        });
+        let missing = keep - tokens.len();
+        tokens.extend(padding.take(missing));
         to_device(&tokens)
     });
     let num_tokens_host = num_tokens;

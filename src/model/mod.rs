@@ -749,15 +749,14 @@ mod tests {
         // The structured attention (what training on the CPU takes): the same states at every
         // kept position.
         let structured = MarkerAttention::structured(&unpadded.layout(), Kind::Float);
-        let kept_positions = tokens;
-        let states = |tokens: Option<&Tensor>| {
+        let states = |index: Option<&Tensor>| {
             let hidden = tch::no_grad(|| {
                 let (ids, pos) = (&unpadded.input_ids, &unpadded.position_ids);
                 model
                     .encoder()
-                    .forward(ids, pos, &structured, tokens, false, None)
+                    .forward(ids, pos, &structured, index, false, None)
             });
-            hidden.view([b * t, -1]).index_select(0, kept_positions)
+            hidden.view([b * t, -1]).index_select(0, tokens)
         };
         assert!(max_diff(&states(Some(tokens)), &states(None)) < 1e-4);
         assert!(max_diff(&logits, &want_logits) < 1e-4);
