@@ -6,8 +6,9 @@
 //! library is present, keep it linked even though no symbol of ours references it:
 //! otherwise the linker drops it and CUDA never registers with libtorch.
 //!
-//! It also compiles the C++ shims of `csrc/`: the autocast controls (`autocast.cpp`) and the
-//! dynamic int8 linear layers of `--precision int8` (`quantized.cpp`).
+//! It also compiles the C++ shims of `csrc/`: the autocast controls (`autocast.cpp`), the
+//! dynamic int8 linear layers of `--precision int8` (`quantized.cpp`) and the fused float32
+//! maps of CPU inference (`fused.cpp`).
 
 use std::path::Path;
 
@@ -22,12 +23,14 @@ fn main() {
 fn compile_shim(lib_dir: &Path) {
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     println!("cargo:rerun-if-changed=csrc/quantized.cpp");
+    println!("cargo:rerun-if-changed=csrc/fused.cpp");
     let include = lib_dir.parent().unwrap_or(lib_dir).join("include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
         .cpp(true)
         .file("csrc/autocast.cpp")
         .file("csrc/quantized.cpp")
+        .file("csrc/fused.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -13,7 +13,8 @@ use crate::collate::{collate, CollateSpec};
 use crate::context::DocumentPosition;
 use crate::device::Precision;
 use crate::error::{Error, Result};
-use crate::model::SpanMarkerModel;
+use crate::model::encoder::Kernels;
+use crate::model::{fused, SpanMarkerModel};
 use crate::preprocess::{EncodeOptions, Encoded};
 use crate::spans::Span;
 use crate::tokenizer::{SentenceInput, TokenizedSentence};
@@ -270,6 +271,14 @@ impl SpanMarkerModel {
             Precision::Int8 => Some(self.encoder().int8()?),
             _ => None,
         };
+        // Float32 on the CPU runs on the fused oneDNN maps; autocast and int8 keep their own.
+        let fused =
+            precision == Precision::Float32 && self.device() == Device::Cpu && fused::supported();
+        let kernels = match (&int8, fused) {
+            (Some(packed), _) => Kernels::Int8(packed),
+            (None, true) => Kernels::Fused,
+            (None, false) => Kernels::Standard,
+        };
         let spec = CollateSpec {
             trim_to_multiple_of: Some(8),
             ..self.preprocessor().collate_spec()
@@ -294,9 +303,8 @@ impl SpanMarkerModel {
             picked.clear();
             picked.extend(chunk.iter().map(|&i| samples[i].clone()));
             let batch = collate(&encoded.windows, &picked, &spec, self.device())?;
-            let output = precision.autocast(self.device(), || {
-                self.forward_with(&batch, false, int8.as_deref())
-            })?;
+            let output =
+                precision.autocast(self.device(), || self.forward_with(&batch, false, kernels))?;
             if let Some(loss) = &output.loss {
                 loss_sum += f64::try_from(loss)? * chunk.len() as f64;
                 with_loss = true;

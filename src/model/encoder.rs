@@ -17,7 +17,8 @@ use tch::Tensor;
 
 use super::attention::MarkerAttention;
 use super::dropout::dropout;
-use super::quantized::Int8Linears;
+use super::fused::{self, PostOp};
+use super::quantized::{self, Int8Linears};
 
 use crate::config::EncoderConfig;
 use crate::error::{Error, Result};
@@ -230,6 +231,43 @@ impl Activation {
             Self::Silu => x.silu(),
         }
     }
+
+    /// The oneDNN post-op computing this activation, if there is one.
+    fn post_op(self) -> Option<PostOp> {
+        match self {
+            Self::Gelu => Some(PostOp::Gelu),
+            Self::GeluTanh => Some(PostOp::GeluTanh),
+            Self::Relu => Some(PostOp::Relu),
+            Self::Silu => None,
+        }
+    }
+}
+
+/// How [`Encoder::forward`] runs the layers' linear maps.
+#[derive(Clone, Copy, Default)]
+pub enum Kernels<'a> {
+    /// libtorch's linear maps, with gradients, on any device and under autocast.
+    #[default]
+    Standard,
+    /// Float32 CPU inference on oneDNN with the bias, activation and residual addition fused
+    /// into the products (no gradients; see [`fused::supported`]).
+    Fused,
+    /// The int8 maps of [`Encoder::int8`] (CPU inference).
+    Int8(&'a Int8Linears),
+}
+
+impl Layer {
+    /// The query, key and value maps as one `[3H, H]` weight and `[3H]` bias: one wide
+    /// product instead of three thin ones (gradients flow back to the three maps).
+    fn query_key_value(&self) -> (Tensor, Option<Tensor>) {
+        let (q, k, v) = (&self.query, &self.key, &self.value);
+        let weight = Tensor::cat(&[&q.ws, &k.ws, &v.ws], 0);
+        let bias = match (&q.bs, &k.bs, &v.bs) {
+            (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[q, k, v], 0)),
+            _ => None,
+        };
+        (weight, bias)
+    }
 }
 
 struct Layer {
@@ -419,7 +457,7 @@ impl Encoder {
         (positions - tokens) * self.settings.hidden_size >= MIN_PADDED_WIDTH * positions
     }
 
-    /// The six linear maps of every layer, in the order [`Int8Linears`] indexes them.
+    /// The six linear maps of every layer, whose identities [`Int8Linears`] checks.
     fn linears(&self) -> impl Iterator<Item = &nn::Linear> {
         self.layers.iter().flat_map(|l| {
             [
@@ -440,15 +478,37 @@ impl Encoder {
         if let Some(packed) = cached.as_ref().filter(|p| p.matches(self.linears())) {
             return Ok(packed.clone());
         }
-        let packed = Arc::new(Int8Linears::pack(self.linears())?);
+        // Per layer, in the order `forward` indexes them: query, key and value as one map, the
+        // attention output, the intermediate and the output map.
+        let maps: Vec<_> = tch::no_grad(|| {
+            self.layers
+                .iter()
+                .flat_map(|l| {
+                    let plain = |m: &nn::Linear| {
+                        (
+                            m.ws.shallow_clone(),
+                            m.bs.as_ref().map(Tensor::shallow_clone),
+                        )
+                    };
+                    [
+                        l.query_key_value(),
+                        plain(&l.attention_output),
+                        plain(&l.intermediate),
+                        plain(&l.output),
+                    ]
+                })
+                .collect()
+        });
+        let sources = self.linears().map(quantized::source).collect();
+        let packed = Arc::new(Int8Linears::pack(&maps, sources)?);
         *cached = Some(packed.clone());
         Ok(packed)
     }
 
     /// The last hidden states `[B, T, H]` for `input_ids` and `position_ids` `[B, T]` (int64)
     /// under the SpanMarker `attention` pattern. Token types are all zero. Dropout is active
-    /// when `train` is set. With `int8` (from [`Encoder::int8`]) the layers' linear maps run
-    /// in int8.
+    /// when `train` is set. `kernels` chooses how the layers' linear maps run; only
+    /// [`Kernels::Standard`] carries gradients.
     ///
     /// With `tokens` (the `[N]` flat positions of the `[B * T]` batch that hold text or
     /// markers, see [`Batch::tokens`](crate::collate::Batch::tokens)), every per-token step
@@ -462,7 +522,7 @@ impl Encoder {
         attention: &MarkerAttention,
         tokens: Option<&Tensor>,
         train: bool,
-        int8: Option<&Int8Linears>,
+        kernels: Kernels<'_>,
     ) -> Tensor {
         let s = &self.settings;
         let (b, t) = input_ids.size2().expect("input_ids is [B, T]");
@@ -498,27 +558,55 @@ impl Encoder {
         let head_dim = s.hidden_size / heads;
         let split = |y: &Tensor| pad(y).view([b, t, heads, head_dim]).transpose(1, 2);
         let attention_dropout = s.attention_probs_dropout_prob;
+        let activation = self.activation;
         for (index, layer) in self.layers.iter().enumerate() {
-            let linear = |k: usize, map: &nn::Linear, x: &Tensor| match int8 {
-                Some(packed) => packed.forward(index * 6 + k, x),
-                None => map.forward(x),
+            // `map` of `x` plus `residual`, with dropout on the map's output.
+            let plus = |k: usize, map: &nn::Linear, x: &Tensor, residual: &Tensor| match kernels {
+                Kernels::Standard => dropout(&map.forward(x), hidden_dropout, train) + residual,
+                Kernels::Fused => fused::linear_add(x, residual, map),
+                Kernels::Int8(packed) => packed.forward(index * 4 + k, x) + residual,
             };
-            let q = split(&linear(0, &layer.query, &x));
-            let k = split(&linear(1, &layer.key, &x));
-            let v = split(&linear(2, &layer.value, &x));
+            let qkv = match kernels {
+                Kernels::Int8(packed) => packed.forward(index * 4, &x),
+                Kernels::Standard | Kernels::Fused => {
+                    let (weight, bias) = layer.query_key_value();
+                    match kernels {
+                        Kernels::Fused => fused::linear(&x, &weight, bias.as_ref(), PostOp::None),
+                        _ => x.linear(&weight, bias.as_ref()),
+                    }
+                }
+            };
+            let qkv = qkv.split(s.hidden_size, 1);
             let context = attention
-                .attend(&q, &k, &v, attention_dropout, train)
+                .attend(
+                    &split(&qkv[0]),
+                    &split(&qkv[1]),
+                    &split(&qkv[2]),
+                    attention_dropout,
+                    train,
+                )
                 .transpose(1, 2)
                 .reshape([b * t, s.hidden_size]);
-            let attended = dropout(
-                &linear(3, &layer.attention_output, &unpad(&context)),
-                hidden_dropout,
-                train,
-            );
-            x = layer.attention_norm.forward(&(attended + &x));
-            let inner = self.activation.apply(&linear(4, &layer.intermediate, &x));
-            let out = dropout(&linear(5, &layer.output, &inner), hidden_dropout, train);
-            x = layer.output_norm.forward(&(out + &x));
+            x = layer.attention_norm.forward(&plus(
+                1,
+                &layer.attention_output,
+                &unpad(&context),
+                &x,
+            ));
+            let map = &layer.intermediate;
+            let inner = match kernels {
+                Kernels::Fused => match activation.post_op() {
+                    Some(post) => fused::linear(&x, &map.ws, map.bs.as_ref(), post),
+                    None => {
+                        activation.apply(&fused::linear(&x, &map.ws, map.bs.as_ref(), PostOp::None))
+                    }
+                },
+                Kernels::Int8(packed) => activation.apply(&packed.forward(index * 4 + 2, &x)),
+                Kernels::Standard => activation.apply(&map.forward(&x)),
+            };
+            x = layer
+                .output_norm
+                .forward(&plus(3, &layer.output, &inner, &x));
         }
         pad(&x).view([b, t, s.hidden_size])
     }

@@ -19,6 +19,7 @@ pub mod attention;
 mod card;
 pub mod dropout;
 pub mod encoder;
+pub mod fused;
 pub mod head;
 pub mod quantized;
 
@@ -31,8 +32,7 @@ use tch::{Device, Kind, Tensor};
 
 use attention::MarkerAttention;
 pub use card::ModelCard;
-use encoder::{Encoder, EncoderSettings};
-use quantized::Int8Linears;
+use encoder::{Encoder, EncoderSettings, Kernels};
 
 use crate::checkpoint::{self, StateDict, SAFETENSORS_FILE};
 use crate::collate::Batch;
@@ -449,15 +449,15 @@ impl SpanMarkerModel {
 
     /// Runs the encoder and the head on a collated batch; dropout is active when `train` is set.
     pub fn forward(&self, batch: &Batch, train: bool) -> ModelOutput {
-        self.forward_with(batch, train, None)
+        self.forward_with(batch, train, Kernels::Standard)
     }
 
-    /// [`forward`](Self::forward), with the encoder's linear maps in int8 when `int8` is given.
+    /// [`forward`](Self::forward), with the encoder's linear maps run by `kernels`.
     pub(crate) fn forward_with(
         &self,
         batch: &Batch,
         train: bool,
-        int8: Option<&Int8Linears>,
+        kernels: Kernels<'_>,
     ) -> ModelOutput {
         let attention_dropout = train && self.encoder.settings().attention_probs_dropout_prob > 0.0;
         let attention = MarkerAttention::new(&batch.layout(), Kind::Float, attention_dropout);
@@ -472,7 +472,7 @@ impl SpanMarkerModel {
             &attention,
             tokens,
             train,
-            int8,
+            kernels,
         );
         let hidden = dropout::dropout(&hidden, self.dropout, train);
         let features = head::marker_features(
@@ -754,7 +754,7 @@ mod tests {
                 let (ids, pos) = (&unpadded.input_ids, &unpadded.position_ids);
                 model
                     .encoder()
-                    .forward(ids, pos, &structured, index, false, None)
+                    .forward(ids, pos, &structured, index, false, Kernels::Standard)
             });
             hidden.view([b * t, -1]).index_select(0, tokens)
         };

@@ -1,7 +1,8 @@
 //! Dynamic int8 linear layers for CPU inference (`Precision::Int8`): each of an encoder layer's
-//! six matrix products runs with int8 weights (symmetric, one scale per output channel) and
-//! activations quantised per call, through libtorch's fbgemm kernels (`csrc/quantized.cpp`), as
-//! `torch.ao.quantization.quantize_dynamic` does for `nn.Linear`. Embeddings, layer norms,
+//! four matrix products (query, key and value as one) runs with int8 weights (symmetric, one
+//! scale per output channel) and activations quantised per call, through libtorch's fbgemm
+//! kernels (`csrc/quantized.cpp`), as `torch.ao.quantization.quantize_dynamic` does for
+//! `nn.Linear`. Embeddings, layer norms,
 //! attention and the classifier stay float32.
 //!
 //! The packed weights are made on first use and remade when a weight or bias changed since
@@ -40,7 +41,7 @@ pub fn supported() -> bool {
 }
 
 /// Takes the shim's error message, if any.
-fn take_error(error: *mut c_char) -> String {
+pub(crate) fn take_error(error: *mut c_char) -> String {
     if error.is_null() {
         return "unknown libtorch error".into();
     }
@@ -52,11 +53,9 @@ fn take_error(error: *mut c_char) -> String {
     message
 }
 
-/// One linear layer's prepacked int8 weights, and which version of the float weight and bias
-/// they were made from.
+/// One linear map's prepacked int8 weights.
 struct PackedLinear {
     handle: NonNull<c_void>,
-    source: Source,
 }
 
 // SAFETY: the packed parameters are immutable after packing; fbgemm's `apply_dynamic` only reads
@@ -76,29 +75,26 @@ impl Drop for PackedLinear {
 type Identity = (i64, usize);
 
 /// The identities of a linear layer's weight and bias.
-type Source = (Identity, Option<Identity>);
+pub(crate) type Source = (Identity, Option<Identity>);
 
-fn source(linear: &nn::Linear) -> Source {
+pub(crate) fn source(linear: &nn::Linear) -> Source {
     let identity = |t: &Tensor| (t.internal_version(), t.data_ptr() as usize);
     (identity(&linear.ws), linear.bs.as_ref().map(identity))
 }
 
 impl PackedLinear {
-    fn pack(linear: &nn::Linear) -> Result<Self> {
+    fn pack(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         let mut error = std::ptr::null_mut();
-        let bias = linear.bs.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
+        let bias = bias.map_or(std::ptr::null(), |b| b.as_ptr());
         // SAFETY: both tensors outlive the call; the shim copies what it keeps.
-        let handle = unsafe { span_marker_int8_pack(linear.ws.as_ptr(), bias, &mut error) };
+        let handle = unsafe { span_marker_int8_pack(weight.as_ptr(), bias, &mut error) };
         let handle = NonNull::new(handle).ok_or_else(|| {
             Error::Device(format!(
                 "could not quantise a linear layer to int8: {}",
                 take_error(error)
             ))
         })?;
-        Ok(Self {
-            handle,
-            source: source(linear),
-        })
+        Ok(Self { handle })
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -115,30 +111,33 @@ impl PackedLinear {
     }
 }
 
-/// The int8 form of a set of linear layers, in the order they were given.
+/// The int8 form of a set of linear maps, and which versions of the float weights they were
+/// made from.
 pub struct Int8Linears {
     layers: Vec<PackedLinear>,
+    sources: Vec<Source>,
 }
 
 impl Int8Linears {
-    /// Packs every layer of `linears`.
-    pub(crate) fn pack<'a>(linears: impl IntoIterator<Item = &'a nn::Linear>) -> Result<Self> {
-        let layers = linears
-            .into_iter()
-            .map(PackedLinear::pack)
+    /// Packs every `(weight, bias)` of `maps`, made from the float maps whose identities are
+    /// `sources`.
+    pub(crate) fn pack(maps: &[(Tensor, Option<Tensor>)], sources: Vec<Source>) -> Result<Self> {
+        let layers = maps
+            .iter()
+            .map(|(w, b)| PackedLinear::pack(w, b.as_ref()))
             .collect::<Result<_>>()?;
-        Ok(Self { layers })
+        Ok(Self { layers, sources })
     }
 
     /// Whether these were packed from exactly the current `linears`.
     pub(crate) fn matches<'a>(&self, linears: impl IntoIterator<Item = &'a nn::Linear>) -> bool {
-        self.layers
+        self.sources
             .iter()
-            .map(|p| p.source)
+            .copied()
             .eq(linears.into_iter().map(source))
     }
 
-    /// `x` through layer `index`.
+    /// `x` through map `index`.
     pub(crate) fn forward(&self, index: usize, x: &Tensor) -> Tensor {
         self.layers[index].forward(x)
     }
