@@ -95,9 +95,28 @@ pub fn cpu_has_bf16() -> bool {
     }
 }
 
+/// Whether the CPU's vendor is Intel (x86 `cpuid` leaf 0).
+fn cpu_is_intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `cpuid` leaf 0 exists on every x86-64 CPU (the call is safe on newer Rust).
+        #[allow(unused_unsafe)]
+        let id = unsafe { std::arch::x86_64::__cpuid(0) };
+        [id.ebx, id.edx, id.ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .eq(*b"GenuineIntel")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether this CPU has AMX tiles the process may use. Without them a bfloat16 matrix product
-/// runs on AVX512-BF16's dot products, which on the CPUs measured (`docs/benchmarks.md`) is
-/// slower than float32; with them, oneDNN runs it on the tiles.
+/// runs on AVX512-BF16's dot products, which on the Intel Xeon measured (`docs/benchmarks.md`)
+/// is slower than float32 (on the AMD EPYC measured, 2-3x faster); with them, oneDNN runs it on
+/// the tiles.
 pub fn cpu_has_amx() -> bool {
     // SAFETY: no arguments; libtorch errors are caught in the shim.
     unsafe { span_marker_cpu_has_amx() == 1 }
@@ -114,13 +133,14 @@ impl Precision {
                 "`bf16` on the CPU needs bfloat16 instructions (AVX512-BF16 or AMX on x86, BF16 on Arm), which this CPU lacks: use `fp32`, or `int8` for quantised CPU inference".into(),
             )),
             Self::BFloat16 => {
-                // Measured on x86 only (docs/benchmarks.md); asked once per process.
-                if cfg!(target_arch = "x86_64") && !device.is_cuda() {
+                // Measured slower on an Intel Xeon without AMX, faster on an AMD EPYC
+                // (docs/benchmarks.md); asked once per process.
+                if !device.is_cuda() {
                     static WARNED: std::sync::Once = std::sync::Once::new();
                     WARNED.call_once(|| {
-                        if !cpu_has_amx() {
+                        if cpu_is_intel() && !cpu_has_amx() {
                             tracing::warn!(
-                                "`bf16` on a CPU without AMX: libtorch's bfloat16 matrix products run slower than float32 here; `int8` is the fast CPU precision for inference"
+                                "`bf16` on an Intel CPU without AMX: libtorch's bfloat16 matrix products run slower than float32 there; `int8` is the fast CPU precision for inference"
                             )
                         }
                     });
@@ -269,6 +289,21 @@ pub fn tune_host_allocator() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_vendor_agrees_with_the_kernel() {
+        let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+            eprintln!("skipped: no /proc/cpuinfo");
+            return;
+        };
+        let vendor = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("vendor_id"))
+            .map(|rest| rest.trim_start_matches([' ', '\t', ':']).trim());
+        if let Some(vendor) = vendor {
+            assert_eq!(cpu_is_intel(), vendor == "GenuineIntel", "{vendor}");
+        }
+    }
 
     #[test]
     fn precisions_parse_print_and_check_the_device() {

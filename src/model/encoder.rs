@@ -676,7 +676,7 @@ mod tests {
             text_length: 3,
         };
         let attention = MarkerAttention::new(&layout, tch::Kind::Float, false);
-        let out = encoder.forward(&ids, &pos, &attention, None, false, None);
+        let out = encoder.forward(&ids, &pos, &attention, None, false, Kernels::Standard);
         assert_eq!(out.size(), [1, 4, 4]);
         assert!(bool::try_from(out.isfinite().all()).unwrap());
     }
