@@ -244,10 +244,9 @@ impl Activation {
 }
 
 /// How [`Encoder::forward`] runs the layers' linear maps.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub enum Kernels<'a> {
     /// libtorch's linear maps, with gradients, on any device and under autocast.
-    #[default]
     Standard,
     /// Float32 CPU inference on oneDNN with the bias, activation and residual addition fused
     /// into the products (no gradients; see [`fused::supported`]).
@@ -567,14 +566,15 @@ impl Encoder {
                 Kernels::Int8(packed) => packed.forward(index * 4 + k, x) + residual,
             };
             let qkv = match kernels {
-                Kernels::Int8(packed) => packed.forward(index * 4, &x),
-                Kernels::Standard | Kernels::Fused => {
+                Kernels::Standard => {
                     let (weight, bias) = layer.query_key_value();
-                    match kernels {
-                        Kernels::Fused => fused::linear(&x, &weight, bias.as_ref(), PostOp::None),
-                        _ => x.linear(&weight, bias.as_ref()),
-                    }
+                    x.linear(&weight, bias.as_ref())
                 }
+                Kernels::Fused => {
+                    let (weight, bias) = layer.query_key_value();
+                    fused::linear(&x, &weight, bias.as_ref(), PostOp::None)
+                }
+                Kernels::Int8(packed) => packed.forward(index * 4, &x),
             };
             let qkv = qkv.split(s.hidden_size, 1);
             let context = attention
@@ -595,12 +595,17 @@ impl Encoder {
             ));
             let map = &layer.intermediate;
             let inner = match kernels {
-                Kernels::Fused => match activation.post_op() {
-                    Some(post) => fused::linear(&x, &map.ws, map.bs.as_ref(), post),
-                    None => {
-                        activation.apply(&fused::linear(&x, &map.ws, map.bs.as_ref(), PostOp::None))
+                Kernels::Fused => {
+                    // oneDNN applies the activation where it has it as a post-op.
+                    let post = activation.post_op();
+                    let y =
+                        fused::linear(&x, &map.ws, map.bs.as_ref(), post.unwrap_or(PostOp::None));
+                    if post.is_some() {
+                        y
+                    } else {
+                        activation.apply(&y)
                     }
-                },
+                }
                 Kernels::Int8(packed) => activation.apply(&packed.forward(index * 4 + 2, &x)),
                 Kernels::Standard => activation.apply(&map.forward(&x)),
             };
