@@ -576,23 +576,26 @@ impl Encoder {
                 }
                 Kernels::Int8(packed) => packed.forward(index * 4, &x),
             };
-            let qkv = qkv.split(s.hidden_size, 1);
+            let padded_length = if tokens.is_some() { 0 } else { t };
             let context = attention
-                .attend(
-                    &split(&qkv[0]),
-                    &split(&qkv[1]),
-                    &split(&qkv[2]),
-                    attention_dropout,
-                    train,
-                )
-                .transpose(1, 2)
-                .reshape([b * t, s.hidden_size]);
-            x = layer.attention_norm.forward(&plus(
-                1,
-                &layer.attention_output,
-                &unpad(&context),
-                &x,
-            ));
+                .attend_rows(&qkv, heads, padded_length)
+                .unwrap_or_else(|| {
+                    let qkv = qkv.split(s.hidden_size, 1);
+                    let context = attention
+                        .attend(
+                            &split(&qkv[0]),
+                            &split(&qkv[1]),
+                            &split(&qkv[2]),
+                            attention_dropout,
+                            train,
+                        )
+                        .transpose(1, 2)
+                        .reshape([b * t, s.hidden_size]);
+                    unpad(&context)
+                });
+            x = layer
+                .attention_norm
+                .forward(&plus(1, &layer.attention_output, &context, &x));
             let map = &layer.intermediate;
             let inner = match kernels {
                 Kernels::Fused => {

@@ -460,7 +460,14 @@ impl SpanMarkerModel {
         kernels: Kernels<'_>,
     ) -> ModelOutput {
         let attention_dropout = train && self.encoder.settings().attention_probs_dropout_prob > 0.0;
-        let attention = MarkerAttention::new(&batch.layout(), Kind::Float, attention_dropout);
+        let layout = batch.layout();
+        let attention = match kernels {
+            // The fused and int8 maps run float32 inference on the CPU, the direct form's ground.
+            Kernels::Fused | Kernels::Int8(_) if !attention_dropout => {
+                MarkerAttention::direct(&layout)
+            }
+            _ => MarkerAttention::new(&layout, Kind::Float, attention_dropout),
+        };
         let positions = batch.input_ids.numel() as i64;
         let tokens = batch
             .tokens
