@@ -272,12 +272,12 @@ impl SpanMarkerModel {
             _ => None,
         };
         // Float32 on the CPU runs on the fused oneDNN maps; autocast and int8 keep their own.
-        let fused =
-            precision == Precision::Float32 && self.device() == Device::Cpu && fused::supported();
-        let kernels = match (&int8, fused) {
+        let cpu = self.device() == Device::Cpu;
+        let kernels = match (&int8, precision) {
             (Some(packed), _) => Kernels::Int8(packed),
-            (None, true) => Kernels::Fused,
-            (None, false) => Kernels::Standard,
+            (None, Precision::Float32) if cpu && fused::supported() => Kernels::Fused,
+            (None, Precision::BFloat16) if cpu => Kernels::CpuAutocast,
+            _ => Kernels::Standard,
         };
         let spec = CollateSpec {
             trim_to_multiple_of: Some(8),

@@ -19,8 +19,9 @@ import span_marker_rs.datafusion
 import span_marker_rs.polars
 
 # The extension is loaded before torch here (by its path, so that the package's own
-# `import torch` does not come first): its rpath must find the torch wheel's libtorch, and torch
-# must then use the same copy.
+# `import torch` does not come first): its rpath must find the torch wheel's libtorch and OpenMP
+# runtime (the extension's attention kernel runs on libtorch's OpenMP threads; a second runtime
+# would bring a second thread team), and torch must then use the same copies.
 EXTENSION_FIRST = """
 import ctypes, importlib.util, os, pathlib
 package = pathlib.Path(importlib.util.find_spec("span_marker_rs").origin).parent
@@ -35,6 +36,10 @@ assert torch.ones(2, 2).matmul(torch.ones(2, 2)).sum().item() == 8.0
 libraries = {os.path.realpath(line.split()[-1])
              for line in open("/proc/self/maps") if "libtorch_cpu.so" in line}
 assert len(libraries) == 1, libraries
+openmp = {os.path.realpath(line.split()[-1])
+          for line in open("/proc/self/maps") if "libgomp" in line}
+assert len(openmp) == 1, openmp
+assert os.path.dirname(next(iter(openmp))) == os.path.dirname(next(iter(libraries))), openmp
 print(next(iter(libraries)))
 """
 

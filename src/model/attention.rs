@@ -151,8 +151,8 @@ impl MarkerAttention {
         }
     }
 
-    /// The `[R, H]` context rows of the direct form from the `[R, 3H]` query-key-value rows
-    /// (float32, CPU), or `None` for the other forms (they [`attend`](Self::attend) over
+    /// The `[R, H]` float32 context rows of the direct form from the `[R, 3H]` query-key-value
+    /// rows (CPU; bfloat16 under autocast is read as float32), or `None` for the other forms (they [`attend`](Self::attend) over
     /// `[B, heads, T, d]`). `padded_length` is the batch's `T` when the rows are the padded
     /// `[B * T]` positions, and 0 when they are the encoder's unpadded tokens (each sample's
     /// text, then its markers; see [`Batch::tokens`](crate::collate::Batch::tokens)).
@@ -168,6 +168,7 @@ impl MarkerAttention {
         else {
             return None;
         };
+        let qkv = qkv.to_kind(Kind::Float);
         let mut error = std::ptr::null_mut();
         // SAFETY: every tensor outlives the call; the shim returns a new owned tensor or null.
         let out = unsafe {

@@ -248,6 +248,9 @@ impl Activation {
 pub enum Kernels<'a> {
     /// libtorch's linear maps, with gradients, on any device and under autocast.
     Standard,
+    /// libtorch's linear maps under CPU autocast, for inference (no gradients): the maps run
+    /// as [`Kernels::Standard`]'s, attention in the direct float32 form.
+    CpuAutocast,
     /// Float32 CPU inference on oneDNN with the bias, activation and residual addition fused
     /// into the products (no gradients; see [`fused::supported`]).
     Fused,
@@ -561,12 +564,14 @@ impl Encoder {
         for (index, layer) in self.layers.iter().enumerate() {
             // `map` of `x` plus `residual`, with dropout on the map's output.
             let plus = |k: usize, map: &nn::Linear, x: &Tensor, residual: &Tensor| match kernels {
-                Kernels::Standard => dropout(&map.forward(x), hidden_dropout, train) + residual,
+                Kernels::Standard | Kernels::CpuAutocast => {
+                    dropout(&map.forward(x), hidden_dropout, train) + residual
+                }
                 Kernels::Fused => fused::linear_add(x, residual, map),
                 Kernels::Int8(packed) => packed.forward(index * 4 + k, x) + residual,
             };
             let qkv = match kernels {
-                Kernels::Standard => {
+                Kernels::Standard | Kernels::CpuAutocast => {
                     let (weight, bias) = layer.query_key_value();
                     x.linear(&weight, bias.as_ref())
                 }
@@ -610,7 +615,7 @@ impl Encoder {
                     }
                 }
                 Kernels::Int8(packed) => activation.apply(&packed.forward(index * 4 + 2, &x)),
-                Kernels::Standard => activation.apply(&map.forward(&x)),
+                Kernels::Standard | Kernels::CpuAutocast => activation.apply(&map.forward(&x)),
             };
             x = layer
                 .output_norm

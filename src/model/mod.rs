@@ -462,8 +462,8 @@ impl SpanMarkerModel {
         let attention_dropout = train && self.encoder.settings().attention_probs_dropout_prob > 0.0;
         let layout = batch.layout();
         let attention = match kernels {
-            // The fused and int8 maps run float32 inference on the CPU, the direct form's ground.
-            Kernels::Fused | Kernels::Int8(_) if !attention_dropout => {
+            // These kernels run inference on the CPU, the direct form's ground.
+            Kernels::Fused | Kernels::Int8(_) | Kernels::CpuAutocast if !attention_dropout => {
                 MarkerAttention::direct(&layout)
             }
             _ => MarkerAttention::new(&layout, Kind::Float, attention_dropout),
