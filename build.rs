@@ -10,8 +10,11 @@
 //! dynamic int8 linear layers of `--precision int8` (`quantized.cpp`), the fused float32
 //! maps of CPU inference (`fused.cpp`) and its SpanMarker attention (`attention.cpp`). They are
 //! always optimised (a debug build's tests would otherwise crawl through the attention loops),
-//! and built with OpenMP so that `at::parallel_for` runs on libtorch's threads: the binary then
-//! needs `libgomp.so.1`, which resolves to the copy libtorch ships and loads (the same soname).
+//! and built with OpenMP so that `at::parallel_for` runs on libtorch's threads. That needs the
+//! very OpenMP runtime libtorch loads (a second one would bring a second thread team, blind to
+//! `set_num_threads`): the GNU one that libtorch ships beside itself (`libgomp.so.1` in the
+//! torch wheels, `libgomp-<hash>.so.1` in the libtorch archives), linked by its file name.
+//! Where there is none, the shim is built without OpenMP and its kernel runs on one thread.
 
 use std::path::Path;
 
@@ -30,7 +33,12 @@ fn compile_shim(lib_dir: &Path) {
     println!("cargo:rerun-if-changed=csrc/attention.cpp");
     let include = lib_dir.parent().unwrap_or(lib_dir).join("include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
+    let openmp = libtorch_openmp(lib_dir);
+    let mut build = cc::Build::new();
+    if openmp.is_some() {
+        build.flag("-fopenmp");
+    }
+    build
         .cpp(true)
         .file("csrc/autocast.cpp")
         .file("csrc/quantized.cpp")
@@ -39,7 +47,6 @@ fn compile_shim(lib_dir: &Path) {
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
-        .flag("-fopenmp")
         .flag("-Wno-psabi")
         .opt_level(3)
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
@@ -47,5 +54,23 @@ fn compile_shim(lib_dir: &Path) {
         .compile("span_marker_shim");
     println!("cargo:rustc-link-lib=dylib=c10");
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
-    println!("cargo:rustc-link-lib=dylib=gomp");
+    match openmp {
+        Some(file) => println!("cargo:rustc-link-lib=dylib:+verbatim={file}"),
+        None => println!(
+            "cargo:warning=no GNU OpenMP runtime beside libtorch in {}: the CPU attention kernel \
+             runs on one thread",
+            lib_dir.display()
+        ),
+    }
+}
+
+/// The file name of the GNU OpenMP runtime that libtorch ships in `lib_dir`, if any.
+fn libtorch_openmp(lib_dir: &Path) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir(lib_dir)
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("libgomp") && name.ends_with(".so.1"))
+        .collect();
+    names.sort();
+    names.into_iter().next()
 }

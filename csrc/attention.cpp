@@ -50,10 +50,12 @@ __attribute__((always_inline)) inline Vec splat(float x) {
 }
 
 // exp(x) for x <= 0 (a softmax after subtracting the maximum) on a whole vector: Cephes' expf
-// (2^k e^r with r in [-ln2/2, ln2/2] and a degree-6 polynomial), relative error about 1e-7.
+// (2^k e^r with r in [-ln2/2, ln2/2] and a degree-6 polynomial), relative error about 1e-7;
+// exactly 0 below -87, where expf's result would be subnormal.
 __attribute__((always_inline)) inline Vec exp_nonpositive(Vec x) {
   const Vec low = splat(-87.0f);
-  x = x < low ? low : x;
+  const auto underflow = x < low;
+  x = underflow ? low : x;
   // Round to nearest by the 1.5 * 2^23 trick (exact for |x log2 e| < 2^22).
   const Vec k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const Vec r = x - k * 0.693359375f + k * 2.12194440e-4f;
@@ -67,7 +69,7 @@ __attribute__((always_inline)) inline Vec exp_nonpositive(Vec x) {
   const IVec bits = (__builtin_convertvector(k, IVec) + 127) << 23;
   Vec scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return e * scale;
+  return underflow ? splat(0.0f) : e * scale;
 }
 
 __attribute__((always_inline)) inline float sum(Vec v) {
@@ -181,10 +183,10 @@ void attend_sample(const float* qkv, float* out, int64_t width, int64_t hidden, 
       } else {
         own[r] = partner[r] = 0.0f;
       }
+      // The keys past the text scored -1e30: their weights come out exactly zero.
       for (int64_t j = 0; j < keys; j += BLOCK) {
         store(row_scores + j, exp_nonpositive(load(row_scores + j) - top));
       }
-      std::fill(row_scores + n, row_scores + keys, 0.0f);  // no weight past the text
       Vec total_v = {};
       for (int64_t j = 0; j < keys; j += BLOCK) {
         total_v += load(row_scores + j);
@@ -233,9 +235,8 @@ at::Tensor marker_attention(const at::Tensor& qkv_in, const at::Tensor& num_toke
               "marker attention: ", width, " columns are not query, key and value of ", heads,
               " heads");
   const int64_t hidden = width / 3, d = hidden / heads;
-  const auto n = num_tokens.to(at::kLong).contiguous();
-  const auto a = start.to(at::kLong).contiguous();
-  const auto p = pairs.to(at::kLong).contiguous();
+  const auto host = [](const at::Tensor& t) { return t.to(at::kCPU, at::kLong).contiguous(); };
+  const auto n = host(num_tokens), a = host(start), p = host(pairs);
   const int64_t batch = n.numel();
   TORCH_CHECK(a.numel() == batch && p.numel() == batch,
               "marker attention: one text length, marker start and pair count per sample");
@@ -266,16 +267,27 @@ at::Tensor marker_attention(const at::Tensor& qkv_in, const at::Tensor& num_toke
   }
   TORCH_CHECK(next <= rows, "marker attention: the samples need ", next, " rows, the input has ",
               rows);
-  // Rows that are neither text nor marker (padding) stay zero; nothing reads them.
-  at::Tensor out = at::zeros({rows, hidden}, qkv.options());
+  // Rows that are neither text nor marker (padding) are zero; nothing reads them.
+  at::Tensor out = at::empty({rows, hidden}, qkv.options());
   const float* in_ptr = qkv.data_ptr<float>();
   float* out_ptr = out.data_ptr<float>();
+  const auto clear = [&](int64_t from, int64_t to) {
+    std::fill(out_ptr + from * hidden, out_ptr + to * hidden, 0.0f);
+  };
+  for (int64_t b = 0; padded_length > 0 && b < batch; ++b) {
+    const Sample& s = samples[b];
+    clear(s.text_row + s.text, s.marker_row);
+    clear(s.marker_row + s.markers, (b + 1) * padded_length);
+  }
+  clear(next, rows);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   const int64_t keys = (longest + BLOCK - 1) / BLOCK * BLOCK;
+  // Tasks run head-major: each thread's contiguous share of them then holds samples of every
+  // length (batches come sorted longest first), not the long ones alone.
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
     Scratch scratch(d, keys);
     for (int64_t task = begin; task < end; ++task) {
-      attend_sample(in_ptr, out_ptr, width, hidden, task % heads, d, scale, samples[task / heads],
+      attend_sample(in_ptr, out_ptr, width, hidden, task / batch, d, scale, samples[task % batch],
                     scratch);
     }
   });

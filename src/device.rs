@@ -265,7 +265,9 @@ impl fmt::Display for Precision {
 /// heap still falls back to one for a block over 64 MiB) and trims a heap only when 1 GiB is
 /// free at its top. Setting only the trim threshold is worse than neither (glibc then keeps
 /// serving mid-size blocks with fresh mappings), so both are set together. The price is memory
-/// kept for reuse: up to the trim threshold of freed memory stays in the process.
+/// kept for reuse: the process holds about its high-water mark of heap memory (glibc returns
+/// only free space at the top of the main heap, past 1 GiB, and never shrinks a thread's
+/// heap), so a long-lived process that once ran a large batch keeps that memory.
 ///
 /// ```
 /// let tuned = span_marker::device::tune_host_allocator();

@@ -363,6 +363,43 @@ mod tests {
     }
 
     #[test]
+    fn the_direct_form_equals_the_dense_mask_at_encoder_sizes() {
+        // Head sizes of whole vectors (16) and with a remainder (40 = 2 x 16 + 8); texts of one
+        // key, exactly one key block, just over it and over two; a sample without markers;
+        // scores spread wide enough that the softmax is far from uniform.
+        let texts = [1i64, 16, 17, 33, 6];
+        let pairs = [5i64, 3, 9, 2, 0];
+        let starts: Vec<i64> = texts.iter().map(|n| n + n % 2).collect();
+        let (b, heads, t) = (5, 3, 56);
+        let samples = Samples::new(&texts, &starts, &pairs, t);
+        let layout = samples.layout();
+        let mask = layout.attention_mask();
+        let used = mask
+            .any_dim(-1, false)
+            .view([b, 1, t, 1])
+            .to_kind(Kind::Double);
+        let direct = MarkerAttention::direct(&layout);
+        for d in [16i64, 40] {
+            tch::manual_seed(d);
+            let qkv: Vec<Tensor> = (0..3)
+                .map(|_| Tensor::randn([b, heads, t, d], (Kind::Double, Device::Cpu)) * 3.0)
+                .collect();
+            let want = dense(&qkv[0], &qkv[1], &qkv[2], &mask);
+            let float = |x: &Tensor| x.to_kind(Kind::Float);
+            let got = direct.attend(
+                &float(&qkv[0]),
+                &float(&qkv[1]),
+                &float(&qkv[2]),
+                0.0,
+                false,
+            );
+            let diff = (got.to_kind(Kind::Double) - &want).abs() * &used;
+            let diff = f64::try_from(diff.max()).unwrap();
+            assert!(diff < 1e-4, "head size {d}: max difference {diff}");
+        }
+    }
+
+    #[test]
     fn the_direct_form_reads_unpadded_rows() {
         // The encoder's unpadded layout: each sample's text, then its markers, then spare rows.
         let (heads, t, d) = (2, 18, 4);

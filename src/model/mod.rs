@@ -462,17 +462,20 @@ impl SpanMarkerModel {
         let attention_dropout = train && self.encoder.settings().attention_probs_dropout_prob > 0.0;
         let layout = batch.layout();
         let attention = match kernels {
-            // These kernels run inference on the CPU, the direct form's ground.
-            Kernels::Fused | Kernels::Int8(_) | Kernels::CpuAutocast if !attention_dropout => {
+            // These kernels run inference on the CPU, the direct form's ground (it carries no
+            // gradient, so never in training).
+            Kernels::Fused | Kernels::Int8(_) | Kernels::CpuAutocast if !train => {
                 MarkerAttention::direct(&layout)
             }
             _ => MarkerAttention::new(&layout, Kind::Float, attention_dropout),
         };
         let positions = batch.input_ids.numel() as i64;
+        // The direct form reads unpadded rows as they are: skipping padding costs it nothing.
+        let direct = matches!(attention, MarkerAttention::Direct { .. });
         let tokens = batch
             .tokens
             .as_ref()
-            .filter(|index| self.encoder.skips_padding(index.size()[0], positions));
+            .filter(|index| direct || self.encoder.skips_padding(index.size()[0], positions));
         let hidden = self.encoder.forward(
             &batch.input_ids,
             &batch.position_ids,
