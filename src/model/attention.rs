@@ -316,6 +316,28 @@ mod tests {
             .matmul(v)
     }
 
+    /// The direct form's result (float32, returned as double) for double queries, keys and
+    /// values, and its largest difference from `want` on the rows that are read (`used`).
+    fn direct_against(
+        layout: &MarkerLayout<'_>,
+        qkv: &[Tensor],
+        want: &Tensor,
+        used: &Tensor,
+    ) -> (Tensor, f64) {
+        let float = |x: &Tensor| x.to_kind(Kind::Float);
+        let got = MarkerAttention::direct(layout)
+            .attend(
+                &float(&qkv[0]),
+                &float(&qkv[1]),
+                &float(&qkv[2]),
+                0.0,
+                false,
+            )
+            .to_kind(Kind::Double);
+        let diff = ((&got - want).abs() * used).max();
+        (got, f64::try_from(diff).unwrap())
+    }
+
     #[test]
     fn both_forms_equal_attention_under_the_dense_mask() {
         // Three samples of different text lengths (odd and even), marker counts and padding;
@@ -346,19 +368,10 @@ mod tests {
             assert!(f64::try_from(diff.max()).unwrap() < 1e-12, "{attention:?}");
         }
         // The direct form runs in float32 (its exp is a polynomial, relative error ~1e-7).
-        let direct = MarkerAttention::direct(&layout);
-        let float = |x: &Tensor| x.to_kind(Kind::Float);
-        let got = direct.attend(
-            &float(&qkv[0]),
-            &float(&qkv[1]),
-            &float(&qkv[2]),
-            0.0,
-            false,
-        );
-        let diff = (got.to_kind(Kind::Double) - &want).abs() * &used;
-        assert!(f64::try_from(diff.max()).unwrap() < 1e-5, "{direct:?}");
+        let (got, diff) = direct_against(&layout, &qkv, &want, &used);
+        assert!(diff < 1e-5, "max difference {diff}");
         // Padding rows come out zero.
-        let zero = got.to_kind(Kind::Double) * (used.ones_like() - &used);
+        let zero = got * (used.ones_like() - &used);
         assert_eq!(f64::try_from(zero.abs().max()).unwrap(), 0.0);
     }
 
@@ -378,23 +391,13 @@ mod tests {
             .any_dim(-1, false)
             .view([b, 1, t, 1])
             .to_kind(Kind::Double);
-        let direct = MarkerAttention::direct(&layout);
         for d in [16i64, 40] {
             tch::manual_seed(d);
             let qkv: Vec<Tensor> = (0..3)
                 .map(|_| Tensor::randn([b, heads, t, d], (Kind::Double, Device::Cpu)) * 3.0)
                 .collect();
             let want = dense(&qkv[0], &qkv[1], &qkv[2], &mask);
-            let float = |x: &Tensor| x.to_kind(Kind::Float);
-            let got = direct.attend(
-                &float(&qkv[0]),
-                &float(&qkv[1]),
-                &float(&qkv[2]),
-                0.0,
-                false,
-            );
-            let diff = (got.to_kind(Kind::Double) - &want).abs() * &used;
-            let diff = f64::try_from(diff.max()).unwrap();
+            let (_, diff) = direct_against(&layout, &qkv, &want, &used);
             assert!(diff < 1e-4, "head size {d}: max difference {diff}");
         }
     }
