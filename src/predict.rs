@@ -271,7 +271,8 @@ impl SpanMarkerModel {
             Precision::Int8 => Some(self.encoder().int8()?),
             _ => None,
         };
-        // Float32 on the CPU runs on the fused oneDNN maps; autocast and int8 keep their own.
+        // On the CPU float32 runs on the fused oneDNN maps, bf16 under autocast and int8 on its
+        // packed maps, all three with the direct attention; other devices take the standard maps.
         let cpu = self.device() == Device::Cpu;
         let kernels = match (&int8, precision) {
             (Some(packed), _) => Kernels::Int8(packed),

@@ -20,7 +20,7 @@
 //! won by 1.35x at MiniLM size on CoNLL-2003 batches (`T = 256`, text keys about 60). See
 //! [`MarkerAttention::new`].
 //!
-//! Float32 inference on the CPU takes a third, direct form ([`MarkerAttention::direct`]): one
+//! Inference on the CPU (float32, int8, bf16 autocast) takes a third, direct form ([`MarkerAttention::direct`]): one
 //! C++ task per sample and head (`csrc/attention.cpp`) scores each query against its own
 //! sample's text keys, itself and its partner, straight from the query-key-value product's
 //! rows, with neither a bias tensor nor the transposition into heads and back.
@@ -70,7 +70,7 @@ pub enum MarkerAttention {
     },
     /// Every query scores its own sample's text keys, its own key and its partner's, read
     /// straight from the query-key-value rows by one task per sample and head
-    /// (`csrc/attention.cpp`): float32 inference on the CPU. See [`MarkerAttention::direct`].
+    /// (`csrc/attention.cpp`): inference on the CPU. See [`MarkerAttention::direct`].
     Direct {
         /// `[B]` int64: text tokens, first start marker and marker pairs per sample.
         num_tokens: Tensor,
@@ -105,7 +105,7 @@ impl MarkerAttention {
         }
     }
 
-    /// The direct form, for float32 inference on the CPU: no mask or bias at all, and no
+    /// The direct form, for inference on the CPU (it computes in float32): no mask or bias at all, and no
     /// transposition of the queries, keys and values into heads and back. Each query scores
     /// only the keys it may see (its sample's text, itself and its partner), so a batch of
     /// CoNLL-2003 sentences scores about a sixth of the dense form's cells. On a 2-core AMD
@@ -152,8 +152,8 @@ impl MarkerAttention {
     }
 
     /// The `[R, H]` float32 context rows of the direct form from the `[R, 3H]` query-key-value
-    /// rows (CPU; bfloat16 under autocast is read as float32), or `None` for the other forms (they [`attend`](Self::attend) over
-    /// `[B, heads, T, d]`). `padded_length` is the batch's `T` when the rows are the padded
+    /// rows (CPU; bfloat16 under autocast is read as float32), or `None` for the other forms
+    /// (they [`attend`](Self::attend) over `[B, heads, T, d]`). `padded_length` is the batch's `T` when the rows are the padded
     /// `[B * T]` positions, and 0 when they are the encoder's unpadded tokens (each sample's
     /// text, then its markers; see [`Batch::tokens`](crate::collate::Batch::tokens)).
     /// Context rows of padding are zero. Panics where the shapes disagree, as libtorch's own
