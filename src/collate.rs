@@ -57,6 +57,11 @@ pub struct Batch {
     /// per-token work on these `N` positions only (see
     /// [`Encoder::forward`](crate::model::encoder::Encoder::forward)).
     pub tokens: Option<Tensor>,
+    /// `[M]` int64: the positions of the flattened `[B * T]` batch that hold markers, each
+    /// sample's `<start>` markers then its `<end>` markers, the last one repeated up to a
+    /// multiple of [`TOKEN_BUCKET`] (as `tokens`, so that activations come in few sizes). The
+    /// head reads nothing else, so the encoder's last layer runs on these rows only.
+    pub markers: Tensor,
 }
 
 /// Collates samples into tensors on `device`.
@@ -95,6 +100,7 @@ pub fn collate(
     let mut start_indices = Vec::with_capacity(b);
     let mut num_pairs = Vec::with_capacity(b);
     let mut tokens = Vec::with_capacity(b * t);
+    let mut markers = Vec::new();
 
     for (i, sample) in samples.iter().enumerate() {
         let window = &windows[sample.window];
@@ -137,7 +143,9 @@ pub fn collate(
         }
         let offset = (i * t) as i64;
         tokens.extend((0..n as i64).map(|j| offset + j));
-        tokens.extend((start as i64..(start + 2 * p) as i64).map(|j| offset + j));
+        let sample_markers = (start as i64..(start + 2 * p) as i64).map(|j| offset + j);
+        tokens.extend(sample_markers.clone());
+        markers.extend(sample_markers);
         num_tokens.push(n as i64);
         start_indices.push(start as i64);
         num_pairs.push(p as i64);
@@ -174,6 +182,12 @@ pub fn collate(
         start_marker_indices,
         num_marker_pairs,
         tokens,
+        markers: {
+            if let Some(&last) = markers.last() {
+                markers.resize(markers.len().next_multiple_of(TOKEN_BUCKET), last);
+            }
+            to_device(&markers)
+        },
     })
 }
 

@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::attention::MarkerAttention;
 use super::dropout::dropout;
@@ -421,21 +421,30 @@ impl Encoder {
         self.word_embeddings.ws.size()[0]
     }
 
-    /// Model FLOPs of one forward pass whose per-token maps run on `tokens` rows and whose
-    /// attention runs `queries` queries (`B x T`, padding included) each scoring `keys` keys:
-    /// the matrix products (two FLOPs per multiply-add) of the embedding projection, the
-    /// query, key, value and output projections, the feed-forward maps, and attention's scores
-    /// and weighted sums as executed. Element-wise work (norms, softmax, activations) is left
-    /// out, as model-FLOPs-utilisation counts do.
-    pub fn forward_flops(&self, tokens: i64, queries: i64, keys: i64) -> u64 {
+    /// Model FLOPs of one forward pass whose per-token maps run on `tokens` rows, whose
+    /// attention runs `queries` queries (`B x T`, padding included) each scoring `keys` keys,
+    /// and whose last layer's attention output and feed-forward maps run on `read` rows (see
+    /// [`forward`](Self::forward); `tokens` when all are read): the matrix products (two FLOPs
+    /// per multiply-add) of the embedding projection, the query, key, value and output
+    /// projections, the feed-forward maps, and attention's scores and weighted sums as
+    /// executed. Element-wise work (norms, softmax, activations) is left out, as
+    /// model-FLOPs-utilisation counts do.
+    pub fn forward_flops(&self, tokens: i64, queries: i64, keys: i64, read: i64) -> u64 {
         let s = &self.settings;
         let (h, i) = (s.hidden_size, s.intermediate_size);
-        let per_layer = 2 * tokens * (4 * h * h + 2 * h * i) + 2 * 2 * queries * keys * h;
+        let attention = 2 * tokens * 3 * h * h + 2 * 2 * queries * keys * h;
+        let rest = |rows: i64| 2 * rows * (h * h + 2 * h * i);
+        let layers = s.num_hidden_layers;
         let projection = match self.embeddings_project {
             Some(_) => 2 * tokens * s.embedding_size() * h,
             None => 0,
         };
-        (projection + s.num_hidden_layers * per_layer).max(0) as u64
+        let last = if layers > 0 {
+            rest(read) - rest(tokens)
+        } else {
+            0
+        };
+        (projection + layers * (attention + rest(tokens)) + last).max(0) as u64
     }
 
     /// Whether a batch of `positions` positions of which `tokens` hold text or markers is worth
@@ -517,12 +526,20 @@ impl Encoder {
     /// (embeddings, linear maps, norms, activations, dropout) runs on those `N` rows only, and
     /// only attention sees the padded `[B, T]` layout: padding costs nothing outside attention.
     /// The states of positions outside `tokens` are then zero; they are never read.
+    ///
+    /// With `read` (`[M]` flat positions, a subset of `tokens`; the batch's
+    /// [`markers`](crate::collate::Batch::markers)), only those positions' last states are
+    /// wanted: the last layer still computes every row's keys and values (the read rows attend
+    /// to them), but its attention output, norms and feed-forward maps run on the `M` read rows
+    /// only, and every other state is zero.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         input_ids: &Tensor,
         position_ids: &Tensor,
         attention: &MarkerAttention,
         tokens: Option<&Tensor>,
+        read: Option<&Tensor>,
         train: bool,
         kernels: Kernels<'_>,
     ) -> Tensor {
@@ -534,7 +551,7 @@ impl Encoder {
             Some(index) => y.index_select(0, index),
             None => y.shallow_clone(),
         };
-        let pad = |y: &Tensor| match tokens {
+        let pad_at = |y: &Tensor, index: Option<&Tensor>| match index {
             Some(index) => {
                 let mut padded = y.new_zeros([b * t, y.size()[1]], (y.kind(), y.device()));
                 let _ = padded.index_copy_(0, index, y);
@@ -542,6 +559,18 @@ impl Encoder {
             }
             None => y.shallow_clone(),
         };
+        let pad = |y: &Tensor| pad_at(y, tokens);
+        // The read positions as rows of the layers' input (rows of `tokens` when it is given).
+        let read_rows = read.map(|positions| match tokens {
+            Some(index) => {
+                let mut row_of = Tensor::full([b * t], -1, (Kind::Int64, index.device()));
+                let rows = Tensor::arange(index.size()[0], (Kind::Int64, index.device()));
+                let _ = row_of.index_copy_(0, index, &rows);
+                row_of.index_select(0, positions)
+            }
+            None => positions.shallow_clone(),
+        });
+        let last = self.layers.len().saturating_sub(1);
 
         // Token type 0 for every token: add its embedding row by broadcasting.
         let mut x = self
@@ -598,9 +627,18 @@ impl Encoder {
                         .reshape([b * t, s.hidden_size]);
                     unpad(&context)
                 });
-            x = layer
-                .attention_norm
-                .forward(&plus(1, &layer.attention_output, &context, &x));
+            let (context, residual) = match &read_rows {
+                Some(rows) if index == last => {
+                    (context.index_select(0, rows), x.index_select(0, rows))
+                }
+                _ => (context, x),
+            };
+            x = layer.attention_norm.forward(&plus(
+                1,
+                &layer.attention_output,
+                &context,
+                &residual,
+            ));
             let map = &layer.intermediate;
             let inner = match kernels {
                 Kernels::Fused => {
@@ -621,7 +659,11 @@ impl Encoder {
                 .output_norm
                 .forward(&plus(3, &layer.output, &inner, &x));
         }
-        pad(&x).view([b, t, s.hidden_size])
+        match read {
+            Some(positions) if !self.layers.is_empty() => pad_at(&x, Some(positions)),
+            _ => pad(&x),
+        }
+        .view([b, t, s.hidden_size])
     }
 }
 
@@ -689,7 +731,7 @@ mod tests {
             text_length: 3,
         };
         let attention = MarkerAttention::new(&layout, tch::Kind::Float, false);
-        let out = encoder.forward(&ids, &pos, &attention, None, false, Kernels::Standard);
+        let out = encoder.forward(&ids, &pos, &attention, None, None, false, Kernels::Standard);
         assert_eq!(out.size(), [1, 4, 4]);
         assert!(bool::try_from(out.isfinite().all()).unwrap());
     }

@@ -481,6 +481,7 @@ impl SpanMarkerModel {
             &batch.position_ids,
             &attention,
             tokens,
+            Some(&batch.markers),
             train,
             kernels,
         );
@@ -530,9 +531,12 @@ impl SpanMarkerModel {
         let features = self.classifier.ws.size()[1];
         let head = (2 * b * pairs * features * labels).max(0) as u64;
         let tokens = tokens.map_or(b * t, |index| index.size()[0]);
-        let encoder = self
-            .encoder
-            .forward_flops(tokens, b * t, attention.keys_per_query(t));
+        let encoder = self.encoder.forward_flops(
+            tokens,
+            b * t,
+            attention.keys_per_query(t),
+            batch.markers.numel() as i64,
+        );
         self.flops.fetch_add(encoder + head, Ordering::Relaxed);
     }
 
@@ -762,9 +766,15 @@ mod tests {
         let states = |index: Option<&Tensor>| {
             let hidden = tch::no_grad(|| {
                 let (ids, pos) = (&unpadded.input_ids, &unpadded.position_ids);
-                model
-                    .encoder()
-                    .forward(ids, pos, &structured, index, false, Kernels::Standard)
+                model.encoder().forward(
+                    ids,
+                    pos,
+                    &structured,
+                    index,
+                    None,
+                    false,
+                    Kernels::Standard,
+                )
             });
             hidden.view([b * t, -1]).index_select(0, tokens)
         };
@@ -772,6 +782,67 @@ mod tests {
         assert!(max_diff(&logits, &want_logits) < 1e-4);
         assert!(max_diff(&grad, &want_grad) < 1e-4 * f64::try_from(want_grad.abs().max()).unwrap());
         assert!(f64::try_from(want_grad.abs().sum(Kind::Float)).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn the_last_layer_gives_the_read_rows_their_states_and_nothing_else() {
+        let model = SpanMarkerModel::bundled().unwrap();
+        let rows = [
+            Some(SentenceInput::Words(&WORDS[..2])),
+            Some(SentenceInput::Words(&WORDS)),
+        ];
+        let encoded = model.preprocessor().encode(&rows).unwrap();
+        let spec = model.preprocessor().collate_spec();
+        let batch = encoded
+            .collate(0..encoded.samples.len(), &spec, Device::Cpu)
+            .unwrap();
+        let (b, t) = batch.input_ids.size2().unwrap();
+        let tokens = batch.tokens.as_ref().expect("the batch has padding");
+        let markers = &batch.markers;
+        let pairs: Vec<i64> = Vec::try_from(&batch.num_marker_pairs).unwrap();
+        let num_markers = 2 * pairs.iter().sum::<i64>();
+        let bucket = crate::collate::TOKEN_BUCKET as i64;
+        assert_eq!(
+            markers.size(),
+            [(num_markers + bucket - 1) / bucket * bucket]
+        );
+        let distinct = markers.unique_dim(0, false, false, false).0.size()[0];
+        assert_eq!(distinct, num_markers);
+        let layout = batch.layout();
+        let forms = [
+            (
+                MarkerAttention::structured(&layout, Kind::Float),
+                Kernels::Standard,
+            ),
+            (MarkerAttention::direct(&layout), Kernels::Fused),
+        ];
+        for (attention, kernels) in &forms {
+            for index in [Some(tokens), None] {
+                if index.is_none() && matches!(attention, MarkerAttention::Direct { .. }) {
+                    continue; // the direct form reads the padded layout only without padding
+                }
+                let run = |read: Option<&Tensor>| {
+                    let (ids, pos) = (&batch.input_ids, &batch.position_ids);
+                    let encoder = model.encoder();
+                    tch::no_grad(|| {
+                        encoder.forward(ids, pos, attention, index, read, false, *kernels)
+                    })
+                    .view([b * t, -1])
+                };
+                let (all, read) = (run(None), run(Some(markers)));
+                let diff = f64::try_from(
+                    (all.index_select(0, markers) - read.index_select(0, markers))
+                        .abs()
+                        .max(),
+                )
+                .unwrap();
+                assert!(diff < 1e-5, "{attention:?}: {diff}");
+                let mut unread = Tensor::ones([b * t], (Kind::Bool, Device::Cpu));
+                let _ = unread.index_fill_(0, markers, 0);
+                let rest = read.index_select(0, &unread.nonzero().view([-1]));
+                assert_eq!(f64::try_from(rest.abs().sum(Kind::Double)).unwrap(), 0.0);
+            }
+        }
     }
 
     #[test]
