@@ -278,6 +278,27 @@ pub fn spread(windows: &[EncodedWindow], total_length: usize) -> Vec<SampleRef> 
     samples
 }
 
+/// Joins each window's consecutive samples into one sample holding all their spans, with the
+/// number of samples joined: its text is then encoded once instead of once per sample. Where
+/// attention keeps text blind to markers and each marker to all but its partner (SpanMarker's
+/// pattern), every span gets the same states either way; the joined sample may be longer than
+/// the encoder length `T` (its position ids are not).
+pub fn join_windows(samples: &[SampleRef]) -> Vec<(SampleRef, usize)> {
+    let mut joined: Vec<(SampleRef, usize)> = Vec::with_capacity(samples.len());
+    for sample in samples {
+        match joined.last_mut() {
+            Some((last, count))
+                if last.window == sample.window && last.spans.end == sample.spans.start =>
+            {
+                last.spans.end = sample.spans.end;
+                *count += 1;
+            }
+            _ => joined.push((sample.clone(), 1)),
+        }
+    }
+    joined
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,5 +485,27 @@ mod tests {
         assert_eq!(samples.len(), 34usize.div_ceil(6));
         assert!(samples.iter().all(|s| s.spans.len() <= 6));
         assert_eq!(samples.last().unwrap().spans, 30..34);
+    }
+
+    #[test]
+    fn joining_gives_each_window_one_sample() {
+        let sample = |window, spans| SampleRef { window, spans };
+        let samples = [
+            sample(0, 0..6),
+            sample(0, 6..12),
+            sample(0, 12..14),
+            sample(1, 0..3),
+            sample(2, 0..6),
+            sample(2, 6..7),
+        ];
+        let joined = join_windows(&samples);
+        assert_eq!(
+            joined,
+            [
+                (sample(0, 0..14), 3),
+                (sample(1, 0..3), 1),
+                (sample(2, 0..7), 2)
+            ]
+        );
     }
 }

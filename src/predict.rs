@@ -12,6 +12,7 @@ use tch::{Device, Kind};
 use crate::collate::{collate, CollateSpec};
 use crate::context::DocumentPosition;
 use crate::device::Precision;
+use crate::encoding::{join_windows, SampleRef};
 use crate::error::{Error, Result};
 use crate::model::encoder::Kernels;
 use crate::model::{fused, SpanMarkerModel};
@@ -280,34 +281,62 @@ impl SpanMarkerModel {
             (None, Precision::BFloat16) if cpu => Kernels::CpuAutocast,
             _ => Kernels::Standard,
         };
-        let spec = CollateSpec {
+        // Direct attention isolates every span's markers, so each window's samples are scored
+        // as one (its text encoded once); a sample then weighs as many as it joined. Not with
+        // labels: the loss is the reference's mean of batch means, which depends on the batches.
+        let labelled = encoded.windows.iter().any(|w| w.labels.is_some());
+        let samples: Vec<(SampleRef, usize)> = if kernels.attend_directly(false) && !labelled {
+            join_windows(&encoded.samples)
+        } else {
+            encoded.samples.iter().map(|s| (s.clone(), 1)).collect()
+        };
+        let windows = &encoded.windows;
+        let mut spec = CollateSpec {
             trim_to_multiple_of: Some(8),
             ..self.preprocessor().collate_spec()
         };
-        let samples = &encoded.samples;
+        let longest = samples.iter().map(|(s, _)| s.encoder_length(windows));
+        spec.total_length = longest.fold(spec.total_length, usize::max);
         // Each sample's spans get a slot range in one flat buffer, in sample order.
         let mut offsets = Vec::with_capacity(samples.len() + 1);
         offsets.push(0);
-        for sample in samples {
+        for (sample, _) in &samples {
             offsets.push(offsets.last().copied().unwrap_or(0) + sample.spans.len());
         }
         let mut best = vec![(0usize, 0f32); offsets.last().copied().unwrap_or(0)];
         let mut order: Vec<usize> = (0..samples.len()).collect();
         if sort_by_length {
-            order.sort_by_key(|&i| std::cmp::Reverse(samples[i].encoder_length(&encoded.windows)));
+            order.sort_by_key(|&i| std::cmp::Reverse(samples[i].0.encoder_length(windows)));
+        }
+        // Batches of `batch_size` samples as spread, so that joining changes no batch's size.
+        let mut chunks = Vec::new();
+        let mut rest = &order[..];
+        while !rest.is_empty() {
+            let mut weight = 0;
+            let end = rest
+                .iter()
+                .position(|&i| {
+                    weight += samples[i].1;
+                    weight > batch_size
+                })
+                .unwrap_or(rest.len())
+                .max(1);
+            let (chunk, tail) = rest.split_at(end);
+            chunks.push(chunk);
+            rest = tail;
         }
         let (mut loss_sum, mut with_loss) = (0.0, false);
         let _no_grad = tch::no_grad_guard();
-        let batch_size = batch_size.clamp(1, order.len().max(1));
-        let mut picked = Vec::with_capacity(batch_size);
-        for chunk in order.chunks(batch_size) {
+        let mut picked = Vec::new();
+        for chunk in chunks {
             picked.clear();
-            picked.extend(chunk.iter().map(|&i| samples[i].clone()));
-            let batch = collate(&encoded.windows, &picked, &spec, self.device())?;
+            picked.extend(chunk.iter().map(|&i| samples[i].0.clone()));
+            let batch = collate(windows, &picked, &spec, self.device())?;
             let output =
                 precision.autocast(self.device(), || self.forward_with(&batch, false, kernels))?;
             if let Some(loss) = &output.loss {
-                loss_sum += f64::try_from(loss)? * chunk.len() as f64;
+                let weight: usize = chunk.iter().map(|&i| samples[i].1).sum();
+                loss_sum += f64::try_from(loss)? * weight as f64;
                 with_loss = true;
             }
             let slots = output.logits.size()[1] as usize;
@@ -322,8 +351,8 @@ impl SpanMarkerModel {
             }
         }
         let mut per_row: Vec<Vec<ScoredSpan>> = vec![Vec::new(); encoded.sentences.len()];
-        for (i, sample) in samples.iter().enumerate() {
-            let window = &encoded.windows[sample.window];
+        for (i, (sample, _)) in samples.iter().enumerate() {
+            let window = &windows[sample.window];
             let cells = &best[offsets[i]..offsets[i + 1]];
             per_row[window.row].extend(sample.spans.clone().zip(cells).map(
                 |(s, &(label, score))| ScoredSpan {
@@ -333,7 +362,7 @@ impl SpanMarkerModel {
                 },
             ));
         }
-        let loss = with_loss.then(|| loss_sum / samples.len().max(1) as f64);
+        let loss = with_loss.then(|| loss_sum / encoded.samples.len().max(1) as f64);
         Ok((per_row, loss))
     }
 }
@@ -411,6 +440,45 @@ mod tests {
             decode(spans.clone(), 4, 0, &overlapping),
             [spans[0], spans[1], spans[2], spans[4]]
         );
+    }
+
+    #[test]
+    fn a_window_scored_as_one_sample_scores_as_its_samples() {
+        let model = SpanMarkerModel::bundled().unwrap();
+        let text = "Peter Blackburn , who joined the European Commission in Brussels after years \
+                    at the Bank of England in London , said on Thursday that German and French \
+                    officials had met their British counterparts in Paris and Berlin to discuss \
+                    the dispute over beef exports from Scotland and Wales .";
+        let words: Vec<&str> = text.split(' ').collect();
+        let rows = [Some(SentenceInput::Words(&words))];
+        let unlabelled = model.preprocessor().encode(&rows).unwrap();
+        // The same sentence with (any) labels: those are scored sample by sample.
+        let entities = [vec![crate::labels::Entity::new(1, 0, 2)]];
+        let labelled = model
+            .preprocessor()
+            .encode_with(
+                &rows,
+                EncodeOptions {
+                    entities: Some(&entities),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(unlabelled.samples.len() >= 2, "{:?}", unlabelled.samples);
+        assert_eq!(join_windows(&unlabelled.samples).len(), 1);
+        let score = |encoded| {
+            model
+                .score_samples(encoded, 32, true, Precision::Float32)
+                .unwrap()
+                .0
+                .remove(0)
+        };
+        let (joined, apart) = (score(&unlabelled), score(&labelled));
+        assert_eq!(joined.len(), apart.len());
+        for (a, b) in joined.iter().zip(&apart) {
+            assert_eq!((a.span, a.label), (b.span, b.label));
+            assert!((a.score - b.score).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
     }
 
     #[test]

@@ -258,6 +258,14 @@ pub enum Kernels<'a> {
     Int8(&'a Int8Linears),
 }
 
+impl Kernels<'_> {
+    /// Whether attention takes the direct form ([`MarkerAttention::direct`]) with these
+    /// kernels: the CPU inference ones, never in training (it carries no gradient).
+    pub fn attend_directly(&self, train: bool) -> bool {
+        !train && matches!(self, Self::Fused | Self::Int8(_) | Self::CpuAutocast)
+    }
+}
+
 impl Layer {
     /// The query, key and value maps as one `[3H, H]` weight and `[3H]` bias: one wide
     /// product instead of three thin ones (gradients flow back to the three maps).

@@ -461,13 +461,10 @@ impl SpanMarkerModel {
     ) -> ModelOutput {
         let attention_dropout = train && self.encoder.settings().attention_probs_dropout_prob > 0.0;
         let layout = batch.layout();
-        let attention = match kernels {
-            // These kernels run inference on the CPU, the direct form's ground (it carries no
-            // gradient, so never in training).
-            Kernels::Fused | Kernels::Int8(_) | Kernels::CpuAutocast if !train => {
-                MarkerAttention::direct(&layout)
-            }
-            _ => MarkerAttention::new(&layout, Kind::Float, attention_dropout),
+        let attention = if kernels.attend_directly(train) {
+            MarkerAttention::direct(&layout)
+        } else {
+            MarkerAttention::new(&layout, Kind::Float, attention_dropout)
         };
         let positions = batch.input_ids.numel() as i64;
         // The direct form reads unpadded rows as they are: skipping padding costs it nothing.
@@ -476,12 +473,16 @@ impl SpanMarkerModel {
             .tokens
             .as_ref()
             .filter(|index| direct || self.encoder.skips_padding(index.size()[0], positions));
+        // Only the markers' last states are read, but training computes every row: dropout then
+        // draws its masks over the reference's shapes in the reference's order, so that a seed
+        // gives the reference's masks.
+        let read = (!train).then_some(&batch.markers);
         let hidden = self.encoder.forward(
             &batch.input_ids,
             &batch.position_ids,
             &attention,
             tokens,
-            Some(&batch.markers),
+            read,
             train,
             kernels,
         );
@@ -493,7 +494,7 @@ impl SpanMarkerModel {
         );
         let features = dropout::dropout(&features, self.dropout, train);
         let logits = self.classifier.forward(&features);
-        self.count_flops(batch, tokens, &attention, &logits);
+        self.count_flops(batch, tokens, read, &attention, &logits);
         let loss = batch
             .labels
             .as_ref()
@@ -522,6 +523,7 @@ impl SpanMarkerModel {
         &self,
         batch: &Batch,
         tokens: Option<&Tensor>,
+        read: Option<&Tensor>,
         attention: &MarkerAttention,
         logits: &Tensor,
     ) {
@@ -531,12 +533,10 @@ impl SpanMarkerModel {
         let features = self.classifier.ws.size()[1];
         let head = (2 * b * pairs * features * labels).max(0) as u64;
         let tokens = tokens.map_or(b * t, |index| index.size()[0]);
-        let encoder = self.encoder.forward_flops(
-            tokens,
-            b * t,
-            attention.keys_per_query(t),
-            batch.markers.numel() as i64,
-        );
+        let read = read.map_or(tokens, |index| index.size()[0]);
+        let encoder = self
+            .encoder
+            .forward_flops(tokens, b * t, attention.keys_per_query(t), read);
         self.flops.fetch_add(encoder + head, Ordering::Relaxed);
     }
 
