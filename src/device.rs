@@ -48,11 +48,14 @@ pub fn parse_device(name: &str) -> Result<Device> {
 
 /// The precision of forward passes. Weights stay float32; the mixed precisions run matrix
 /// products and attention in 16 bits under autocast (as `torch.autocast`), with reductions,
-/// softmax and layer norms in float32: `bf16` and `fp16` on a CUDA device, `bf16` also on a
-/// CPU with bfloat16 instructions. (CUDA's autocast keeps softmax and layer norms in float32 by
-/// rule; the CPU's does not, and they stay float32 there because the residual stream and the
-/// attention bias are float32 and type promotion carries that through.) `int8` runs the encoder's linear maps on int8 copies of their
-/// weights on the CPU (inference only).
+/// softmax and layer norms in float32: `bf16` and `fp16` on a CUDA device, `bf16` also for
+/// training on a CPU with bfloat16 instructions. (CUDA's autocast keeps softmax and layer norms
+/// in float32 by rule; the CPU's does not, and they stay float32 there because the residual
+/// stream and the attention bias are float32 and type promotion carries that through.) CPU
+/// inference in `bf16` runs the encoder's layers on bfloat16 copies of their linear maps, with
+/// bfloat16 activations between them (products accumulate and layer norms compute in float32;
+/// attention computes in float32; the head reads float32 states). `int8` runs the encoder's
+/// linear maps on int8 copies of their weights on the CPU (inference only).
 ///
 /// ```
 /// use span_marker::device::{cpu_has_bf16, Precision};
@@ -67,7 +70,7 @@ pub fn parse_device(name: &str) -> Result<Device> {
 pub enum Precision {
     #[default]
     Float32,
-    /// bfloat16 autocast (`bf16`): float32's range, so no loss scaling is needed.
+    /// bfloat16 (`bf16`): float32's range, so no loss scaling is needed.
     BFloat16,
     /// float16 autocast (`fp16`, CUDA only).
     Float16,

@@ -39,9 +39,9 @@ pub struct PredictOptions {
     /// Return every non-`O` span instead of the best non-overlapping ones.
     #[cfg_attr(feature = "clap", arg(long = "overlapping"))]
     pub allow_overlapping: bool,
-    /// Precision of the forward passes: `fp32`; `bf16` autocast on a CUDA device or a CPU
-    /// with bfloat16 instructions; `fp16` autocast on a CUDA device; `int8` (dynamically
-    /// quantised linear maps) on the CPU.
+    /// Precision of the forward passes: `fp32`; `bf16` on a CUDA device (autocast) or a CPU
+    /// with bfloat16 instructions (bfloat16 linear maps); `fp16` autocast on a CUDA device;
+    /// `int8` (dynamically quantised linear maps) on the CPU.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = Precision::Float32))]
     pub precision: Precision,
 }
@@ -268,18 +268,24 @@ impl SpanMarkerModel {
         precision: Precision,
     ) -> Result<(Vec<Vec<ScoredSpan>>, Option<f64>)> {
         precision.check(self.device())?;
-        let int8 = match precision {
-            Precision::Int8 => Some(self.encoder().int8()?),
-            _ => None,
-        };
-        // On the CPU float32 runs on the fused oneDNN maps, bf16 under autocast and int8 on its
-        // packed maps, all three with the direct attention; other devices take the standard maps.
+        // On the CPU float32 and bf16 run on the fused oneDNN maps and int8 on its packed maps,
+        // all three with the direct attention; other devices take the standard maps.
         let cpu = self.device() == Device::Cpu;
-        let kernels = match (&int8, precision) {
+        let encoder = self.encoder();
+        let (int8, fused) = match precision {
+            Precision::Int8 => (Some(encoder.int8()?), None),
+            Precision::Float32 if cpu && fused::supported() => {
+                (None, Some(encoder.fused(Kind::Float)?))
+            }
+            Precision::BFloat16 if cpu && fused::supported() => {
+                (None, Some(encoder.fused(Kind::BFloat16)?))
+            }
+            _ => (None, None),
+        };
+        let kernels = match (&int8, &fused) {
             (Some(packed), _) => Kernels::Int8(packed),
-            (None, Precision::Float32) if cpu && fused::supported() => Kernels::Fused,
-            (None, Precision::BFloat16) if cpu => Kernels::CpuAutocast,
-            _ => Kernels::Standard,
+            (None, Some(maps)) => Kernels::Fused(maps),
+            (None, None) => Kernels::Standard,
         };
         // Direct attention isolates every span's markers, so each window's samples are scored
         // as one (its text encoded once); a sample then weighs as many as it joined. Not with
@@ -332,8 +338,12 @@ impl SpanMarkerModel {
             picked.clear();
             picked.extend(chunk.iter().map(|&i| samples[i].0.clone()));
             let batch = collate(windows, &picked, &spec, self.device())?;
-            let output =
-                precision.autocast(self.device(), || self.forward_with(&batch, false, kernels))?;
+            // The fused and int8 maps run in their own type; autocast serves the standard ones.
+            let forward = || self.forward_with(&batch, false, kernels);
+            let output = match kernels {
+                Kernels::Standard => precision.autocast(self.device(), forward)?,
+                Kernels::Fused(_) | Kernels::Int8(_) => forward(),
+            };
             if let Some(loss) = &output.loss {
                 let weight: usize = chunk.iter().map(|&i| samples[i].1).sum();
                 loss_sum += f64::try_from(loss)? * weight as f64;

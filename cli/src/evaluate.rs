@@ -31,9 +31,9 @@ pub struct EvaluateArgs {
     /// Samples per forward pass.
     #[arg(long, default_value_t = PredictOptions::DEFAULT_BATCH_SIZE)]
     batch_size: usize,
-    /// Precision of the forward passes: `fp32`; `bf16` autocast on a CUDA device or a CPU
-    /// with bfloat16 instructions; `fp16` autocast on a CUDA device; `int8` (dynamically
-    /// quantised linear maps) on the CPU.
+    /// Precision of the forward passes: `fp32`; `bf16` on a CUDA device (autocast) or a CPU
+    /// with bfloat16 instructions (bfloat16 linear maps); `fp16` autocast on a CUDA device;
+    /// `int8` (dynamically quantised linear maps) on the CPU.
     #[arg(long, default_value_t = Precision::Float32)]
     precision: Precision,
 }

@@ -20,7 +20,7 @@
 //! won by 1.35x at MiniLM size on CoNLL-2003 batches (`T = 256`, text keys about 60). See
 //! [`MarkerAttention::new`].
 //!
-//! Inference on the CPU (float32, int8, bf16 autocast) takes a third, direct form ([`MarkerAttention::direct`]): one
+//! Inference on the CPU (float32, int8, bfloat16) takes a third, direct form ([`MarkerAttention::direct`]): one
 //! C++ task per sample and head (`csrc/attention.cpp`) scores each query against its own
 //! sample's text keys, itself and its partner, straight from the query-key-value product's
 //! rows, with neither a bias tensor nor the transposition into heads and back.
@@ -151,8 +151,8 @@ impl MarkerAttention {
         }
     }
 
-    /// The `[R, H]` float32 context rows of the direct form from the `[R, 3H]` query-key-value
-    /// rows (CPU; bfloat16 under autocast is read as float32), or `None` for the other forms
+    /// The `[R, H]` context rows of the direct form from the `[R, 3H]` query-key-value rows, in
+    /// their type (CPU; bfloat16 is computed in float32), or `None` for the other forms
     /// (they [`attend`](Self::attend) over `[B, heads, T, d]`). `padded_length` is the batch's `T` when the rows are the padded
     /// `[B * T]` positions, and 0 when they are the encoder's unpadded tokens (each sample's
     /// text, then its markers; see [`Batch::tokens`](crate::collate::Batch::tokens)).
@@ -168,6 +168,7 @@ impl MarkerAttention {
         else {
             return None;
         };
+        let kind = qkv.kind();
         let qkv = qkv.to_kind(Kind::Float);
         let mut error = std::ptr::null_mut();
         // SAFETY: every tensor outlives the call; the shim returns a new owned tensor or null.
@@ -186,7 +187,7 @@ impl MarkerAttention {
             panic!("marker attention failed: {}", take_error(error));
         }
         // SAFETY: `out` is a fresh `at::Tensor*` owned by nobody else.
-        Some(unsafe { Tensor::from_ptr(out) })
+        Some(unsafe { Tensor::from_ptr(out) }.to_kind(kind))
     }
 
     /// The structured form, whatever the lengths.

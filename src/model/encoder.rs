@@ -17,8 +17,8 @@ use tch::{Kind, Tensor};
 
 use super::attention::MarkerAttention;
 use super::dropout::dropout;
-use super::fused::{self, PostOp};
-use super::quantized::{self, Int8Linears};
+use super::fused::{FusedLinears, PostOp};
+use super::quantized::Int8Linears;
 
 use crate::config::EncoderConfig;
 use crate::error::{Error, Result};
@@ -248,12 +248,10 @@ impl Activation {
 pub enum Kernels<'a> {
     /// libtorch's linear maps, with gradients, on any device and under autocast.
     Standard,
-    /// libtorch's linear maps under CPU autocast, for inference (no gradients): the maps run
-    /// as [`Kernels::Standard`]'s, attention in the direct float32 form.
-    CpuAutocast,
-    /// Float32 CPU inference on oneDNN with the bias, activation and residual addition fused
-    /// into the products (no gradients; see [`fused::supported`]).
-    Fused,
+    /// CPU inference on oneDNN with the bias, activation and residual addition fused into the
+    /// products, on the float32 or bfloat16 maps of [`Encoder::fused`] (no gradients; see
+    /// [`fused::supported`](super::fused::supported)).
+    Fused(&'a FusedLinears),
     /// The int8 maps of [`Encoder::int8`] (CPU inference).
     Int8(&'a Int8Linears),
 }
@@ -262,9 +260,32 @@ impl Kernels<'_> {
     /// Whether attention takes the direct form ([`MarkerAttention::direct`]) with these
     /// kernels: the CPU inference ones, never in training (it carries no gradient).
     pub fn attend_directly(&self, train: bool) -> bool {
-        !train && matches!(self, Self::Fused | Self::Int8(_) | Self::CpuAutocast)
+        !train && matches!(self, Self::Fused(_) | Self::Int8(_))
     }
 }
+
+/// A tensor's identity for staleness: its version counter (bumped by every in-place change, an
+/// optimizer step or a checkpoint copy) and its storage.
+type Identity = (i64, usize);
+
+/// The identities of a linear map's weight and bias.
+type Source = (Identity, Option<Identity>);
+
+fn source(linear: &nn::Linear) -> Source {
+    let identity = |t: &Tensor| (t.internal_version(), t.data_ptr() as usize);
+    (identity(&linear.ws), linear.bs.as_ref().map(identity))
+}
+
+/// A form of the layers' linear maps made from their weights (int8-packed, or fused in float32
+/// or bfloat16), and the identities of the weights it was made from. `T` clones cheaply (an
+/// `Arc`, or tensors sharing their storage).
+struct Derived<T> {
+    maps: T,
+    sources: Vec<Source>,
+}
+
+/// The slot of one derived form, empty until its first use.
+type DerivedSlot<T> = Mutex<Option<Derived<T>>>;
 
 impl Layer {
     /// The query, key and value maps as one `[3H, H]` weight and `[3H]` bias: one wide
@@ -303,7 +324,10 @@ pub struct Encoder {
     layers: Vec<Layer>,
     pooler: Option<nn::Linear>,
     /// The int8 form of the layers' linear maps, made on first int8 use.
-    int8: Mutex<Option<Arc<Int8Linears>>>,
+    int8: DerivedSlot<Arc<Int8Linears>>,
+    /// The fused float32 and bfloat16 forms, made on first use.
+    fused_float: DerivedSlot<FusedLinears>,
+    fused_bfloat16: DerivedSlot<FusedLinears>,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -412,6 +436,8 @@ impl Encoder {
             layers,
             pooler,
             int8: Mutex::new(None),
+            fused_float: Mutex::new(None),
+            fused_bfloat16: Mutex::new(None),
         }
     }
 
@@ -476,7 +502,8 @@ impl Encoder {
         (positions - tokens) * self.settings.hidden_size >= MIN_PADDED_WIDTH * positions
     }
 
-    /// The six linear maps of every layer, whose identities [`Int8Linears`] checks.
+    /// The six linear maps of every layer, whose identities decide whether a derived form of
+    /// them is current.
     fn linears(&self) -> impl Iterator<Item = &nn::Linear> {
         self.layers.iter().flat_map(|l| {
             [
@@ -490,15 +517,19 @@ impl Encoder {
         })
     }
 
-    /// The layers' linear maps in int8 (CPU), packed on first use and again whenever a weight
-    /// changed since.
-    pub(crate) fn int8(&self) -> Result<Arc<Int8Linears>> {
-        let mut cached = self.int8.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(packed) = cached.as_ref().filter(|p| p.matches(self.linears())) {
-            return Ok(packed.clone());
+    /// The derived form in `slot`, made by `make` on first use and again whenever a weight
+    /// changed since. `make` gets the maps per layer in the order `forward` indexes them: query,
+    /// key and value as one map, the attention output, the intermediate and the output map.
+    fn derived<T: Clone>(
+        &self,
+        slot: &DerivedSlot<T>,
+        make: impl FnOnce(Vec<(Tensor, Option<Tensor>)>) -> Result<T>,
+    ) -> Result<T> {
+        let mut cached = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let current = |d: &&Derived<T>| d.sources.iter().copied().eq(self.linears().map(source));
+        if let Some(derived) = cached.as_ref().filter(current) {
+            return Ok(derived.maps.clone());
         }
-        // Per layer, in the order `forward` indexes them: query, key and value as one map, the
-        // attention output, the intermediate and the output map.
         let maps: Vec<_> = tch::no_grad(|| {
             self.layers
                 .iter()
@@ -518,10 +549,34 @@ impl Encoder {
                 })
                 .collect()
         });
-        let sources = self.linears().map(quantized::source).collect();
-        let packed = Arc::new(Int8Linears::pack(&maps, sources)?);
-        *cached = Some(packed.clone());
-        Ok(packed)
+        let sources = self.linears().map(source).collect();
+        let maps = tch::no_grad(|| make(maps))?;
+        *cached = Some(Derived {
+            maps: maps.clone(),
+            sources,
+        });
+        Ok(maps)
+    }
+
+    /// The layers' linear maps in int8 (CPU), packed on first use and again whenever a weight
+    /// changed since.
+    pub(crate) fn int8(&self) -> Result<Arc<Int8Linears>> {
+        self.derived(&self.int8, |maps| Int8Linears::pack(&maps).map(Arc::new))
+    }
+
+    /// The layers' linear maps for the fused CPU kernels in `kind` (float32 or bfloat16), made
+    /// on first use and again whenever a weight changed since.
+    pub(crate) fn fused(&self, kind: Kind) -> Result<FusedLinears> {
+        let slot = match kind {
+            Kind::Float => &self.fused_float,
+            Kind::BFloat16 => &self.fused_bfloat16,
+            other => {
+                return Err(Error::Device(format!(
+                    "no fused linear maps in {other:?} (float32 and bfloat16 only)"
+                )))
+            }
+        };
+        self.derived(slot, |maps| Ok(FusedLinears::new(maps, kind)))
     }
 
     /// The last hidden states `[B, T, H]` for `input_ids` and `position_ids` `[B, T]` (int64)
@@ -592,6 +647,9 @@ impl Encoder {
         if let Some(project) = &self.embeddings_project {
             x = project.forward(&x);
         }
+        if let Kernels::Fused(maps) = kernels {
+            x = x.to_kind(maps.kind());
+        }
 
         let heads = s.num_attention_heads;
         let head_dim = s.hidden_size / heads;
@@ -601,21 +659,16 @@ impl Encoder {
         for (index, layer) in self.layers.iter().enumerate() {
             // `map` of `x` plus `residual`, with dropout on the map's output.
             let plus = |k: usize, map: &nn::Linear, x: &Tensor, residual: &Tensor| match kernels {
-                Kernels::Standard | Kernels::CpuAutocast => {
-                    dropout(&map.forward(x), hidden_dropout, train) + residual
-                }
-                Kernels::Fused => fused::linear_add(x, residual, map),
+                Kernels::Standard => dropout(&map.forward(x), hidden_dropout, train) + residual,
+                Kernels::Fused(maps) => maps.linear_add(index * 4 + k, x, residual),
                 Kernels::Int8(packed) => packed.forward(index * 4 + k, x) + residual,
             };
             let qkv = match kernels {
-                Kernels::Standard | Kernels::CpuAutocast => {
+                Kernels::Standard => {
                     let (weight, bias) = layer.query_key_value();
                     x.linear(&weight, bias.as_ref())
                 }
-                Kernels::Fused => {
-                    let (weight, bias) = layer.query_key_value();
-                    fused::linear(&x, &weight, bias.as_ref(), PostOp::None)
-                }
+                Kernels::Fused(maps) => maps.linear(index * 4, &x, PostOp::None),
                 Kernels::Int8(packed) => packed.forward(index * 4, &x),
             };
             let padded_length = if tokens.is_some() { 0 } else { t };
@@ -647,13 +700,11 @@ impl Encoder {
                 &context,
                 &residual,
             ));
-            let map = &layer.intermediate;
             let inner = match kernels {
-                Kernels::Fused => {
+                Kernels::Fused(maps) => {
                     // oneDNN applies the activation where it has it as a post-op.
                     let post = activation.post_op();
-                    let y =
-                        fused::linear(&x, &map.ws, map.bs.as_ref(), post.unwrap_or(PostOp::None));
+                    let y = maps.linear(index * 4 + 2, &x, post.unwrap_or(PostOp::None));
                     if post.is_some() {
                         y
                     } else {
@@ -661,12 +712,14 @@ impl Encoder {
                     }
                 }
                 Kernels::Int8(packed) => activation.apply(&packed.forward(index * 4 + 2, &x)),
-                Kernels::Standard | Kernels::CpuAutocast => activation.apply(&map.forward(&x)),
+                Kernels::Standard => activation.apply(&layer.intermediate.forward(&x)),
             };
             x = layer
                 .output_norm
                 .forward(&plus(3, &layer.output, &inner, &x));
         }
+        // Float32 out whatever the maps' type (bfloat16 fused maps).
+        let x = x.to_kind(Kind::Float);
         match read {
             Some(positions) if !self.layers.is_empty() => pad_at(&x, Some(positions)),
             _ => pad(&x),

@@ -8,7 +8,7 @@
 
 use std::ffi::c_char;
 
-use tch::{nn, Tensor};
+use tch::{Kind, Tensor};
 use torch_sys::C_tensor;
 
 use super::quantized::take_error;
@@ -60,7 +60,7 @@ fn bias_ptr(bias: Option<&Tensor>) -> *const C_tensor {
     bias.map_or(std::ptr::null(), |b| b.as_ptr())
 }
 
-/// `post(x W^T + b)` for `x` `[N, in]`, `weight` `[out, in]` (float32, CPU). Panics where
+/// `post(x W^T + b)` for `x` `[N, in]`, `weight` `[out, in]` (float32 or bfloat16 alike, CPU). Panics where
 /// libtorch refuses the shapes or dtypes, as tch's own operations do; call it under
 /// `tch::no_grad` (the result has no gradient).
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, post: PostOp) -> Tensor {
@@ -78,26 +78,78 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, post: PostOp) 
     take(out, error)
 }
 
-/// `x W^T + b + residual` through `map`, for `x` `[N, in]` and `residual` `[N, out]`.
-pub fn linear_add(x: &Tensor, residual: &Tensor, map: &nn::Linear) -> Tensor {
+/// `x W^T + b + residual` for `x` `[N, in]`, `weight` `[out, in]` and `residual` `[N, out]`.
+pub fn linear_add(x: &Tensor, residual: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let mut error = std::ptr::null_mut();
     // SAFETY: every tensor outlives the call; the shim returns a new owned tensor or null.
     let out = unsafe {
         span_marker_fused_linear_add(
             x.as_ptr(),
             residual.as_ptr(),
-            map.ws.as_ptr(),
-            bias_ptr(map.bs.as_ref()),
+            weight.as_ptr(),
+            bias_ptr(bias),
             &mut error,
         )
     };
     take(out, error)
 }
 
+/// An encoder's linear maps for the fused kernels, in float32 or bfloat16: per layer the
+/// query-key-value map (one `[3H, H]` weight), the attention output, the intermediate and the
+/// output map. In bfloat16 the activations between them are bfloat16 too (oneDNN's bfloat16
+/// products accumulate in float32; layer norms compute in float32 and round their output).
+pub struct FusedLinears {
+    maps: Vec<(Tensor, Option<Tensor>)>,
+    kind: Kind,
+}
+
+impl Clone for FusedLinears {
+    /// Another handle on the same maps (the tensors share their storage).
+    fn clone(&self) -> Self {
+        let maps = self
+            .maps
+            .iter()
+            .map(|(w, b)| (w.shallow_clone(), b.as_ref().map(Tensor::shallow_clone)))
+            .collect();
+        Self {
+            maps,
+            kind: self.kind,
+        }
+    }
+}
+
+impl FusedLinears {
+    /// `maps` (float32) in `kind`: float32 keeps them as they are, bfloat16 makes rounded copies.
+    pub(crate) fn new(maps: Vec<(Tensor, Option<Tensor>)>, kind: Kind) -> Self {
+        let maps = maps
+            .into_iter()
+            .map(|(w, b)| (w.to_kind(kind), b.map(|b| b.to_kind(kind))))
+            .collect();
+        Self { maps, kind }
+    }
+
+    /// The type of the maps and of the activations they take and give.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// `post(x W^T + b)` through map `index`.
+    pub(crate) fn linear(&self, index: usize, x: &Tensor, post: PostOp) -> Tensor {
+        let (weight, bias) = &self.maps[index];
+        linear(x, weight, bias.as_ref(), post)
+    }
+
+    /// `x W^T + b + residual` through map `index`.
+    pub(crate) fn linear_add(&self, index: usize, x: &Tensor, residual: &Tensor) -> Tensor {
+        let (weight, bias) = &self.maps[index];
+        linear_add(x, residual, weight, bias.as_ref())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Kind;
+    use tch::nn;
 
     #[test]
     fn fused_maps_equal_the_separate_operations() {
@@ -129,7 +181,10 @@ mod tests {
                 &linear(&x, &map.ws, None, PostOp::None),
                 &x.matmul(&map.ws.tr()),
             );
-            close(&linear_add(&x, &residual, &map), &(&plain + &residual));
+            close(
+                &linear_add(&x, &residual, &map.ws, b),
+                &(&plain + &residual),
+            );
             // A non-contiguous input (a column slice) is read correctly.
             let wide = Tensor::randn([37, 48], opts);
             let slice = wide.narrow(1, 24, 24);

@@ -809,12 +809,13 @@ mod tests {
         let distinct = markers.unique_dim(0, false, false, false).0.size()[0];
         assert_eq!(distinct, num_markers);
         let layout = batch.layout();
+        let fused = model.encoder().fused(Kind::Float).unwrap();
         let forms = [
             (
                 MarkerAttention::structured(&layout, Kind::Float),
                 Kernels::Standard,
             ),
-            (MarkerAttention::direct(&layout), Kernels::Fused),
+            (MarkerAttention::direct(&layout), Kernels::Fused(&fused)),
         ];
         for (attention, kernels) in &forms {
             for index in [Some(tokens), None] {

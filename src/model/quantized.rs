@@ -5,14 +5,13 @@
 //! `nn.Linear`. Embeddings, layer norms,
 //! attention and the classifier stay float32.
 //!
-//! The packed weights are made on first use and remade when a weight or bias changed since
-//! (its version counter or storage moved), so training and then predicting in int8 sees the new
-//! weights.
+//! The encoder packs them on first use and again whenever a weight changed since (see
+//! [`Encoder::int8`](super::encoder::Encoder::int8)).
 
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr::NonNull;
 
-use tch::{nn, Tensor};
+use tch::Tensor;
 use torch_sys::C_tensor;
 
 use crate::error::{Error, Result};
@@ -70,18 +69,6 @@ impl Drop for PackedLinear {
     }
 }
 
-/// A tensor's identity for staleness: its version counter (bumped by every in-place change, an
-/// optimizer step or a checkpoint copy) and its storage.
-type Identity = (i64, usize);
-
-/// The identities of a linear layer's weight and bias.
-pub(crate) type Source = (Identity, Option<Identity>);
-
-pub(crate) fn source(linear: &nn::Linear) -> Source {
-    let identity = |t: &Tensor| (t.internal_version(), t.data_ptr() as usize);
-    (identity(&linear.ws), linear.bs.as_ref().map(identity))
-}
-
 impl PackedLinear {
     fn pack(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         let mut error = std::ptr::null_mut();
@@ -111,30 +98,19 @@ impl PackedLinear {
     }
 }
 
-/// The int8 form of a set of linear maps, and which versions of the float weights they were
-/// made from.
+/// The int8 form of a set of linear maps.
 pub struct Int8Linears {
     layers: Vec<PackedLinear>,
-    sources: Vec<Source>,
 }
 
 impl Int8Linears {
-    /// Packs every `(weight, bias)` of `maps`, made from the float maps whose identities are
-    /// `sources`.
-    pub(crate) fn pack(maps: &[(Tensor, Option<Tensor>)], sources: Vec<Source>) -> Result<Self> {
+    /// Packs every `(weight, bias)` of `maps`.
+    pub(crate) fn pack(maps: &[(Tensor, Option<Tensor>)]) -> Result<Self> {
         let layers = maps
             .iter()
             .map(|(w, b)| PackedLinear::pack(w, b.as_ref()))
             .collect::<Result<_>>()?;
-        Ok(Self { layers, sources })
-    }
-
-    /// Whether these were packed from exactly the current `linears`.
-    pub(crate) fn matches<'a>(&self, linears: impl IntoIterator<Item = &'a nn::Linear>) -> bool {
-        self.sources
-            .iter()
-            .copied()
-            .eq(linears.into_iter().map(source))
+        Ok(Self { layers })
     }
 
     /// `x` through map `index`.
