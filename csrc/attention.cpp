@@ -128,16 +128,35 @@ void attend_sample(const float* qkv, float* out, int64_t width, int64_t hidden, 
   }
   const int64_t pairs = s.markers / 2;
   const int64_t total_rows = n + s.markers;
+  // Query `i` of the sample (text, then markers): its row and its partner's (its own for text).
+  const auto rows_of = [&](int64_t i, int64_t& row, int64_t& other) {
+    const int64_t m = i - n;
+    row = i >= n ? s.marker_row + m : s.text_row + i;
+    other = i >= n ? s.marker_row + (m < pairs ? m + pairs : m - pairs) : row;
+  };
   for (int64_t first = 0; first < total_rows; first += ROWS) {
+    // The next group's rows are scattered (a marker's partner lies `P` rows away): fetch them
+    // while this group computes.
+    for (int64_t i = first + ROWS; i < std::min(first + 2 * ROWS, total_rows); ++i) {
+      int64_t row, other;
+      rows_of(i, row, other);
+      for (int64_t c = 0; c < d; c += BLOCK) {
+        __builtin_prefetch(qkv + row * width + q_off + c);
+        __builtin_prefetch(qkv + row * width + v_off + c);
+        if (i >= n) {
+          __builtin_prefetch(qkv + row * width + k_off + c);
+          __builtin_prefetch(qkv + other * width + k_off + c);
+          __builtin_prefetch(qkv + other * width + v_off + c);
+        }
+      }
+    }
     // The last group repeats its last row where it runs short (same values, written twice).
     int64_t row[ROWS], other[ROWS];
     bool marker[ROWS];
     for (int64_t r = 0; r < ROWS; ++r) {
       const int64_t i = std::min(first + r, total_rows - 1);
       marker[r] = i >= n;
-      const int64_t m = i - n;
-      row[r] = marker[r] ? s.marker_row + m : s.text_row + i;
-      other[r] = marker[r] ? s.marker_row + (m < pairs ? m + pairs : m - pairs) : row[r];
+      rows_of(i, row[r], other[r]);
       const float* q = qkv + row[r] * width + q_off;
       for (int64_t c = 0; c < d; ++c) {
         scratch.q[r * d + c] = q[c] * scale;
@@ -172,8 +191,15 @@ void attend_sample(const float* qkv, float* out, int64_t width, int64_t hidden, 
       if (marker[r]) {
         const float* k_own = qkv + row[r] * width + k_off;
         const float* k_partner = qkv + other[r] * width + k_off;
-        float a = 0.0f, b = 0.0f;
-        for (int64_t c = 0; c < d; ++c) {
+        Vec a_v = {}, b_v = {};
+        int64_t c = 0;
+        for (; c + BLOCK <= d; c += BLOCK) {
+          const Vec q_v = load(q + r * d + c);
+          a_v += q_v * load(k_own + c);
+          b_v += q_v * load(k_partner + c);
+        }
+        float a = sum(a_v), b = sum(b_v);
+        for (; c < d; ++c) {
           a += q[r * d + c] * k_own[c];
           b += q[r * d + c] * k_partner[c];
         }
