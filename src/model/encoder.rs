@@ -232,6 +232,17 @@ impl Activation {
         }
     }
 
+    /// [`apply`](Self::apply) in place, for inference results that nothing else holds.
+    fn apply_in_place(self, mut x: Tensor) -> Tensor {
+        let _ = match self {
+            Self::Gelu => x.gelu_("none"),
+            Self::GeluTanh => x.gelu_("tanh"),
+            Self::Relu => x.relu_(),
+            Self::Silu => x.silu_(),
+        };
+        x
+    }
+
     /// The oneDNN post-op computing this activation, if there is one.
     fn post_op(self) -> Option<PostOp> {
         match self {
@@ -661,7 +672,11 @@ impl Encoder {
             let plus = |k: usize, map: &nn::Linear, x: &Tensor, residual: &Tensor| match kernels {
                 Kernels::Standard => dropout(&map.forward(x), hidden_dropout, train) + residual,
                 Kernels::Fused(maps) => maps.linear_add(index * 4 + k, x, residual),
-                Kernels::Int8(packed) => packed.forward(index * 4 + k, x) + residual,
+                Kernels::Int8(packed) => {
+                    let mut y = packed.forward(index * 4 + k, x);
+                    let _ = y.g_add_(residual);
+                    y
+                }
             };
             let qkv = match kernels {
                 Kernels::Standard => {
@@ -708,10 +723,12 @@ impl Encoder {
                     if post.is_some() {
                         y
                     } else {
-                        activation.apply(&y)
+                        activation.apply_in_place(y)
                     }
                 }
-                Kernels::Int8(packed) => activation.apply(&packed.forward(index * 4 + 2, &x)),
+                Kernels::Int8(packed) => {
+                    activation.apply_in_place(packed.forward(index * 4 + 2, &x))
+                }
                 Kernels::Standard => activation.apply(&layer.intermediate.forward(&x)),
             };
             x = layer
