@@ -108,7 +108,23 @@ if { [ "$part" = all ] || [ "$part" = conll ]; } && [ -f "$conll/train.txt" ]; t
   tiny128="$(model bench-tiny128 --hidden 128 --layers 2 --heads 2 --intermediate 512 \
     --model-max-length 128 --marker-max-length 64 --entity-max-length 6)"
   run "inference, 2 x 128 BERT shape (random weights), CoNLL-2003 test sentences" \
-    --model "$tiny128" --data "$conll/test.txt" --sentences 1000
+    --model "$tiny128" --data "$conll/test.txt" --sentences 3453
+  # The same sentences through the whole `span-marker predict` process, start-up included, to
+  # set against the in-process Python rate above.
+  cargo build --release -p span-marker-cli
+  words="$(mktemp)"
+  awk 'NF == 0 { if (line != "") print line; line = ""; next }
+       $1 != "-DOCSTART-" { line = line == "" ? $1 : line " " $1 }
+       END { if (line != "") print line }' "$conll/test.txt" >"$words"
+  start="$(date +%s.%N)"
+  "$CARGO_TARGET_DIR/release/span-marker" predict --model "$tiny128" --words --file "$words" \
+    --json >/dev/null
+  end="$(date +%s.%N)"
+  echo
+  echo "== whole process, 2 x 128 BERT shape, CoNLL-2003 test sentences"
+  awk -v s="$start" -v e="$end" -v n="$(wc -l <"$words")" \
+    'BEGIN { printf "span-marker predict: %d sentences in %.2f s = %.1f sentences/s\n", n, e - s, n / (e - s) }'
+  rm -f "$words"
   # Python span_marker reads the encoder's config and tokenizer from `encoder._name_or_path`,
   # which the bundled model gives as the Hub id `sentence-transformers/all-MiniLM-L6-v2`: both
   # sides run a copy that names the fetched encoder directory instead, so that no Hub is needed.
