@@ -1,4 +1,4 @@
-// Fused float32 linear maps for CPU inference, which tch 0.24 does not expose: libtorch's
+// Fused float32 and bfloat16 linear maps for CPU inference, which tch 0.24 does not expose: libtorch's
 // oneDNN kernels (`mkldnn::_linear_pointwise`) compute `x W^T + b` with the activation or the
 // residual addition applied as the product's result is written, instead of in separate passes
 // over it. Inference only: these operations have no gradient.
@@ -38,7 +38,7 @@ at::Tensor* guarded(char** error, F&& f) {
 extern "C" int span_marker_fused_supported() { return at::hasMKLDNN() ? 1 : 0; }
 
 // act(`input` W^T + b) for `input` [N, in], `weight` [out, in], `bias` [out] or null, all
-// float32. `activation`: 0 none, 1 GELU (erf), 2 GELU (tanh), 3 ReLU.
+// float32 or all bfloat16. `activation`: 0 none, 1 GELU (erf), 2 GELU (tanh), 3 ReLU.
 extern "C" at::Tensor* span_marker_fused_linear(const at::Tensor* input, const at::Tensor* weight,
                                                 const at::Tensor* bias, int activation,
                                                 char** error) {
@@ -65,7 +65,7 @@ extern "C" at::Tensor* span_marker_fused_linear(const at::Tensor* input, const a
   });
 }
 
-// `input` W^T + b + `residual` for `input` [N, in], `residual` [N, out], float32.
+// `input` W^T + b + `residual` for `input` [N, in], `residual` [N, out], float32 or bfloat16.
 extern "C" at::Tensor* span_marker_fused_linear_add(const at::Tensor* input,
                                                     const at::Tensor* residual,
                                                     const at::Tensor* weight,

@@ -58,9 +58,9 @@ pub struct Batch {
     /// [`Encoder::forward`](crate::model::encoder::Encoder::forward)).
     pub tokens: Option<Tensor>,
     /// `[M]` int64: the positions of the flattened `[B * T]` batch that hold markers, each
-    /// sample's `<start>` markers then its `<end>` markers, the last one repeated up to a
-    /// multiple of [`TOKEN_BUCKET`] (as `tokens`, so that activations come in few sizes). The
-    /// head reads nothing else, so the encoder's last layer runs on these rows only.
+    /// sample's `<start>` markers then its `<end>` markers. The head reads nothing else, so in
+    /// inference the encoder's last layer runs on these rows only (see
+    /// [`Encoder::forward`](crate::model::encoder::Encoder::forward)).
     pub markers: Tensor,
 }
 
@@ -182,12 +182,7 @@ pub fn collate(
         start_marker_indices,
         num_marker_pairs,
         tokens,
-        markers: {
-            if let Some(&last) = markers.last() {
-                markers.resize(markers.len().next_multiple_of(TOKEN_BUCKET), last);
-            }
-            to_device(&markers)
-        },
+        markers: to_device(&markers),
     })
 }
 

@@ -278,17 +278,20 @@ pub fn spread(windows: &[EncodedWindow], total_length: usize) -> Vec<SampleRef> 
     samples
 }
 
-/// Joins each window's consecutive samples into one sample holding all their spans, with the
-/// number of samples joined: its text is then encoded once instead of once per sample. Where
-/// attention keeps text blind to markers and each marker to all but its partner (SpanMarker's
-/// pattern), every span gets the same states either way; the joined sample may be longer than
-/// the encoder length `T` (its position ids are not).
-pub fn join_windows(samples: &[SampleRef]) -> Vec<(SampleRef, usize)> {
+/// Joins each window's consecutive samples, up to `most` at a time, into one sample holding
+/// all their spans, with the number of samples joined: its text is then encoded once instead of
+/// once per sample. Where attention keeps text blind to markers and each marker to all but its
+/// partner (SpanMarker's pattern), every span gets the same states either way, up to float
+/// summation order (and, in int8, the activation scales of the calls the rows share); the
+/// joined sample may be longer than the encoder length `T` (its position ids are not).
+pub fn join_windows(samples: &[SampleRef], most: usize) -> Vec<(SampleRef, usize)> {
     let mut joined: Vec<(SampleRef, usize)> = Vec::with_capacity(samples.len());
     for sample in samples {
         match joined.last_mut() {
             Some((last, count))
-                if last.window == sample.window && last.spans.end == sample.spans.start =>
+                if last.window == sample.window
+                    && last.spans.end == sample.spans.start
+                    && *count < most =>
             {
                 last.spans.end = sample.spans.end;
                 *count += 1;
@@ -498,11 +501,21 @@ mod tests {
             sample(2, 0..6),
             sample(2, 6..7),
         ];
-        let joined = join_windows(&samples);
+        let joined = join_windows(&samples, 8);
         assert_eq!(
             joined,
             [
                 (sample(0, 0..14), 3),
+                (sample(1, 0..3), 1),
+                (sample(2, 0..7), 2)
+            ]
+        );
+        // At most two at a time.
+        assert_eq!(
+            join_windows(&samples, 2),
+            [
+                (sample(0, 0..12), 2),
+                (sample(0, 12..14), 1),
                 (sample(1, 0..3), 1),
                 (sample(2, 0..7), 2)
             ]

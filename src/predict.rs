@@ -40,7 +40,8 @@ pub struct PredictOptions {
     #[cfg_attr(feature = "clap", arg(long = "overlapping"))]
     pub allow_overlapping: bool,
     /// Precision of the forward passes: `fp32`; `bf16` on a CUDA device (autocast) or a CPU
-    /// with bfloat16 instructions (bfloat16 linear maps); `fp16` autocast on a CUDA device;
+    /// with bfloat16 instructions (bfloat16 linear maps where libtorch has oneDNN, autocast
+    /// elsewhere); `fp16` autocast on a CUDA device;
     /// `int8` (dynamically quantised linear maps) on the CPU.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = Precision::Float32))]
     pub precision: Precision,
@@ -288,11 +289,12 @@ impl SpanMarkerModel {
             (None, None) => Kernels::Standard,
         };
         // Direct attention isolates every span's markers, so each window's samples are scored
-        // as one (its text encoded once); a sample then weighs as many as it joined. Not with
-        // labels: the loss is the reference's mean of batch means, which depends on the batches.
+        // as one (its text encoded once), at most a batch of them; a sample then weighs as many
+        // as it joined. Not with labels: the loss is the reference's mean of batch means, which
+        // depends on the batches.
         let labelled = encoded.windows.iter().any(|w| w.labels.is_some());
         let samples: Vec<(SampleRef, usize)> = if kernels.attend_directly(false) && !labelled {
-            join_windows(&encoded.samples)
+            join_windows(&encoded.samples, batch_size.max(1))
         } else {
             encoded.samples.iter().map(|s| (s.clone(), 1)).collect()
         };
@@ -314,7 +316,7 @@ impl SpanMarkerModel {
         if sort_by_length {
             order.sort_by_key(|&i| std::cmp::Reverse(samples[i].0.encoder_length(windows)));
         }
-        // Batches of `batch_size` samples as spread, so that joining changes no batch's size.
+        // Batches of `batch_size` samples as spread: joining leaves their sizes as they were.
         let mut chunks = Vec::new();
         let mut rest = &order[..];
         while !rest.is_empty() {
@@ -475,7 +477,7 @@ mod tests {
             )
             .unwrap();
         assert!(unlabelled.samples.len() >= 2, "{:?}", unlabelled.samples);
-        assert_eq!(join_windows(&unlabelled.samples).len(), 1);
+        assert_eq!(join_windows(&unlabelled.samples, 32).len(), 1);
         let score = |encoded| {
             model
                 .score_samples(encoded, 32, true, Precision::Float32)

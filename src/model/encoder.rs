@@ -492,6 +492,21 @@ impl Encoder {
         (projection + layers * (attention + rest(tokens)) + last).max(0) as u64
     }
 
+    /// The rows the last layer's attention output and feed-forward maps run on when the layers
+    /// run on `rows` rows and `read` positions are read (see [`forward`](Self::forward)): the
+    /// read ones rounded up to whole buckets of
+    /// [`TOKEN_BUCKET`](crate::collate::TOKEN_BUCKET) where that is fewer, else all.
+    pub fn last_layer_rows(&self, rows: i64, read: Option<&Tensor>) -> i64 {
+        let bucket = crate::collate::TOKEN_BUCKET as i64;
+        match read {
+            Some(positions) if !self.layers.is_empty() => {
+                let keep = (positions.size()[0] + bucket - 1) / bucket * bucket;
+                keep.min(rows)
+            }
+            _ => rows,
+        }
+    }
+
     /// Whether a batch of `positions` positions of which `tokens` hold text or markers is worth
     /// running without its padding (see [`forward`](Self::forward)): when the padded positions
     /// are at least `64 / hidden_size` of all. Skipping padding copies every layer's queries,
@@ -541,6 +556,8 @@ impl Encoder {
         if let Some(derived) = cached.as_ref().filter(current) {
             return Ok(derived.maps.clone());
         }
+        // A stale form goes before its successor is made: never two copies at once.
+        *cached = None;
         let maps: Vec<_> = tch::no_grad(|| {
             self.layers
                 .iter()
@@ -567,6 +584,15 @@ impl Encoder {
             sources,
         });
         Ok(maps)
+    }
+
+    /// Drops every derived form of the maps (they are remade on next use): after the weights
+    /// moved to another device, whose old storage they would keep alive.
+    pub(crate) fn clear_derived(&self) {
+        for slot in [&self.fused_float, &self.fused_bfloat16] {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        *self.int8.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// The layers' linear maps in int8 (CPU), packed on first use and again whenever a weight
@@ -603,9 +629,10 @@ impl Encoder {
     ///
     /// With `read` (`[M]` flat positions, a subset of `tokens`; the batch's
     /// [`markers`](crate::collate::Batch::markers)), only those positions' last states are
-    /// wanted: the last layer still computes every row's keys and values (the read rows attend
-    /// to them), but its attention output, norms and feed-forward maps run on the `M` read rows
-    /// only, and every other state is zero.
+    /// wanted: when `M` is below the rows the layers run on, the last layer still computes
+    /// every row's keys and values (the read rows attend to them), but its attention output,
+    /// norms and feed-forward maps run on the `M` read rows only, and every other state is
+    /// zero.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -634,15 +661,39 @@ impl Encoder {
             None => y.shallow_clone(),
         };
         let pad = |y: &Tensor| pad_at(y, tokens);
-        // The read positions as rows of the layers' input (rows of `tokens` when it is given).
-        let read_rows = read.map(|positions| match tokens {
-            Some(index) => {
-                let mut row_of = Tensor::full([b * t], -1, (Kind::Int64, index.device()));
-                let rows = Tensor::arange(index.size()[0], (Kind::Int64, index.device()));
-                let _ = row_of.index_copy_(0, index, &rows);
-                row_of.index_select(0, positions)
+        debug_assert!(
+            !train || matches!(kernels, Kernels::Standard),
+            "only the standard maps carry gradients"
+        );
+        let rows = tokens.map_or(b * t, |index| index.size()[0]);
+        let read = read.filter(|positions| self.last_layer_rows(rows, Some(positions)) < rows);
+        // The read positions as rows of the layers' input (rows of `tokens` when it is given),
+        // the last one repeated up to whole buckets (a few activation sizes let the allocator
+        // reuse its blocks); the repeats are dropped after the last layer.
+        let read_rows = read.map(|positions| {
+            let read_rows = match tokens {
+                Some(index) => {
+                    let mut row_of = Tensor::full([b * t], -1, (Kind::Int64, index.device()));
+                    let rows = Tensor::arange(index.size()[0], (Kind::Int64, index.device()));
+                    let _ = row_of.index_copy_(0, index, &rows);
+                    row_of.index_select(0, positions)
+                }
+                None => positions.shallow_clone(),
+            };
+            let (m, keep) = (
+                positions.size()[0],
+                self.last_layer_rows(rows, Some(positions)),
+            );
+            match m {
+                0 => read_rows,
+                _ => Tensor::cat(
+                    &[
+                        &read_rows,
+                        &read_rows.narrow(0, m - 1, 1).expand([keep - m], false),
+                    ],
+                    0,
+                ),
             }
-            None => positions.shallow_clone(),
         });
         let last = self.layers.len().saturating_sub(1);
 
@@ -738,8 +789,8 @@ impl Encoder {
         // Float32 out whatever the maps' type (bfloat16 fused maps).
         let x = x.to_kind(Kind::Float);
         match read {
-            Some(positions) if !self.layers.is_empty() => pad_at(&x, Some(positions)),
-            _ => pad(&x),
+            Some(positions) => pad_at(&x.narrow(0, 0, positions.size()[0]), Some(positions)),
+            None => pad(&x),
         }
         .view([b, t, s.hidden_size])
     }

@@ -1,10 +1,11 @@
-//! Fused float32 linear maps for CPU inference (`csrc/fused.cpp`): libtorch's oneDNN kernels
-//! compute `x W^T + b` and apply the activation or add the residual as they write the result,
-//! instead of `addmm` copying the bias into the output first and the activation and the
-//! residual addition each reading and writing it again. oneDNN's float32 products are also the
-//! faster of libtorch's two on some CPUs (see `docs/benchmarks.md`). Inference only: these
-//! operations carry no gradient, so [`Kernels::Fused`](super::encoder::Kernels) is chosen for
-//! float32 prediction on the CPU and never for training.
+//! Fused linear maps for CPU inference in float32 and bfloat16 (`csrc/fused.cpp`): libtorch's
+//! oneDNN kernels compute `x W^T + b` and apply the activation or add the residual as they
+//! write the result, instead of `addmm` copying the bias into the output first and the
+//! activation and the residual addition each reading and writing it again. oneDNN's float32
+//! products are also the faster of libtorch's two on some CPUs (see `docs/benchmarks.md`).
+//! Inference only: these operations carry no gradient, so
+//! [`Kernels::Fused`](super::encoder::Kernels) is chosen for float32 and bf16 prediction on the
+//! CPU and never for training.
 
 use std::ffi::c_char;
 

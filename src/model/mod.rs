@@ -533,7 +533,7 @@ impl SpanMarkerModel {
         let features = self.classifier.ws.size()[1];
         let head = (2 * b * pairs * features * labels).max(0) as u64;
         let tokens = tokens.map_or(b * t, |index| index.size()[0]);
-        let read = read.map_or(tokens, |index| index.size()[0]);
+        let read = self.encoder.last_layer_rows(tokens, read);
         let encoder = self
             .encoder
             .forward_flops(tokens, b * t, attention.keys_per_query(t), read);
@@ -600,6 +600,7 @@ impl SpanMarkerModel {
     /// Moves the weights to `device`.
     pub fn to_device(&mut self, device: Device) {
         self.vs.set_device(device);
+        self.encoder.clear_derived();
     }
 
     pub fn device(&self) -> Device {
@@ -787,10 +788,13 @@ mod tests {
     #[test]
     fn the_last_layer_gives_the_read_rows_their_states_and_nothing_else() {
         let model = SpanMarkerModel::bundled().unwrap();
-        let rows = [
-            Some(SentenceInput::Words(&WORDS[..2])),
-            Some(SentenceInput::Words(&WORDS)),
-        ];
+        // Enough text (a tenth of the rows) that the markers fill fewer whole buckets of rows.
+        let text = "The European Commission said on Thursday it disagreed with German advice \
+                    to consumers to shun British lamb until scientists determine whether mad cow \
+                    disease can be transmitted to sheep .";
+        let long: Vec<&str> = text.split(' ').collect();
+        let mut rows = vec![Some(SentenceInput::Words(&WORDS[..2]))];
+        rows.extend(std::iter::repeat_n(Some(SentenceInput::Words(&long)), 6));
         let encoded = model.preprocessor().encode(&rows).unwrap();
         let spec = model.preprocessor().collate_spec();
         let batch = encoded
@@ -800,14 +804,15 @@ mod tests {
         let tokens = batch.tokens.as_ref().expect("the batch has padding");
         let markers = &batch.markers;
         let pairs: Vec<i64> = Vec::try_from(&batch.num_marker_pairs).unwrap();
-        let num_markers = 2 * pairs.iter().sum::<i64>();
-        let bucket = crate::collate::TOKEN_BUCKET as i64;
-        assert_eq!(
-            markers.size(),
-            [(num_markers + bucket - 1) / bucket * bucket]
+        assert_eq!(markers.size(), [2 * pairs.iter().sum::<i64>()]);
+        let unpadded_rows = tokens.size()[0];
+        let last_rows = model
+            .encoder()
+            .last_layer_rows(unpadded_rows, Some(markers));
+        assert!(
+            last_rows < unpadded_rows,
+            "{last_rows} of {unpadded_rows} rows"
         );
-        let distinct = markers.unique_dim(0, false, false, false).0.size()[0];
-        assert_eq!(distinct, num_markers);
         let layout = batch.layout();
         let fused = model.encoder().fused(Kind::Float).unwrap();
         let forms = [
