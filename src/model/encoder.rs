@@ -666,7 +666,8 @@ impl Encoder {
             "only the standard maps carry gradients"
         );
         let rows = tokens.map_or(b * t, |index| index.size()[0]);
-        let read = read.filter(|positions| self.last_layer_rows(rows, Some(positions)) < rows);
+        let keep = self.last_layer_rows(rows, read);
+        let read = read.filter(|_| keep < rows);
         // The read positions as rows of the layers' input (rows of `tokens` when it is given),
         // the last one repeated up to whole buckets (a few activation sizes let the allocator
         // reuse its blocks); the repeats are dropped after the last layer.
@@ -680,10 +681,7 @@ impl Encoder {
                 }
                 None => positions.shallow_clone(),
             };
-            let (m, keep) = (
-                positions.size()[0],
-                self.last_layer_rows(rows, Some(positions)),
-            );
+            let m = positions.size()[0];
             match m {
                 0 => read_rows,
                 _ => Tensor::cat(
