@@ -7,6 +7,8 @@
 //! its partner; it is built on the target device from three numbers per sample rather than
 //! copied over cell by cell. See `docs/algorithm.md`, section 7.
 
+use std::collections::HashMap;
+
 use tch::{Device, Kind, Tensor};
 
 use crate::encoding::{EncodedWindow, SampleRef};
@@ -62,6 +64,55 @@ pub struct Batch {
     /// inference the encoder's last layer runs on these rows only (see
     /// [`Encoder::forward`](crate::model::encoder::Encoder::forward)).
     pub markers: Tensor,
+    /// The rows of [`tokens`](Self::tokens) grouped by what the encoder's first layer reads of
+    /// them: a row's embeddings, and so its first norm and query-key-value product, follow from
+    /// its token id and position alone, and every `<start>` (`<end>`) marker of a span starting
+    /// (ending) at the same word shares both. `None` without `tokens` or when the distinct rows
+    /// fill as many buckets as `tokens`.
+    pub distinct: Option<DistinctTokens>,
+}
+
+/// The distinct (token id, position id) pairs among the rows of [`Batch::tokens`] (see
+/// [`Batch::distinct`]).
+#[derive(Debug)]
+pub struct DistinctTokens {
+    /// `[U]` int64: one position of the flattened `[B * T]` batch per distinct pair, in order of
+    /// first appearance, the last one repeated up to a multiple of [`TOKEN_BUCKET`] (the
+    /// repeats are never referred to).
+    pub positions: Tensor,
+    /// `[N]` int64: for every row of [`Batch::tokens`], its pair's index in `positions`.
+    pub of_row: Tensor,
+}
+
+impl DistinctTokens {
+    /// Groups `rows` (positions into `input_ids` and `position_ids`) by their (token id,
+    /// position id) pair; `None` when grouping would not save a bucket of rows. Returns the
+    /// host vectors of `positions` and `of_row`.
+    fn group(
+        rows: &[i64],
+        input_ids: &[i64],
+        position_ids: &[i64],
+    ) -> Option<(Vec<i64>, Vec<i64>)> {
+        let mut first = HashMap::with_capacity(rows.len() / 2);
+        let mut positions = Vec::new();
+        let of_row = rows
+            .iter()
+            .map(|&row| {
+                let pair = (input_ids[row as usize], position_ids[row as usize]);
+                *first.entry(pair).or_insert_with(|| {
+                    positions.push(row);
+                    positions.len() as i64 - 1
+                })
+            })
+            .collect();
+        let keep = positions.len().next_multiple_of(TOKEN_BUCKET);
+        if keep >= rows.len() {
+            return None;
+        }
+        let last = *positions.last()?;
+        positions.resize(keep, last);
+        Some((positions, of_row))
+    }
 }
 
 /// Collates samples into tensors on `device`.
@@ -167,8 +218,16 @@ pub fn collate(
         });
         let missing = keep - tokens.len();
         tokens.extend(padding.take(missing));
-        to_device(&tokens)
+        tokens
     });
+    let distinct = tokens.as_ref().and_then(|rows| {
+        let (positions, of_row) = DistinctTokens::group(rows, &input_ids, &position_ids)?;
+        Some(DistinctTokens {
+            positions: to_device(&positions),
+            of_row: to_device(&of_row),
+        })
+    });
+    let tokens = tokens.map(|rows| to_device(&rows));
     let num_tokens_host = num_tokens;
     let num_tokens = to_device(&num_tokens_host);
     let start_marker_indices = to_device(&start_indices);
@@ -183,6 +242,7 @@ pub fn collate(
         num_marker_pairs,
         tokens,
         markers: to_device(&markers),
+        distinct,
     })
 }
 

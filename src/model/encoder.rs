@@ -20,6 +20,7 @@ use super::dropout::dropout;
 use super::fused::{FusedLinears, PostOp};
 use super::quantized::Int8Linears;
 
+use crate::collate::DistinctTokens;
 use crate::config::EncoderConfig;
 use crate::error::{Error, Result};
 
@@ -267,6 +268,24 @@ pub enum Kernels<'a> {
     Int8(&'a Int8Linears),
 }
 
+/// Which rows of the flattened `[B * T]` batch [`Encoder::forward`] runs its per-token work on,
+/// and which of their last states are wanted. The default is every position, all read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rows<'a> {
+    /// `[N]` flat positions that hold text or markers (see
+    /// [`Batch::tokens`](crate::collate::Batch::tokens)): every per-token step runs on these
+    /// rows only, and only attention sees the padded `[B, T]` layout.
+    pub tokens: Option<&'a Tensor>,
+    /// The rows of `tokens` grouped by (token id, position id) (see
+    /// [`Batch::distinct`](crate::collate::Batch::distinct)): the embeddings, their norm and the
+    /// first layer's query-key-value product run once per group. Used with `tokens` in
+    /// inference only (in training dropout draws a mask per row).
+    pub distinct: Option<&'a DistinctTokens>,
+    /// `[M]` flat positions, a subset of `tokens`, whose last states are wanted (the batch's
+    /// [`markers`](crate::collate::Batch::markers)); the others come out zero.
+    pub read: Option<&'a Tensor>,
+}
+
 impl Kernels<'_> {
     /// Whether attention takes the direct form ([`MarkerAttention::direct`]) with these
     /// kernels: the CPU inference ones, never in training (it carries no gradient).
@@ -466,30 +485,42 @@ impl Encoder {
         self.word_embeddings.ws.size()[0]
     }
 
-    /// Model FLOPs of one forward pass whose per-token maps run on `tokens` rows, whose
-    /// attention runs `queries` queries (`B x T`, padding included) each scoring `keys` keys,
+    /// Model FLOPs of one forward pass whose per-token maps run on `tokens` rows (the embedding
+    /// projection and the first layer's query-key-value product on `first` rows: the distinct
+    /// ones, or `tokens`), whose attention runs `queries` queries (`B x T`, padding included) each scoring `keys` keys,
     /// and whose last layer's attention output and feed-forward maps run on `read` rows (see
     /// [`forward`](Self::forward); `tokens` when all are read): the matrix products (two FLOPs
     /// per multiply-add) of the embedding projection, the query, key, value and output
     /// projections, the feed-forward maps, and attention's scores and weighted sums as
     /// executed. Element-wise work (norms, softmax, activations) is left out, as
     /// model-FLOPs-utilisation counts do.
-    pub fn forward_flops(&self, tokens: i64, queries: i64, keys: i64, read: i64) -> u64 {
+    pub fn forward_flops(
+        &self,
+        tokens: i64,
+        first: i64,
+        queries: i64,
+        keys: i64,
+        read: i64,
+    ) -> u64 {
         let s = &self.settings;
         let (h, i) = (s.hidden_size, s.intermediate_size);
-        let attention = 2 * tokens * 3 * h * h + 2 * 2 * queries * keys * h;
+        let query_key_value = |rows: i64| 2 * rows * 3 * h * h;
+        let attention = query_key_value(tokens) + 2 * 2 * queries * keys * h;
         let rest = |rows: i64| 2 * rows * (h * h + 2 * h * i);
         let layers = s.num_hidden_layers;
         let projection = match self.embeddings_project {
-            Some(_) => 2 * tokens * s.embedding_size() * h,
+            Some(_) => 2 * first * s.embedding_size() * h,
             None => 0,
         };
-        let last = if layers > 0 {
-            rest(read) - rest(tokens)
+        let (first_layer, last) = if layers > 0 {
+            (
+                query_key_value(first) - query_key_value(tokens),
+                rest(read) - rest(tokens),
+            )
         } else {
-            0
+            (0, 0)
         };
-        (projection + layers * (attention + rest(tokens)) + last).max(0) as u64
+        (projection + layers * (attention + rest(tokens)) + first_layer + last).max(0) as u64
     }
 
     /// The rows the last layer's attention output and feed-forward maps run on when the layers
@@ -621,29 +652,31 @@ impl Encoder {
     /// when `train` is set. `kernels` chooses how the layers' linear maps run; only
     /// [`Kernels::Standard`] carries gradients.
     ///
-    /// With `tokens` (the `[N]` flat positions of the `[B * T]` batch that hold text or
-    /// markers, see [`Batch::tokens`](crate::collate::Batch::tokens)), every per-token step
-    /// (embeddings, linear maps, norms, activations, dropout) runs on those `N` rows only, and
-    /// only attention sees the padded `[B, T]` layout: padding costs nothing outside attention.
-    /// The states of positions outside `tokens` are then zero; they are never read.
+    /// With [`Rows::tokens`], every per-token step (embeddings, linear maps, norms,
+    /// activations, dropout) runs on those `N` rows only, and only attention sees the padded
+    /// `[B, T]` layout: padding costs nothing outside attention. The states of positions
+    /// outside `tokens` are then zero; they are never read. With [`Rows::distinct`] as well (and
+    /// not `train`), the embeddings, their norm and the first layer's query-key-value product
+    /// run once per distinct (token id, position id) pair and are gathered to the rows.
     ///
-    /// With `read` (`[M]` flat positions, a subset of `tokens`; the batch's
-    /// [`markers`](crate::collate::Batch::markers)), only those positions' last states are
-    /// wanted: when `M` is below the rows the layers run on, the last layer still computes
-    /// every row's keys and values (the read rows attend to them), but its attention output,
-    /// norms and feed-forward maps run on the `M` read rows only, and every other state is
-    /// zero.
-    #[allow(clippy::too_many_arguments)]
+    /// With [`Rows::read`], only those positions' last states are wanted: when they are fewer
+    /// than the rows the layers run on, the last layer still computes every row's keys and
+    /// values (the read rows attend to them), but its attention output, norms and feed-forward
+    /// maps run on the read rows only, and every other state is zero.
     pub fn forward(
         &self,
         input_ids: &Tensor,
         position_ids: &Tensor,
         attention: &MarkerAttention,
-        tokens: Option<&Tensor>,
-        read: Option<&Tensor>,
+        rows: Rows<'_>,
         train: bool,
         kernels: Kernels<'_>,
     ) -> Tensor {
+        let Rows {
+            tokens,
+            distinct,
+            read,
+        } = rows;
         let s = &self.settings;
         let (b, t) = input_ids.size2().expect("input_ids is [B, T]");
         let hidden_dropout = s.hidden_dropout_prob;
@@ -666,6 +699,7 @@ impl Encoder {
             "only the standard maps carry gradients"
         );
         let rows = tokens.map_or(b * t, |index| index.size()[0]);
+        let distinct = distinct.filter(|_| tokens.is_some() && !train);
         let keep = self.last_layer_rows(rows, read);
         let read = read.filter(|_| keep < rows);
         // The read positions as rows of the layers' input (rows of `tokens` when it is given),
@@ -695,14 +729,15 @@ impl Encoder {
         });
         let last = self.layers.len().saturating_sub(1);
 
+        // The first layer's input rows: one per token, or one per distinct pair.
+        let first = |y: &Tensor| match distinct {
+            Some(groups) => y.reshape([b * t]).index_select(0, &groups.positions),
+            None => unpad(&y.reshape([b * t])),
+        };
         // Token type 0 for every token: add its embedding row by broadcasting.
-        let mut x = self
-            .word_embeddings
-            .forward(&unpad(&input_ids.reshape([b * t])))
+        let mut x = self.word_embeddings.forward(&first(input_ids))
             + self.token_type_embeddings.ws.get(0)
-            + self
-                .position_embeddings
-                .forward(&unpad(&position_ids.reshape([b * t])));
+            + self.position_embeddings.forward(&first(position_ids));
         x = dropout(&self.embeddings_norm.forward(&x), hidden_dropout, train);
         if let Some(project) = &self.embeddings_project {
             x = project.forward(&x);
@@ -734,6 +769,13 @@ impl Encoder {
                 }
                 Kernels::Fused(maps) => maps.linear(index * 4, &x, PostOp::None),
                 Kernels::Int8(packed) => packed.forward(index * 4, &x),
+            };
+            let qkv = match distinct {
+                Some(groups) if index == 0 => {
+                    x = x.index_select(0, &groups.of_row);
+                    qkv.index_select(0, &groups.of_row)
+                }
+                _ => qkv,
             };
             let padded_length = if tokens.is_some() { 0 } else { t };
             let context = attention
@@ -858,7 +900,8 @@ mod tests {
             text_length: 3,
         };
         let attention = MarkerAttention::new(&layout, tch::Kind::Float, false);
-        let out = encoder.forward(&ids, &pos, &attention, None, None, false, Kernels::Standard);
+        let rows = Rows::default();
+        let out = encoder.forward(&ids, &pos, &attention, rows, false, Kernels::Standard);
         assert_eq!(out.size(), [1, 4, 4]);
         assert!(bool::try_from(out.isfinite().all()).unwrap());
     }

@@ -32,7 +32,7 @@ use tch::{Device, Kind, Tensor};
 
 use attention::MarkerAttention;
 pub use card::ModelCard;
-use encoder::{Encoder, EncoderSettings, Kernels};
+use encoder::{Encoder, EncoderSettings, Kernels, Rows};
 
 use crate::checkpoint::{self, StateDict, SAFETENSORS_FILE};
 use crate::collate::Batch;
@@ -477,12 +477,16 @@ impl SpanMarkerModel {
         // draws its masks over the reference's shapes in the reference's order, so that a seed
         // gives the reference's masks.
         let read = (!train).then_some(&batch.markers);
+        let rows = Rows {
+            tokens,
+            distinct: tokens.and(batch.distinct.as_ref()).filter(|_| !train),
+            read,
+        };
         let hidden = self.encoder.forward(
             &batch.input_ids,
             &batch.position_ids,
             &attention,
-            tokens,
-            read,
+            rows,
             train,
             kernels,
         );
@@ -494,7 +498,7 @@ impl SpanMarkerModel {
         );
         let features = dropout::dropout(&features, self.dropout, train);
         let logits = self.classifier.forward(&features);
-        self.count_flops(batch, tokens, read, &attention, &logits);
+        self.count_flops(batch, rows, &attention, &logits);
         let loss = batch
             .labels
             .as_ref()
@@ -522,8 +526,7 @@ impl SpanMarkerModel {
     fn count_flops(
         &self,
         batch: &Batch,
-        tokens: Option<&Tensor>,
-        read: Option<&Tensor>,
+        rows: Rows<'_>,
         attention: &MarkerAttention,
         logits: &Tensor,
     ) {
@@ -532,11 +535,13 @@ impl SpanMarkerModel {
         let (pairs, labels) = (size[1], size[2]);
         let features = self.classifier.ws.size()[1];
         let head = (2 * b * pairs * features * labels).max(0) as u64;
-        let tokens = tokens.map_or(b * t, |index| index.size()[0]);
-        let read = self.encoder.last_layer_rows(tokens, read);
-        let encoder = self
-            .encoder
-            .forward_flops(tokens, b * t, attention.keys_per_query(t), read);
+        let tokens = rows.tokens.map_or(b * t, |index| index.size()[0]);
+        let first = rows
+            .distinct
+            .map_or(tokens, |groups| groups.positions.size()[0]);
+        let read = self.encoder.last_layer_rows(tokens, rows.read);
+        let keys = attention.keys_per_query(t);
+        let encoder = self.encoder.forward_flops(tokens, first, b * t, keys, read);
         self.flops.fetch_add(encoder + head, Ordering::Relaxed);
     }
 
@@ -680,6 +685,7 @@ impl SpanMarkerModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collate::DistinctTokens;
     use crate::labels::Entity;
     use crate::preprocess::EncodeOptions;
     use crate::tokenizer::SentenceInput;
@@ -767,15 +773,13 @@ mod tests {
         let states = |index: Option<&Tensor>| {
             let hidden = tch::no_grad(|| {
                 let (ids, pos) = (&unpadded.input_ids, &unpadded.position_ids);
-                model.encoder().forward(
-                    ids,
-                    pos,
-                    &structured,
-                    index,
-                    None,
-                    false,
-                    Kernels::Standard,
-                )
+                let rows = Rows {
+                    tokens: index,
+                    ..Rows::default()
+                };
+                model
+                    .encoder()
+                    .forward(ids, pos, &structured, rows, false, Kernels::Standard)
             });
             hidden.view([b * t, -1]).index_select(0, tokens)
         };
@@ -831,7 +835,12 @@ mod tests {
                     let (ids, pos) = (&batch.input_ids, &batch.position_ids);
                     let encoder = model.encoder();
                     tch::no_grad(|| {
-                        encoder.forward(ids, pos, attention, index, read, false, *kernels)
+                        let rows = Rows {
+                            tokens: index,
+                            distinct: None,
+                            read,
+                        };
+                        encoder.forward(ids, pos, attention, rows, false, *kernels)
                     })
                     .view([b * t, -1])
                 };
@@ -847,6 +856,77 @@ mod tests {
                 let _ = unread.index_fill_(0, markers, 0);
                 let rest = read.index_select(0, &unread.nonzero().view([-1]));
                 assert_eq!(f64::try_from(rest.abs().sum(Kind::Double)).unwrap(), 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn distinct_first_rows_give_every_row_its_states() {
+        let model = SpanMarkerModel::bundled().unwrap();
+        let long: Vec<&str> = "Peter Blackburn of the European Commission met Werner Zwingmann \
+                               in Brussels on Thursday ."
+            .split(' ')
+            .collect();
+        let rows: Vec<_> = std::iter::repeat_n(Some(SentenceInput::Words(&long)), 4)
+            .chain([Some(SentenceInput::Words(&WORDS[..3]))])
+            .collect();
+        let encoded = model.preprocessor().encode(&rows).unwrap();
+        let spec = model.preprocessor().collate_spec();
+        let batch = encoded
+            .collate(0..encoded.samples.len(), &spec, Device::Cpu)
+            .unwrap();
+        let tokens = batch.tokens.as_ref().expect("the batch has padding");
+        let groups = batch.distinct.as_ref().expect("markers share their pairs");
+        let (u, n) = (groups.positions.size()[0], tokens.size()[0]);
+        assert!(u < n, "{u} of {n} rows");
+        // Every row's pair is its group's, and no two groups share one.
+        let pair = |index: &Tensor| {
+            let ids = batch.input_ids.view([-1]).index_select(0, index);
+            let pos = batch.position_ids.view([-1]).index_select(0, index);
+            ids * 1_000_000 + pos
+        };
+        let group_pairs = pair(&groups.positions);
+        assert!(pair(tokens).equal(&group_pairs.index_select(0, &groups.of_row)));
+        let used = i64::try_from(groups.of_row.max()).unwrap() + 1;
+        let (unique, _, _) = group_pairs
+            .narrow(0, 0, used)
+            .unique_dim(0, true, false, false);
+        assert_eq!(unique.size()[0], used);
+
+        let (b, t) = batch.input_ids.size2().unwrap();
+        let layout = batch.layout();
+        let fused = model.encoder().fused(Kind::Float).unwrap();
+        let int8 = model.encoder().int8().unwrap();
+        let forms = [
+            (
+                MarkerAttention::structured(&layout, Kind::Float),
+                Kernels::Standard,
+            ),
+            (MarkerAttention::direct(&layout), Kernels::Fused(&fused)),
+            (MarkerAttention::direct(&layout), Kernels::Int8(&int8)),
+        ];
+        for (attention, kernels) in &forms {
+            for read in [None, Some(&batch.markers)] {
+                let run = |distinct: Option<&DistinctTokens>| {
+                    let rows = Rows {
+                        tokens: Some(tokens),
+                        distinct,
+                        read,
+                    };
+                    let (ids, pos) = (&batch.input_ids, &batch.position_ids);
+                    let encoder = model.encoder();
+                    tch::no_grad(|| encoder.forward(ids, pos, attention, rows, false, *kernels))
+                        .view([b * t, -1])
+                        .index_select(0, tokens)
+                };
+                let (each, grouped) = (run(None), run(Some(groups)));
+                let diff = f64::try_from((&each - &grouped).abs().max()).unwrap();
+                assert!(
+                    diff < 1e-5,
+                    "{attention:?}, read {}: {diff}",
+                    read.is_some()
+                );
+                assert!(f64::try_from(each.abs().sum(Kind::Double)).unwrap() > 0.0);
             }
         }
     }
