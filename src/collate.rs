@@ -93,13 +93,13 @@ impl DistinctTokens {
         input_ids: &[i64],
         position_ids: &[i64],
     ) -> Option<(Vec<i64>, Vec<i64>)> {
-        let mut first = HashMap::with_capacity(rows.len() / 2);
+        let mut group_of = HashMap::with_capacity(rows.len() / 2);
         let mut positions = Vec::new();
         let of_row = rows
             .iter()
             .map(|&row| {
                 let pair = (input_ids[row as usize], position_ids[row as usize]);
-                *first.entry(pair).or_insert_with(|| {
+                *group_of.entry(pair).or_insert_with(|| {
                     positions.push(row);
                     positions.len() as i64 - 1
                 })

@@ -487,7 +487,8 @@ impl Encoder {
 
     /// Model FLOPs of one forward pass whose per-token maps run on `tokens` rows (the embedding
     /// projection and the first layer's query-key-value product on `first` rows: the distinct
-    /// ones, or `tokens`), whose attention runs `queries` queries (`B x T`, padding included) each scoring `keys` keys,
+    /// ones, see [`first_layer_groups`](Self::first_layer_groups), or `tokens`), whose
+    /// attention runs `queries` queries (`B x T`, padding included) each scoring `keys` keys,
     /// and whose last layer's attention output and feed-forward maps run on `read` rows (see
     /// [`forward`](Self::forward); `tokens` when all are read): the matrix products (two FLOPs
     /// per multiply-add) of the embedding projection, the query, key, value and output
@@ -521,6 +522,25 @@ impl Encoder {
             (0, 0)
         };
         (projection + layers * (attention + rest(tokens)) + first_layer + last).max(0) as u64
+    }
+
+    /// The groups of `rows` whose embeddings, norm and first query-key-value product
+    /// [`forward`](Self::forward) computes once ([`Rows::distinct`]): given with `tokens`, in
+    /// inference, with at least one layer; else `None` (every row computes its own).
+    pub fn first_layer_groups<'a>(
+        &self,
+        rows: &Rows<'a>,
+        train: bool,
+    ) -> Option<&'a DistinctTokens> {
+        let groups = rows
+            .distinct
+            .filter(|_| rows.tokens.is_some() && !train && !self.layers.is_empty())?;
+        debug_assert_eq!(
+            rows.tokens.map(|index| index.size()[0]),
+            Some(groups.of_row.size()[0]),
+            "the groups are of the rows of `tokens`"
+        );
+        Some(groups)
     }
 
     /// The rows the last layer's attention output and feed-forward maps run on when the layers
@@ -672,14 +692,11 @@ impl Encoder {
         train: bool,
         kernels: Kernels<'_>,
     ) -> Tensor {
-        let Rows {
-            tokens,
-            distinct,
-            read,
-        } = rows;
         let s = &self.settings;
         let (b, t) = input_ids.size2().expect("input_ids is [B, T]");
         let hidden_dropout = s.hidden_dropout_prob;
+        let distinct = self.first_layer_groups(&rows, train);
+        let Rows { tokens, read, .. } = rows;
         // Between the padded `[B * T]` rows and the `N` rows that hold tokens.
         let unpad = |y: &Tensor| match tokens {
             Some(index) => y.index_select(0, index),
@@ -698,10 +715,9 @@ impl Encoder {
             !train || matches!(kernels, Kernels::Standard),
             "only the standard maps carry gradients"
         );
-        let rows = tokens.map_or(b * t, |index| index.size()[0]);
-        let distinct = distinct.filter(|_| tokens.is_some() && !train);
-        let keep = self.last_layer_rows(rows, read);
-        let read = read.filter(|_| keep < rows);
+        let row_count = tokens.map_or(b * t, |index| index.size()[0]);
+        let keep = self.last_layer_rows(row_count, read);
+        let read = read.filter(|_| keep < row_count);
         // The read positions as rows of the layers' input (rows of `tokens` when it is given),
         // the last one repeated up to whole buckets (a few activation sizes let the allocator
         // reuse its blocks); the repeats are dropped after the last layer.
@@ -730,14 +746,16 @@ impl Encoder {
         let last = self.layers.len().saturating_sub(1);
 
         // The first layer's input rows: one per token, or one per distinct pair.
-        let first = |y: &Tensor| match distinct {
+        let first_layer_input = |y: &Tensor| match distinct {
             Some(groups) => y.reshape([b * t]).index_select(0, &groups.positions),
             None => unpad(&y.reshape([b * t])),
         };
         // Token type 0 for every token: add its embedding row by broadcasting.
-        let mut x = self.word_embeddings.forward(&first(input_ids))
+        let mut x = self.word_embeddings.forward(&first_layer_input(input_ids))
             + self.token_type_embeddings.ws.get(0)
-            + self.position_embeddings.forward(&first(position_ids));
+            + self
+                .position_embeddings
+                .forward(&first_layer_input(position_ids));
         x = dropout(&self.embeddings_norm.forward(&x), hidden_dropout, train);
         if let Some(project) = &self.embeddings_project {
             x = project.forward(&x);

@@ -479,7 +479,7 @@ impl SpanMarkerModel {
         let read = (!train).then_some(&batch.markers);
         let rows = Rows {
             tokens,
-            distinct: tokens.and(batch.distinct.as_ref()).filter(|_| !train),
+            distinct: tokens.and(batch.distinct.as_ref()),
             read,
         };
         let hidden = self.encoder.forward(
@@ -498,7 +498,7 @@ impl SpanMarkerModel {
         );
         let features = dropout::dropout(&features, self.dropout, train);
         let logits = self.classifier.forward(&features);
-        self.count_flops(batch, rows, &attention, &logits);
+        self.count_flops(batch, rows, train, &attention, &logits);
         let loss = batch
             .labels
             .as_ref()
@@ -527,6 +527,7 @@ impl SpanMarkerModel {
         &self,
         batch: &Batch,
         rows: Rows<'_>,
+        train: bool,
         attention: &MarkerAttention,
         logits: &Tensor,
     ) {
@@ -536,8 +537,9 @@ impl SpanMarkerModel {
         let features = self.classifier.ws.size()[1];
         let head = (2 * b * pairs * features * labels).max(0) as u64;
         let tokens = rows.tokens.map_or(b * t, |index| index.size()[0]);
-        let first = rows
-            .distinct
+        let first = self
+            .encoder
+            .first_layer_groups(&rows, train)
             .map_or(tokens, |groups| groups.positions.size()[0]);
         let read = self.encoder.last_layer_rows(tokens, rows.read);
         let keys = attention.keys_per_query(t);
@@ -929,6 +931,31 @@ mod tests {
                 assert!(f64::try_from(each.abs().sum(Kind::Double)).unwrap() > 0.0);
             }
         }
+
+        // The model takes the groups in inference and counts the first layer's products as run.
+        let mut ungrouped = encoded
+            .collate(0..encoded.samples.len(), &spec, Device::Cpu)
+            .unwrap();
+        ungrouped.distinct = None;
+        let run = |batch: &Batch, train: bool| {
+            let before = model.flops_executed();
+            let logits = tch::no_grad(|| {
+                let kernels = if train {
+                    Kernels::Standard
+                } else {
+                    Kernels::Fused(&fused)
+                };
+                model.forward_with(batch, train, kernels).logits
+            });
+            (model.flops_executed() - before, logits)
+        };
+        let h = model.encoder().settings().hidden_size;
+        let ((grouped_flops, grouped), (flops, logits)) =
+            (run(&batch, false), run(&ungrouped, false));
+        assert_eq!(flops - grouped_flops, (2 * (n - u) * 3 * h * h) as u64);
+        assert!(f64::try_from((grouped - logits).abs().max()).unwrap() < 1e-5);
+        // Training computes every row (dropout draws a mask per row).
+        assert_eq!(run(&batch, true).0, run(&ungrouped, true).0);
     }
 
     #[test]
