@@ -479,7 +479,7 @@ impl SpanMarkerModel {
         let read = (!train).then_some(&batch.markers);
         let rows = Rows {
             tokens,
-            distinct: tokens.and(batch.distinct.as_ref()),
+            distinct: batch.distinct.as_ref(),
             read,
         };
         let hidden = self.encoder.forward(
