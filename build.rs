@@ -6,7 +6,8 @@
 //! library is present, keep it linked even though no symbol of ours references it:
 //! otherwise the linker drops it and CUDA never registers with libtorch.
 //!
-//! It also compiles the C++ shims of `csrc/`: the autocast controls (`autocast.cpp`), the
+//! It also compiles the C++ shims of `csrc/` (each behind the one error guard of `guard.h`;
+//! their Rust side is `src/ffi.rs`): the autocast controls (`autocast.cpp`), the
 //! dynamic int8 linear layers of `--precision int8` (`quantized.cpp`), the fused float32
 //! maps of CPU inference (`fused.cpp`) and its SpanMarker attention (`attention.cpp`). They are
 //! always optimised (a debug build's tests would otherwise crawl through the attention loops),
@@ -27,10 +28,17 @@ fn main() {
 }
 
 fn compile_shim(lib_dir: &Path) {
-    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
-    println!("cargo:rerun-if-changed=csrc/quantized.cpp");
-    println!("cargo:rerun-if-changed=csrc/fused.cpp");
-    println!("cargo:rerun-if-changed=csrc/attention.cpp");
+    const SOURCES: [&str; 5] = [
+        "csrc/guard.cpp",
+        "csrc/autocast.cpp",
+        "csrc/quantized.cpp",
+        "csrc/fused.cpp",
+        "csrc/attention.cpp",
+    ];
+    println!("cargo:rerun-if-changed=csrc/guard.h");
+    for source in SOURCES {
+        println!("cargo:rerun-if-changed={source}");
+    }
     let include = lib_dir.parent().unwrap_or(lib_dir).join("include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let openmp = libtorch_openmp(lib_dir);
@@ -40,10 +48,7 @@ fn compile_shim(lib_dir: &Path) {
     }
     build
         .cpp(true)
-        .file("csrc/autocast.cpp")
-        .file("csrc/quantized.cpp")
-        .file("csrc/fused.cpp")
-        .file("csrc/attention.cpp")
+        .files(SOURCES)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

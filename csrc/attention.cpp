@@ -8,7 +8,7 @@
 // that the output map reads as they are.
 //
 // Inference only (no gradient, no dropout). Tensors cross as tch's `at::Tensor*`; libtorch errors
-// come back as a message the caller frees with `span_marker_free_error` (in quantized.cpp).
+// come back as a message (guard.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -16,8 +16,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <exception>
 #include <vector>
+
+#include "guard.h"
 
 // The per-row loops are compiled for AVX-512, AVX2 and the baseline, chosen once at load time.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -332,16 +333,7 @@ extern "C" at::Tensor* span_marker_marker_attention(const at::Tensor* qkv,
                                                     const at::Tensor* start,
                                                     const at::Tensor* pairs, int64_t heads,
                                                     int64_t padded_length, char** error) {
-  try {
+  return span_marker::guarded(error, [&] {
     return new at::Tensor(marker_attention(*qkv, *num_tokens, *start, *pairs, heads, padded_length));
-  } catch (const std::exception& e) {
-    if (error != nullptr) {
-      *error = strdup(e.what());
-    }
-  } catch (...) {
-    if (error != nullptr) {
-      *error = strdup("unknown libtorch error");
-    }
-  }
-  return nullptr;
+  });
 }

@@ -3,36 +3,18 @@
 // residual addition applied as the product's result is written, instead of in separate passes
 // over it. Inference only: these operations have no gradient.
 //
-// Tensors cross as tch's `at::Tensor*`; libtorch errors come back as a message the caller frees
-// with `span_marker_free_error` (in quantized.cpp), never as an exception across the C boundary.
+// Tensors cross as tch's `at::Tensor*`; libtorch errors come back as a message (guard.h), never as
+// an exception across the C boundary.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
-#include <cstring>
-#include <exception>
 #include <optional>
 #include <string>
 
-namespace {
-void set_fused_error(char** error, const char* message) {
-  if (error != nullptr) {
-    *error = strdup(message);
-  }
-}
+#include "guard.h"
 
-template <typename F>
-at::Tensor* guarded(char** error, F&& f) {
-  try {
-    return new at::Tensor(f());
-  } catch (const std::exception& e) {
-    set_fused_error(error, e.what());
-  } catch (...) {
-    set_fused_error(error, "unknown libtorch error");
-  }
-  return nullptr;
-}
-}  // namespace
+using span_marker::guarded;
 
 // 1 when this libtorch has its oneDNN kernels for the CPU.
 extern "C" int span_marker_fused_supported() { return at::hasMKLDNN() ? 1 : 0; }
@@ -42,7 +24,7 @@ extern "C" int span_marker_fused_supported() { return at::hasMKLDNN() ? 1 : 0; }
 extern "C" at::Tensor* span_marker_fused_linear(const at::Tensor* input, const at::Tensor* weight,
                                                 const at::Tensor* bias, int activation,
                                                 char** error) {
-  return guarded(error, [&] {
+  return guarded(error, [&]() -> at::Tensor* {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
@@ -60,8 +42,8 @@ extern "C" at::Tensor* span_marker_fused_linear(const at::Tensor* input, const a
     } else if (activation == 2) {
       algorithm = "tanh";
     }
-    return op.call(input->contiguous(), *weight, b, attr, c10::List<std::optional<at::Scalar>>(),
-                   algorithm);
+    return new at::Tensor(op.call(input->contiguous(), *weight, b, attr,
+                                  c10::List<std::optional<at::Scalar>>(), algorithm));
   });
 }
 
@@ -70,7 +52,7 @@ extern "C" at::Tensor* span_marker_fused_linear_add(const at::Tensor* input,
                                                     const at::Tensor* residual,
                                                     const at::Tensor* weight,
                                                     const at::Tensor* bias, char** error) {
-  return guarded(error, [&] {
+  return guarded(error, [&]() -> at::Tensor* {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("mkldnn::_linear_pointwise", "binary")
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -79,6 +61,6 @@ extern "C" at::Tensor* span_marker_fused_linear_add(const at::Tensor* input,
     if (bias != nullptr) {
       b = *bias;
     }
-    return op.call(input->contiguous(), residual->contiguous(), *weight, b, "add");
+    return new at::Tensor(op.call(input->contiguous(), residual->contiguous(), *weight, b, "add"));
   });
 }

@@ -3,8 +3,8 @@
 // `quantized::linear_prepack` (fbgemm / x86 engine), activations quantised per call by
 // `apply_dynamic`, as `torch.ao.quantization.quantize_dynamic` does.
 //
-// Tensors cross as tch's `at::Tensor*`; libtorch errors come back as a message the caller frees
-// with `span_marker_free_error`, never as an exception across the C boundary.
+// Tensors cross as tch's `at::Tensor*`; libtorch errors come back as a message (guard.h), never as
+// an exception across the C boundary.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -12,19 +12,11 @@
 #include <ATen/native/quantized/PackedParams.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
-#include <exception>
+
+#include "guard.h"
 
 using Packed = c10::intrusive_ptr<LinearPackedParamsBase>;
-
-namespace {
-void set_error(char** error, const char* message) {
-  if (error != nullptr) {
-    *error = strdup(message);
-  }
-}
-}  // namespace
+using span_marker::guarded;
 
 // 1 when this libtorch and CPU can run the int8 path (an fbgemm-based quantisation engine).
 extern "C" int span_marker_int8_supported() {
@@ -35,7 +27,7 @@ extern "C" int span_marker_int8_supported() {
 
 // A prepacked int8 copy of a float32 linear layer (weight [out, in], bias [out]), or null.
 extern "C" void* span_marker_int8_pack(const at::Tensor* weight, const at::Tensor* bias, char** error) {
-  try {
+  return guarded(error, [&]() -> void* {
     at::NoGradGuard no_grad;
     auto w = weight->detach().to(at::kFloat).contiguous();
     auto scales = (w.abs().amax({1}) / 127.0).clamp_min(1e-8).to(at::kDouble);
@@ -49,30 +41,18 @@ extern "C" void* span_marker_int8_pack(const at::Tensor* weight, const at::Tenso
       b = bias->detach().to(at::kFloat).contiguous();
     }
     return new Packed(prepack.call(q, b));
-  } catch (const std::exception& e) {
-    set_error(error, e.what());
-  } catch (...) {
-    set_error(error, "unknown libtorch error");
-  }
-  return nullptr;
+  });
 }
 
 // `input` [..., in] float32 through a packed layer: [..., out] float32, or null. Activations use
 // the full 8 bits where the CPU has VNNI (int32 accumulation), 7 bits elsewhere (the 16-bit
 // intermediate sums of plain AVX2/AVX-512 would saturate), as PyTorch's dynamic modules do.
 extern "C" at::Tensor* span_marker_int8_linear(void* packed, const at::Tensor* input, char** error) {
-  try {
+  return guarded(error, [&]() -> at::Tensor* {
     static const bool reduce_range = !at::cpu::is_avx512_vnni_supported();
     auto out = (*static_cast<Packed*>(packed))->apply_dynamic(input->contiguous(), reduce_range);
     return new at::Tensor(std::move(out));
-  } catch (const std::exception& e) {
-    set_error(error, e.what());
-  } catch (...) {
-    set_error(error, "unknown libtorch error");
-  }
-  return nullptr;
+  });
 }
 
 extern "C" void span_marker_int8_free(void* packed) { delete static_cast<Packed*>(packed); }
-
-extern "C" void span_marker_free_error(char* error) { std::free(error); }

@@ -30,6 +30,9 @@ pub struct CollateSpec {
     /// and padding is masked from every text and marker row, so results are the same up to
     /// float summation order. `None` pads to `T` as the reference does.
     pub trim_to_multiple_of: Option<usize>,
+    /// Build [`Batch::distinct`], the first layer's groups, for a plan that uses them
+    /// ([`ForwardPlan::distinct_first_layer`](crate::model::plan::ForwardPlan::distinct_first_layer)).
+    pub group_first_layer: bool,
     pub pad_token_id: u32,
     pub start_marker_id: u32,
     pub end_marker_id: u32,
@@ -67,8 +70,9 @@ pub struct Batch {
     /// The rows of [`tokens`](Self::tokens) grouped by what the encoder's first layer reads of
     /// them: a row's embeddings, and so its first norm and query-key-value product, follow from
     /// its token id and position alone, and every `<start>` (`<end>`) marker of a span starting
-    /// (ending) at the same word shares both. `None` without `tokens` or when the distinct rows
-    /// fill as many buckets as `tokens`.
+    /// (ending) at the same word shares both. `None` unless
+    /// [`CollateSpec::group_first_layer`] asks for it, without `tokens`, or when the distinct
+    /// rows fill as many buckets as `tokens`.
     pub distinct: Option<DistinctTokens>,
 }
 
@@ -220,13 +224,16 @@ pub fn collate(
         tokens.extend(padding.take(missing));
         tokens
     });
-    let distinct = tokens.as_ref().and_then(|rows| {
-        let (positions, of_row) = DistinctTokens::group(rows, &input_ids, &position_ids)?;
-        Some(DistinctTokens {
-            positions: to_device(&positions),
-            of_row: to_device(&of_row),
-        })
-    });
+    let distinct = tokens
+        .as_ref()
+        .filter(|_| spec.group_first_layer)
+        .and_then(|rows| {
+            let (positions, of_row) = DistinctTokens::group(rows, &input_ids, &position_ids)?;
+            Some(DistinctTokens {
+                positions: to_device(&positions),
+                of_row: to_device(&of_row),
+            })
+        });
     let tokens = tokens.map(|rows| to_device(&rows));
     let num_tokens_host = num_tokens;
     let num_tokens = to_device(&num_tokens_host);

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use tch::Device;
 
 use crate::error::{Error, Result};
+use crate::ffi;
 
 /// Parses a device name. `auto` picks the first GPU when libtorch sees one, else the CPU; asking
 /// for a GPU that is not there is an error rather than a silent fallback.
@@ -121,8 +122,7 @@ fn cpu_is_intel() -> bool {
 /// is slower than float32 (on the AMD EPYC measured, 2-3x faster); with them, oneDNN runs it on
 /// the tiles.
 pub fn cpu_has_amx() -> bool {
-    // SAFETY: no arguments; libtorch errors are caught in the shim.
-    unsafe { span_marker_cpu_has_amx() == 1 }
+    ffi::cpu_has_amx()
 }
 
 impl Precision {
@@ -157,7 +157,7 @@ impl Precision {
             Self::Int8 if device.is_cuda() => Err(Error::Device(
                 "`int8` runs on the CPU only (use `bf16` or `fp16` on a CUDA device)".into(),
             )),
-            Self::Int8 if !crate::model::quantized::supported() => Err(Error::Device(
+            Self::Int8 if !ffi::int8_supported() => Err(Error::Device(
                 "`int8` needs a CPU with AVX2 and a libtorch with the fbgemm quantisation engine; this one has neither (use `fp32`)".into(),
             )),
             Self::Int8 => Ok(()),
@@ -180,8 +180,7 @@ impl Precision {
             let _autocast = CpuAutocast::enter()?;
             return Ok(f());
         }
-        // SAFETY: a plain C function without pointers; libtorch errors are caught in the shim.
-        if unsafe { span_marker_set_cuda_autocast_bf16(i32::from(bf16)) } != 0 {
+        if !ffi::set_cuda_autocast_bf16(bf16) {
             return Err(Error::Device(format!(
                 "libtorch refused the CUDA autocast type for `{self}`"
             )));
@@ -193,38 +192,21 @@ impl Precision {
 /// bfloat16 CPU autocast on the calling thread while this lives (left on drop, also when the
 /// work inside panics).
 struct CpuAutocast {
-    was_enabled: i32,
+    was_enabled: bool,
 }
 
 impl CpuAutocast {
     fn enter() -> Result<Self> {
-        // SAFETY: a plain C function without pointers; libtorch errors are caught in the shim.
-        let was_enabled = unsafe { span_marker_cpu_autocast_enter() };
-        if was_enabled < 0 {
-            return Err(Error::Device(
-                "libtorch refused CPU bfloat16 autocast".into(),
-            ));
-        }
+        let was_enabled = ffi::cpu_autocast_enter()
+            .ok_or_else(|| Error::Device("libtorch refused CPU bfloat16 autocast".into()))?;
         Ok(Self { was_enabled })
     }
 }
 
 impl Drop for CpuAutocast {
     fn drop(&mut self) {
-        // SAFETY: as in `enter`; the shim only fails if libtorch's own state is broken.
-        unsafe { span_marker_cpu_autocast_exit(self.was_enabled) };
+        ffi::cpu_autocast_exit(self.was_enabled);
     }
-}
-
-extern "C" {
-    /// From `csrc/autocast.cpp`: picks bfloat16 (1) or float16 (0) for CUDA autocast.
-    fn span_marker_set_cuda_autocast_bf16(bf16: i32) -> i32;
-    /// From `csrc/autocast.cpp`: enters CPU bfloat16 autocast; whether it was on before, or -1.
-    fn span_marker_cpu_autocast_enter() -> i32;
-    /// From `csrc/autocast.cpp`: leaves CPU autocast, restoring the state `enter` returned.
-    fn span_marker_cpu_autocast_exit(was_enabled: i32) -> i32;
-    /// From `csrc/autocast.cpp`: 1 when AMX tiles are usable.
-    fn span_marker_cpu_has_amx() -> i32;
 }
 
 impl FromStr for Precision {
@@ -290,6 +272,49 @@ pub fn tune_host_allocator() -> bool {
     {
         false
     }
+}
+
+/// The machine's float32 matrix-multiply rate as libtorch reaches it in this process, in
+/// GFLOP/s: the best of square products (1024 to 4096 on the CPU, up to 8192 on a GPU), each
+/// repeated for at least a quarter of a second after a warm-up, through libtorch's `matmul`
+/// and, on the CPU, its oneDNN products too (faster than MKL's on some CPUs; the fused maps of
+/// CPU inference run on them). Benchmarks divide model FLOP rates by it (a roofline). Run it
+/// on the thread that runs the model (see the crate docs on threads); it takes a few seconds.
+pub fn matmul_peak_gflops(device: Device) -> Result<f64> {
+    use tch::{Kind, Tensor};
+    let _no_grad = tch::no_grad_guard();
+    let sync = || {
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    };
+    let sizes: &[i64] = if device.is_cuda() {
+        &[2048, 4096, 8192]
+    } else {
+        &[1024, 2048, 4096]
+    };
+    let onednn = device == Device::Cpu && ffi::fused_supported();
+    let mut best = 0f64;
+    for &n in sizes {
+        let a = Tensor::randn([n, n], (Kind::Float, device));
+        let b = Tensor::randn([n, n], (Kind::Float, device));
+        let matmul = || Ok(a.matmul(&b));
+        let fused = || ffi::fused_linear(&a, &b, None, ffi::PostOp::None);
+        let products: [&dyn Fn() -> Result<Tensor>; 2] = [&matmul, &fused];
+        for product in &products[..if onednn { 2 } else { 1 }] {
+            let _ = product()?;
+            sync();
+            let (mut reps, start) = (0u32, std::time::Instant::now());
+            while reps < 2 || start.elapsed().as_secs_f64() < 0.25 {
+                let _ = product()?;
+                sync();
+                reps += 1;
+            }
+            let flops = 2.0 * (n as f64).powi(3) * f64::from(reps);
+            best = best.max(flops / start.elapsed().as_secs_f64() / 1e9);
+        }
+    }
+    Ok(best)
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ pub mod coverage;
 pub mod device;
 pub mod encoding;
 pub mod error;
+mod ffi;
 pub mod fingerprint;
 pub mod hub;
 pub mod labels;

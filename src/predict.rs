@@ -14,8 +14,8 @@ use crate::context::DocumentPosition;
 use crate::device::Precision;
 use crate::encoding::{join_windows, SampleRef};
 use crate::error::{Error, Result};
-use crate::model::encoder::Kernels;
-use crate::model::{fused, SpanMarkerModel};
+use crate::model::plan::{ForwardPlan, Mode};
+use crate::model::SpanMarkerModel;
 use crate::preprocess::{EncodeOptions, Encoded};
 use crate::spans::Span;
 use crate::tokenizer::{SentenceInput, TokenizedSentence};
@@ -268,32 +268,17 @@ impl SpanMarkerModel {
         sort_by_length: bool,
         precision: Precision,
     ) -> Result<(Vec<Vec<ScoredSpan>>, Option<f64>)> {
-        precision.check(self.device())?;
-        // On the CPU float32 and bf16 run on the fused oneDNN maps and int8 on its packed maps,
-        // all three with the direct attention; other devices take the standard maps.
-        let cpu = self.device() == Device::Cpu;
-        let encoder = self.encoder();
-        let (int8, fused) = match precision {
-            Precision::Int8 => (Some(encoder.int8()?), None),
-            Precision::Float32 if cpu && fused::supported() => {
-                (None, Some(encoder.fused(Kind::Float)?))
-            }
-            Precision::BFloat16 if cpu && fused::supported() => {
-                (None, Some(encoder.fused(Kind::BFloat16)?))
-            }
-            _ => (None, None),
-        };
-        let kernels = match (&int8, &fused) {
-            (Some(packed), _) => Kernels::Int8(packed),
-            (None, Some(maps)) => Kernels::Fused(maps),
-            (None, None) => Kernels::Standard,
-        };
-        // Direct attention isolates every span's markers, so each window's samples are scored
-        // as one (its text encoded once), at most a batch of them; a sample then weighs as many
-        // as it joined. Not with labels: the loss is the reference's mean of batch means, which
-        // depends on the batches.
+        // Labels keep the reference's batches: the loss is its mean of batch means.
         let labelled = encoded.windows.iter().any(|w| w.labels.is_some());
-        let samples: Vec<(SampleRef, usize)> = if kernels.attend_directly(false) && !labelled {
+        let mode = if labelled {
+            Mode::Evaluate
+        } else {
+            Mode::Predict
+        };
+        let plan = ForwardPlan::new(self.device(), precision, mode)?;
+        // Joined, each window's samples are scored as one (its text encoded once), at most a
+        // batch of them; a sample then weighs as many as it joined.
+        let samples: Vec<(SampleRef, usize)> = if plan.join_windows {
             join_windows(&encoded.samples, batch_size.max(1))
         } else {
             encoded.samples.iter().map(|s| (s.clone(), 1)).collect()
@@ -301,6 +286,7 @@ impl SpanMarkerModel {
         let windows = &encoded.windows;
         let mut spec = CollateSpec {
             trim_to_multiple_of: Some(8),
+            group_first_layer: plan.distinct_first_layer,
             ..self.preprocessor().collate_spec()
         };
         let longest = samples.iter().map(|(s, _)| s.encoder_length(windows));
@@ -340,12 +326,7 @@ impl SpanMarkerModel {
             picked.clear();
             picked.extend(chunk.iter().map(|&i| samples[i].0.clone()));
             let batch = collate(windows, &picked, &spec, self.device())?;
-            // The fused and int8 maps run in their own type; autocast serves the standard ones.
-            let forward = || self.forward_with(&batch, false, kernels);
-            let output = match kernels {
-                Kernels::Standard => precision.autocast(self.device(), forward)?,
-                Kernels::Fused(_) | Kernels::Int8(_) => forward(),
-            };
+            let output = self.forward_with(&batch, &plan)?;
             if let Some(loss) = &output.loss {
                 let weight: usize = chunk.iter().map(|&i| samples[i].1).sum();
                 loss_sum += f64::try_from(loss)? * weight as f64;

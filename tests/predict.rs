@@ -225,7 +225,7 @@ fn the_fast_path_gives_the_entities_of_the_plain_path() {
         let batch = encoded
             .collate(range.clone(), &spec, tch::Device::Cpu)
             .unwrap();
-        let logits = tch::no_grad(|| model.forward(&batch, false).logits);
+        let logits = tch::no_grad(|| model.forward(&batch, false).unwrap().logits);
         let (scores, labels) = logits.softmax(-1, tch::Kind::Float).max_dim(-1, false);
         let slots = logits.size()[1] as usize;
         let scores: Vec<f32> = scores.flatten(0, -1).try_into().unwrap();

@@ -34,7 +34,8 @@ mod system;
 mod training;
 
 use python::python_reference;
-use system::{cpu_model, device_name, gpu_name, matmul_peak_gflops, median, peak_rss_mb, roofline};
+use span_marker::device::matmul_peak_gflops;
+use system::{cpu_model, device_name, gpu_name, median, peak_rss_mb, roofline};
 use training::bench_training;
 
 /// What to measure.
@@ -241,7 +242,7 @@ fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     // Measured on the model thread: libtorch work on this thread would make a second OpenMP
     // team and slow every later prediction down (see `span_marker_udfs::on_model_thread`).
     let device = options.device;
-    let peak = span_marker_udfs::on_model_thread(move || matmul_peak_gflops(device))?;
+    let peak = span_marker_udfs::on_model_thread(move || matmul_peak_gflops(device))??;
     let mut rates = Vec::with_capacity(options.repeat);
     let mut ours: Entities = Vec::new();
     let flops_before = shared.lock().flops_executed();

@@ -1,10 +1,8 @@
 //! The machine and process: device names, CPU model, memory, and the median of runs.
 
 use std::process::Command;
-use std::time::Instant;
 
-use span_marker::model::fused::{self, PostOp};
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 /// The name of `device` for training arguments and for Python.
 pub(crate) fn device_name(device: Device) -> String {
@@ -61,47 +59,6 @@ pub(crate) fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
-}
-
-/// The machine's float32 matrix-multiply rate as libtorch reaches it in this process, in
-/// GFLOP/s: the best of square products (1024 to 4096 on the CPU, up to 8192 on a GPU), each
-/// repeated for at least a quarter of a second after a warm-up, through libtorch's `matmul`
-/// and, on the CPU, its oneDNN products too (faster than MKL's on some CPUs; the fused maps
-/// of CPU inference run on them). The roofline of the runs.
-pub(crate) fn matmul_peak_gflops(device: Device) -> f64 {
-    let _no_grad = tch::no_grad_guard();
-    let sync = || {
-        if let Device::Cuda(index) = device {
-            tch::Cuda::synchronize(index as i64);
-        }
-    };
-    let sizes: &[i64] = if device.is_cuda() {
-        &[2048, 4096, 8192]
-    } else {
-        &[1024, 2048, 4096]
-    };
-    let mut best = 0f64;
-    for &n in sizes {
-        let a = Tensor::randn([n, n], (Kind::Float, device));
-        let b = Tensor::randn([n, n], (Kind::Float, device));
-        let onednn = device == Device::Cpu && fused::supported();
-        let products: [&dyn Fn() -> Tensor; 2] = [&|| a.matmul(&b), &|| {
-            fused::linear(&a, &b, None, PostOp::None)
-        }];
-        for product in &products[..if onednn { 2 } else { 1 }] {
-            let _ = product();
-            sync();
-            let (mut reps, start) = (0u32, Instant::now());
-            while reps < 2 || start.elapsed().as_secs_f64() < 0.25 {
-                let _ = product();
-                sync();
-                reps += 1;
-            }
-            let flops = 2.0 * (n as f64).powi(3) * f64::from(reps);
-            best = best.max(flops / start.elapsed().as_secs_f64() / 1e9);
-        }
-    }
-    best
 }
 
 /// One line placing a run's model FLOP rate under the machine's measured matmul peak.

@@ -1,12 +1,12 @@
 //! Training runs of both sides from the same checkpoint, and the F1 each reaches.
 
-use span_marker::device::Precision;
+use span_marker::device::{matmul_peak_gflops, Precision};
 use span_marker::metrics::{score_entities, EntityScores};
 use span_marker::train::{IntervalStrategy, NerDataset, Trainer, TrainingArguments};
 use span_marker::{Entity, Labels, PredictOptions, SentenceInput, SpanMarkerModel};
 
 use crate::python::run_python;
-use crate::system::{device_name, matmul_peak_gflops, median, peak_rss_mb};
+use crate::system::{device_name, median, peak_rss_mb};
 use crate::BenchOptions;
 use crate::{borrowed_words, triples, Entities};
 
@@ -55,7 +55,7 @@ pub(crate) fn bench_training(
     options: &BenchOptions,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let runs = options.repeat.max(1);
-    let peak = matmul_peak_gflops(options.device);
+    let peak = matmul_peak_gflops(options.device)?;
     let mut rates = Vec::with_capacity(runs);
     let mut flop_rates = Vec::with_capacity(runs);
     let mut scores = Vec::with_capacity(runs);

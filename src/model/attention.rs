@@ -25,26 +25,13 @@
 //! sample's text keys, itself and its partner, straight from the query-key-value product's
 //! rows, with neither a bias tensor nor the transposition into heads and back.
 
-use std::ffi::c_char;
-
 use tch::{Device, Kind, Tensor};
-use torch_sys::C_tensor;
 
 use super::dropout::dropout;
-use super::quantized::take_error;
+use super::rows::Rows;
 use crate::collate::MarkerLayout;
-
-extern "C" {
-    fn span_marker_marker_attention(
-        qkv: *const C_tensor,
-        num_tokens: *const C_tensor,
-        start: *const C_tensor,
-        pairs: *const C_tensor,
-        heads: i64,
-        padded_length: i64,
-        error: *mut *mut c_char,
-    ) -> *mut C_tensor;
-}
+use crate::error::Result;
+use crate::ffi;
 
 /// The bias of a masked attention cell. `transformers` uses the dtype's minimum; that becomes
 /// `-inf` when autocast casts the mask to float16, and fully masked rows then turn into NaN that
@@ -100,6 +87,11 @@ impl MarkerAttention {
         if long_and_mostly_markers || unfused {
             return Self::structured(layout, kind);
         }
+        Self::dense(layout, kind)
+    }
+
+    /// The dense form, whatever the lengths: the reference's computation.
+    pub fn dense(layout: &MarkerLayout<'_>, kind: Kind) -> Self {
         Self::Dense {
             bias: Self::dense_bias(layout, kind),
         }
@@ -151,14 +143,48 @@ impl MarkerAttention {
         }
     }
 
+    /// The `[R, H]` context rows of the `[R, 3H]` query-key-value rows of a batch laid out as
+    /// `rows` (see [`Rows`]), with dropout `p` on the attention probabilities when `train`.
+    /// The direct form reads the rows as they are; the others pad them into `[B, heads, T, d]`
+    /// and [`attend`](Self::attend). Context rows of padding are zero or never read.
+    pub(crate) fn context(
+        &self,
+        qkv: &Tensor,
+        heads: i64,
+        rows: &Rows,
+        p: f64,
+        train: bool,
+    ) -> Result<Tensor> {
+        if let Some(context) = self.attend_rows(qkv, heads, rows.padded_length()) {
+            return context;
+        }
+        let (b, t) = rows.shape();
+        let hidden = qkv.size()[1] / 3;
+        let split = |y: &Tensor| {
+            rows.pad(y)
+                .view([b, t, heads, hidden / heads])
+                .transpose(1, 2)
+        };
+        let qkv = qkv.split(hidden, 1);
+        let context = self
+            .attend(&split(&qkv[0]), &split(&qkv[1]), &split(&qkv[2]), p, train)?
+            .transpose(1, 2)
+            .reshape([b * t, hidden]);
+        Ok(rows.unpad(&context))
+    }
+
     /// The `[R, H]` context rows of the direct form from the `[R, 3H]` query-key-value rows, in
     /// their type (CPU; bfloat16 is computed in float32), or `None` for the other forms
-    /// (they [`attend`](Self::attend) over `[B, heads, T, d]`). `padded_length` is the batch's `T` when the rows are the padded
-    /// `[B * T]` positions, and 0 when they are the encoder's unpadded tokens (each sample's
-    /// text, then its markers; see [`Batch::tokens`](crate::collate::Batch::tokens)).
-    /// Context rows of padding are zero. Panics where the shapes disagree, as libtorch's own
-    /// operations do (they come from the encoder, not from input).
-    pub fn attend_rows(&self, qkv: &Tensor, heads: i64, padded_length: i64) -> Option<Tensor> {
+    /// (they [`attend`](Self::attend) over `[B, heads, T, d]`). `padded_length` is the batch's
+    /// `T` when the rows are the padded `[B * T]` positions, and 0 when they are the encoder's
+    /// unpadded tokens (each sample's text, then its markers; see
+    /// [`Batch::tokens`](crate::collate::Batch::tokens)). Context rows of padding are zero.
+    pub fn attend_rows(
+        &self,
+        qkv: &Tensor,
+        heads: i64,
+        padded_length: i64,
+    ) -> Option<Result<Tensor>> {
         let Self::Direct {
             num_tokens,
             start,
@@ -169,25 +195,15 @@ impl MarkerAttention {
             return None;
         };
         let kind = qkv.kind();
-        let qkv = qkv.to_kind(Kind::Float);
-        let mut error = std::ptr::null_mut();
-        // SAFETY: every tensor outlives the call; the shim returns a new owned tensor or null.
-        let out = unsafe {
-            span_marker_marker_attention(
-                qkv.as_ptr(),
-                num_tokens.as_ptr(),
-                start.as_ptr(),
-                pairs.as_ptr(),
-                heads,
-                padded_length,
-                &mut error,
-            )
-        };
-        if out.is_null() {
-            panic!("marker attention failed: {}", take_error(error));
-        }
-        // SAFETY: `out` is a fresh `at::Tensor*` owned by nobody else.
-        Some(unsafe { Tensor::from_ptr(out) }.to_kind(kind))
+        let context = ffi::marker_attention(
+            &qkv.to_kind(Kind::Float),
+            num_tokens,
+            start,
+            pairs,
+            heads,
+            padded_length,
+        );
+        Some(context.map(|c| c.to_kind(kind)))
     }
 
     /// The structured form, whatever the lengths.
@@ -219,7 +235,14 @@ impl MarkerAttention {
 
     /// Scaled dot-product attention of `[B, heads, T, d]` queries, keys and values under this
     /// pattern, with dropout `p` on the attention probabilities when `train` is set.
-    pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: f64, train: bool) -> Tensor {
+    pub fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        p: f64,
+        train: bool,
+    ) -> Result<Tensor> {
         let p = if train { p } else { 0.0 };
         let size = q.size();
         let head_dim = *size.last().expect("queries have a head dimension");
@@ -236,11 +259,11 @@ impl MarkerAttention {
                 let (b, heads, t, d) = q.size4().expect("queries are [B, heads, T, d]");
                 let rows = |x: &Tensor| x.transpose(1, 2).reshape([b * t, heads * d]);
                 let qkv = Tensor::cat(&[rows(q), rows(k), rows(v)], 1);
-                let context = self.attend_rows(&qkv, heads, t).expect("the direct form");
-                return context.view([b, t, heads, d]).transpose(1, 2);
+                let context = self.attend_rows(&qkv, heads, t).expect("the direct form")?;
+                return Ok(context.view([b, t, heads, d]).transpose(1, 2));
             }
             Self::Dense { bias } => {
-                return Tensor::scaled_dot_product_attention(
+                return Ok(Tensor::scaled_dot_product_attention(
                     q,
                     k,
                     v,
@@ -249,7 +272,7 @@ impl MarkerAttention {
                     false,
                     None,
                     false,
-                );
+                ));
             }
         };
         let q = q * scale;
@@ -266,9 +289,9 @@ impl MarkerAttention {
             -1,
         ) + bias;
         let probs = dropout(&scores.softmax(-1, scores.kind()), p, true);
-        probs.narrow(-1, 0, text_keys).matmul(&text_v)
+        Ok(probs.narrow(-1, 0, text_keys).matmul(&text_v)
             + probs.narrow(-1, text_keys, 1) * v
-            + probs.narrow(-1, text_keys + 1, 1) * partner_v
+            + probs.narrow(-1, text_keys + 1, 1) * partner_v)
     }
 }
 
@@ -334,6 +357,7 @@ mod tests {
                 0.0,
                 false,
             )
+            .unwrap()
             .to_kind(Kind::Double);
         let diff = ((&got - want).abs() * used).max();
         (got, f64::try_from(diff).unwrap())
@@ -364,7 +388,9 @@ mod tests {
             "T = 18 is short"
         );
         for attention in [structured, short] {
-            let got = attention.attend(&qkv[0], &qkv[1], &qkv[2], 0.1, false);
+            let got = attention
+                .attend(&qkv[0], &qkv[1], &qkv[2], 0.1, false)
+                .unwrap();
             let diff = (got - &want).abs() * &used;
             assert!(f64::try_from(diff.max()).unwrap() < 1e-12, "{attention:?}");
         }
@@ -412,7 +438,7 @@ mod tests {
         tch::manual_seed(1);
         let qkv = Tensor::randn([3 * t, 3 * heads * d], (Kind::Float, Device::Cpu));
         let direct = MarkerAttention::direct(&layout);
-        let padded = direct.attend_rows(&qkv, heads, t).unwrap();
+        let padded = direct.attend_rows(&qkv, heads, t).unwrap().unwrap();
         let mut kept = Vec::new();
         for (b, (n, (a, p))) in [(5, (6, 3)), (4, (4, 7)), (9, (10, 2))].iter().enumerate() {
             let base = (b as i64) * t;
@@ -424,6 +450,7 @@ mod tests {
         let index = Tensor::from_slice(&kept);
         let unpadded = direct
             .attend_rows(&qkv.index_select(0, &index), heads, 0)
+            .unwrap()
             .unwrap();
         let used = kept.len() as i64 - spare as i64;
         let want = padded.index_select(0, &index).narrow(0, 0, used);

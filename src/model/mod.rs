@@ -14,169 +14,40 @@
 //! }
 //! # Ok::<(), span_marker::Error>(())
 //! ```
+//!
+//! The model's modules by stage: [`encoder`] (embeddings and layers), [`linear`] (the linear
+//! maps in each of their forms), [`attention`] (the marker attention's forms), [`rows`] (which
+//! rows of a batch each part runs on), [`head`] (marker states to span logits); [`plan`]
+//! decides, in one place, which of them a forward pass runs. Loading and its checks live in
+//! `load.rs`, saving and fingerprints in `save.rs`.
 
 pub mod attention;
 mod card;
 pub mod dropout;
 pub mod encoder;
-pub mod fused;
 pub mod head;
-pub mod quantized;
+pub mod linear;
+mod load;
+pub mod plan;
+pub mod rows;
+mod save;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::Value;
 use tch::nn::{self, Module};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use attention::MarkerAttention;
 pub use card::ModelCard;
-use encoder::{Encoder, EncoderSettings, Kernels, Rows};
+use encoder::Encoder;
+use linear::EncoderMaps;
+pub use load::LoadOptions;
+use plan::ForwardPlan;
 
-use crate::checkpoint::{self, StateDict, SAFETENSORS_FILE};
 use crate::collate::Batch;
-use crate::config::{EncoderConfig, ModelSettings, SpanMarkerConfig};
-use crate::error::{Error, Result};
-use crate::hub::{self, HubOptions, ModelSource};
+use crate::config::SpanMarkerConfig;
+use crate::error::Result;
 use crate::labels::Labels;
-use crate::preprocess::{bundled_config, Preprocessor, BUNDLED_SOURCE};
-use crate::tokenizer::SpanMarkerTokenizer;
-
-const WORD_EMBEDDINGS: &str = "encoder.embeddings.word_embeddings.weight";
-
-/// How [`SpanMarkerModel::from_pretrained_with`] finds and builds a model.
-#[derive(Debug, Clone, Default)]
-pub struct LoadOptions {
-    /// Where the weights go; see [`crate::device::parse_device`].
-    pub device: Option<Device>,
-    /// Cache, revision and offline mode for model ids.
-    pub hub: HubOptions,
-    /// The label list, required when loading a plain encoder (ignored for a SpanMarker model).
-    pub labels: Option<Vec<String>>,
-    /// Settings for a new model made from a plain encoder.
-    pub settings: ModelSettings,
-}
-
-/// The sizes `config.json` gives the encoder against the weights, before any variable is
-/// allocated: a config that asks for more layers, wider ones or a wider embedding than the
-/// checkpoint holds is an error naming the setting, not an attempt to allocate them (and a
-/// crash when that fails). Every size is also bounded by `EncoderSettings::from_config`.
-fn check_sizes(settings: &EncoderSettings, state: &StateDict) -> Result<()> {
-    let layer_of = |key: &str| {
-        let parts: Vec<&str> = key.split('.').collect();
-        parts
-            .windows(2)
-            .find(|pair| pair[0] == "layer")
-            .and_then(|pair| pair[1].parse::<i64>().ok())
-    };
-    let layers = state
-        .tensors
-        .keys()
-        .filter_map(|key| layer_of(key))
-        .max()
-        .map_or(0, |last| last + 1);
-    if settings.num_hidden_layers > layers {
-        return Err(state.error(format!(
-            "config.json asks for {} layers (`num_hidden_layers`) but the weights hold {layers}",
-            settings.num_hidden_layers
-        )));
-    }
-    let shape_of = |suffix: &str| {
-        state
-            .tensors
-            .iter()
-            .find(|(key, _)| key.ends_with(suffix))
-            .map(|(_, tensor)| tensor.size())
-    };
-    let checks = [
-        (
-            "hidden_size",
-            settings.hidden_size,
-            "layer.0.attention.self.query.weight",
-        ),
-        (
-            "intermediate_size",
-            settings.intermediate_size,
-            "layer.0.intermediate.dense.weight",
-        ),
-        (
-            "max_position_embeddings",
-            settings.max_position_embeddings,
-            "embeddings.position_embeddings.weight",
-        ),
-        (
-            "type_vocab_size",
-            settings.type_vocab_size,
-            "embeddings.token_type_embeddings.weight",
-        ),
-    ];
-    // Each size is the first dimension of its weight; the token type embeddings may be
-    // absent (the model then has none), the others must be there.
-    for (key, wanted, suffix) in checks {
-        let Some(shape) = shape_of(suffix) else {
-            if key == "type_vocab_size" {
-                continue;
-            }
-            return Err(state.error(format!(
-                "missing weight `…{suffix}` (the encoder needs it to have `{key}` = {wanted})"
-            )));
-        };
-        if shape.first() != Some(&wanted) {
-            return Err(state.error(format!(
-                "config.json says `{key}` = {wanted} but the weight `…{suffix}` has shape {shape:?}"
-            )));
-        }
-    }
-    let width = settings.embedding_size.unwrap_or(settings.hidden_size);
-    let suffix = "embeddings.word_embeddings.weight";
-    match shape_of(suffix) {
-        Some(shape) if shape.get(1) == Some(&width) => Ok(()),
-        Some(shape) => Err(state.error(format!(
-            "config.json gives the word embeddings a width of {width} (`embedding_size`, else \
-             `hidden_size`) but the weight `…{suffix}` has shape {shape:?}"
-        ))),
-        None => Err(state.error(format!("missing weight `…{suffix}`"))),
-    }
-}
-
-/// The most rows the word embeddings may have beyond the tokenizer's highest id: embedding
-/// matrices are padded to a multiple of 8 (SpanMarker) or of up to 128 (some encoders).
-const MAX_EMBEDDING_PADDING: i64 = 128;
-
-/// The tokenizer and the word embeddings must agree both ways: every token id has a row, and
-/// there are no more rows than padding explains. Either mismatch means tokenizer files from
-/// another model, whose ids would silently pick the wrong embeddings.
-fn check_vocabulary(tokenizer: &SpanMarkerTokenizer, rows: i64, state: &StateDict) -> Result<()> {
-    let highest_id = tokenizer
-        .inner()
-        .get_vocab(true)
-        .into_values()
-        .max()
-        .map_or(-1, i64::from);
-    if highest_id >= rows {
-        return Err(state.error(format!(
-            "the word embeddings have {rows} rows but the tokenizer has token id {highest_id}: \
-             the tokenizer files do not belong to these weights"
-        )));
-    }
-    if rows > highest_id + 1 + MAX_EMBEDDING_PADDING {
-        return Err(state.error(format!(
-            "the word embeddings have {rows} rows but the tokenizer's highest token id is \
-             {highest_id}: the tokenizer files do not belong to these weights"
-        )));
-    }
-    Ok(())
-}
-
-/// Labels given for a model that has its own are ignored, with a warning.
-fn warn_ignored_labels(name_or_path: &str, options: &LoadOptions) {
-    if options.labels.is_some() {
-        tracing::warn!(
-            "ignoring `labels`: {name_or_path} is a SpanMarker model with its own labels"
-        );
-    }
-}
+use crate::preprocess::Preprocessor;
 
 /// Logits and, when the batch has labels, the loss.
 #[derive(Debug)]
@@ -185,23 +56,6 @@ pub struct ModelOutput {
     pub logits: Tensor,
     /// Mean cross-entropy over labelled spans.
     pub loss: Option<Tensor>,
-}
-
-/// The bundled model's float16 weights, compiled in with the `embedded-model` feature.
-#[cfg(feature = "embedded-model")]
-fn bundled_weights() -> Result<&'static [u8]> {
-    Ok(include_bytes!(
-        "../../assets/bundled-model/model.safetensors"
-    ))
-}
-
-#[cfg(not(feature = "embedded-model"))]
-fn bundled_weights() -> Result<&'static [u8]> {
-    Err(Error::Config(
-        "this build leaves out the bundled model's weights (cargo feature `embedded-model` is off): \
-         pass a model directory or a Hugging Face id instead of `bundled`"
-            .into(),
-    ))
 }
 
 /// A SpanMarker model with its preprocessing.
@@ -227,269 +81,32 @@ impl std::fmt::Debug for SpanMarkerModel {
 }
 
 impl SpanMarkerModel {
-    /// Loads a saved SpanMarker model on the CPU: a directory, a Hugging Face model id, or
-    /// `bundled` (see [`hub`](crate::hub) for how names are resolved).
-    ///
-    /// ```
-    /// let model = span_marker::SpanMarkerModel::from_pretrained("bundled")?;
-    /// assert_eq!(model.labels().reduced(), ["O", "LOC", "MISC", "ORG", "PER"]);
-    /// # Ok::<(), span_marker::Error>(())
-    /// ```
-    pub fn from_pretrained(name_or_path: &str) -> Result<Self> {
-        Self::from_pretrained_with(name_or_path, &LoadOptions::default())
+    /// Runs the encoder and the head on a collated batch in the standard plan
+    /// ([`ForwardPlan::standard`]: float32, libtorch's maps, gradients); dropout is active
+    /// when `train` is set.
+    pub fn forward(&self, batch: &Batch, train: bool) -> Result<ModelOutput> {
+        self.forward_with(batch, &ForwardPlan::standard(train))
     }
 
-    /// Loads a saved SpanMarker model, or builds a new one from a plain encoder (BERT, RoBERTa,
-    /// XLM-R, ELECTRA) and `options.labels`: the marker tokens are added to its tokenizer, the
-    /// embedding matrix is resized to a multiple of 8 and the head is initialised.
-    pub fn from_pretrained_with(name_or_path: &str, options: &LoadOptions) -> Result<Self> {
-        let device = options.device.unwrap_or(Device::Cpu);
-        let dir = match hub::locate(name_or_path, &options.hub)? {
-            ModelSource::Bundled => {
-                warn_ignored_labels(name_or_path, options);
-                let mut model = Self::bundled()?;
-                model.to_device(device);
-                return Ok(model);
-            }
-            ModelSource::Dir(dir) => dir,
-        };
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let raw: Value = serde_json::from_str(&text).map_err(|e| Error::json(&config_path, e))?;
-        if raw.get("model_type").and_then(Value::as_str) == Some("span-marker") {
-            warn_ignored_labels(name_or_path, options);
-            let config = SpanMarkerConfig::from_json_str_at(&text, &config_path)?;
-            Self::load_dir_with_config(&dir, config, device)
-        } else {
-            let labels = options.labels.as_deref().ok_or_else(|| {
-                Error::Config(format!(
-                    "{name_or_path} is a plain encoder: pass the label list (e.g. [\"O\", \"B-PER\", \"I-PER\", ...]) to build a SpanMarker model from it"
-                ))
-            })?;
-            Self::from_encoder_dir(name_or_path, &dir, raw, labels, &options.settings, device)
+    /// [`forward`](Self::forward) as `plan` says (see [`plan`]): its linear maps, attention,
+    /// rows and autocast.
+    pub fn forward_with(&self, batch: &Batch, plan: &ForwardPlan) -> Result<ModelOutput> {
+        let maps = self.encoder.maps(plan.maps)?;
+        let run = || self.run(batch, plan, &maps);
+        match plan.autocast {
+            Some(precision) => precision.autocast(self.device(), run)?,
+            None => run(),
         }
     }
 
-    /// Loads a saved SpanMarker model directory: `config.json`, the weights, and the tokenizer
-    /// files with the marker tokens saved beside them.
-    pub fn load_dir(dir: &Path, device: Device) -> Result<Self> {
-        let config = SpanMarkerConfig::from_file(dir.join("config.json"))?;
-        Self::load_dir_with_config(dir, config, device)
-    }
-
-    /// [`load_dir`](Self::load_dir) with `config.json` already read.
-    fn load_dir_with_config(dir: &Path, config: SpanMarkerConfig, device: Device) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let settings = EncoderSettings::from_config(&config.encoder).map_err(|e| match e {
-            Error::Config(msg) => Error::Config(format!("{}: {msg}", config_path.display())),
-            other => other,
-        })?;
-        let preprocessor = Preprocessor::from_config(dir, &config)?;
-        let state = StateDict::read(&checkpoint::find_weights(dir)?)?;
-        Self::from_parts(config, preprocessor, settings, &state, device)
-    }
-
-    /// The model compiled into the library, for trying things without any files:
-    /// sentence-transformers/all-MiniLM-L6-v2 (6 layers, 384 wide, uncased) fine-tuned on
-    /// CoNLL-2003 by `pipelines/bundled.toml`, stored as float16 and loaded into float32 (see
-    /// `assets/bundled-model/README.md` for its scores).
-    ///
-    /// ```
-    /// let model = span_marker::SpanMarkerModel::bundled()?;
-    /// assert_eq!(model.labels().reduced(), ["O", "LOC", "MISC", "ORG", "PER"]);
-    /// # Ok::<(), span_marker::Error>(())
-    /// ```
-    ///
-    /// A build without the `embedded-model` feature (default on) leaves the weights out, 45 MB
-    /// less, and answers with an error naming the feature.
-    pub fn bundled() -> Result<Self> {
-        let config = bundled_config()?;
-        let settings = EncoderSettings::from_config(&config.encoder)?;
-        let state = StateDict::from_safetensors_bytes(
-            bundled_weights()?,
-            &Path::new(BUNDLED_SOURCE).join(SAFETENSORS_FILE),
-        )?;
-        Self::from_parts(
-            config,
-            Preprocessor::bundled()?,
-            settings,
-            &state,
-            Device::Cpu,
-        )
-    }
-
-    /// A saved model from its read parts.
-    fn from_parts(
-        config: SpanMarkerConfig,
-        preprocessor: Preprocessor,
-        settings: EncoderSettings,
-        state: &StateDict,
-        device: Device,
-    ) -> Result<Self> {
-        let rows = state.shape(WORD_EMBEDDINGS)?[0];
-        let model = Self::build(config, preprocessor, settings, rows, state, device, false)?;
-        state.load_into(&model.vs, |name| Some(vec![name.to_owned()]), &[])?;
-        Ok(model)
-    }
-
-    fn from_encoder_dir(
-        name_or_path: &str,
-        dir: &Path,
-        raw: Value,
-        labels: &[String],
-        settings: &ModelSettings,
-        device: Device,
-    ) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let mut encoder_config: EncoderConfig = crate::error::json_value_into(raw, &config_path)?;
-        let encoder_settings = EncoderSettings::from_config(&encoder_config)?;
-        encoder_config
-            .extra
-            .insert("_name_or_path".into(), Value::from(name_or_path));
-        let labels = Labels::new(labels)?;
-        let mut config = SpanMarkerConfig::for_encoder(encoder_config, &labels, settings)?;
-        let tokenizer = SpanMarkerTokenizer::from_dir(
-            dir,
-            &config.encoder.model_type,
-            config.encoder.pad_token_id,
-        )?;
-        // As `resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)`.
-        let rows = tokenizer.len().div_ceil(8) * 8;
-        config.vocab_size = Some(rows);
-        config.encoder.vocab_size = Some(rows);
-        let preprocessor = Preprocessor::new(tokenizer, labels, &config)?;
-        let state = StateDict::read(&checkpoint::find_weights(dir)?)?;
-        let prefix = format!("{}.", encoder_settings.base_model_prefix());
-        let model = Self::build(
-            config,
-            preprocessor,
-            encoder_settings,
-            rows as i64,
-            &state,
-            device,
-            true,
-        )?;
-        state.load_into(
-            &model.vs,
-            |name| {
-                let inner = name.strip_prefix("encoder.")?;
-                let mut names = vec![inner.to_owned(), format!("{prefix}{inner}")];
-                // Checkpoints from old TensorFlow conversions name LayerNorm weights gamma/beta.
-                for (new, old) in [(".weight", ".gamma"), (".bias", ".beta")] {
-                    if inner.contains("LayerNorm") && inner.ends_with(new) {
-                        let legacy = format!("{}{old}", inner.strip_suffix(new)?);
-                        names.push(format!("{prefix}{legacy}"));
-                        names.push(legacy);
-                    }
-                }
-                Some(names)
-            },
-            &[WORD_EMBEDDINGS],
-        )?;
-        Ok(model)
-    }
-
-    /// Creates the variables (randomly initialised when `fresh`) and checks the head and the
-    /// vocabulary against the checkpoint.
-    fn build(
-        config: SpanMarkerConfig,
-        preprocessor: Preprocessor,
-        settings: EncoderSettings,
-        rows: i64,
-        state: &StateDict,
-        device: Device,
-        fresh: bool,
-    ) -> Result<Self> {
-        let num_labels = preprocessor.labels().num_reduced() as i64;
-        let hidden = settings.hidden_size;
-        if !fresh {
-            let head = state.shape("classifier.weight")?;
-            if head != [num_labels, 2 * hidden] {
-                return Err(state.error(format!(
-                    "the head `classifier.weight` has shape {head:?}, but config.json lists {num_labels} labels {:?} \
-                     and a hidden size of {hidden}: expected [{num_labels}, {}]",
-                    preprocessor.labels().reduced(),
-                    2 * hidden
-                )));
-            }
-        }
-        check_vocabulary(preprocessor.tokenizer(), rows, state)?;
-        check_sizes(&settings, state)?;
-        let dropout = settings.hidden_dropout_prob;
-        let vs = nn::VarStore::new(device);
-        let encoder = Encoder::new(&vs.root() / "encoder", settings, rows, fresh);
-        let init = if fresh {
-            nn::Init::Randn {
-                mean: 0.,
-                stdev: encoder.settings().initializer_range,
-            }
-        } else {
-            nn::Init::Const(0.)
-        };
-        let classifier = nn::linear(
-            &vs.root() / "classifier",
-            2 * hidden,
-            num_labels,
-            nn::LinearConfig {
-                ws_init: init,
-                bs_init: Some(nn::Init::Const(0.)),
-                bias: true,
-            },
-        );
-        Ok(Self {
-            config,
-            preprocessor,
-            vs,
-            encoder,
-            classifier,
-            dropout,
-            flops: AtomicU64::new(0),
-        })
-    }
-
-    /// Runs the encoder and the head on a collated batch; dropout is active when `train` is set.
-    pub fn forward(&self, batch: &Batch, train: bool) -> ModelOutput {
-        self.forward_with(batch, train, Kernels::Standard)
-    }
-
-    /// [`forward`](Self::forward), with the encoder's linear maps run by `kernels`.
-    pub(crate) fn forward_with(
-        &self,
-        batch: &Batch,
-        train: bool,
-        kernels: Kernels<'_>,
-    ) -> ModelOutput {
-        let attention_dropout = train && self.encoder.settings().attention_probs_dropout_prob > 0.0;
-        let layout = batch.layout();
-        let attention = if kernels.attend_directly(train) {
-            MarkerAttention::direct(&layout)
-        } else {
-            MarkerAttention::new(&layout, Kind::Float, attention_dropout)
-        };
-        let positions = batch.input_ids.numel() as i64;
-        // The direct form reads unpadded rows as they are: skipping padding costs it nothing.
-        let direct = matches!(attention, MarkerAttention::Direct { .. });
-        let tokens = batch
-            .tokens
-            .as_ref()
-            .filter(|index| direct || self.encoder.skips_padding(index.size()[0], positions));
-        // Only the markers' last states are read, but training computes every row: dropout then
-        // draws its masks over the reference's shapes in the reference's order, so that a seed
-        // gives the reference's masks.
-        let read = (!train).then_some(&batch.markers);
-        let rows = Rows {
-            tokens,
-            distinct: batch.distinct.as_ref(),
-            read,
-        };
-        let hidden = self.encoder.forward(
-            &batch.input_ids,
-            &batch.position_ids,
-            &attention,
-            rows,
-            train,
-            kernels,
-        );
+    fn run(&self, batch: &Batch, plan: &ForwardPlan, maps: &EncoderMaps) -> Result<ModelOutput> {
+        let train = plan.train;
+        let settings = self.encoder.settings();
+        let batch_plan = plan.for_batch(batch, settings);
+        let (ids, positions) = (&batch.input_ids, &batch.position_ids);
+        let hidden = self
+            .encoder
+            .forward(ids, positions, &batch_plan, maps, train)?;
         let hidden = dropout::dropout(&hidden, self.dropout, train);
         let features = head::marker_features(
             &hidden,
@@ -498,19 +115,19 @@ impl SpanMarkerModel {
         );
         let features = dropout::dropout(&features, self.dropout, train);
         let logits = self.classifier.forward(&features);
-        self.count_flops(batch, rows, train, &attention, &logits);
+        let labels = self.labels().num_reduced() as i64;
+        self.flops
+            .fetch_add(batch_plan.flops(settings, labels), Ordering::Relaxed);
         let loss = batch
             .labels
             .as_ref()
             .map(|labels| head::span_loss(&logits, labels));
-        ModelOutput { logits, loss }
+        Ok(ModelOutput { logits, loss })
     }
 
-    /// Model FLOPs of every forward pass run so far: the encoder's matrix products as executed
-    /// (see [`Encoder::forward_flops`]) and the classifier's, for the shapes actually run
-    /// (text plus marker tokens; padding only where attention computes it). Backward passes
-    /// are not counted; they take about twice a forward's. Benchmarks divide the difference
-    /// over a run by its time.
+    /// Model FLOPs of every forward pass run so far, as [`BatchPlan::flops`](plan::BatchPlan::flops)
+    /// counts them for the shapes actually run. Benchmarks divide the difference over a run by
+    /// its time.
     ///
     /// ```
     /// let model = span_marker::SpanMarkerModel::from_pretrained("bundled")?;
@@ -521,87 +138,6 @@ impl SpanMarkerModel {
     /// ```
     pub fn flops_executed(&self) -> u64 {
         self.flops.load(Ordering::Relaxed)
-    }
-
-    fn count_flops(
-        &self,
-        batch: &Batch,
-        rows: Rows<'_>,
-        train: bool,
-        attention: &MarkerAttention,
-        logits: &Tensor,
-    ) {
-        let (b, t) = batch.input_ids.size2().unwrap_or((0, 0));
-        let size = logits.size();
-        let (pairs, labels) = (size[1], size[2]);
-        let features = self.classifier.ws.size()[1];
-        let head = (2 * b * pairs * features * labels).max(0) as u64;
-        let tokens = rows.tokens.map_or(b * t, |index| index.size()[0]);
-        let first = self
-            .encoder
-            .first_layer_groups(&rows, train)
-            .map_or(tokens, |groups| groups.positions.size()[0]);
-        let read = self.encoder.last_layer_rows(tokens, rows.read);
-        let keys = attention.keys_per_query(t);
-        let encoder = self.encoder.forward_flops(tokens, first, b * t, keys, read);
-        self.flops.fetch_add(encoder + head, Ordering::Relaxed);
-    }
-
-    /// Saves `config.json`, `model.safetensors`, the tokenizer files (with the marker tokens)
-    /// and a model card, in the layout Python `span_marker` loads.
-    pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
-        self.save_pretrained_with_card(dir, &ModelCard::default())
-    }
-
-    /// Publishes the model to the Hugging Face Hub repository `repo_id` (`user/name`), created
-    /// when missing: saved as by [`save_pretrained`](Self::save_pretrained) (its card becomes
-    /// the repository's README) and committed in one commit. The token comes from
-    /// `options.hub.token`, `HF_TOKEN` or the Hugging Face CLI's token file, the Hub's address
-    /// from `options.hub.endpoint` or `HF_ENDPOINT`.
-    ///
-    /// ```no_run
-    /// use span_marker::hub::publish::PushOptions;
-    /// let model = span_marker::SpanMarkerModel::bundled()?;
-    /// let commit = model.push_to_hub("me/my-ner", &PushOptions::default())?;
-    /// println!("published {}", commit.commit_url);
-    /// # Ok::<(), span_marker::Error>(())
-    /// ```
-    #[cfg(feature = "hub")]
-    pub fn push_to_hub(
-        &self,
-        repo_id: &str,
-        options: &crate::hub::publish::PushOptions,
-    ) -> Result<crate::hub::publish::CommitInfo> {
-        let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-        self.save_pretrained(dir.path())?;
-        crate::hub::publish::upload_folder(dir.path(), repo_id, options)
-    }
-
-    /// [`save_pretrained`](Self::save_pretrained) with metrics and a description for the card.
-    pub fn save_pretrained_with_card(&self, dir: impl AsRef<Path>, card: &ModelCard) -> Result<()> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut config = self.config.clone();
-        let rows = self.encoder.vocab_rows() as usize;
-        config.vocab_size = Some(rows);
-        config.encoder.vocab_size = Some(rows);
-        let json = config.to_json_string()? + "\n";
-        checkpoint::write_atomically(&dir.join("config.json"), json.as_bytes())?;
-
-        let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        checkpoint::write_safetensors(&dir.join(SAFETENSORS_FILE), &tensors)?;
-        // A stale pickle beside the new weights would shadow nothing (safetensors is read
-        // first) but would confuse readers: remove it.
-        let stale = dir.join(checkpoint::PICKLE_FILE);
-        if stale.is_file() {
-            std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
-        }
-        self.preprocessor.tokenizer().save(dir)?;
-        let readme = card.render(&config, self.labels(), self.preprocessor.settings());
-        checkpoint::write_atomically(&dir.join("README.md"), readme.as_bytes())?;
-        tracing::info!(dir = %dir.display(), "saved SpanMarker model");
-        Ok(())
     }
 
     /// Moves the weights to `device`.
@@ -632,65 +168,19 @@ impl SpanMarkerModel {
     pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
         &mut self.vs
     }
-
-    /// A digest of everything that decides this model's predictions: every weight (by name,
-    /// dtype, shape and value), the tokenizer, the labels and the model settings. Equal for
-    /// two copies of one model wherever they were loaded from; resumable jobs record it.
-    ///
-    /// ```
-    /// let a = span_marker::SpanMarkerModel::bundled()?;
-    /// let b = span_marker::SpanMarkerModel::from_pretrained("bundled")?;
-    /// assert_eq!(a.fingerprint()?, b.fingerprint()?);
-    /// # Ok::<(), span_marker::Error>(())
-    /// ```
-    pub fn fingerprint(&self) -> Result<String> {
-        self.digest(false)
-    }
-
-    /// [`fingerprint`](Self::fingerprint) without the weights a new model draws at random:
-    /// the head and the embedding rows from the first marker token on. What a training run
-    /// records of the model it started from, so that a resumed run can check that it was
-    /// given the same encoder, tokenizer, labels and settings, however it was seeded.
-    pub fn encoder_fingerprint(&self) -> Result<String> {
-        self.digest(true)
-    }
-
-    fn digest(&self, pretrained_only: bool) -> Result<String> {
-        let tokenizer = self.preprocessor.tokenizer();
-        let json = tokenizer
-            .inner()
-            .to_string(false)
-            .map_err(Error::Tokenizer)?;
-        let settings = serde_json::to_string(&self.config.settings).unwrap_or_default();
-        let mut digest = crate::fingerprint::Fingerprint::new()
-            .str(&json)
-            .str(&self.labels().original().join("\n"))
-            .str(&settings);
-        let first_marker = i64::from(tokenizer.start_marker_id().min(tokenizer.end_marker_id()));
-        let mut variables: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        variables.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, tensor) in variables {
-            let tensor = match name.as_str() {
-                _ if pretrained_only && name.starts_with("classifier.") => continue,
-                WORD_EMBEDDINGS if pretrained_only => tensor.narrow(0, 0, first_marker),
-                _ => tensor,
-            };
-            digest = digest
-                .str(&name)
-                .str(&format!("{:?}{:?}", tensor.kind(), tensor.size()))
-                .bytes(&checkpoint::tensor_bytes(&tensor)?);
-        }
-        Ok(digest.finish())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collate::DistinctTokens;
+    use crate::collate::CollateSpec;
+    use crate::device::Precision;
     use crate::labels::Entity;
     use crate::preprocess::EncodeOptions;
     use crate::tokenizer::SentenceInput;
+    use linear::MapForm;
+    use plan::{AttentionRule, Mode, PaddingRule};
+    use tch::Kind;
 
     const WORDS: [&str; 6] = ["Peter", "Blackburn", "visited", "Brussels", "today", "."];
 
@@ -710,6 +200,53 @@ mod tests {
         encoded
             .collate(0..encoded.samples.len(), &spec, Device::Cpu)
             .unwrap()
+    }
+
+    /// A batch of `rows` collated as prediction collates them, first-layer groups included.
+    fn grouped_batch(model: &SpanMarkerModel, rows: &[Option<SentenceInput<'_>>]) -> Batch {
+        let encoded = model.preprocessor().encode(rows).unwrap();
+        let spec = CollateSpec {
+            group_first_layer: true,
+            ..model.preprocessor().collate_spec()
+        };
+        encoded
+            .collate(0..encoded.samples.len(), &spec, Device::Cpu)
+            .unwrap()
+    }
+
+    /// The encoder's last states of `batch` under `plan`, as `[B x T, H]` rows.
+    fn states(model: &SpanMarkerModel, batch: &Batch, plan: &ForwardPlan) -> Tensor {
+        let encoder = model.encoder();
+        let maps = encoder.maps(plan.maps).unwrap();
+        let batch_plan = plan.for_batch(batch, encoder.settings());
+        let (ids, pos) = (&batch.input_ids, &batch.position_ids);
+        tch::no_grad(|| encoder.forward(ids, pos, &batch_plan, &maps, plan.train))
+            .unwrap()
+            .flatten(0, 1)
+    }
+
+    /// The plans with the CPU inference forms: (standard maps, structured attention) and the
+    /// direct attention with the fused float32 and the int8 maps; row switches off.
+    fn forms() -> [ForwardPlan; 3] {
+        let bare = ForwardPlan {
+            skip_padding: PaddingRule::Never,
+            distinct_first_layer: false,
+            last_layer_on_markers: false,
+            ..ForwardPlan::standard(false)
+        };
+        let direct = |maps| ForwardPlan {
+            maps,
+            attention: AttentionRule::Direct,
+            ..bare
+        };
+        [
+            ForwardPlan {
+                attention: AttentionRule::Structured,
+                ..bare
+            },
+            direct(MapForm::Fused),
+            direct(MapForm::Int8),
+        ]
     }
 
     #[test]
@@ -747,8 +284,9 @@ mod tests {
         let (b, t) = unpadded.input_ids.size2().unwrap();
         let kept = tokens.size()[0];
         assert_eq!(kept % crate::collate::TOKEN_BUCKET as i64, 0);
+        let hidden = model.encoder().settings().hidden_size;
         assert!(
-            kept < b * t && model.encoder().skips_padding(kept, b * t),
+            kept < b * t && plan::worth_skipping_padding(hidden, kept, b * t),
             "{kept} of {b} x {t}"
         );
         let mut padded = encoded.collate(all, &spec, Device::Cpu).unwrap();
@@ -759,7 +297,7 @@ mod tests {
         let read = slot.lt_tensor(&pairs).to_kind(Kind::Float);
         // The logits of every read slot, and the gradient they send to the first layer.
         let run = |batch: &Batch| {
-            let logits = model.forward(batch, false).logits * &read;
+            let logits = model.forward(batch, false).unwrap().logits * &read;
             let query = &model.var_store().variables()
                 ["encoder.encoder.layer.0.attention.self.query.weight"];
             let grad =
@@ -771,21 +309,13 @@ mod tests {
         let max_diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
         // The structured attention (what training on the CPU takes): the same states at every
         // kept position.
-        let structured = MarkerAttention::structured(&unpadded.layout(), Kind::Float);
-        let states = |index: Option<&Tensor>| {
-            let hidden = tch::no_grad(|| {
-                let (ids, pos) = (&unpadded.input_ids, &unpadded.position_ids);
-                let rows = Rows {
-                    tokens: index,
-                    ..Rows::default()
-                };
-                model
-                    .encoder()
-                    .forward(ids, pos, &structured, rows, false, Kernels::Standard)
-            });
-            hidden.view([b * t, -1]).index_select(0, tokens)
+        let [structured, ..] = forms();
+        let skipping = ForwardPlan {
+            skip_padding: PaddingRule::Always,
+            ..structured
         };
-        assert!(max_diff(&states(Some(tokens)), &states(None)) < 1e-4);
+        let at_tokens = |plan| states(&model, &unpadded, &plan).index_select(0, tokens);
+        assert!(max_diff(&at_tokens(skipping), &at_tokens(structured)) < 1e-4);
         assert!(max_diff(&logits, &want_logits) < 1e-4);
         assert!(max_diff(&grad, &want_grad) < 1e-4 * f64::try_from(want_grad.abs().max()).unwrap());
         assert!(f64::try_from(want_grad.abs().sum(Kind::Float)).unwrap() > 0.0);
@@ -801,59 +331,38 @@ mod tests {
         let long: Vec<&str> = text.split(' ').collect();
         let mut rows = vec![Some(SentenceInput::Words(&WORDS[..2]))];
         rows.extend(std::iter::repeat_n(Some(SentenceInput::Words(&long)), 6));
-        let encoded = model.preprocessor().encode(&rows).unwrap();
-        let spec = model.preprocessor().collate_spec();
-        let batch = encoded
-            .collate(0..encoded.samples.len(), &spec, Device::Cpu)
-            .unwrap();
+        let batch = grouped_batch(&model, &rows);
         let (b, t) = batch.input_ids.size2().unwrap();
-        let tokens = batch.tokens.as_ref().expect("the batch has padding");
         let markers = &batch.markers;
         let pairs: Vec<i64> = Vec::try_from(&batch.num_marker_pairs).unwrap();
         assert_eq!(markers.size(), [2 * pairs.iter().sum::<i64>()]);
-        let unpadded_rows = tokens.size()[0];
-        let last_rows = model
-            .encoder()
-            .last_layer_rows(unpadded_rows, Some(markers));
-        assert!(
-            last_rows < unpadded_rows,
-            "{last_rows} of {unpadded_rows} rows"
-        );
-        let layout = batch.layout();
-        let fused = model.encoder().fused(Kind::Float).unwrap();
-        let forms = [
-            (
-                MarkerAttention::structured(&layout, Kind::Float),
-                Kernels::Standard,
-            ),
-            (MarkerAttention::direct(&layout), Kernels::Fused(&fused)),
-        ];
-        for (attention, kernels) in &forms {
-            for index in [Some(tokens), None] {
-                if index.is_none() && matches!(attention, MarkerAttention::Direct { .. }) {
+        let [structured, fused, _] = forms();
+        for plan in [structured, fused] {
+            for skip_padding in [PaddingRule::Always, PaddingRule::Never] {
+                if skip_padding == PaddingRule::Never && plan.attention == AttentionRule::Direct {
                     continue; // the direct form reads the padded layout only without padding
                 }
-                let run = |read: Option<&Tensor>| {
-                    let (ids, pos) = (&batch.input_ids, &batch.position_ids);
-                    let encoder = model.encoder();
-                    tch::no_grad(|| {
-                        let rows = Rows {
-                            tokens: index,
-                            distinct: None,
-                            read,
-                        };
-                        encoder.forward(ids, pos, attention, rows, false, *kernels)
-                    })
-                    .view([b * t, -1])
+                let all = ForwardPlan {
+                    skip_padding,
+                    ..plan
                 };
-                let (all, read) = (run(None), run(Some(markers)));
+                let read = ForwardPlan {
+                    last_layer_on_markers: true,
+                    ..all
+                };
+                let counts = read
+                    .for_batch(&batch, model.encoder().settings())
+                    .rows
+                    .counts();
+                assert!(counts.last < counts.tokens, "{counts:?}");
+                let (all, read) = (states(&model, &batch, &all), states(&model, &batch, &read));
                 let diff = f64::try_from(
                     (all.index_select(0, markers) - read.index_select(0, markers))
                         .abs()
                         .max(),
                 )
                 .unwrap();
-                assert!(diff < 1e-5, "{attention:?}: {diff}");
+                assert!(diff < 1e-5, "{plan:?}: {diff}");
                 let mut unread = Tensor::ones([b * t], (Kind::Bool, Device::Cpu));
                 let _ = unread.index_fill_(0, markers, 0);
                 let rest = read.index_select(0, &unread.nonzero().view([-1]));
@@ -872,11 +381,7 @@ mod tests {
         let rows: Vec<_> = std::iter::repeat_n(Some(SentenceInput::Words(&long)), 4)
             .chain([Some(SentenceInput::Words(&WORDS[..3]))])
             .collect();
-        let encoded = model.preprocessor().encode(&rows).unwrap();
-        let spec = model.preprocessor().collate_spec();
-        let batch = encoded
-            .collate(0..encoded.samples.len(), &spec, Device::Cpu)
-            .unwrap();
+        let batch = grouped_batch(&model, &rows);
         let tokens = batch.tokens.as_ref().expect("the batch has padding");
         let groups = batch.distinct.as_ref().expect("markers share their pairs");
         let (u, n) = (groups.positions.size()[0], tokens.size()[0]);
@@ -894,76 +399,60 @@ mod tests {
             .narrow(0, 0, used)
             .unique_dim(0, true, false, false);
         assert_eq!(unique.size()[0], used);
+        // Collation builds the groups only when asked.
+        let ungrouped_spec = model.preprocessor().collate_spec();
+        let encoded = model.preprocessor().encode(&rows).unwrap();
+        let ungrouped = encoded
+            .collate(0..encoded.samples.len(), &ungrouped_spec, Device::Cpu)
+            .unwrap();
+        assert!(ungrouped.distinct.is_none());
 
-        let (b, t) = batch.input_ids.size2().unwrap();
-        let layout = batch.layout();
-        let fused = model.encoder().fused(Kind::Float).unwrap();
-        let int8 = model.encoder().int8().unwrap();
-        let forms = [
-            (
-                MarkerAttention::structured(&layout, Kind::Float),
-                Kernels::Standard,
-            ),
-            (MarkerAttention::direct(&layout), Kernels::Fused(&fused)),
-            (MarkerAttention::direct(&layout), Kernels::Int8(&int8)),
-        ];
-        for (attention, kernels) in &forms {
-            for read in [None, Some(&batch.markers)] {
-                let run = |distinct: Option<&DistinctTokens>| {
-                    let rows = Rows {
-                        tokens: Some(tokens),
-                        distinct,
-                        read,
-                    };
-                    let (ids, pos) = (&batch.input_ids, &batch.position_ids);
-                    let encoder = model.encoder();
-                    tch::no_grad(|| encoder.forward(ids, pos, attention, rows, false, *kernels))
-                        .view([b * t, -1])
-                        .index_select(0, tokens)
+        for plan in forms() {
+            for last_layer_on_markers in [false, true] {
+                let each = ForwardPlan {
+                    skip_padding: PaddingRule::Always,
+                    last_layer_on_markers,
+                    ..plan
                 };
-                let (each, grouped) = (run(None), run(Some(groups)));
+                let grouped = ForwardPlan {
+                    distinct_first_layer: true,
+                    ..each
+                };
+                let run = |plan| states(&model, &batch, &plan).index_select(0, tokens);
+                let (each, grouped) = (run(each), run(grouped));
                 let diff = f64::try_from((&each - &grouped).abs().max()).unwrap();
                 assert!(
                     diff < 1e-5,
-                    "{attention:?}, read {}: {diff}",
-                    read.is_some()
+                    "{plan:?}, read {last_layer_on_markers}: {diff}"
                 );
                 assert!(f64::try_from(each.abs().sum(Kind::Double)).unwrap() > 0.0);
             }
         }
 
         // The model takes the groups in inference and counts the first layer's products as run.
-        let mut ungrouped = encoded
-            .collate(0..encoded.samples.len(), &spec, Device::Cpu)
-            .unwrap();
-        ungrouped.distinct = None;
-        let run = |batch: &Batch, train: bool| {
+        let run = |batch: &Batch, plan: &ForwardPlan| {
             let before = model.flops_executed();
-            let logits = tch::no_grad(|| {
-                let kernels = if train {
-                    Kernels::Standard
-                } else {
-                    Kernels::Fused(&fused)
-                };
-                model.forward_with(batch, train, kernels).logits
-            });
+            let logits = tch::no_grad(|| model.forward_with(batch, plan).unwrap().logits);
             (model.flops_executed() - before, logits)
         };
+        let predict = ForwardPlan::new(Device::Cpu, Precision::Float32, Mode::Predict).unwrap();
+        assert!(predict.distinct_first_layer);
         let h = model.encoder().settings().hidden_size;
         let ((grouped_flops, grouped), (flops, logits)) =
-            (run(&batch, false), run(&ungrouped, false));
+            (run(&batch, &predict), run(&ungrouped, &predict));
         assert_eq!(flops - grouped_flops, (2 * (n - u) * 3 * h * h) as u64);
         assert!(f64::try_from((grouped - logits).abs().max()).unwrap() < 1e-5);
         // Training computes every row (dropout draws a mask per row).
-        assert_eq!(run(&batch, true).0, run(&ungrouped, true).0);
+        let train = ForwardPlan::new(Device::Cpu, Precision::Float32, Mode::Train).unwrap();
+        assert_eq!(run(&batch, &train).0, run(&ungrouped, &train).0);
     }
 
     #[test]
     fn dropout_is_active_only_in_training() {
         let model = SpanMarkerModel::bundled().unwrap();
         let batch = labelled_batch(&model);
-        let eval = |_| tch::no_grad(|| model.forward(&batch, false).logits);
-        let train = |_| tch::no_grad(|| model.forward(&batch, true).logits);
+        let eval = |_| tch::no_grad(|| model.forward(&batch, false).unwrap().logits);
+        let train = |_| tch::no_grad(|| model.forward(&batch, true).unwrap().logits);
         assert!(eval(0).equal(&eval(1)));
         assert!(!train(0).equal(&train(1)));
         assert!(!train(0).equal(&eval(0)));
@@ -975,6 +464,7 @@ mod tests {
         let batch = labelled_batch(&model);
         let loss = model
             .forward(&batch, false)
+            .unwrap()
             .loss
             .expect("labels give a loss");
         assert!(f64::try_from(&loss).unwrap() > 0.0);
@@ -991,29 +481,6 @@ mod tests {
                     "{name}: no gradient"
                 );
             }
-        }
-    }
-
-    #[test]
-    fn the_model_card_lists_labels_settings_and_metrics() {
-        let model = SpanMarkerModel::bundled().unwrap();
-        let card = ModelCard {
-            dataset: Some("conll2003".into()),
-            metrics: [("test_overall_f1".to_owned(), 0.91)].into(),
-            ..Default::default()
-        };
-        let dir = tempfile::tempdir().unwrap();
-        model.save_pretrained_with_card(dir.path(), &card).unwrap();
-        let readme = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
-        for needle in [
-            "library_name: span-marker",
-            "| PER | B-PER, I-PER |",
-            "| MISC | B-MISC, I-MISC |",
-            "**Maximum entity length:** 6 words",
-            "| test_overall_f1 | 0.9100 |",
-            "- conll2003",
-        ] {
-            assert!(readme.contains(needle), "{needle:?} missing from\n{readme}");
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::device::{parse_device, Precision};
 use crate::encoding::SampleRef;
 use crate::error::{Error, Result};
 use crate::lock::DirLock;
+use crate::model::plan::{ForwardPlan, Mode};
 use crate::model::{ModelCard, SpanMarkerModel};
 use crate::train::args::{IntervalStrategy, TrainingArguments};
 use crate::train::data::NerDataset;
@@ -332,6 +333,7 @@ impl<'m> Trainer<'m> {
                 trim_to_multiple_of: Some(8),
                 ..self.model.preprocessor().collate_spec()
             },
+            forward: ForwardPlan::new(self.device, args.precision(), Mode::Train)?,
             scaler: args.fp16.then(LossScaler::new),
             loss_sum: Tensor::scalar_tensor(state.loss_since_log, (Kind::Double, self.device)),
             steps_at_start: state.global_step,
@@ -399,10 +401,9 @@ impl<'m> Trainer<'m> {
             .collect();
         let inputs = collate(&run.train.encoded.windows, &picked, &run.spec, self.device)?;
         let model = &*self.model;
-        let loss = self
-            .args
-            .precision()
-            .autocast(self.device, || model.forward(&inputs, true).loss)?
+        let loss = model
+            .forward_with(&inputs, &run.forward)?
+            .loss
             .ok_or_else(|| Error::Config("a training batch without labels".into()))?
             / self.args.gradient_accumulation_steps as f64;
         match &run.scaler {
@@ -793,6 +794,8 @@ struct Run {
     /// The running sum of `state.loss_since_log`, on the device.
     loss_sum: Tensor,
     spec: CollateSpec,
+    /// How each training forward pass runs.
+    forward: ForwardPlan,
     progress: StepProgress,
     steps_at_start: usize,
     last_evaluation: Option<Evaluation>,

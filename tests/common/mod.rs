@@ -165,7 +165,7 @@ pub fn logits(model: &SpanMarkerModel, inputs: &[SentenceInput<'_>]) -> Tensor {
     let batch = encoded
         .collate(0..encoded.samples.len(), &spec, model.device())
         .unwrap();
-    tch::no_grad(|| model.forward(&batch, false).logits)
+    tch::no_grad(|| model.forward(&batch, false).unwrap().logits)
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
