@@ -79,7 +79,7 @@ impl MarkerAttention {
     /// eighth of them, and whenever dropout runs on the CPU: there the dense form loses its
     /// fused kernel and materialises, draws a mask for and multiplies `B x heads x T x T`
     /// probabilities. The dense form serves the rest.
-    pub fn new(layout: &MarkerLayout<'_>, kind: Kind, dropout: bool) -> Self {
+    pub(crate) fn new(layout: &MarkerLayout<'_>, kind: Kind, dropout: bool) -> Self {
         let t = layout.total_length;
         let long_and_mostly_markers =
             t >= STRUCTURED_MIN_LENGTH && 8 * (layout.text_length + 2) <= t;
@@ -91,7 +91,7 @@ impl MarkerAttention {
     }
 
     /// The dense form, whatever the lengths: the reference's computation.
-    pub fn dense(layout: &MarkerLayout<'_>, kind: Kind) -> Self {
+    pub(crate) fn dense(layout: &MarkerLayout<'_>, kind: Kind) -> Self {
         Self::Dense {
             bias: Self::dense_bias(layout, kind),
         }
@@ -104,7 +104,7 @@ impl MarkerAttention {
     /// EPYC, `span-marker predict` over 500 CoNLL-2003 test sentences with MiniLM took 9.8 s
     /// instead of 10.6-10.8 s in float32 and 4.8-5.0 s instead of 5.7-5.9 s in int8, where
     /// float32 attention is a larger share of the time (`docs/benchmarks.md`).
-    pub fn direct(layout: &MarkerLayout<'_>) -> Self {
+    pub(crate) fn direct(layout: &MarkerLayout<'_>) -> Self {
         Self::Direct {
             num_tokens: layout.num_tokens.shallow_clone(),
             start: layout.start_marker_indices.shallow_clone(),
@@ -136,7 +136,7 @@ impl MarkerAttention {
 
     /// Keys each query scores in a batch of `total_length` tokens: all of them in the dense
     /// form, the text keys and two more in the structured one.
-    pub fn keys_per_query(&self, total_length: i64) -> i64 {
+    pub(crate) fn keys_per_query(&self, total_length: i64) -> i64 {
         match self {
             Self::Dense { .. } => total_length,
             Self::Structured { text_keys, .. } | Self::Direct { text_keys, .. } => text_keys + 2,
@@ -179,7 +179,7 @@ impl MarkerAttention {
     /// `T` when the rows are the padded `[B * T]` positions, and 0 when they are the encoder's
     /// unpadded tokens (each sample's text, then its markers; see
     /// [`Batch::tokens`](crate::collate::Batch::tokens)). Context rows of padding are zero.
-    pub fn attend_rows(
+    pub(crate) fn attend_rows(
         &self,
         qkv: &Tensor,
         heads: i64,
@@ -207,7 +207,7 @@ impl MarkerAttention {
     }
 
     /// The structured form, whatever the lengths.
-    pub fn structured(layout: &MarkerLayout<'_>, kind: Kind) -> Self {
+    pub(crate) fn structured(layout: &MarkerLayout<'_>, kind: Kind) -> Self {
         let roles = layout.roles();
         let (b, t, text_keys) = (
             layout.num_tokens.size1().unwrap_or(0),
@@ -235,7 +235,7 @@ impl MarkerAttention {
 
     /// Scaled dot-product attention of `[B, heads, T, d]` queries, keys and values under this
     /// pattern, with dropout `p` on the attention probabilities when `train` is set.
-    pub fn attend(
+    pub(crate) fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,

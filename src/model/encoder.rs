@@ -329,7 +329,7 @@ impl Encoder {
     /// `transformers` does (weights N(0, `initializer_range`), biases 0, LayerNorm 1 and 0);
     /// without, weights start at zero, to be overwritten by a checkpoint. `vocab_rows` is the
     /// number of rows of the word embedding matrix.
-    pub fn new(
+    pub(crate) fn new(
         path: nn::Path<'_>,
         settings: EncoderSettings,
         vocab_rows: i64,

@@ -5,7 +5,7 @@ use tch::{Kind, Tensor};
 /// The `[B, T/2, 2H]` span features: for pair `j < P` of each sample, the hidden state of its
 /// `<start>` marker (at `start + j`) followed by that of its `<end>` marker (at
 /// `start + P + j`); zero rows past `P`. One gather for the whole batch, no loop over samples.
-pub fn marker_features(
+pub(crate) fn marker_features(
     hidden: &Tensor,
     start_marker_indices: &Tensor,
     num_marker_pairs: &Tensor,
@@ -29,7 +29,7 @@ pub fn marker_features(
 }
 
 /// Mean cross-entropy over all spans, ignoring label [`IGNORE_INDEX`](crate::collate::IGNORE_INDEX).
-pub fn span_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
+pub(crate) fn span_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
     let classes = *logits.size().last().expect("logits have a class dimension");
     logits.view([-1, classes]).cross_entropy_loss::<Tensor>(
         &labels.view([-1]),

@@ -25,7 +25,7 @@ pub mod attention;
 mod card;
 pub mod dropout;
 pub mod encoder;
-pub mod head;
+mod head;
 pub mod linear;
 mod load;
 pub mod plan;
