@@ -239,7 +239,10 @@ pub(crate) struct EncoderMaps {
 /// optimizer step or a checkpoint copy) and its storage.
 type Identity = (i64, usize);
 
-fn identity(linear: &nn::Linear) -> (Identity, Option<Identity>) {
+/// The identities of a map's weight and bias.
+type Source = (Identity, Option<Identity>);
+
+fn identity(linear: &nn::Linear) -> Source {
     let of = |t: &Tensor| (t.internal_version(), t.data_ptr() as usize);
     (of(&linear.ws), linear.bs.as_ref().map(of))
 }
@@ -248,7 +251,7 @@ fn identity(linear: &nn::Linear) -> (Identity, Option<Identity>) {
 /// variables it was made from.
 #[derive(Default)]
 pub(crate) struct FormCache {
-    forms: Mutex<Vec<(Vec<(Identity, Option<Identity>)>, EncoderMaps)>>,
+    forms: Mutex<Vec<(Vec<Source>, EncoderMaps)>>,
 }
 
 impl FormCache {
