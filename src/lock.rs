@@ -13,11 +13,12 @@ use crate::error::{Error, Result};
 /// ```
 /// use span_marker::lock::DirLock;
 /// let dir = tempfile::tempdir()?;
-/// let held = DirLock::acquire(dir.path(), "training")?;
-/// let refused = DirLock::acquire(dir.path(), "training").unwrap_err().to_string();
+/// let run = dir.path().join("run");
+/// let held = DirLock::create(&run, "training")?; // creates `run`
+/// let refused = DirLock::acquire(&run, "training").unwrap_err().to_string();
 /// assert!(refused.contains("another training run"), "{refused}");
 /// drop(held);
-/// DirLock::acquire(dir.path(), "training")?;
+/// DirLock::acquire(&run, "training")?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
@@ -28,6 +29,12 @@ pub struct DirLock {
 impl DirLock {
     /// The lock file's name inside the locked directory.
     pub const FILE: &str = ".span-marker.lock";
+
+    /// Creates `dir` (and its parents) when missing, then [`acquire`](Self::acquire)s it.
+    pub fn create(dir: &Path, job: &str) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        Self::acquire(dir, job)
+    }
 
     /// Locks `dir` (which must exist) for a run of `job`, or says that another run holds it.
     pub fn acquire(dir: &Path, job: &str) -> Result<Self> {

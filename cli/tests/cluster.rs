@@ -388,7 +388,7 @@ fn annotation_on_the_cluster_equals_the_local_one_and_a_rerun_redoes_only_what_i
     );
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("`threshold` was 0.0, is now 0.7"),
+        stderr(&out).contains("`threshold` was null, is now 0.7"),
         "{}",
         stderr(&out)
     );

@@ -22,6 +22,7 @@ use crate::collate::{collate, CollateSpec};
 use crate::device::{parse_device, Precision};
 use crate::encoding::SampleRef;
 use crate::error::{Error, Result};
+use crate::fingerprint;
 use crate::lock::DirLock;
 use crate::model::plan::{ForwardPlan, Mode};
 use crate::model::{ModelCard, SpanMarkerModel};
@@ -110,11 +111,9 @@ impl RunIdentity {
         train: &NerDataset,
         eval: Option<&NerDataset>,
     ) -> Result<Self> {
-        // Through JSON text and back, as a checkpoint stores it, so that a float compares
-        // equal to its stored self.
-        let text = serde_json::to_string(args).map_err(|e| Error::json(ARGS_FILE, e))?;
+        // As a checkpoint records them, so that a float compares equal to its stored self.
         let all: Map<String, Value> =
-            serde_json::from_str(&text).map_err(|e| Error::json(ARGS_FILE, e))?;
+            fingerprint::as_recorded(args).map_err(|e| Error::json(ARGS_FILE, e))?;
         let args = all
             .into_iter()
             .filter(|(key, _)| Self::ARGS.contains(&key.as_str()))
@@ -149,15 +148,8 @@ impl RunIdentity {
         if found.eval_data != self.eval_data {
             changed.push("the evaluation data differs".to_owned());
         }
-        for (key, value) in &self.args {
-            // An argument the checkpoint does not record (added since) cannot be compared.
-            let Some(before) = found.args.get(key) else {
-                continue;
-            };
-            if before != value {
-                changed.push(format!("`{key}` was {before}, is now {value}"));
-            }
-        }
+        // An argument the checkpoint does not record (added since) cannot be compared.
+        changed.extend(fingerprint::differences(&found.args, &self.args, &[]));
         if changed.is_empty() {
             return Ok(());
         }
@@ -287,8 +279,7 @@ impl<'m> Trainer<'m> {
         let eval = eval
             .map(|e| encode_split(self.model, e, "evaluation"))
             .transpose()?;
-        std::fs::create_dir_all(&args.output_dir).map_err(|e| Error::io(&args.output_dir, e))?;
-        let lock = DirLock::acquire(&args.output_dir, "training")?;
+        let lock = DirLock::create(&args.output_dir, "training")?;
         let plan = Plan::new(args, train.encoded.samples.len());
 
         let checkpoint = resume_from

@@ -10,7 +10,9 @@
 //! input file's size and SHA-256, the model's [fingerprint](SharedModel::fingerprint) and the
 //! settings that change the output, and any difference is an error naming it. The part
 //! directory is locked while a run works in it, so two runs on one output cannot race, and a
-//! file at the output path that the job did not write is never replaced.
+//! file at the output path that the job did not write is never replaced. (These are the
+//! promises of every resumable job of this crate, kept by its `job` module, which annotation
+//! on a cluster shares.)
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -18,47 +20,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, RecordBatch};
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::file::properties::WriterProperties;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use span_marker::fingerprint::FileIdentity;
 use span_marker::lock::DirLock;
 use span_marker::PredictOptions;
 
-use crate::columns::{predict_column, ColumnJob, InputKind};
+pub use crate::columns::InputColumn;
+use crate::columns::{entity_schema, predict_column, ColumnJob};
 use crate::error::{Error, Result};
+use crate::job::{
+    check_same_job, lock_dir, progress_bar, publish, read_manifest, write_manifest,
+    write_parquet_atomically, AnnotationJob,
+};
 use crate::model::SharedModel;
 use crate::sources::open_parquet;
-
-/// Which input column holds the sentences.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InputColumn {
-    /// A list-of-words column.
-    Tokens(String),
-    /// A raw-text column; entities then carry character offsets and their text.
-    Text(String),
-}
-
-impl InputColumn {
-    /// The column's name.
-    pub fn name(&self) -> &str {
-        match self {
-            Self::Tokens(name) | Self::Text(name) => name,
-        }
-    }
-
-    /// What the column holds.
-    pub fn kind(&self) -> InputKind {
-        match self {
-            Self::Tokens(_) => InputKind::Words,
-            Self::Text(_) => InputKind::Text,
-        }
-    }
-}
 
 /// What to annotate and how.
 #[derive(Debug, Clone)]
@@ -142,21 +119,15 @@ struct Manifest {
     merged: Option<FileIdentity>,
 }
 
-/// What a resumed annotation must share with the run it continues.
+/// What a resumed annotation must share with the run it continues: what every annotation job
+/// records, and the input file and the chunking that number its parts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct JobIdentity {
     input: FileIdentity,
-    /// [`span_marker::SpanMarkerModel::fingerprint`].
-    model: String,
-    column: InputColumn,
-    output_column: String,
+    /// Its keys sit beside `input`'s (`model`, `column`, `threshold`, ...).
+    #[serde(flatten)]
+    annotation: AnnotationJob,
     chunk_rows: usize,
-    /// The prediction settings that change which entities are written. (Batch size and
-    /// device do not; strict mode only decides whether a bad row stops the run.)
-    /// As written in decimal (`0.9`, not float32's `0.8999999761581421`).
-    threshold: Option<f64>,
-    allow_overlapping: bool,
-    precision: String,
 }
 
 /// Where a part directory stands when a run starts.
@@ -173,10 +144,6 @@ pub fn parts_dir(output: &Path) -> PathBuf {
     name.push(".parts");
     output.with_file_name(name)
 }
-
-/// Rows per row group of the written files. The Parquet writer holds a row group in memory
-/// until it is full, so this (not the corpus size) bounds the memory of the final merge.
-const OUTPUT_ROW_GROUP_ROWS: usize = 16 * 1024;
 
 fn part_path(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("part-{index:06}.parquet"))
@@ -205,16 +172,13 @@ pub fn annotate(model: &SharedModel, options: &AnnotateOptions) -> Result<Annota
         model_source: model.source().to_owned(),
         job: JobIdentity {
             input: FileIdentity::of(&options.input)?,
-            model: model.fingerprint()?,
-            column: options.column.clone(),
-            output_column: options.output_column.clone(),
+            annotation: AnnotationJob::new(
+                model.fingerprint()?,
+                &options.column,
+                &options.output_column,
+                &options.predict,
+            )?,
             chunk_rows: options.chunk_rows,
-            threshold: options
-                .predict
-                .threshold
-                .map(|t| t.to_string().parse().unwrap_or(f64::from(t))),
-            allow_overlapping: options.predict.allow_overlapping,
-            precision: options.predict.precision.to_string(),
         },
         merged: None,
     };
@@ -286,53 +250,6 @@ fn output_schema(input: &SchemaRef, options: &AnnotateOptions) -> Result<SchemaR
     )
 }
 
-/// `input` (the schema of the file at `path`) plus the entity column `output_column`, after
-/// checking that `column` is there with a type it can be read as.
-pub(crate) fn entity_schema(
-    input: &SchemaRef,
-    path: &Path,
-    column: &InputColumn,
-    output_column: &str,
-) -> Result<SchemaRef> {
-    let name = column.name();
-    let field = input.field_with_name(name).map_err(|_| {
-        let found: Vec<&String> = input.fields().iter().map(|f| f.name()).collect();
-        Error::column(
-            name,
-            format!("not in {}; its columns are {found:?}", path.display()),
-        )
-    })?;
-    let kind = column.kind();
-    if !kind.accepts(field.data_type()) {
-        let hint = kind
-            .other()
-            .accepts(field.data_type())
-            .then_some(match kind {
-                InputKind::Words => "the text column option",
-                InputKind::Text => "the tokens column option",
-            });
-        return Err(Error::column(
-            name,
-            kind.mismatch(name, field.data_type(), hint),
-        ));
-    }
-    if input.field_with_name(output_column).is_ok() {
-        return Err(Error::column(
-            output_column,
-            format!(
-                "{} already has this column: choose another output column name",
-                path.display()
-            ),
-        ));
-    }
-    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(output_column, kind.output_type(), true));
-    Ok(Arc::new(Schema::new_with_metadata(
-        fields,
-        input.metadata().clone(),
-    )))
-}
-
 /// Entities for one chunk; rows that cannot be annotated become NULL (or stop the run in
 /// strict mode), named by their row number in the input file.
 fn annotate_batch(
@@ -369,8 +286,7 @@ fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<(Prog
             "already exists: remove it or choose another output",
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let lock = DirLock::acquire(dir, "annotation")?;
+    let lock = lock_dir(dir)?;
     let manifest_path = dir.join(MANIFEST_FILE);
     if !manifest_path.exists() {
         // A new job (or one killed before its manifest was written, with no parts yet).
@@ -390,15 +306,13 @@ fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<(Prog
         return Ok((Progress::Parts(0), lock));
     }
     let found: Manifest = read_manifest(&manifest_path, "remove the directory to start over")?;
-    if found.job != manifest.job {
-        return Err(Error::file(
-            dir,
-            format!(
-                "holds an unfinished run of another job ({}); resume it with the same input, model and settings, or remove the directory to start over",
-                job_differences(&found.job, &manifest.job)
-            ),
-        ));
-    }
+    check_same_job(
+        dir,
+        &found.job,
+        &manifest.job,
+        "an unfinished run of another job",
+        "resume it with the same input, model and settings, or remove the directory to start over",
+    )?;
     if output.exists() {
         let ours = match &found.merged {
             Some(merged) => FileIdentity::of(output)? == *merged,
@@ -422,128 +336,6 @@ fn prepare_parts(dir: &Path, manifest: &Manifest, output: &Path) -> Result<(Prog
 const MANIFEST_FILE: &str = "manifest.json";
 /// The merged output's name in the part directory, until it is published.
 const MERGED_FILE: &str = "merged.parquet";
-
-/// Writes a job's manifest to `path` atomically (the part directory's here, the output
-/// directory's for cluster annotation).
-pub(crate) fn write_manifest(path: &Path, manifest: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(manifest)
-        .map_err(|e| Error::file(path, format!("cannot record the job: {e}")))?;
-    span_marker::checkpoint::write_atomically(path, text.as_bytes())?;
-    Ok(())
-}
-
-/// Reads a manifest [`write_manifest`] wrote; `otherwise` says what to do when the file is not
-/// one of this version's.
-pub(crate) fn read_manifest<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    otherwise: &str,
-) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| {
-        Error::file(
-            path,
-            format!("not a manifest of this version of the tool ({e}); {otherwise}"),
-        )
-    })
-}
-
-/// What differs between the job that wrote a part directory (or an output directory) and
-/// this one, as "`key` was X, is now Y".
-pub(crate) fn job_differences<T: Serialize>(found: &T, wanted: &T) -> String {
-    let as_map = |job: &T| {
-        serde_json::to_value(job)
-            .ok()
-            .and_then(|value| value.as_object().cloned())
-            .unwrap_or_default()
-    };
-    let (found, wanted) = (as_map(found), as_map(wanted));
-    wanted
-        .iter()
-        .filter(|(key, value)| found.get(*key) != Some(value))
-        .map(|(key, value)| {
-            let before = found.get(key).cloned().unwrap_or_default();
-            let what = match key.as_str() {
-                "input" => "the input file's content changed: ",
-                "model" => "the model's weights changed: ",
-                _ => "",
-            };
-            format!("{what}`{key}` was {before}, is now {value}")
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// Writes `batches` to `path` through a temporary file and a rename, so that `path` is either
-/// absent or complete. A failure (a full disk among them) names `path`.
-fn write_parquet_atomically(
-    path: &Path,
-    schema: &SchemaRef,
-    batches: impl IntoIterator<Item = Result<RecordBatch>>,
-) -> Result<()> {
-    let mut out = ParquetOut::create(path, schema)?;
-    for batch in batches {
-        out.write(&batch?)?;
-    }
-    let temp = out.finish()?;
-    temp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
-}
-
-/// How the temporary names of [`ParquetOut`] files start (they end in `.tmp`).
-pub(crate) const TEMP_PREFIX: &str = ".span-marker-";
-
-/// A Parquet file being written under a temporary name beside its destination.
-pub(crate) struct ParquetOut {
-    path: PathBuf,
-    temp: tempfile::NamedTempFile,
-    writer: ArrowWriter<File>,
-}
-
-impl ParquetOut {
-    /// Starts a file meant for `path` (in `path`'s directory).
-    pub(crate) fn create(path: &Path, schema: &SchemaRef) -> Result<Self> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let temp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(dir, e))?;
-        let file = temp.reopen().map_err(|e| Error::io(temp.path(), e))?;
-        let properties = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
-            .build();
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(properties))
-            .map_err(|e| Self::cannot_write(path, &e))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            temp,
-            writer,
-        })
-    }
-
-    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.writer
-            .write(batch)
-            .map_err(|e| Self::cannot_write(&self.path, &e))
-    }
-
-    /// Closes the file and syncs it to disk: complete, still under its temporary name (which
-    /// goes when the returned handle is dropped).
-    pub(crate) fn finish(self) -> Result<tempfile::NamedTempFile> {
-        self.writer
-            .close()
-            .map_err(|e| Self::cannot_write(&self.path, &e))?;
-        self.temp
-            .as_file()
-            .sync_all()
-            .map_err(|e| Error::io(&self.path, e))?;
-        Ok(self.temp)
-    }
-
-    fn cannot_write(path: &Path, e: &dyn std::fmt::Display) -> Error {
-        Error::file(path, format!("cannot write: {e}"))
-    }
-}
 
 /// Streams every part into a merged file, records it in the manifest, publishes it at
 /// `output` (never replacing a file there), then removes the parts.
@@ -593,40 +385,4 @@ fn remove_parts(dir: &Path) -> Result<()> {
     let doomed = dir.with_file_name(name);
     std::fs::rename(dir, &doomed).map_err(|e| Error::io(dir, e))?;
     std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
-}
-
-/// Moves `file` to `output` unless something is there: a hard link fails rather than replace,
-/// where a rename would not. File systems without hard links get a checked rename (a file
-/// created at the output in the instant between the check and the rename would be replaced).
-/// `kept` says where the result stays when the output is taken.
-pub(crate) fn publish(file: &Path, output: &Path, kept: &str) -> Result<()> {
-    let taken = || {
-        Error::file(
-            output,
-            format!("appeared while the annotation ran; it was not replaced ({kept})"),
-        )
-    };
-    match std::fs::hard_link(file, output) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(taken()),
-        // `symlink_metadata`: a dangling link at the output is something there too.
-        Err(_) if std::fs::symlink_metadata(output).is_ok() => Err(taken()),
-        Err(_) => std::fs::rename(file, output).map_err(|e| Error::io(output, e)),
-    }
-}
-
-pub(crate) fn progress_bar(show: bool, total: u64, done: u64) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total).with_position(done);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} annotate [{bar:30}] {pos}/{len} rows ({per_sec}, eta {eta})",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
-    bar.reset_eta();
-    bar
 }

@@ -6,14 +6,18 @@
 //! all go through it. An entity's fields are listed once, in [`entity_fields`] and
 //! [`entities_column`]: a new field goes there (and into
 //! [`PredictedEntity`](span_marker::PredictedEntity) when the core must compute it).
+//!
+//! Bulk annotation (local and on a cluster) names the column of a file it reads with an
+//! [`InputColumn`], checked against the file's schema before any row is read.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Float32Array, Int64Array, ListArray, StringArray, StructArray,
 };
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
-use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use span_marker::spans::Span;
 use span_marker::{PredictOptions, PredictedEntity, SentenceInput};
@@ -71,6 +75,80 @@ impl InputKind {
     pub fn output_type(self) -> DataType {
         list_of(entity_fields(self == Self::Text))
     }
+}
+
+/// Which input column of a file holds the sentences.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputColumn {
+    /// A list-of-words column.
+    Tokens(String),
+    /// A raw-text column; entities then carry character offsets and their text.
+    Text(String),
+}
+
+impl InputColumn {
+    /// The column's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Tokens(name) | Self::Text(name) => name,
+        }
+    }
+
+    /// What the column holds.
+    pub fn kind(&self) -> InputKind {
+        match self {
+            Self::Tokens(_) => InputKind::Words,
+            Self::Text(_) => InputKind::Text,
+        }
+    }
+}
+
+/// `input` (the schema of the file at `path`) plus the entity column `output_column`, after
+/// checking that `column` is there with a type it can be read as.
+pub(crate) fn entity_schema(
+    input: &SchemaRef,
+    path: &Path,
+    column: &InputColumn,
+    output_column: &str,
+) -> Result<SchemaRef> {
+    let name = column.name();
+    let field = input.field_with_name(name).map_err(|_| {
+        let found: Vec<&String> = input.fields().iter().map(|f| f.name()).collect();
+        Error::column(
+            name,
+            format!("not in {}; its columns are {found:?}", path.display()),
+        )
+    })?;
+    let kind = column.kind();
+    if !kind.accepts(field.data_type()) {
+        let hint = kind
+            .other()
+            .accepts(field.data_type())
+            .then_some(match kind {
+                InputKind::Words => "the text column option",
+                InputKind::Text => "the tokens column option",
+            });
+        return Err(Error::column(
+            name,
+            kind.mismatch(name, field.data_type(), hint),
+        ));
+    }
+    if input.field_with_name(output_column).is_ok() {
+        return Err(Error::column(
+            output_column,
+            format!(
+                "{} already has this column: choose another output column name",
+                path.display()
+            ),
+        ));
+    }
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(output_column, kind.output_type(), true));
+    Ok(Arc::new(Schema::new_with_metadata(
+        fields,
+        input.metadata().clone(),
+    )))
 }
 
 /// How [`predict_column`] annotates a column and names its rows.

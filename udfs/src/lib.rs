@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod columns;
 pub mod dataset;
 mod error;
+mod job;
 mod model;
 pub mod pipeline;
 #[cfg(feature = "polars")]

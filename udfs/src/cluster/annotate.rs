@@ -13,7 +13,8 @@
 //! after any failure (a lost executor, a killed client) checks that it continues the same job
 //! and skips every file whose output is there and intact, so no row is lost or written twice.
 //! An output file the manifest does not know of is never replaced. The directory is locked
-//! while a run works in it.
+//! while a run works in it. (These are the promises of every resumable job of this crate,
+//! kept by its `job` module, which local annotation shares.)
 //!
 //! Input files must be reachable at the same path by the client (which reads their schema)
 //! and by every executor (which reads their rows): a shared file system.
@@ -30,15 +31,14 @@ use datafusion::prelude::{Expr, ParquetReadOptions, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use span_marker::fingerprint::FileIdentity;
-use span_marker::lock::DirLock;
 
-use crate::annotate::{
-    entity_schema, job_differences, progress_bar, publish, read_manifest, write_manifest,
-    InputColumn, ParquetOut, TEMP_PREFIX,
-};
 use crate::cluster::{readable_error, Cluster};
-use crate::columns::InputKind;
+use crate::columns::{entity_schema, InputColumn, InputKind};
 use crate::error::{Error, Result};
+use crate::job::{
+    check_same_job, lock_dir, progress_bar, publish, read_manifest, write_manifest, AnnotationJob,
+    ParquetOut,
+};
 use crate::sources::open_parquet;
 use crate::sql::SpanMarkerOptions;
 
@@ -76,19 +76,6 @@ pub struct ClusterAnnotateReport {
     pub elapsed: Duration,
 }
 
-/// What a rerun must share with the run that started the output directory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Job {
-    /// The model's content digest, as every executor reported it.
-    model: String,
-    column: InputColumn,
-    output_column: String,
-    /// The settings that change which entities are written, as set in the session.
-    threshold: f64,
-    allow_overlapping: bool,
-    precision: String,
-}
-
 /// A finished file: the contents it was made from and the contents written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Finished {
@@ -98,7 +85,9 @@ struct Finished {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Manifest {
-    job: Job,
+    /// What a rerun must share with the run that started the output directory; its
+    /// prediction settings are the session's.
+    job: AnnotationJob,
     /// By output file name.
     files: BTreeMap<String, Finished>,
 }
@@ -156,8 +145,8 @@ pub async fn annotate_files(
     if options.files_at_once == 0 {
         return Err(setting("files_at_once", "must be at least 1"));
     }
-    let settings = SpanMarkerOptions::from_config(ctx.state().config().options());
-    settings.predict_options()?;
+    let predict =
+        SpanMarkerOptions::from_config(ctx.state().config().options()).predict_options()?;
     let inputs = check_inputs(options)?;
     // One task per file, whatever the caller's session says: its rows come back in order.
     let mut state = ctx.state();
@@ -175,19 +164,15 @@ pub async fn annotate_files(
         .next()
         .map(|info| info.fingerprint.clone())
         .unwrap_or_default();
-    let job = Job {
-        model: fingerprint,
-        column: options.column.clone(),
-        output_column: options.output_column.clone(),
-        threshold: settings.threshold,
-        allow_overlapping: settings.allow_overlapping,
-        precision: settings.precision.clone(),
-    };
+    let job = AnnotationJob::new(
+        fingerprint,
+        &options.column,
+        &options.output_column,
+        &predict,
+    )?;
 
     let dir = &options.output_dir;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let _lock = DirLock::acquire(dir, "annotation")?;
-    remove_unfinished(dir)?;
+    let _lock = lock_dir(dir)?;
     let manifest = open_manifest(dir, job)?;
     let mut pending = Vec::new();
     let mut skipped_files = 0;
@@ -261,22 +246,9 @@ fn check_inputs(options: &ClusterAnnotateOptions) -> Result<Vec<Input>> {
     Ok(inputs)
 }
 
-/// Removes what killed runs left in `dir` (locked by this run): outputs and manifests being
-/// written, under their temporary names.
-fn remove_unfinished(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if name.starts_with(TEMP_PREFIX) && name.ends_with(".tmp") && path.is_file() {
-            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-        }
-    }
-    Ok(())
-}
-
 /// The output directory's manifest, checked to be `job`'s, or a new one for `job` (written
 /// with the first finished file).
-fn open_manifest(dir: &Path, job: Job) -> Result<Manifest> {
+fn open_manifest(dir: &Path, job: AnnotationJob) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
     if !path.exists() {
         return Ok(Manifest {
@@ -285,15 +257,13 @@ fn open_manifest(dir: &Path, job: Job) -> Result<Manifest> {
         });
     }
     let found: Manifest = read_manifest(&path, "use another output directory")?;
-    if found.job != job {
-        return Err(Error::file(
-            dir,
-            format!(
-                "holds the output of another annotation job ({}); rerun it with the same model and settings, or use another output directory",
-                job_differences(&found.job, &job)
-            ),
-        ));
-    }
+    check_same_job(
+        dir,
+        &found.job,
+        &job,
+        "the output of another annotation job",
+        "rerun it with the same model and settings, or use another output directory",
+    )?;
     Ok(found)
 }
 
