@@ -236,6 +236,29 @@ impl fmt::Display for Precision {
     }
 }
 
+/// As its name (`fp32`, `bf16`, `fp16`, `int8`), which is what settings give.
+impl serde::Serialize for Precision {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// From any name that [`FromStr`] reads; an unknown one is an error listing the precisions.
+impl<'de> serde::Deserialize<'de> for Precision {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(|e| match e {
+            Error::Config(message) => serde::de::Error::custom(message),
+            other => serde::de::Error::custom(other),
+        })
+    }
+}
+
 /// Keeps freed tensor memory in the process instead of handing it back to the system after
 /// every step; call it once at start-up, before any model work. Returns whether the allocator
 /// was tuned (only glibc's is; elsewhere this does nothing).

@@ -6,7 +6,7 @@
 //! decoding, with two additions: an optional score threshold and optional overlapping output.
 //! Sentences longer than the model input are encoded in windows and decoded as one sentence.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
 use crate::collate::{collate, CollateSpec};
@@ -24,27 +24,136 @@ use crate::tokenizer::{SentenceInput, TokenizedSentence};
 /// row (and only this row) from being encoded.
 pub type RowPrediction = Result<Option<Vec<PredictedEntity>>>;
 
-/// Options for [`SpanMarkerModel::predict`]: the one definition of the prediction settings and
-/// their defaults, used by the engine functions' settings and (with the `clap` feature) as the
-/// command line's `--batch-size`, `--threshold`, `--overlapping` and `--precision`.
-#[derive(Debug, Clone, PartialEq)]
+/// Options for [`SpanMarkerModel::predict`]: the one definition of the prediction settings,
+/// with their defaults ([`Default`]), descriptions and checks, read by every engine:
+///
+/// - SQL's `SET span_marker.<key> = '<value>'` in their string form ([`set`](Self::set),
+///   [`settings`](Self::settings), [`from_settings`](Self::from_settings));
+/// - the Polars plugin's keyword arguments through serde ([`read`](Self::read); missing keys
+///   keep their defaults);
+/// - the command line's `--batch-size`, `--threshold`, `--overlapping` and `--precision` (with
+///   the `clap` feature; their defaults are [`Default`]'s).
+///
+/// Adding a setting: a field here with its doc, its default in [`Default`], and its entry (key,
+/// description, string form) in the settings table below; every engine then takes it. The
+/// descriptions are what `--help` and SQL's `information_schema.df_settings` show.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct PredictOptions {
     /// Samples per forward pass.
-    #[cfg_attr(feature = "clap", arg(long, default_value_t = PredictOptions::DEFAULT_BATCH_SIZE))]
+    #[cfg_attr(feature = "clap", arg(
+        long,
+        default_value_t = PredictOptions::default().batch_size,
+        help = PredictOptions::description("batch_size")
+    ))]
     pub batch_size: usize,
     /// Drop entities scoring below this probability.
-    #[cfg_attr(feature = "clap", arg(long))]
+    #[cfg_attr(feature = "clap", arg(long, help = PredictOptions::description("threshold")))]
     pub threshold: Option<f32>,
     /// Return every non-`O` span instead of the best non-overlapping ones.
-    #[cfg_attr(feature = "clap", arg(long = "overlapping"))]
+    #[cfg_attr(feature = "clap", arg(
+        long = "overlapping",
+        help = PredictOptions::description("allow_overlapping")
+    ))]
     pub allow_overlapping: bool,
-    /// Precision of the forward passes: `fp32`; `bf16` on a CUDA device (autocast) or a CPU
-    /// with bfloat16 instructions (bfloat16 linear maps where libtorch has oneDNN, autocast
-    /// elsewhere); `fp16` autocast on a CUDA device;
-    /// `int8` (dynamically quantised linear maps) on the CPU.
-    #[cfg_attr(feature = "clap", arg(long, default_value_t = Precision::Float32))]
+    /// Precision of the forward passes (see [`Precision`]).
+    #[cfg_attr(feature = "clap", arg(
+        long,
+        default_value_t = PredictOptions::default().precision,
+        help = PredictOptions::description("precision")
+    ))]
     pub precision: Precision,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: Self::DEFAULT_BATCH_SIZE,
+            threshold: None,
+            allow_overlapping: false,
+            precision: Precision::Float32,
+        }
+    }
+}
+
+/// One prediction setting as the engines name it: its key (`span_marker.<key>` in SQL, a
+/// keyword argument in Python), what it does, and its string form.
+struct Setting {
+    key: &'static str,
+    /// What listings of settings show (SQL's `information_schema.df_settings`).
+    description: &'static str,
+    /// The value as a string, which `set` reads back to the same value.
+    get: fn(&PredictOptions) -> String,
+    /// Reads a value given as a string, or says why it does not parse.
+    set: fn(&mut PredictOptions, &str) -> std::result::Result<(), String>,
+}
+
+/// The settings, in the order of [`PredictOptions::KEYS`].
+const SETTINGS: [Setting; 4] = [
+    Setting {
+        key: "batch_size",
+        description: "Encoder samples per forward pass.",
+        get: |o| o.batch_size.to_string(),
+        set: |o, value| {
+            o.batch_size = parse(value, "a whole number")?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "threshold",
+        description: "Drop entities scoring below this probability (0 keeps every entity the \
+                      model finds).",
+        get: |o| o.threshold.map_or_else(|| "0".into(), |t| t.to_string()),
+        set: |o, value| {
+            let threshold: f32 = match value.trim() {
+                "" => 0.0,
+                value => parse(value, "a number")?,
+            };
+            o.threshold = (threshold != 0.0).then_some(threshold);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "allow_overlapping",
+        description: "Whether entities may overlap: every non-`O` span instead of the best \
+                      non-overlapping ones.",
+        get: |o| o.allow_overlapping.to_string(),
+        set: |o, value| {
+            o.allow_overlapping = parse(&value.to_ascii_lowercase(), "`true` or `false`")?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "precision",
+        description: "Precision of the forward passes: `fp32`; `bf16` on a CUDA device \
+                      (autocast) or a CPU with bfloat16 instructions (bfloat16 linear maps where \
+                      libtorch has oneDNN, autocast elsewhere); `fp16` autocast on a CUDA device; \
+                      `int8` (dynamically quantised linear maps) on the CPU.",
+        get: |o| o.precision.to_string(),
+        set: |o, value| {
+            o.precision = value.parse().map_err(|e| match e {
+                Error::Config(message) => message,
+                other => other.to_string(),
+            })?;
+            Ok(())
+        },
+    },
+];
+
+/// `value` (trimmed) as a `T`, or why not: "expected {what}, got '{value}' ({reason})".
+fn parse<T: std::str::FromStr>(value: &str, what: &str) -> std::result::Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .trim()
+        .parse()
+        .map_err(|e| format!("expected {what}, got '{value}' ({e})"))
+}
+
+fn setting(key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.key == key)
 }
 
 impl PredictOptions {
@@ -53,6 +162,102 @@ impl PredictOptions {
     /// The largest `batch_size` accepted: far beyond what fits any accelerator, small enough
     /// that a mistyped number is an error rather than an allocation of terabytes.
     pub const MAX_BATCH_SIZE: usize = 1 << 16;
+
+    /// The settings' keys (the fields' names), in the order [`settings`](Self::settings) lists
+    /// them.
+    pub const KEYS: [&'static str; SETTINGS.len()] = {
+        let mut keys = [""; SETTINGS.len()];
+        let mut i = 0;
+        while i < keys.len() {
+            keys[i] = SETTINGS[i].key;
+            i += 1;
+        }
+        keys
+    };
+
+    /// The settings that engines taking settings ahead of a run (SQL's `SET`, the Polars
+    /// plugin's keyword arguments) accept as given and check when prediction runs, where the
+    /// device decides which values run: `SET span_marker.precision = 'int4'` succeeds and the
+    /// query that reads it fails, naming the setting, as does a Polars expression given
+    /// `precision="int4"` when it runs. The others' values must parse when given.
+    pub const CHECKED_WHEN_RUN: [&'static str; 1] = ["precision"];
+
+    /// What the setting `key` does, for listings of settings; `None` for an unknown key.
+    pub fn description(key: &str) -> Option<&'static str> {
+        setting(key).map(|s| s.description)
+    }
+
+    /// Sets `key` from its string form, as SQL's `SET` gives it: `batch_size` a whole number,
+    /// `threshold` a number (`0` or nothing for none), `allow_overlapping` `true` or `false`,
+    /// `precision` a name (`fp32`, `bf16`, `fp16`, `int8`). Ranges are checked by
+    /// [`validate`](Self::validate); an error names the setting.
+    ///
+    /// ```
+    /// use span_marker::PredictOptions;
+    /// let mut options = PredictOptions::default();
+    /// options.set("threshold", "0.5")?;
+    /// assert_eq!(options.threshold, Some(0.5));
+    /// let error = options.set("batch_size", "many").unwrap_err().to_string();
+    /// assert!(error.contains("`batch_size`") && error.contains("many"), "{error}");
+    /// # Ok::<(), span_marker::Error>(())
+    /// ```
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let Some(setting) = setting(key) else {
+            return Err(Error::Config(format!(
+                "unknown prediction setting `{key}`; the settings are {}",
+                Self::KEYS.join(", ")
+            )));
+        };
+        (setting.set)(self, value).map_err(|message| Error::Setting {
+            key: setting.key,
+            message,
+        })
+    }
+
+    /// Every setting as (key, string form), in [`KEYS`](Self::KEYS) order: what
+    /// [`set`](Self::set) reads back to these options (`threshold` is `0` when there is none).
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        SETTINGS.iter().map(|s| (s.key, (s.get)(self))).collect()
+    }
+
+    /// The options that settings in their string form give (unknown keys are an error, missing
+    /// ones keep their defaults), checked: an error names the setting.
+    pub fn from_settings<'a>(
+        settings: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self> {
+        let mut options = Self::default();
+        for (key, value) in settings {
+            options.set(key, value)?;
+        }
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// The options that a serde source of keyed values gives (the Polars plugin's keyword
+    /// arguments: missing keys keep their defaults, unknown ones are an error), checked: an
+    /// error names the setting.
+    ///
+    /// ```
+    /// use span_marker::PredictOptions;
+    /// let options = PredictOptions::read(serde_json::json!({"precision": "bf16"}))?;
+    /// assert_eq!(options.batch_size, PredictOptions::default().batch_size);
+    /// let error = PredictOptions::read(serde_json::json!({"batch_size": "8"})).unwrap_err();
+    /// assert!(error.to_string().contains("`batch_size`: invalid type"), "{error}");
+    /// # Ok::<(), span_marker::Error>(())
+    /// ```
+    pub fn read<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self> {
+        let options: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            match setting(&e.path().to_string()) {
+                Some(setting) => Error::Setting {
+                    key: setting.key,
+                    message: e.inner().to_string(),
+                },
+                None => Error::Config(format!("prediction options: {}", e.inner())),
+            }
+        })?;
+        options.validate()?;
+        Ok(options)
+    }
 
     /// Checks every option, naming the first one out of range.
     ///
@@ -86,17 +291,6 @@ pub(crate) fn check_batch_size(batch_size: usize) -> Result<()> {
             PredictOptions::MAX_BATCH_SIZE
         ),
     })
-}
-
-impl Default for PredictOptions {
-    fn default() -> Self {
-        Self {
-            batch_size: Self::DEFAULT_BATCH_SIZE,
-            threshold: None,
-            allow_overlapping: false,
-            precision: Precision::Float32,
-        }
-    }
 }
 
 /// One predicted entity.
@@ -401,6 +595,103 @@ mod tests {
             label,
             score,
         }
+    }
+
+    #[test]
+    fn every_setting_reads_back_its_string_form_and_serde_agrees_with_default() {
+        let options = PredictOptions {
+            batch_size: 7,
+            threshold: Some(0.9),
+            allow_overlapping: true,
+            precision: Precision::Int8,
+        };
+        let settings = options.settings();
+        let keys: Vec<&str> = settings.iter().map(|(key, _)| *key).collect();
+        assert_eq!(keys, PredictOptions::KEYS);
+        let again =
+            PredictOptions::from_settings(settings.iter().map(|(k, v)| (*k, v.as_str()))).unwrap();
+        assert_eq!(again, options);
+        for key in PredictOptions::KEYS {
+            assert!(PredictOptions::description(key).is_some_and(|d| !d.is_empty()));
+        }
+        // Serde: the same keys, missing ones at their defaults, values as the string forms.
+        let json = serde_json::to_value(&options).unwrap();
+        assert_eq!(json["precision"], "int8");
+        assert_eq!(PredictOptions::read(&json).unwrap(), options);
+        let empty = serde_json::json!({});
+        assert_eq!(
+            PredictOptions::read(&empty).unwrap(),
+            PredictOptions::default()
+        );
+        assert_eq!(
+            PredictOptions::from_settings(
+                PredictOptions::default()
+                    .settings()
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+            )
+            .unwrap(),
+            PredictOptions::default()
+        );
+        // `0` or nothing is no threshold, as SQL writes it.
+        let mut options = PredictOptions::default();
+        options.set("threshold", "0.5").unwrap();
+        assert_eq!(options.threshold, Some(0.5));
+        options.set("threshold", "0").unwrap();
+        assert_eq!(options.threshold, None);
+        options.set("allow_overlapping", "TRUE").unwrap();
+        assert!(options.allow_overlapping);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let mut options = PredictOptions::default();
+        for (key, value, expected) in [
+            ("batch_size", "many", "expected a whole number, got 'many'"),
+            ("threshold", "high", "expected a number"),
+            ("allow_overlapping", "maybe", "`true` or `false`"),
+            ("precision", "int4", "unknown precision \"int4\""),
+        ] {
+            let error = options.set(key, value).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("invalid setting `{key}`")) && error.contains(expected),
+                "{error}"
+            );
+        }
+        let error = options.set("nope", "1").unwrap_err().to_string();
+        assert!(
+            error.contains("`nope`") && error.contains("batch_size, threshold"),
+            "{error}"
+        );
+        // Ranges are checked by `validate`, which `from_settings` and `read` run.
+        let error = PredictOptions::from_settings([("threshold", "2")]).unwrap_err();
+        assert!(error.to_string().contains("`threshold`"), "{error}");
+        for (json, expected) in [
+            (
+                serde_json::json!({"batch_size": 0}),
+                "`batch_size`: must be between 1 and",
+            ),
+            (
+                serde_json::json!({"batch_size": -1}),
+                "`batch_size`: invalid value",
+            ),
+            (
+                serde_json::json!({"threshold": "high"}),
+                "`threshold`: invalid type",
+            ),
+            (
+                serde_json::json!({"precision": "fp64"}),
+                "`precision`: unknown precision",
+            ),
+        ] {
+            let error = PredictOptions::read(&json).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+        let error = PredictOptions::read(serde_json::json!({"batch": 8})).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `batch`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub struct BenchOptions {
     /// measure how time and memory grow with sentence length).
     #[arg(long, default_value_t = 1)]
     pub join: usize,
-    #[arg(long, default_value_t = PredictOptions::DEFAULT_BATCH_SIZE)]
+    /// Samples per forward pass (and per training step); the default is `predict`'s.
+    #[arg(long, default_value_t = PredictOptions::default().batch_size)]
     pub batch_size: usize,
     /// Intra-op threads for both implementations (default: all logical CPUs).
     #[arg(long)]
@@ -90,22 +91,29 @@ pub struct BenchOptions {
     /// This crate's precision (training: both implementations' mixed precision; inference:
     /// `fp32`, `bf16` autocast (CUDA, or a CPU with bfloat16 instructions), `fp16` autocast (CUDA)
     /// or `int8` (CPU) for this crate, Python predicting in float32).
-    #[arg(long, default_value_t = Precision::Float32)]
+    #[arg(long, default_value_t = PredictOptions::default().precision)]
     pub precision: Precision,
 }
 
 impl BenchOptions {
+    /// The prediction options of the inference runs: --batch-size and --precision, the
+    /// others at their defaults (the Python reference has none of them).
+    fn predict_options(&self) -> PredictOptions {
+        PredictOptions {
+            batch_size: self.batch_size,
+            precision: self.precision,
+            ..Default::default()
+        }
+    }
+
     /// Checks every numeric option against its range, naming the first one outside.
     fn validate(&self) -> Result<(), String> {
+        self.predict_options()
+            .validate()
+            .map_err(|e| e.to_string())?;
         let counts = [
             ("--sentences", self.sentences, 1, 10_000_000),
             ("--join", self.join, 1, 10_000),
-            (
-                "--batch-size",
-                self.batch_size,
-                1,
-                PredictOptions::MAX_BATCH_SIZE,
-            ),
             ("--threads", self.threads(), 1, 4096),
             ("--warmup", self.warmup, 0, 1000),
             ("--repeat", self.repeat, 1, 1000),
@@ -174,11 +182,7 @@ fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     let sentences: Vec<Vec<String>> = examples.iter().map(|e| e.tokens.clone()).collect();
     let words = borrowed_words(&sentences);
     let inputs: Vec<SentenceInput<'_>> = words.iter().map(|w| SentenceInput::Words(w)).collect();
-    let predict = PredictOptions {
-        batch_size: options.batch_size,
-        precision: options.precision,
-        ..Default::default()
-    };
+    let predict = options.predict_options();
 
     let task = if options.train_steps > 0 {
         "training"
@@ -370,11 +374,8 @@ fn bench_sql(
         path.display()
     );
     let ctx = ctx.enable_url_table();
-    for setting in [
-        format!("SET span_marker.batch_size = {}", options.batch_size),
-        format!("SET span_marker.precision = '{}'", options.precision),
-    ] {
-        runtime.block_on(ctx.sql(&setting))?;
+    for (key, value) in options.predict_options().settings() {
+        runtime.block_on(ctx.sql(&format!("SET span_marker.{key} = '{value}'")))?;
     }
     let run = || -> Result<(f64, Entities), Box<dyn std::error::Error>> {
         let start = Instant::now();

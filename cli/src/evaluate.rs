@@ -28,13 +28,19 @@ pub struct EvaluateArgs {
     /// The tags column: ids into the model's labels or tag strings (tables).
     #[arg(long, default_value = "ner_tags")]
     tags_column: String,
-    /// Samples per forward pass.
-    #[arg(long, default_value_t = PredictOptions::DEFAULT_BATCH_SIZE)]
+    // `predict`'s `--batch-size` and `--precision` (`PredictOptions`' defaults and descriptions):
+    // evaluation decodes as training does, so the other prediction options do not apply.
+    #[arg(
+        long,
+        default_value_t = PredictOptions::default().batch_size,
+        help = PredictOptions::description("batch_size")
+    )]
     batch_size: usize,
-    /// Precision of the forward passes: `fp32`; `bf16` on a CUDA device (autocast) or a CPU
-    /// with bfloat16 instructions (bfloat16 linear maps); `fp16` autocast on a CUDA device;
-    /// `int8` (dynamically quantised linear maps) on the CPU.
-    #[arg(long, default_value_t = Precision::Float32)]
+    #[arg(
+        long,
+        default_value_t = PredictOptions::default().precision,
+        help = PredictOptions::description("precision")
+    )]
     precision: Precision,
 }
 

@@ -41,11 +41,12 @@ fn py_error(error: impl std::fmt::Display) -> PyErr {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("SpanMarkerError", m.py().get_type::<SpanMarkerError>())?;
-    m.add("DEFAULT_BATCH_SIZE", PredictOptions::DEFAULT_BATCH_SIZE)?;
+    // Defaults for Python's signatures and scripts: the Rust types' own.
+    let predict = PredictOptions::default();
+    m.add("DEFAULT_BATCH_SIZE", predict.batch_size)?;
     m.add("MAX_BATCH_SIZE", PredictOptions::MAX_BATCH_SIZE)?;
-    let settings = SpanMarkerOptions::default();
-    m.add("DEFAULT_DEVICE", settings.device)?;
-    m.add("DEFAULT_PRECISION", settings.precision)?;
+    m.add("DEFAULT_DEVICE", SpanMarkerOptions::default().device)?;
+    m.add("DEFAULT_PRECISION", predict.precision.to_string())?;
     m.add(
         "DEFAULT_ENTITY_MAX_LENGTH",
         ModelSettings::DEFAULT_ENTITY_MAX_LENGTH,
@@ -55,5 +56,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sql::scalar_function_names, m)?)?;
     m.add_function(wrap_pyfunction!(train::train, m)?)?;
     m.add_function(wrap_pyfunction!(plugin::rust_polars_predict, m)?)?;
+    m.add_function(wrap_pyfunction!(plugin::check_predict_options, m)?)?;
     Ok(())
 }

@@ -8,49 +8,125 @@ use polars::prelude::{
     col, Column, DataFrame, DataType, Field, IntoColumn, IntoLazy, PolarsResult, Series,
 };
 use polars_error::{polars_bail, polars_err};
-use pyo3::exceptions::PyUserWarning;
+use pyo3::exceptions::{PyTypeError, PyUserWarning, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 use pyo3_polars::derive::polars_expr;
 use pyo3_polars::PyDataFrame;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 use span_marker_udfs::columns::InputKind;
 use span_marker_udfs::polars_expr::{self as engine, PredictKwargs, SpanMarkerExt};
-use span_marker_udfs::span_marker::PredictOptions;
+use span_marker_udfs::span_marker::{Error, PredictOptions};
 use span_marker_udfs::SharedModel;
 
-/// The keyword arguments of `predict` and `predict_text` (checked in Python first).
-#[derive(Debug, Deserialize, FromPyObject)]
-#[pyo3(from_item_all)]
+/// The keyword arguments of `predict` and `predict_text`, as `_predict_kwargs` in
+/// `span_marker_rs/polars.py` makes them.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PredictArgs {
     model: String,
     device: String,
-    batch_size: usize,
-    threshold: Option<f64>,
-    allow_overlapping: bool,
-    precision: String,
     strict: bool,
+    /// The prediction options the caller gave, by key: [`PredictOptions`] reads them (with its
+    /// defaults for the others) when the expression runs.
+    options: Value,
 }
 
 impl PredictArgs {
     fn kwargs(&self, expression: &str) -> PolarsResult<PredictKwargs> {
-        let precision = self
-            .precision
-            .parse()
-            .map_err(|e| polars_err!(ComputeError: "span_marker.{expression}: `precision`: {e}"))?;
-        let options = PredictOptions {
-            batch_size: self.batch_size,
-            threshold: self.threshold.map(|t| t as f32),
-            allow_overlapping: self.allow_overlapping,
-            precision,
-        };
-        options
-            .validate()
+        let options = PredictOptions::read(&self.options)
             .map_err(|e| polars_err!(ComputeError: "span_marker.{expression}: {e}"))?;
         Ok(PredictKwargs {
             options,
             strict: self.strict,
         })
+    }
+}
+
+/// Checks the prediction options given to `predict` or `predict_text` when the expression is
+/// built, as [`PredictOptions`] reads them when it runs: a value of the wrong type (or an
+/// unknown key) is a `TypeError`, one out of range a `ValueError`, each naming its key. The
+/// settings of [`PredictOptions::CHECKED_WHEN_RUN`] (`precision`) are checked for their type
+/// only: the expression checks their value when it runs, with the device.
+#[pyfunction]
+pub fn check_predict_options(options: &Bound<'_, PyDict>) -> PyResult<()> {
+    let mut given = json_object(options)?;
+    loop {
+        match PredictOptions::read(Value::Object(given.clone())) {
+            Ok(_) => return Ok(()),
+            Err(Error::Setting { key, message })
+                if PredictOptions::CHECKED_WHEN_RUN.contains(&key) && !is_type_error(&message) =>
+            {
+                given.remove(key);
+            }
+            Err(error) => return Err(option_error(error)),
+        }
+    }
+}
+
+/// An error of [`PredictOptions::read`] as Python's exception for it: a `ValueError` for a value
+/// out of range, a `TypeError` for one of the wrong type or an unknown key (as Python's own error
+/// for an unexpected keyword argument).
+fn option_error(error: Error) -> PyErr {
+    match &error {
+        Error::Setting { message, .. } if !is_type_error(message) => {
+            PyValueError::new_err(error.to_string())
+        }
+        _ => PyTypeError::new_err(error.to_string()),
+    }
+}
+
+/// Whether serde refused a value for its type (`invalid type: string "8", expected usize`)
+/// rather than for its value.
+fn is_type_error(message: &str) -> bool {
+    message.starts_with("invalid type")
+}
+
+/// A Python dict with string keys as a JSON object, for the engine's serde types.
+fn json_object(dict: &Bound<'_, PyDict>) -> PyResult<Map<String, Value>> {
+    dict.iter()
+        .map(|(key, value)| {
+            let key: String = key
+                .extract()
+                .map_err(|_| PyTypeError::new_err(format!("keys must be strings, got {key}")))?;
+            let value = json(&value, &key)?;
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// A plain Python value (None, a bool, an int, a float, a string or a dict of them) as JSON;
+/// `key` names it in errors.
+fn json(value: &Bound<'_, PyAny>, key: &str) -> PyResult<Value> {
+    if value.is_none() {
+        Ok(Value::Null)
+    } else if let Ok(flag) = value.cast::<PyBool>() {
+        Ok(Value::Bool(flag.is_true()))
+    } else if value.is_instance_of::<PyInt>() {
+        match (value.extract::<i64>(), value.extract::<u64>()) {
+            (Ok(number), _) => Ok(number.into()),
+            (_, Ok(number)) => Ok(number.into()),
+            _ => Err(PyValueError::new_err(format!(
+                "`{key}` is out of range, got {value}"
+            ))),
+        }
+    } else if let Ok(number) = value.cast::<PyFloat>() {
+        let number = number.value();
+        serde_json::Number::from_f64(number)
+            .map(Value::Number)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("`{key}` must be a finite number, got {number}"))
+            })
+    } else if value.is_instance_of::<PyString>() {
+        Ok(Value::String(value.extract()?))
+    } else if let Ok(dict) = value.cast::<PyDict>() {
+        json_object(dict).map(Value::Object)
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "`{key}` must be a number, a string, a bool or None, got {}",
+            value.get_type().name()?
+        )))
     }
 }
 
@@ -185,8 +261,10 @@ pub fn rust_polars_predict(
     frame: PyDataFrame,
     column: &str,
     text: bool,
-    kwargs: PredictArgs,
+    kwargs: &Bound<'_, PyDict>,
 ) -> PyResult<PyDataFrame> {
+    let kwargs: PredictArgs = serde_json::from_value(Value::Object(json_object(kwargs)?))
+        .map_err(|e| PyTypeError::new_err(format!("rust_polars_predict: {e}")))?;
     let kind = if text {
         InputKind::Text
     } else {

@@ -165,6 +165,8 @@ pub fn predict_dtype(kind: InputKind) -> DataType {
 /// Options of the prediction expressions.
 #[derive(Debug, Clone, Default)]
 pub struct PredictKwargs {
+    /// The prediction settings, as every engine takes them (their defaults and checks are
+    /// [`PredictOptions`]'; the expressions check them when they run).
     pub options: PredictOptions,
     /// Fail on a row that cannot be annotated instead of returning null for it.
     pub strict: bool,

@@ -30,11 +30,12 @@ __all__ = ["Settings", "register", "session_config"]
 def session_config(config: SessionConfig | None = None) -> SessionConfig:
     """``config`` (or a new ``SessionConfig``) with the ``span_marker.*`` settings.
 
-    A context made from it accepts ``SET span_marker.<key> = <value>`` for the keys ``model``,
-    ``device``, ``batch_size``, ``precision``, ``threshold``, ``allow_overlapping``,
-    ``strict`` and ``entity_max_length`` (the same settings as the Rust engine's). ``SET``
-    refuses an unknown key or a value that does not parse; ranges and models are checked when
-    a function runs. Each error names the setting.
+    A context made from it accepts ``SET span_marker.<key> = <value>`` for the Rust engine's
+    settings: ``model``, ``device``, ``strict``, ``entity_max_length`` and the prediction
+    options (``batch_size``, ``threshold``, ``allow_overlapping``, ``precision``: the keys of
+    :class:`span_marker_rs.polars.PredictOptions`, with the same defaults and checks). ``SET``
+    refuses an unknown key or a value that does not parse; ranges, precisions and models are
+    checked when a function runs. Each error names the setting.
     """
     from datafusion import SessionConfig
 

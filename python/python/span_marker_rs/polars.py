@@ -4,39 +4,72 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import polars as pl
 from polars.plugins import register_plugin_function
 
 from span_marker_rs import _native
-from span_marker_rs._args import check_fraction, check_int, check_str
+from span_marker_rs._args import check_int, check_str
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # The directory of the extension module, which holds the plugin's functions.
 _PLUGIN_PATH = Path(__file__).parent
 
-__all__ = ["SpanMarkerNamespace"]
+__all__ = ["PredictOptions", "SpanMarkerNamespace"]
+
+
+class PredictOptions(TypedDict, total=False):
+    """The prediction options of :meth:`SpanMarkerNamespace.predict` and
+    :meth:`SpanMarkerNamespace.predict_text`, given as keyword arguments.
+
+    They are the Rust engine's ``PredictOptions``, which also reads the SQL settings
+    (``span_marker.<key>``) and the command line's flags, and holds their defaults and checks.
+    An option left out keeps its default. A value of the wrong type is a :class:`TypeError` and
+    one out of range a :class:`ValueError` when the expression is built, each naming its key;
+    ``precision`` is checked when the expression runs, with the device.
+
+    Keys:
+        batch_size: Encoder samples per forward pass (default 32).
+        threshold: Drop entities scoring below this probability (0 to 1; default ``None``,
+            which keeps every entity).
+        allow_overlapping: Return every span labelled as an entity, not only the best
+            non-overlapping ones (default ``False``).
+        precision: ``"fp32"`` (the default); ``"bf16"`` autocast on CUDA or a CPU with bfloat16
+            instructions; ``"fp16"`` autocast on CUDA; ``"int8"`` (dynamically quantised
+            linear maps) on the CPU.
+    """
+
+    batch_size: int
+    threshold: float | None
+    allow_overlapping: bool
+    precision: str
+
+
+def _plain(value: object) -> object:
+    """``value``, with a NumPy scalar as the Python number or bool it holds (the keyword
+    arguments are pickled for the plugin, which reads plain values)."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
 
 
 def _predict_kwargs(
     model: str | os.PathLike[str],
     *,
     device: str = _native.DEFAULT_DEVICE,
-    batch_size: int = _native.DEFAULT_BATCH_SIZE,
-    threshold: float | None = None,
-    allow_overlapping: bool = False,
-    precision: str = _native.DEFAULT_PRECISION,
     strict: bool = False,
+    **options: Unpack[PredictOptions],
 ) -> dict[str, object]:
-    """The plugin's keyword arguments, checked (the one place of their defaults)."""
-    return {
-        "model": check_str("model", model, path=True),
-        "device": check_str("device", device),
-        "batch_size": check_int("batch_size", batch_size, 1, _native.MAX_BATCH_SIZE),
-        "threshold": None if threshold is None else check_fraction("threshold", threshold),
-        "allow_overlapping": bool(allow_overlapping),
-        "precision": check_str("precision", precision),
-        "strict": bool(strict),
-    }
+    """The plugin's keyword arguments: the model, its device and strict mode, and the
+    prediction options given, checked now by the Rust type that reads them when the expression
+    runs (its defaults fill in the options left out)."""
+    model = check_str("model", model, path=True)
+    device = check_str("device", device)
+    given = {key: _plain(value) for key, value in options.items()}
+    _native.check_predict_options(given)
+    return {"model": model, "device": device, "strict": bool(strict), "options": given}
 
 
 @pl.api.register_expr_namespace("span_marker")
@@ -59,11 +92,8 @@ class SpanMarkerNamespace:
         model: str | os.PathLike[str],
         *,
         device: str = _native.DEFAULT_DEVICE,
-        batch_size: int = _native.DEFAULT_BATCH_SIZE,
-        threshold: float | None = None,
-        allow_overlapping: bool = False,
-        precision: str = _native.DEFAULT_PRECISION,
         strict: bool = False,
+        **options: Unpack[PredictOptions],
     ) -> pl.Expr:
         """The entities of a column of words, as ``List(Struct{start, end, label, score})``.
 
@@ -73,14 +103,9 @@ class SpanMarkerNamespace:
             model: A SpanMarker model directory, a Hugging Face model id (from the local cache)
                 or ``"bundled"`` for the small model compiled into the package.
             device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
-            batch_size: Encoder samples per forward pass.
-            threshold: Drop entities scoring below this probability (0 to 1).
-            allow_overlapping: Return every span labelled as an entity, not only the best
-                non-overlapping ones.
-            precision: ``"fp32"``; ``"bf16"`` autocast on CUDA or a CPU with bfloat16
-                instructions; ``"fp16"`` autocast on CUDA; ``"int8"`` (dynamically
-                quantised linear maps) on the CPU.
             strict: Fail on a row that cannot be annotated instead of returning NULL for it.
+            **options: The prediction options (:class:`PredictOptions`): ``batch_size``,
+                ``threshold``, ``allow_overlapping`` and ``precision``.
 
         Example:
             >>> import polars as pl
@@ -90,29 +115,16 @@ class SpanMarkerNamespace:
             >>> [(e["start"], e["end"], e["label"]) for e in out["tokens"][0]]
             [(0, 1, 'LOC'), (3, 4, 'LOC')]
         """
-        return self._register(
-            "predict",
-            _predict_kwargs(
-                model,
-                device=device,
-                batch_size=batch_size,
-                threshold=threshold,
-                allow_overlapping=allow_overlapping,
-                precision=precision,
-                strict=strict,
-            ),
-        )
+        kwargs = _predict_kwargs(model, device=device, strict=strict, **options)
+        return self._register("predict", kwargs)
 
     def predict_text(
         self,
         model: str | os.PathLike[str],
         *,
         device: str = _native.DEFAULT_DEVICE,
-        batch_size: int = _native.DEFAULT_BATCH_SIZE,
-        threshold: float | None = None,
-        allow_overlapping: bool = False,
-        precision: str = _native.DEFAULT_PRECISION,
         strict: bool = False,
+        **options: Unpack[PredictOptions],
     ) -> pl.Expr:
         """The entities of a column of text, split into words by the model's pre-tokenizer.
 
@@ -120,18 +132,8 @@ class SpanMarkerNamespace:
         word indices, character offsets into the text (end exclusive) and the entity's text.
         Arguments as in :meth:`predict`.
         """
-        return self._register(
-            "predict_text",
-            _predict_kwargs(
-                model,
-                device=device,
-                batch_size=batch_size,
-                threshold=threshold,
-                allow_overlapping=allow_overlapping,
-                precision=precision,
-                strict=strict,
-            ),
-        )
+        kwargs = _predict_kwargs(model, device=device, strict=strict, **options)
+        return self._register("predict_text", kwargs)
 
     def candidates(self, entity_max_length: int = _native.DEFAULT_ENTITY_MAX_LENGTH) -> pl.Expr:
         """Every span of up to ``entity_max_length`` words, as ``List(Struct{start, end})``.

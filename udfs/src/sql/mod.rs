@@ -66,8 +66,8 @@ pub(crate) fn add_settings(config: &mut SessionConfig) {
 
 fn add_settings_to(options: &mut ConfigOptions) {
     let extensions = &mut options.extensions;
-    if extensions.get::<options::SessionOptions>().is_none() {
-        extensions.insert(options::SessionOptions::default());
+    if extensions.get::<SpanMarkerOptions>().is_none() {
+        extensions.insert(SpanMarkerOptions::default());
     }
 }
 
@@ -82,9 +82,10 @@ fn add_settings_to(options: &mut ConfigOptions) {
 ///
 /// let mut options = ConfigOptions::default();
 /// set_settings(&mut options, [("span_marker.threshold", "0.5"), ("other.key", "x")])?;
-/// assert_eq!(SpanMarkerOptions::from_config(&options).threshold, 0.5);
+/// let predict = SpanMarkerOptions::from_config(&options).predict_options()?;
+/// assert_eq!(predict.threshold, Some(0.5));
 /// assert!(set_settings(&mut options, [("span_marker.batch_size", "many")]).is_err());
-/// # Ok::<(), datafusion::error::DataFusionError>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn set_settings<'a>(
     options: &mut ConfigOptions,
