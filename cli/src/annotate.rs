@@ -130,22 +130,13 @@ fn run_on_cluster(url: &str, args: &AnnotateArgs, column: InputColumn) -> CliRes
         let inputs = input_files(&input.to_string_lossy())?;
         let executors = cluster.executors()?.len();
         let ctx = cluster.context().await?;
-        let predict = &args.predict;
-        set_session(
-            &ctx,
-            &[
-                ("model", args.model.model.clone()),
-                ("device", args.model.device.clone()),
-                ("batch_size", predict.batch_size.to_string()),
-                (
-                    "threshold",
-                    predict.threshold.map_or("0".into(), |t| t.to_string()),
-                ),
-                ("allow_overlapping", predict.allow_overlapping.to_string()),
-                ("precision", predict.precision.to_string()),
-                ("strict", args.strict.to_string()),
-            ],
-        )?;
+        let mut settings = vec![
+            ("model", args.model.model.clone()),
+            ("device", args.model.device.clone()),
+            ("strict", args.strict.to_string()),
+        ];
+        settings.extend(args.predict.settings());
+        set_session(&ctx, &settings)?;
         let first = inputs.first().cloned();
         let options = ClusterAnnotateOptions {
             inputs,
