@@ -7,8 +7,6 @@
 //! its partner; it is built on the target device from three numbers per sample rather than
 //! copied over cell by cell. See `docs/algorithm.md`, section 7.
 
-use std::collections::HashMap;
-
 use tch::{Device, Kind, Tensor};
 
 use crate::encoding::{EncodedWindow, SampleRef};
@@ -30,9 +28,6 @@ pub struct CollateSpec {
     /// and padding is masked from every text and marker row, so results are the same up to
     /// float summation order. `None` pads to `T` as the reference does.
     pub trim_to_multiple_of: Option<usize>,
-    /// Build [`Batch::distinct`], the first layer's groups, for a plan that uses them
-    /// ([`ForwardPlan::distinct_first_layer`](crate::model::plan::ForwardPlan::distinct_first_layer)).
-    pub group_first_layer: bool,
     pub pad_token_id: u32,
     pub start_marker_id: u32,
     pub end_marker_id: u32,
@@ -67,56 +62,6 @@ pub struct Batch {
     /// inference the encoder's last layer runs on these rows only (see
     /// [`Encoder::forward`](crate::model::encoder::Encoder::forward)).
     pub markers: Tensor,
-    /// The rows of [`tokens`](Self::tokens) grouped by what the encoder's first layer reads of
-    /// them: a row's embeddings, and so its first norm and query-key-value product, follow from
-    /// its token id and position alone, and every `<start>` (`<end>`) marker of a span starting
-    /// (ending) at the same word shares both. `None` unless
-    /// [`CollateSpec::group_first_layer`] asks for it, without `tokens`, or when the distinct
-    /// rows fill as many buckets as `tokens`.
-    pub distinct: Option<DistinctTokens>,
-}
-
-/// The distinct (token id, position id) pairs among the rows of [`Batch::tokens`] (see
-/// [`Batch::distinct`]).
-#[derive(Debug)]
-pub struct DistinctTokens {
-    /// `[U]` int64: one position of the flattened `[B * T]` batch per distinct pair, in order of
-    /// first appearance, the last one repeated up to a multiple of [`TOKEN_BUCKET`] (the
-    /// repeats are never referred to).
-    pub positions: Tensor,
-    /// `[N]` int64: for every row of [`Batch::tokens`], its pair's index in `positions`.
-    pub of_row: Tensor,
-}
-
-impl DistinctTokens {
-    /// Groups `rows` (positions into `input_ids` and `position_ids`) by their (token id,
-    /// position id) pair; `None` when grouping would not save a bucket of rows. Returns the
-    /// host vectors of `positions` and `of_row`.
-    fn group(
-        rows: &[i64],
-        input_ids: &[i64],
-        position_ids: &[i64],
-    ) -> Option<(Vec<i64>, Vec<i64>)> {
-        let mut group_of = HashMap::with_capacity(rows.len() / 2);
-        let mut positions = Vec::new();
-        let of_row = rows
-            .iter()
-            .map(|&row| {
-                let pair = (input_ids[row as usize], position_ids[row as usize]);
-                *group_of.entry(pair).or_insert_with(|| {
-                    positions.push(row);
-                    positions.len() as i64 - 1
-                })
-            })
-            .collect();
-        let keep = positions.len().next_multiple_of(TOKEN_BUCKET);
-        if keep >= rows.len() {
-            return None;
-        }
-        let last = *positions.last()?;
-        positions.resize(keep, last);
-        Some((positions, of_row))
-    }
 }
 
 /// Collates samples into tensors on `device`.
@@ -224,16 +169,6 @@ pub fn collate(
         tokens.extend(padding.take(missing));
         tokens
     });
-    let distinct = tokens
-        .as_ref()
-        .filter(|_| spec.group_first_layer)
-        .and_then(|rows| {
-            let (positions, of_row) = DistinctTokens::group(rows, &input_ids, &position_ids)?;
-            Some(DistinctTokens {
-                positions: to_device(&positions),
-                of_row: to_device(&of_row),
-            })
-        });
     let tokens = tokens.map(|rows| to_device(&rows));
     let num_tokens_host = num_tokens;
     let num_tokens = to_device(&num_tokens_host);
@@ -249,7 +184,6 @@ pub fn collate(
         num_marker_pairs,
         tokens,
         markers: to_device(&markers),
-        distinct,
     })
 }
 

@@ -480,7 +480,6 @@ impl SpanMarkerModel {
         let windows = &encoded.windows;
         let mut spec = CollateSpec {
             trim_to_multiple_of: Some(8),
-            group_first_layer: plan.distinct_first_layer,
             ..self.preprocessor().collate_spec()
         };
         let longest = samples.iter().map(|(s, _)| s.encoder_length(windows));

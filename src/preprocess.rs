@@ -182,7 +182,6 @@ impl Preprocessor {
         CollateSpec {
             total_length: self.settings.total_length(),
             trim_to_multiple_of: None,
-            group_first_layer: false,
             pad_token_id: self.tokenizer.pad_token_id(),
             start_marker_id: self.tokenizer.start_marker_id(),
             end_marker_id: self.tokenizer.end_marker_id(),

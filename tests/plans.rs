@@ -41,8 +41,8 @@ fn sentences_file() -> PathBuf {
     repo().join("examples/data/test.txt")
 }
 
-/// One batch of the first 16 sentences, collated as prediction collates them (trimmed, with
-/// the first layer's groups): long and short sentences together, so that it has padding.
+/// One batch of the first 16 sentences, collated as prediction collates them (trimmed): long
+/// and short sentences together, so that it has padding.
 fn conll_batch(model: &SpanMarkerModel) -> Batch {
     let words: Vec<Vec<String>> = conll_words(&sentences_file(), model.labels())
         .into_iter()
@@ -53,7 +53,6 @@ fn conll_batch(model: &SpanMarkerModel) -> Batch {
         let encoded = model.preprocessor().encode(&rows).unwrap();
         let spec = CollateSpec {
             trim_to_multiple_of: Some(8),
-            group_first_layer: true,
             ..model.preprocessor().collate_spec()
         };
         encoded
@@ -92,19 +91,16 @@ fn plans() -> Vec<(ForwardPlan, f64)> {
     let mut plans = Vec::new();
     for (maps, attention, autocast, tolerance) in forms {
         for skip_padding in [PaddingRule::Never, PaddingRule::Always] {
-            for distinct_first_layer in [false, true] {
-                for last_layer_on_markers in [false, true] {
-                    let plan = ForwardPlan {
-                        maps,
-                        attention,
-                        autocast,
-                        skip_padding,
-                        distinct_first_layer,
-                        last_layer_on_markers,
-                        ..ForwardPlan::reference()
-                    };
-                    plans.push((plan, tolerance));
-                }
+            for last_layer_on_markers in [false, true] {
+                let plan = ForwardPlan {
+                    maps,
+                    attention,
+                    autocast,
+                    skip_padding,
+                    last_layer_on_markers,
+                    ..ForwardPlan::reference()
+                };
+                plans.push((plan, tolerance));
             }
         }
     }
@@ -131,7 +127,6 @@ fn every_plan_gives_the_reference_logits() {
     let batch = conll_batch(&model);
     let tokens = batch.tokens.as_ref().expect("the batch has padding");
     assert!(tokens.size()[0] < batch.input_ids.numel() as i64);
-    assert!(batch.distinct.is_some(), "the batch has first-layer groups");
     let (b, t) = batch.input_ids.size2().unwrap();
     // Only the slots of real spans are compared (the others hold the bias alone).
     let slot = Tensor::arange(t / 2, (Kind::Int64, Device::Cpu)).view([1, t / 2]);

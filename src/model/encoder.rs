@@ -264,21 +264,18 @@ impl Layer {
         ]
     }
 
-    /// The layer on rows `x`, its maps run as `maps`. `step` is where the batch's rows change
-    /// inside the layer (the first layer's groups, the last layer's read rows).
+    /// The layer on rows `x`, its maps run as `maps`; `step` says what else the pass needs (and
+    /// whether this is the last layer, whose rows narrow to the read ones after attention).
     fn forward(&self, x: Tensor, maps: &LayerMaps, step: &Step<'_>) -> Result<Tensor> {
         let (p, train) = (step.dropout, step.train);
         let qkv = maps.query_key_value.forward(&x)?;
-        let (x, qkv) = match step.first {
-            true => step.rows.expand_first(x, qkv),
-            false => (x, qkv),
-        };
         let context =
             step.attention
                 .context(&qkv, step.heads, step.rows, step.attention_dropout, train)?;
-        let (context, x) = match step.last {
-            true => step.rows.keep_read(context, x),
-            false => (context, x),
+        let (context, x) = if step.last {
+            step.rows.keep_read(context, x)
+        } else {
+            (context, x)
         };
         let x = self
             .attention_norm
@@ -299,8 +296,6 @@ struct Step<'a> {
     dropout: f64,
     attention_dropout: f64,
     train: bool,
-    /// The first layer: its rows expand from the distinct pairs after query-key-value.
-    first: bool,
     /// The last layer: its rows narrow to the read ones after attention.
     last: bool,
 }
@@ -459,8 +454,8 @@ impl Encoder {
         let s = &self.settings;
         let rows = &batch.rows;
         let x = self.embeddings.forward(
-            &rows.first_input(input_ids),
-            &rows.first_input(position_ids),
+            &rows.input(input_ids),
+            &rows.input(position_ids),
             s.hidden_dropout_prob,
             train,
         );
@@ -479,7 +474,6 @@ impl Encoder {
                 dropout: s.hidden_dropout_prob,
                 attention_dropout: s.attention_probs_dropout_prob,
                 train,
-                first: index == 0,
                 last: index == last,
             };
             x = layer.forward(x, maps, &step)?;
@@ -549,7 +543,6 @@ mod tests {
             num_marker_pairs: Tensor::from_slice(&[0i64]),
             tokens: None,
             markers: Tensor::zeros([0], (Kind::Int64, tch::Device::Cpu)),
-            distinct: None,
         };
         let plan = super::super::plan::ForwardPlan::standard(false);
         let batch_plan = plan.for_batch(&batch, encoder.settings());

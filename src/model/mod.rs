@@ -173,13 +173,11 @@ impl SpanMarkerModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collate::CollateSpec;
-    use crate::device::Precision;
     use crate::labels::Entity;
     use crate::preprocess::EncodeOptions;
     use crate::tokenizer::SentenceInput;
     use linear::MapForm;
-    use plan::{AttentionRule, Mode, PaddingRule};
+    use plan::{AttentionRule, PaddingRule};
     use tch::Kind;
 
     const WORDS: [&str; 6] = ["Peter", "Blackburn", "visited", "Brussels", "today", "."];
@@ -202,13 +200,10 @@ mod tests {
             .unwrap()
     }
 
-    /// A batch of `rows` collated as prediction collates them, first-layer groups included.
-    fn grouped_batch(model: &SpanMarkerModel, rows: &[Option<SentenceInput<'_>>]) -> Batch {
+    /// A batch of `rows` (all their samples).
+    fn batch_of(model: &SpanMarkerModel, rows: &[Option<SentenceInput<'_>>]) -> Batch {
         let encoded = model.preprocessor().encode(rows).unwrap();
-        let spec = CollateSpec {
-            group_first_layer: true,
-            ..model.preprocessor().collate_spec()
-        };
+        let spec = model.preprocessor().collate_spec();
         encoded
             .collate(0..encoded.samples.len(), &spec, Device::Cpu)
             .unwrap()
@@ -230,7 +225,6 @@ mod tests {
     fn forms() -> [ForwardPlan; 3] {
         let bare = ForwardPlan {
             skip_padding: PaddingRule::Never,
-            distinct_first_layer: false,
             last_layer_on_markers: false,
             ..ForwardPlan::standard(false)
         };
@@ -331,7 +325,7 @@ mod tests {
         let long: Vec<&str> = text.split(' ').collect();
         let mut rows = vec![Some(SentenceInput::Words(&WORDS[..2]))];
         rows.extend(std::iter::repeat_n(Some(SentenceInput::Words(&long)), 6));
-        let batch = grouped_batch(&model, &rows);
+        let batch = batch_of(&model, &rows);
         let (b, t) = batch.input_ids.size2().unwrap();
         let markers = &batch.markers;
         let pairs: Vec<i64> = Vec::try_from(&batch.num_marker_pairs).unwrap();
@@ -369,82 +363,6 @@ mod tests {
                 assert_eq!(f64::try_from(rest.abs().sum(Kind::Double)).unwrap(), 0.0);
             }
         }
-    }
-
-    #[test]
-    fn distinct_first_rows_give_every_row_its_states() {
-        let model = SpanMarkerModel::bundled().unwrap();
-        let long: Vec<&str> = "Peter Blackburn of the European Commission met Werner Zwingmann \
-                               in Brussels on Thursday ."
-            .split(' ')
-            .collect();
-        let rows: Vec<_> = std::iter::repeat_n(Some(SentenceInput::Words(&long)), 4)
-            .chain([Some(SentenceInput::Words(&WORDS[..3]))])
-            .collect();
-        let batch = grouped_batch(&model, &rows);
-        let tokens = batch.tokens.as_ref().expect("the batch has padding");
-        let groups = batch.distinct.as_ref().expect("markers share their pairs");
-        let (u, n) = (groups.positions.size()[0], tokens.size()[0]);
-        assert!(u < n, "{u} of {n} rows");
-        // Every row's pair is its group's, and no two groups share one.
-        let pair = |index: &Tensor| {
-            let ids = batch.input_ids.view([-1]).index_select(0, index);
-            let pos = batch.position_ids.view([-1]).index_select(0, index);
-            ids * 1_000_000 + pos
-        };
-        let group_pairs = pair(&groups.positions);
-        assert!(pair(tokens).equal(&group_pairs.index_select(0, &groups.of_row)));
-        let used = i64::try_from(groups.of_row.max()).unwrap() + 1;
-        let (unique, _, _) = group_pairs
-            .narrow(0, 0, used)
-            .unique_dim(0, true, false, false);
-        assert_eq!(unique.size()[0], used);
-        // Collation builds the groups only when asked.
-        let ungrouped_spec = model.preprocessor().collate_spec();
-        let encoded = model.preprocessor().encode(&rows).unwrap();
-        let ungrouped = encoded
-            .collate(0..encoded.samples.len(), &ungrouped_spec, Device::Cpu)
-            .unwrap();
-        assert!(ungrouped.distinct.is_none());
-
-        for plan in forms() {
-            for last_layer_on_markers in [false, true] {
-                let each = ForwardPlan {
-                    skip_padding: PaddingRule::Always,
-                    last_layer_on_markers,
-                    ..plan
-                };
-                let grouped = ForwardPlan {
-                    distinct_first_layer: true,
-                    ..each
-                };
-                let run = |plan| states(&model, &batch, &plan).index_select(0, tokens);
-                let (each, grouped) = (run(each), run(grouped));
-                let diff = f64::try_from((&each - &grouped).abs().max()).unwrap();
-                assert!(
-                    diff < 1e-5,
-                    "{plan:?}, read {last_layer_on_markers}: {diff}"
-                );
-                assert!(f64::try_from(each.abs().sum(Kind::Double)).unwrap() > 0.0);
-            }
-        }
-
-        // The model takes the groups in inference and counts the first layer's products as run.
-        let run = |batch: &Batch, plan: &ForwardPlan| {
-            let before = model.flops_executed();
-            let logits = tch::no_grad(|| model.forward_with(batch, plan).unwrap().logits);
-            (model.flops_executed() - before, logits)
-        };
-        let predict = ForwardPlan::new(Device::Cpu, Precision::Float32, Mode::Predict).unwrap();
-        assert!(predict.distinct_first_layer);
-        let h = model.encoder().settings().hidden_size;
-        let ((grouped_flops, grouped), (flops, logits)) =
-            (run(&batch, &predict), run(&ungrouped, &predict));
-        assert_eq!(flops - grouped_flops, (2 * (n - u) * 3 * h * h) as u64);
-        assert!(f64::try_from((grouped - logits).abs().max()).unwrap() < 1e-5);
-        // Training computes every row (dropout draws a mask per row).
-        let train = ForwardPlan::new(Device::Cpu, Precision::Float32, Mode::Train).unwrap();
-        assert_eq!(run(&batch, &train).0, run(&ungrouped, &train).0);
     }
 
     #[test]

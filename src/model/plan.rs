@@ -8,14 +8,14 @@
 //!
 //! Which plan runs when:
 //!
-//! | mode | device, precision | linear maps | attention | skip padding | first layer per distinct pair | last layer on markers | autocast | windows joined |
-//! |---|---|---|---|---|---|---|---|---|
-//! | predict | CPU with oneDNN, `fp32` | `Fused` | direct | always | yes | yes | no | yes |
-//! | predict | CPU with oneDNN, `bf16` | `FusedBf16` | direct | always | yes | yes | no | yes |
-//! | predict | CPU, `int8` | `Int8` | direct | always | yes | yes | no | yes |
-//! | evaluate (labelled) | as predict | as predict | direct | always | yes | yes | no | no (the loss is the reference's mean of batch means) |
-//! | predict, evaluate | CUDA, or CPU without oneDNN | `Standard` | by shape | when worth it | yes | yes | `bf16`, `fp16` | no |
-//! | train | any | `Standard` | by shape | when worth it | no | no | `bf16`, `fp16` | no |
+//! | mode | device, precision | linear maps | attention | skip padding | last layer on markers | autocast | windows joined |
+//! |---|---|---|---|---|---|---|---|
+//! | predict | CPU with oneDNN, `fp32` | `Fused` | direct | always | yes | no | yes |
+//! | predict | CPU with oneDNN, `bf16` | `FusedBf16` | direct | always | yes | no | yes |
+//! | predict | CPU, `int8` | `Int8` | direct | always | yes | no | yes |
+//! | evaluate (labelled) | as predict | as predict | direct | always | yes | no | no (the loss is the reference's mean of batch means) |
+//! | predict, evaluate | CUDA, or CPU without oneDNN | `Standard` | by shape | when worth it | yes | `bf16`, `fp16` | no |
+//! | train | any | `Standard` | by shape | when worth it | no | `bf16`, `fp16` | no |
 //!
 //! - *direct*: one C++ task per sample and head scores each query against only the keys it may
 //!   see ([`MarkerAttention::Direct`]); it has no gradient.
@@ -24,8 +24,8 @@
 //!   ([`MarkerAttention::new`]).
 //! - *when worth it*: where the padded positions are at least `64 / hidden_size` of the
 //!   batch ([`worth_skipping_padding`]).
-//! - The first-layer groups and the last layer on the markers are inference only: in training
-//!   dropout draws its masks over every row in the reference's order.
+//! - The last layer on the markers is inference only: in training dropout draws its masks over
+//!   every row in the reference's order.
 //!
 //! A contributor adding a precision or an attention form adds its rule to
 //! [`ForwardPlan::new`] (and a row to this table), its form to [`MapForm`] and
@@ -86,10 +86,6 @@ pub struct ForwardPlan {
     /// The 16-bit precision the standard maps run in under autocast, if any.
     pub autocast: Option<Precision>,
     pub skip_padding: PaddingRule,
-    /// The first layer's input once per distinct (token id, position id) pair
-    /// ([`Batch::distinct`], which collation builds only when asked:
-    /// [`CollateSpec::group_first_layer`](crate::collate::CollateSpec::group_first_layer)).
-    pub distinct_first_layer: bool,
     /// The last layer's attention output and feed-forward maps on the marker rows only.
     pub last_layer_on_markers: bool,
     /// Each window's samples scored as one sample (its text encoded once); needs the direct
@@ -139,14 +135,13 @@ impl ForwardPlan {
             attention: AttentionRule::Direct,
             autocast: None,
             skip_padding: PaddingRule::Always,
-            distinct_first_layer: true,
             last_layer_on_markers: true,
             join_windows: mode == Mode::Predict,
         })
     }
 
     /// The standard maps in float32, attention by shape, padding skipped where worth it, and in
-    /// inference the first-layer groups and the last layer on the markers: what training and
+    /// inference the last layer on the markers: what training and
     /// inference without the CPU kernels run ([`SpanMarkerModel::forward`](super::SpanMarkerModel::forward)).
     pub fn standard(train: bool) -> Self {
         Self {
@@ -155,7 +150,6 @@ impl ForwardPlan {
             attention: AttentionRule::ByShape,
             autocast: None,
             skip_padding: PaddingRule::WhenWorthIt,
-            distinct_first_layer: !train,
             last_layer_on_markers: !train,
             join_windows: false,
         }
@@ -167,7 +161,6 @@ impl ForwardPlan {
         Self {
             attention: AttentionRule::Dense,
             skip_padding: PaddingRule::Never,
-            distinct_first_layer: false,
             last_layer_on_markers: false,
             ..Self::standard(false)
         }
@@ -195,13 +188,7 @@ impl ForwardPlan {
             ),
         };
         let layers = encoder.num_hidden_layers as usize;
-        let rows = Rows::new(
-            batch,
-            skip_padding,
-            self.distinct_first_layer,
-            self.last_layer_on_markers,
-            layers,
-        );
+        let rows = Rows::new(batch, skip_padding, self.last_layer_on_markers, layers);
         BatchPlan { attention, rows }
     }
 }
@@ -250,12 +237,10 @@ impl BatchPlan {
         let rest = |rows: i64| 2 * rows * (h * h + 2 * h * i);
         let attention = 2 * 2 * (b * t) * keys * h;
         let layers = settings.num_hidden_layers;
-        let projection = if e != h { 2 * counts.first * e * h } else { 0 };
+        let projection = if e != h { 2 * counts.tokens * e * h } else { 0 };
         let encoder = if layers > 0 {
             projection
                 + layers * (query_key_value(counts.tokens) + attention + rest(counts.tokens))
-                + query_key_value(counts.first)
-                - query_key_value(counts.tokens)
                 + rest(counts.last)
                 - rest(counts.tokens)
         } else {

@@ -5,8 +5,6 @@
 //! work (embeddings, linear maps, norms, activations, dropout) runs on
 //! - every row, or only the rows that hold text or markers ([`Batch::tokens`]: padding then
 //!   costs nothing outside attention);
-//! - in the first layer, up to its query-key-value product, once per distinct (token id,
-//!   position id) pair ([`Batch::distinct`]), gathered to the rows after it;
 //! - in the last layer, after its query-key-value product, only on the rows whose states are
 //!   read ([`Batch::markers`]), when they are fewer.
 
@@ -22,9 +20,6 @@ pub struct Rows {
     t: i64,
     /// `[N]` positions of the `B x T` rows that the layers run on; `None`: every position.
     tokens: Option<Tensor>,
-    /// The first layer's groups: `[U]` positions, one per distinct pair (bucketed), and `[N]`
-    /// each row's group.
-    distinct: Option<(Tensor, Tensor)>,
     /// The last layer's read rows: `[M]` positions whose states are read, and `[R]` rows of the
     /// layers' input to keep (the read ones, the last repeated up to whole buckets).
     read: Option<(Tensor, Tensor)>,
@@ -34,43 +29,25 @@ pub struct Rows {
 /// How many rows each part of a forward pass runs on: what its FLOPs follow from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowCounts {
-    /// Rows of the layers (`B x T` when padding is computed).
+    /// Rows of the embeddings and the layers (`B x T` when padding is computed).
     pub tokens: i64,
-    /// Rows of the embeddings and the first query-key-value product.
-    pub first: i64,
     /// Rows of the last layer's attention output and feed-forward maps.
     pub last: i64,
 }
 
 impl Rows {
     /// The rows of `batch`: `skip_padding` runs on [`Batch::tokens`] where the batch has it,
-    /// `distinct` groups the first layer where the batch has groups (and padding is skipped),
     /// `read_markers` runs the last layer on [`Batch::markers`] where that is fewer rows.
-    /// `layers` is the encoder's depth (grouping and reading need a layer).
+    /// `layers` is the encoder's depth (reading needs a layer).
     pub(crate) fn new(
         batch: &Batch,
         skip_padding: bool,
-        distinct: bool,
         read_markers: bool,
         layers: usize,
     ) -> Self {
         let (b, t) = batch.input_ids.size2().expect("input_ids is [B, T]");
         let tokens = batch.tokens.as_ref().filter(|_| skip_padding);
         let row_count = tokens.map_or(b * t, |index| index.size()[0]);
-        let distinct = batch
-            .distinct
-            .as_ref()
-            .filter(|_| distinct && tokens.is_some() && layers > 0)
-            .map(|groups| {
-                debug_assert_eq!(groups.of_row.size()[0], row_count, "groups of `tokens`");
-                (
-                    groups.positions.shallow_clone(),
-                    groups.of_row.shallow_clone(),
-                )
-            });
-        let first = distinct
-            .as_ref()
-            .map_or(row_count, |(positions, _)| positions.size()[0]);
         let bucket = TOKEN_BUCKET as i64;
         let markers = &batch.markers;
         let m = markers.size()[0];
@@ -100,11 +77,9 @@ impl Rows {
             b,
             t,
             tokens: tokens.map(Tensor::shallow_clone),
-            distinct,
             read,
             counts: RowCounts {
                 tokens: row_count,
-                first,
                 last,
             },
         }
@@ -115,22 +90,9 @@ impl Rows {
         self.counts
     }
 
-    /// `[B, T]` inputs as the first layer's rows: one per distinct pair, or per row.
-    pub(crate) fn first_input(&self, y: &Tensor) -> Tensor {
-        let flat = y.reshape([self.b * self.t]);
-        match &self.distinct {
-            Some((positions, _)) => flat.index_select(0, positions),
-            None => self.unpad(&flat),
-        }
-    }
-
-    /// After the first layer's query-key-value product: its input and output from one row per
-    /// distinct pair to one per row.
-    pub(crate) fn expand_first(&self, x: Tensor, qkv: Tensor) -> (Tensor, Tensor) {
-        match &self.distinct {
-            Some((_, of_row)) => (x.index_select(0, of_row), qkv.index_select(0, of_row)),
-            None => (x, qkv),
-        }
+    /// `[B, T]` inputs as the layers' rows.
+    pub(crate) fn input(&self, y: &Tensor) -> Tensor {
+        self.unpad(&y.reshape([self.b * self.t]))
     }
 
     /// Before the last layer's attention output: its context and residual rows narrowed to the
