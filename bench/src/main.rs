@@ -108,9 +108,13 @@ impl BenchOptions {
 
     /// Checks every numeric option against its range, naming the first one outside.
     fn validate(&self) -> Result<(), String> {
-        self.predict_options()
-            .validate()
-            .map_err(|e| e.to_string())?;
+        // The setting's error, named by its flag as the other checks here name theirs.
+        self.predict_options().validate().map_err(|e| match e {
+            span_marker::Error::Setting { key, message } => {
+                format!("--{} {message}", key.replace('_', "-"))
+            }
+            other => other.to_string(),
+        })?;
         let counts = [
             ("--sentences", self.sentences, 1, 10_000_000),
             ("--join", self.join, 1, 10_000),
