@@ -247,16 +247,16 @@ mod tests {
         }
         assert_eq!(again, options);
 
-        // Ranges and precisions are checked when a function reads them, naming the setting.
-        let error = options.predict_options().unwrap_err().to_string();
-        assert!(error.contains("`span_marker.batch_size`"), "{error}");
-        ExtensionOptions::set(&mut options, "batch_size", "8").unwrap();
+        // Precisions and ranges are checked when a function reads them, naming the setting.
         let error = options.predict_options().unwrap_err().to_string();
         assert!(
             error.contains("`span_marker.precision`") && error.contains("int4"),
             "{error}"
         );
         ExtensionOptions::set(&mut options, "precision", "bf16").unwrap();
+        let error = options.predict_options().unwrap_err().to_string();
+        assert!(error.contains("`span_marker.batch_size`"), "{error}");
+        ExtensionOptions::set(&mut options, "batch_size", "8").unwrap();
         let predict = options.predict_options().unwrap();
         assert_eq!(
             (
