@@ -421,6 +421,10 @@ impl<'m> Trainer<'m> {
             }
             run.optimizer
                 .step(run.plan.schedule.lr(run.state.global_step));
+            // The optimizer writes the weights through views of one flat buffer, which leaves
+            // the variables' version counters as they were: the derived forms of the maps that
+            // evaluation runs on (fused, int8) could not see the step, so they go.
+            self.model.encoder().clear_derived();
         }
         run.optimizer.zero_grad();
         run.state.global_step += 1;
