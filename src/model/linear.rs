@@ -42,11 +42,6 @@ impl MapForm {
             Self::Standard | Self::Fused | Self::Int8 => Kind::Float,
         }
     }
-
-    /// Whether the maps carry gradients (only the standard ones do).
-    pub fn has_gradients(self) -> bool {
-        self == Self::Standard
-    }
 }
 
 /// The activation of the feed-forward block.
@@ -276,7 +271,7 @@ impl FormCache {
             }
         }
         forms.retain(|(_, maps)| maps.form != form);
-        let maps = made(make()?);
+        let maps = made(tch::no_grad(make)?);
         forms.push((sources, maps.clone()));
         Ok(maps)
     }

@@ -4,7 +4,9 @@
 //! ([`Mode`]), the form of the linear maps, the attention form, the row switches, autocast and
 //! window joining; [`ForwardPlan::for_batch`] applies it to one batch (whose shape decides the
 //! rest) and [`BatchPlan::flops`] counts what that batch runs. Prediction, evaluation, training
-//! and the benchmarks' FLOP counts all ask it; nothing else decides.
+//! and the benchmarks' FLOP counts all ask it; nothing else decides which forms run (the
+//! batch-shape rules it applies live beside the forms they choose: the attention's by-shape rule
+//! in `MarkerAttention::new`, the read rows' bucketing in [`Rows`]).
 //!
 //! Which plan runs when:
 //!
@@ -24,8 +26,9 @@
 //!   ([`MarkerAttention::new`]).
 //! - *when worth it*: where the padded positions are at least `64 / hidden_size` of the
 //!   batch ([`worth_skipping_padding`]).
-//! - The last layer on the markers is inference only: in training dropout draws its masks over
-//!   every row in the reference's order.
+//! - The last layer on the markers is inference only (in training dropout draws its masks over
+//!   every row in the reference's order), and applies where the marker rows, in whole buckets,
+//!   are fewer than the rows.
 //!
 //! A contributor adding a precision or an attention form adds its rule to
 //! [`ForwardPlan::new`] (and a row to this table), its form to [`MapForm`] and
