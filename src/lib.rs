@@ -39,6 +39,7 @@
 //! ran at 2,800 sentences/s on a second thread against 6,700 on the first. The engine crate
 //! (`span-marker-udfs`) does this for its functions with one model thread.
 
+pub mod atomic;
 pub mod checkpoint;
 pub mod collate;
 pub mod config;

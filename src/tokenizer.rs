@@ -205,7 +205,7 @@ impl SpanMarkerTokenizer {
     pub fn save(&self, dir: &Path) -> Result<()> {
         let path = dir.join("tokenizer.json");
         let json = self.tokenizer.to_string(false).map_err(Error::Tokenizer)?;
-        crate::checkpoint::write_atomically(&path, json.as_bytes())?;
+        crate::atomic::write(&path, json.as_bytes())?;
         let config = match &self.config_json {
             Some(config) => config.clone(),
             None => {
@@ -215,7 +215,7 @@ impl SpanMarkerTokenizer {
         };
         let text = serde_json::to_string_pretty(&config)
             .map_err(|e| Error::json(dir.join("tokenizer_config.json"), e))?;
-        crate::checkpoint::write_atomically(&dir.join("tokenizer_config.json"), text.as_bytes())
+        crate::atomic::write(&dir.join("tokenizer_config.json"), text.as_bytes())
     }
 
     pub fn start_marker_id(&self) -> u32 {

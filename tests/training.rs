@@ -379,3 +379,73 @@ fn resuming_checks_model_data_and_arguments_by_content() {
     assert!(err.contains("another training run"), "{err}");
     drop(held);
 }
+
+/// A finished run is never overwritten by accident: a second run into its directory is refused
+/// before anything is written, naming what is there and the two ways on; with
+/// `overwrite_output_dir` the old checkpoints go and the new run's take their place.
+#[test]
+fn a_finished_run_is_replaced_only_when_asked() {
+    let out = tempfile::tempdir().unwrap();
+    let args = TrainingArguments {
+        output_dir: out.path().join("run"),
+        device: "cpu".into(),
+        max_steps: Some(3),
+        save_steps: 1,
+        per_device_train_batch_size: 2,
+        ..Default::default()
+    };
+    let data = tiny_dataset(vec![vec![1, 0, 1], vec![0, 0, 1], vec![1, 0, 0]]);
+    let train = |args: TrainingArguments| {
+        Trainer::new(&mut init_model(), args)
+            .and_then(|mut trainer| trainer.train(&data, None, None))
+            .map(|output| output.global_step)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(train(args.clone()), Ok(3));
+    let dir = &args.output_dir;
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let checkpoints = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("checkpoint-"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        checkpoints(dir),
+        ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    );
+
+    let err = train(TrainingArguments {
+        max_steps: Some(2),
+        ..args.clone()
+    })
+    .unwrap_err();
+    assert!(
+        err.contains("holds a finished run (model.safetensors, checkpoint-1")
+            && err.contains("--resume latest")
+            && err.contains("--overwrite-output-dir"),
+        "{err}"
+    );
+    // Refused before anything was written.
+    assert_eq!(
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        weights
+    );
+    assert_eq!(checkpoints(dir).len(), 3);
+
+    let replaced = TrainingArguments {
+        max_steps: Some(2),
+        overwrite_output_dir: true,
+        ..args.clone()
+    };
+    assert_eq!(train(replaced), Ok(2));
+    assert_eq!(checkpoints(dir), ["checkpoint-1", "checkpoint-2"]);
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("checkpoint-2/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["global_step"], 2);
+}

@@ -331,7 +331,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     let views = data.iter().map(|(name, d)| (name.as_str(), d));
     let bytes = safetensors::serialize(views, metadata)
         .map_err(|e| Error::checkpoint(path, format!("could not serialise: {e}")))?;
-    write_atomically(path, &bytes)
+    crate::atomic::write(path, &bytes)
 }
 
 /// The values of `tensor` as bytes, in row-major order and its own dtype (copied to the host).
@@ -341,15 +341,4 @@ pub fn tensor_bytes(tensor: &Tensor) -> Result<Vec<u8>> {
     let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
     tensor.f_copy_data_u8(&mut bytes, numel)?;
     Ok(bytes)
-}
-
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it into place.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
 }

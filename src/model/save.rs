@@ -50,7 +50,7 @@ impl SpanMarkerModel {
         config.vocab_size = Some(rows);
         config.encoder.vocab_size = Some(rows);
         let json = config.to_json_string()? + "\n";
-        checkpoint::write_atomically(&dir.join("config.json"), json.as_bytes())?;
+        crate::atomic::write(&dir.join("config.json"), json.as_bytes())?;
 
         let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
@@ -63,7 +63,7 @@ impl SpanMarkerModel {
         }
         self.preprocessor.tokenizer().save(dir)?;
         let readme = card.render(&config, self.labels(), self.preprocessor.settings());
-        checkpoint::write_atomically(&dir.join("README.md"), readme.as_bytes())?;
+        crate::atomic::write(&dir.join("README.md"), readme.as_bytes())?;
         tracing::info!(dir = %dir.display(), "saved SpanMarker model");
         Ok(())
     }

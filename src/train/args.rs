@@ -45,6 +45,9 @@ pub const HUB_TOKEN_MASK: &str = "<HUB_TOKEN>";
 pub struct TrainingArguments {
     /// Where checkpoints, logs, plots and the final model go.
     pub output_dir: PathBuf,
+    /// Train into an `output_dir` that holds a finished run (a model or checkpoints), removing
+    /// its checkpoints first; without it (or a resumption) such a directory is refused.
+    pub overwrite_output_dir: bool,
     pub learning_rate: f64,
     /// Decoupled weight decay (AdamW), not applied to biases and LayerNorm weights.
     pub weight_decay: f64,
@@ -128,6 +131,7 @@ impl Default for TrainingArguments {
     fn default() -> Self {
         Self {
             output_dir: PathBuf::from("models/span-marker"),
+            overwrite_output_dir: false,
             learning_rate: 5e-5,
             weight_decay: 0.0,
             adam_beta1: 0.9,

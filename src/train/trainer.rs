@@ -285,6 +285,9 @@ impl<'m> Trainer<'m> {
         let checkpoint = resume_from
             .map(|from| self.resolve_checkpoint(from))
             .transpose()?;
+        if checkpoint.is_none() {
+            clear_finished_run(&args.output_dir, args.overwrite_output_dir)?;
+        }
         let identity = RunIdentity::new(self.model, args, train_data, eval_data)?;
         let mut state = TrainerState::default();
         if let Some(dir) = &checkpoint {
@@ -688,7 +691,7 @@ impl<'m> Trainer<'m> {
         checkpoint::write_safetensors(&tmp.join(OPTIMIZER_FILE), &optimizer.state())?;
         let json =
             serde_json::to_string_pretty(state).map_err(|e| Error::json(TRAINER_STATE_FILE, e))?;
-        checkpoint::write_atomically(&tmp.join(TRAINER_STATE_FILE), json.as_bytes())?;
+        crate::atomic::write(&tmp.join(TRAINER_STATE_FILE), json.as_bytes())?;
         write_args(&self.args, &tmp)?;
         if target.exists() {
             std::fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
@@ -907,11 +910,45 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(found)
 }
 
+/// Refuses to start a new run in `dir` when it holds a finished one (a saved model, or
+/// checkpoints), unless `overwrite`: then the old run's checkpoints go, so that neither a
+/// resumption nor the checkpoint limit mixes them with the new run's. Nothing else in `dir` is
+/// removed; the new run's files replace the old ones as they are written.
+fn clear_finished_run(dir: &Path, overwrite: bool) -> Result<()> {
+    let checkpoints = list_checkpoints(dir)?;
+    let mut found: Vec<String> = [checkpoint::SAFETENSORS_FILE, checkpoint::PICKLE_FILE]
+        .iter()
+        .filter(|name| dir.join(name).is_file())
+        .map(|name| (*name).to_owned())
+        .collect();
+    found.extend(checkpoints.iter().filter_map(|(_, path)| {
+        path.file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+    }));
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(Error::Config(format!(
+            "`output_dir` {} holds a finished run ({}): continue it with a resumption \
+             (`--resume latest`), replace it with `overwrite_output_dir` \
+             (`--overwrite-output-dir`), or train into another directory",
+            dir.display(),
+            found.join(", ")
+        )));
+    }
+    for (_, path) in checkpoints {
+        tracing::info!(checkpoint = %path.display(), "removing a checkpoint of the run being replaced");
+        std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
 /// Writes the arguments of a run as `training_args.json` into `dir`.
 fn write_args(args: &TrainingArguments, dir: &Path) -> Result<()> {
     let path = dir.join(ARGS_FILE);
     let json = serde_json::to_string_pretty(args).map_err(|e| Error::json(&path, e))?;
-    checkpoint::write_atomically(&path, json.as_bytes())
+    crate::atomic::write(&path, json.as_bytes())
 }
 
 fn read_state(dir: &Path) -> Result<TrainerState> {
@@ -927,7 +964,7 @@ fn rewrite_log(dir: &Path, history: &[Map<String, Value>]) -> Result<()> {
         .iter()
         .map(|r| format!("{}\n", Value::Object(r.clone())))
         .collect();
-    checkpoint::write_atomically(&dir.join(LOG_FILE), text.as_bytes())
+    crate::atomic::write(&dir.join(LOG_FILE), text.as_bytes())
 }
 
 /// Dynamic loss scaling for float16 training, as `torch.cuda.amp.GradScaler`.

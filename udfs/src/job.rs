@@ -14,14 +14,13 @@
 //!   error naming each difference, by the rule training's resume check uses
 //!   ([`differences`]);
 //! - **nothing is half-written**: every file (a part, an output, a manifest) is written under
-//!   a temporary name (starting with [`TEMP_PREFIX`], ending in `.tmp`) beside its
+//!   a temporary name (starting with [`TEMP_PREFIX`](span_marker::atomic::TEMP_PREFIX), ending in `.tmp`) beside its
 //!   destination, synced, and renamed into place, so that it is absent or complete; what
 //!   killed runs left under such names goes when the next run takes the lock;
 //! - **nothing is replaced**: an output is [published](publish) under its final name only
 //!   where nothing is there.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::RecordBatch;
@@ -95,7 +94,10 @@ fn remove_unfinished(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if name.starts_with(TEMP_PREFIX) && name.ends_with(".tmp") && path.is_file() {
+        if name.starts_with(span_marker::atomic::TEMP_PREFIX)
+            && name.ends_with(".tmp")
+            && path.is_file()
+        {
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
         }
     }
@@ -133,12 +135,7 @@ pub(crate) fn check_same_job<T: Serialize + PartialEq>(
 pub(crate) fn write_manifest(path: &Path, manifest: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(manifest)
         .map_err(|e| Error::file(path, format!("cannot record the job: {e}")))?;
-    let mut temp = temp_beside(path)?;
-    temp.write_all(text.as_bytes())
-        .map_err(|e| Error::io(path, e))?;
-    temp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    temp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    Ok(span_marker::atomic::write(path, text.as_bytes())?)
 }
 
 /// Reads a manifest [`write_manifest`] wrote; `otherwise` says what to do when the file is not
@@ -151,19 +148,6 @@ pub(crate) fn read_manifest<T: DeserializeOwned>(path: &Path, otherwise: &str) -
             format!("not a manifest of this version of the tool ({e}); {otherwise}"),
         )
     })
-}
-
-/// How the temporary names of the files a job writes start (they end in `.tmp`).
-pub(crate) const TEMP_PREFIX: &str = ".span-marker-";
-
-/// A new file under a temporary name in `path`'s directory (removed when dropped).
-fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))
 }
 
 /// Rows per row group of the written files. The Parquet writer holds a row group in memory
@@ -196,7 +180,7 @@ pub(crate) struct ParquetOut {
 impl ParquetOut {
     /// Starts a file meant for `path` (in `path`'s directory).
     pub(crate) fn create(path: &Path, schema: &SchemaRef) -> Result<Self> {
-        let temp = temp_beside(path)?;
+        let temp = span_marker::atomic::temp_beside(path)?;
         let file = temp.reopen().map_err(|e| Error::io(temp.path(), e))?;
         let properties = WriterProperties::builder()
             .set_max_row_group_row_count(Some(OUTPUT_ROW_GROUP_ROWS))
@@ -283,9 +267,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let manifest = dir.path().join("manifest.json");
         write_manifest(&manifest, &serde_json::json!({"job": 1})).unwrap();
-        let half_written = temp_beside(&manifest).unwrap().keep().unwrap().1;
+        let half_written = span_marker::atomic::temp_beside(&manifest)
+            .unwrap()
+            .keep()
+            .unwrap()
+            .1;
         let name = half_written.file_name().unwrap().to_string_lossy();
-        assert!(name.starts_with(TEMP_PREFIX) && name.ends_with(".tmp"));
+        assert!(name.starts_with(span_marker::atomic::TEMP_PREFIX) && name.ends_with(".tmp"));
         let other = dir.path().join("notes.tmp");
         std::fs::write(&other, b"not ours").unwrap();
 
