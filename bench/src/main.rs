@@ -152,7 +152,11 @@ fn device_argument(name: &str) -> Result<Device, String> {
 
 fn main() -> std::process::ExitCode {
     span_marker_cli::init();
-    span_marker_cli::run(|| run(&BenchOptions::parse()))
+    let options = match span_marker_cli::parse_args::<BenchOptions>() {
+        Ok(options) => options,
+        Err(code) => return code,
+    };
+    span_marker_cli::run(|| run(&options))
 }
 
 /// Per sentence, its entities as (word start, word end, label).

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
@@ -13,7 +14,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use span_marker::PredictOptions;
 use span_marker_udfs::annotate::{annotate, AnnotateOptions, InputColumn};
 use span_marker_udfs::cluster::annotate::{annotate_files, input_files, ClusterAnnotateOptions};
-use span_marker_udfs::cluster::Cluster;
+use span_marker_udfs::cluster::{Cluster, DEFAULT_STALL_TIMEOUT};
 use span_marker_udfs::SharedModel;
 
 use crate::args::{set_session, ModelArgs};
@@ -40,6 +41,11 @@ pub struct AnnotateArgs {
     /// skips the files an earlier run finished.
     #[arg(long, value_name = "df://HOST:PORT", conflicts_with = "sample")]
     cluster: Option<String>,
+    /// With --cluster: seconds a file's job may show no progress before it is cancelled and
+    /// the command fails, naming the stage and the executors' reasons (a file is one task: this
+    /// must exceed the time of the largest file).
+    #[arg(long, value_name = "SECONDS", requires = "cluster", default_value_t = DEFAULT_STALL_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    stall_timeout: u64,
     /// With --cluster: files annotated at once (default: two per executor).
     #[arg(long, requires = "cluster")]
     files_at_once: Option<usize>,
@@ -93,7 +99,7 @@ pub fn run(args: AnnotateArgs) -> CliResult {
     options.validate()?;
     let model = SharedModel::load(&args.model.model, &args.model.device)?;
     let report = annotate(&model, &options)?;
-    eprintln!(
+    span_marker_cli::note!(
         "annotated {} rows into {} in {:.1}s{}{}",
         report.rows,
         output.display(),
@@ -126,7 +132,8 @@ fn run_on_cluster(url: &str, args: &AnnotateArgs, column: InputColumn) -> CliRes
     args.predict.validate()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let (report, first) = runtime.block_on(async {
-        let cluster = Cluster::connect(url)?;
+        let cluster =
+            Cluster::connect(url)?.with_stall_timeout(Duration::from_secs(args.stall_timeout));
         let inputs = input_files(&input.to_string_lossy())?;
         let executors = cluster.executors()?.len();
         let ctx = cluster.context().await?;
@@ -149,7 +156,7 @@ fn run_on_cluster(url: &str, args: &AnnotateArgs, column: InputColumn) -> CliRes
         let report = annotate_files(&cluster, &ctx, &options).await?;
         Ok::<_, Box<dyn std::error::Error>>((report, first))
     })?;
-    eprintln!(
+    span_marker_cli::note!(
         "annotated {} files ({} rows) into {} in {:.1}s{}{}",
         report.files,
         report.rows,
@@ -195,7 +202,7 @@ fn write_sample_corpus() -> Result<PathBuf, Box<dyn std::error::Error>> {
         .collect();
     let texts = StringArray::from(lines);
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(texts)])?;
-    let temp = tempfile::NamedTempFile::new_in(std::env::temp_dir())?;
+    let temp = span_marker::atomic::temp_beside(&path)?;
     let mut writer = ArrowWriter::try_new(temp.reopen()?, schema, None)?;
     writer.write(&batch)?;
     writer.close()?;
@@ -210,7 +217,7 @@ fn show_entities(output: &Path, options: &AnnotateOptions, rows: usize) -> CliRe
     }
     // Written, not printed: with --cluster SIGPIPE is ignored, and a closed standard output is
     // an error that ends the command quietly (see `span_marker_cli::run`), not a panic.
-    let mut out = std::io::stdout().lock();
+    let mut out = span_marker_cli::stdout();
     let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(output)?)?
         .with_batch_size(rows)
         .with_limit(rows)

@@ -1,6 +1,7 @@
 //! `span-marker candidates`: the preprocessing of sentences, shown: words, tokens, span
 //! candidates and encoder samples.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -40,13 +41,12 @@ pub fn run(args: CandidatesArgs) -> CliResult {
         .collect();
     let encoded = preprocessor.encode(&inputs)?;
     let settings = preprocessor.settings();
-    println!(
-        "model_max_length M = {}, marker_max_length K = {}, entity_max_length E = {}, encoder length T = {}",
+    let mut out = span_marker_cli::stdout();
+    writeln!(out, "model_max_length M = {}, marker_max_length K = {}, entity_max_length E = {}, encoder length T = {}",
         settings.model_max_length,
         settings.marker_max_length,
         settings.entity_max_length,
-        settings.total_length()
-    );
+        settings.total_length())?;
     // Group spans and sample counts by row in one pass (windows and samples are in row order).
     let mut row_spans: Vec<Vec<Span>> = vec![Vec::new(); lines.len()];
     let mut row_samples = vec![0usize; lines.len()];
@@ -58,7 +58,15 @@ pub fn run(args: CandidatesArgs) -> CliResult {
     }
     for (row, line) in lines.iter().enumerate() {
         if let Some(sentence) = &encoded.sentences[row] {
-            print_row(sentence, &row_spans[row], row_samples[row], row, line, show);
+            print_row(
+                &mut out,
+                sentence,
+                &row_spans[row],
+                row_samples[row],
+                row,
+                line,
+                show,
+            )?;
         }
     }
     let batch = encoded.collate(
@@ -66,32 +74,35 @@ pub fn run(args: CandidatesArgs) -> CliResult {
         &preprocessor.collate_spec(),
         tch::Device::Cpu,
     )?;
-    println!(
+    writeln!(
+        out,
         "\n{} sentences -> {} windows -> {} samples; input_ids {:?}, attention_mask {:?}",
         lines.len(),
         encoded.windows.len(),
         encoded.samples.len(),
         batch.input_ids.size(),
         batch.attention_mask().size()
-    );
+    )?;
     Ok(())
 }
 
 fn print_row(
+    out: &mut impl Write,
     sentence: &TokenizedSentence,
     spans: &[Span],
     samples: usize,
     row: usize,
     line: &str,
     show: usize,
-) {
-    println!(
+) -> std::io::Result<()> {
+    writeln!(
+        out,
         "\n[{row}] {line}\n    {} words, {} tokens, {} candidates, {} sample(s)",
         sentence.num_words(),
         sentence.input_ids.len(),
         spans.len(),
         samples
-    );
+    )?;
     let char_to_byte = |c: usize| line.char_indices().nth(c).map_or(line.len(), |(b, _)| b);
     let span_text = |s: &Span| -> String {
         match &sentence.word_chars {
@@ -111,11 +122,13 @@ fn print_row(
         .take(show)
         .map(|s| format!("[{}..{}) {}", s.start, s.end, span_text(s)))
         .collect();
-    println!("    {}", shown.join(" | "));
+    writeln!(out, "    {}", shown.join(" | "))?;
     if spans.len() > show {
-        println!(
+        writeln!(
+            out,
             "    ... and {} more (--show to list more)",
             spans.len() - show
-        );
+        )?;
     }
+    Ok(())
 }

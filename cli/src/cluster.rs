@@ -80,9 +80,12 @@ pub fn run(command: ClusterCommand) -> CliResult {
     let runtime = tokio::runtime::Runtime::new()?;
     match command {
         ClusterCommand::Scheduler(args) => {
-            eprintln!(
+            span_marker_cli::note!(
                 "span-marker scheduler on {}:{} (clients: --cluster df://{}:{})",
-                args.bind_host, args.port, args.external_host, args.port
+                args.bind_host,
+                args.port,
+                args.external_host,
+                args.port
             );
             runtime.block_on(run_scheduler(SchedulerOptions {
                 bind_host: args.bind_host,
@@ -93,9 +96,12 @@ pub fn run(command: ClusterCommand) -> CliResult {
             }))?;
         }
         ClusterCommand::Executor(args) => {
-            eprintln!(
+            span_marker_cli::note!(
                 "span-marker executor on {}:{} for the scheduler at {}:{}",
-                args.bind_host, args.port, args.scheduler_host, args.scheduler_port
+                args.bind_host,
+                args.port,
+                args.scheduler_host,
+                args.scheduler_port
             );
             runtime.block_on(run_executor(ExecutorOptions {
                 bind_host: args.bind_host,

@@ -1,5 +1,6 @@
 //! `span-marker evaluate`: metrics of a model on annotated data, as JSON.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -58,9 +59,10 @@ pub fn run(args: EvaluateArgs) -> CliResult {
     let rows = runtime.block_on(source.read(&SessionContext::new()))?;
     let dataset = rows.to_dataset(model.labels())?;
     let evaluation = evaluate(&model, &dataset, "test", args.batch_size, args.precision)?;
-    println!(
+    writeln!(
+        span_marker_cli::stdout(),
         "{}",
         serde_json::to_string_pretty(&serde_json::Value::Object(evaluation.to_record()))?
-    );
+    )?;
     Ok(())
 }

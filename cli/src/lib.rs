@@ -1,11 +1,30 @@
 //! Process set-up shared by the project's binaries (`span-marker` here, `span-marker-bench` in
-//! the `bench` crate): logging, the allocator, standard output, and how errors (and bugs) end
-//! the process.
+//! the `bench` crate): logging, the allocator, standard output and error, and how errors (and
+//! bugs) end the process.
+//!
+//! Standard output and standard error may fail (a full disk: `> /dev/full`; a closed
+//! descriptor): the binaries never print with `println!`/`eprintln!`, which panic then (and a
+//! panic while reporting a panic aborts). Output is written with `writeln!` and its error
+//! returned; messages and log records go through [`note!`] and [`Stderr`], which remember a
+//! failed write so that the process still ends with a failure code ([`run`]).
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `eprintln!` that cannot panic: a message on standard error through [`Stderr`].
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let line = ::std::format!("{}\n", ::std::format_args!($($arg)*));
+        let _ = $crate::Stderr.write_all(line.as_bytes());
+    }};
+}
 
 /// Prepares the process: log records at `warn` and above (or as `RUST_LOG` says) go to
-/// standard error, freed tensor memory stays in the process
+/// standard error (coloured only on a terminal, and never with `NO_COLOR` set), freed tensor
+/// memory stays in the process
 /// ([`span_marker::device::tune_host_allocator`]), and a closed standard output
 /// (`span-marker predict ... | head`) ends the process quietly, as it ends other command-line
 /// tools, instead of making every later print fail.
@@ -25,7 +44,11 @@ pub fn init() {
                     .into()
             }),
         )
-        .with_writer(std::io::stderr)
+        .with_ansi(colours_on_stderr())
+        .with_writer(|| Stderr)
+        // A record that cannot be written is remembered by `Stderr`, not reported on the
+        // stream that just failed.
+        .log_internal_errors(false)
         .init();
     span_marker::device::tune_host_allocator();
     report_bugs_as_errors();
@@ -61,7 +84,7 @@ fn report_bugs_as_errors() {
             .location()
             .map(|at| format!(" at {}:{}", at.file(), at.line()))
             .unwrap_or_default();
-        eprintln!(
+        note!(
             "error: internal error: {message}{location}\n  this is a bug in span-marker or in \
              a library it uses: please report it with the command that caused it"
         );
@@ -69,12 +92,134 @@ fn report_bugs_as_errors() {
 }
 
 /// Runs a command and turns its outcome into the process's exit code: success, a failure
-/// after printing the error and its causes, or `70` after an internal error (a bug).
+/// after printing the error and its causes, or `70` after an internal error (a bug). Output
+/// that could not be written (standard output on a full disk, standard error closed) fails
+/// the run too.
 pub fn run(command: impl FnOnce() -> Result<(), Box<dyn std::error::Error>>) -> ExitCode {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(command)) {
+    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // What is still buffered must reach standard output before the run counts as done.
+        command().and_then(|()| Ok(stdout().flush()?))
+    })) {
         Ok(result) => exit_code(result),
         Err(_) => ExitCode::from(INTERNAL_ERROR),
+    };
+    if STDERR_FAILED.load(Ordering::Relaxed) && code == ExitCode::SUCCESS {
+        return ExitCode::FAILURE;
     }
+    code
+}
+
+/// Parses the command line as [`clap::Parser::parse`] does, except that a help or version text
+/// (or a usage error) that cannot be written ends the process with a failure code rather than
+/// success.
+pub fn parse_args<P: clap::Parser>() -> Result<P, ExitCode> {
+    P::try_parse().map_err(|error| {
+        let closed = if error.use_stderr() {
+            STDERR_FAILED.load(Ordering::Relaxed)
+        } else {
+            STDOUT_CLOSED.load(Ordering::Relaxed)
+        };
+        let written = error
+            .print()
+            .and_then(|()| std::io::stdout().flush())
+            .and_then(|()| std::io::stderr().flush())
+            .and_then(|()| match closed {
+                true => Err(std::io::Error::other("it is closed")),
+                false => Ok(()),
+            });
+        match written {
+            Ok(()) => ExitCode::from(error.exit_code().clamp(0, 255) as u8),
+            Err(e) => {
+                let stream = if error.use_stderr() {
+                    "standard error"
+                } else {
+                    "standard output"
+                };
+                note!("error: cannot write to {stream}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Standard output as the binaries write to it: locked, and a failed write says it was
+/// standard output that failed (`cannot write to standard output: No space left on device`).
+pub fn stdout() -> Stdout {
+    Stdout(std::io::stdout().lock())
+}
+
+/// See [`stdout`].
+pub struct Stdout(std::io::StdoutLock<'static>);
+
+impl Stdout {
+    fn failed(e: std::io::Error) -> std::io::Error {
+        std::io::Error::new(e.kind(), format!("cannot write to standard output: {e}"))
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if STDOUT_CLOSED.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other(
+                "cannot write to standard output: it is closed",
+            ));
+        }
+        self.0.write(buf).map_err(Self::failed)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(Self::failed)
+    }
+}
+
+/// Set when the process started with standard output closed (`>&-`). Rust's runtime puts
+/// `/dev/null` there before `main`, so that what is written vanishes without an error:
+/// [`Stdout`] reports it instead.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Records which standard streams the process started with closed. It must run before Rust's
+/// runtime opens `/dev/null` in their place: a binary lists it among its ELF constructors
+/// (`.init_array`, see `main.rs`), which run before `main`.
+pub extern "C" fn record_closed_streams() {
+    #[cfg(unix)]
+    for (fd, closed) in [(1, &STDOUT_CLOSED), (2, &STDERR_FAILED)] {
+        // SAFETY: fcntl(F_GETFD) only reads a descriptor's flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            closed.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Set once a write to standard error failed.
+static STDERR_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Standard error as the binaries write to it (log records, messages): a failed write is
+/// remembered (the run then ends with a failure code, see [`run`]) and otherwise ignored,
+/// since there is nowhere left to report it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::io::stderr().write_all(buf).is_err() {
+            STDERR_FAILED.store(true, Ordering::Relaxed);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if std::io::stderr().flush().is_err() {
+            STDERR_FAILED.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Whether log records on standard error get colours: only on a terminal, and not when
+/// `NO_COLOR` is set (<https://no-color.org>).
+fn colours_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The exit code of a run: success, or failure after printing the error and its causes.
@@ -91,13 +236,13 @@ fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut shown = error.to_string();
-    eprintln!("error: {shown}");
+    note!("error: {shown}");
     let mut source = error.source();
     while let Some(cause) = source {
         // Wrappers (DataFusion's `External error: ...`) repeat their cause: say it once.
         let text = cause.to_string();
         if !shown.contains(&text) {
-            eprintln!("  caused by: {text}");
+            note!("  caused by: {text}");
         }
         shown = text;
         source = cause.source();

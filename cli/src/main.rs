@@ -75,10 +75,20 @@ enum Command {
     Cluster(cluster::ClusterCommand),
 }
 
+/// Runs before Rust's runtime replaces closed standard streams (see
+/// [`span_marker_cli::record_closed_streams`]).
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static RECORD_CLOSED_STREAMS: extern "C" fn() = span_marker_cli::record_closed_streams;
+
 fn main() -> std::process::ExitCode {
     span_marker_cli::init();
+    let cli = match span_marker_cli::parse_args::<Cli>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     span_marker_cli::run(|| {
-        let cli = Cli::parse();
         if let Some(threads) = cli.threads {
             tch::set_num_threads(threads);
         }

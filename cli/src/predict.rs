@@ -1,6 +1,7 @@
 //! `span-marker predict`: entities of sentences from arguments, a file or stdin, printed for
 //! people or as JSON lines.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -37,25 +38,27 @@ pub fn run(args: PredictArgs) -> CliResult {
     let inputs = sentence_inputs(&lines, &split);
     let predictions = model.predict(&inputs, &args.options)?;
     let json = args.json;
+    let mut out = span_marker_cli::stdout();
     for (row, (line, entities)) in lines.iter().zip(&predictions).enumerate() {
         if json {
             let record = serde_json::json!({"row": row, "text": line, "entities": entities});
-            println!("{record}");
+            writeln!(out, "{record}")?;
             continue;
         }
-        println!("[{row}] {line}");
+        writeln!(out, "[{row}] {line}")?;
         for e in entities {
             let position = match (e.char_start, e.char_end) {
                 (Some(start), Some(end)) => format!("chars {start}..{end}"),
                 _ => format!("words {}..{}", e.word_start, e.word_end),
             };
-            println!(
+            writeln!(
+                out,
                 "    {:<6} {:.3}  {}  ({position})",
                 e.label, e.score, e.text
-            );
+            )?;
         }
         if entities.is_empty() {
-            println!("    (no entities)");
+            writeln!(out, "    (no entities)")?;
         }
     }
     Ok(())

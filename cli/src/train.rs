@@ -1,5 +1,6 @@
 //! `span-marker train`: a pipeline file end to end, or a model trained on CoNLL-style files.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -44,8 +45,12 @@ pub struct TrainArgs {
     #[arg(long)]
     num_train_epochs: Option<f64>,
     /// Continue from a checkpoint directory, or `latest` in the output dir.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite_output_dir")]
     resume: Option<String>,
+    /// Train into an output dir that holds a finished run (a model or checkpoints), removing
+    /// its checkpoints (refused otherwise).
+    #[arg(long)]
+    overwrite_output_dir: bool,
     /// Settings of a new model.
     #[command(flatten)]
     settings: ModelSettings,
@@ -69,6 +74,9 @@ fn override_arguments(training: &mut TrainingArguments, args: &TrainArgs) {
     if let Some(epochs) = args.num_train_epochs {
         training.num_train_epochs = epochs;
     }
+    if args.overwrite_output_dir {
+        training.overwrite_output_dir = true;
+    }
 }
 
 fn train_pipeline(file: PathBuf, args: TrainArgs) -> CliResult {
@@ -78,12 +86,12 @@ fn train_pipeline(file: PathBuf, args: TrainArgs) -> CliResult {
     let runtime = tokio::runtime::Runtime::new()?;
     let report = runtime.block_on(pipeline.run(args.resume.as_deref()))?;
     let metrics = serde_json::to_string_pretty(&report.metrics)?;
-    span_marker::checkpoint::write_atomically(
+    span_marker::atomic::write(
         &report.output_dir.join("pipeline_metrics.json"),
         metrics.as_bytes(),
     )?;
-    println!("{metrics}");
-    eprintln!(
+    writeln!(span_marker_cli::stdout(), "{metrics}")?;
+    span_marker_cli::note!(
         "model, metrics and training curves saved to {}",
         report.output_dir.display()
     );
@@ -117,7 +125,11 @@ fn train_conll(args: TrainArgs) -> CliResult {
         settings: args.settings,
     };
     let report = training::run(spec, training, train, eval, test, args.resume)?;
-    println!("{}", serde_json::Value::Object(report.metrics));
-    eprintln!("model saved to {}", report.output_dir.display());
+    writeln!(
+        span_marker_cli::stdout(),
+        "{}",
+        serde_json::Value::Object(report.metrics)
+    )?;
+    span_marker_cli::note!("model saved to {}", report.output_dir.display());
     Ok(())
 }

@@ -161,6 +161,8 @@ fn complete_parts(dir: &Path) -> Vec<PathBuf> {
 pub fn annotate(model: &SharedModel, options: &AnnotateOptions) -> Result<AnnotateReport> {
     let started = Instant::now();
     options.validate()?;
+    // Settings the model's device cannot run fail here, before a part directory exists.
+    options.predict.precision.check(model.device())?;
     let builder = open_parquet(&options.input)?;
     let total_rows = builder.metadata().file_metadata().num_rows().max(0) as usize;
     let input_schema = builder.schema().clone();

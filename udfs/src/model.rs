@@ -185,6 +185,11 @@ impl SharedModel {
         Ok(model)
     }
 
+    /// The device the model runs on.
+    pub fn device(&self) -> tch::Device {
+        self.lock().device()
+    }
+
     /// Where the model came from.
     pub fn source(&self) -> &str {
         &self.source

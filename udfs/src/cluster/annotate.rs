@@ -157,7 +157,11 @@ pub async fn annotate_files(
         .repartition_file_scans = false;
     let ctx = &SessionContext::new_with_state(state);
 
-    // Every executor loads the model (and the same weights) before anything is written.
+    // A second job on the same output is refused at once, not queued behind the first.
+    let dir = &options.output_dir;
+    let _lock = lock_dir(dir)?;
+    // Every executor loads the model (and the same weights) and can run the settings before
+    // anything is written.
     let models = cluster.check_model(ctx).await?;
     let fingerprint = models
         .values()
@@ -171,8 +175,6 @@ pub async fn annotate_files(
         &predict,
     )?;
 
-    let dir = &options.output_dir;
-    let _lock = lock_dir(dir)?;
     let manifest = open_manifest(dir, job)?;
     let mut pending = Vec::new();
     let mut skipped_files = 0;
@@ -188,7 +190,12 @@ pub async fn annotate_files(
     let bar = progress_bar(options.progress, total_rows as u64, 0);
     let manifest = Mutex::new(manifest);
     let done: Vec<(usize, usize)> = futures::stream::iter(pending.iter())
-        .map(|input| input.annotate(ctx, options, dir, &manifest, &bar))
+        .map(|input| {
+            let (manifest, bar) = (&manifest, &bar);
+            cluster.run_watched(ctx, move |ctx| async move {
+                input.annotate(&ctx, options, dir, manifest, bar).await
+            })
+        })
         .buffer_unordered(options.files_at_once)
         .try_collect()
         .await?;

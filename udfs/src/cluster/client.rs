@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ballista::prelude::SessionContextExt;
-use ballista_core::config::BALLISTA_COALESCE_ENABLED;
+use ballista_api_types::dto::{JobResponse, QueryStagesResponse, TaskStatus};
+use ballista_core::config::{BALLISTA_COALESCE_ENABLED, BALLISTA_JOB_NAME};
 use datafusion::arrow::array::AsArray;
 use datafusion::prelude::SessionContext;
 use serde::Deserialize;
@@ -18,12 +19,24 @@ use crate::sql::{scalar_functions, ModelInfo, SpanMarkerOptions};
 /// How long a scheduler may take to accept a connection or answer its REST API.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a job may show no progress before its client gives up on it (see
+/// [`Cluster::run_watched`]). A task shows progress only when it ends, so this must exceed the
+/// longest task (the annotation of one file).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// How often a watched job is looked at.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a job the scheduler reports failed may keep its client waiting.
+const FAILED_GRACE: Duration = Duration::from_secs(5);
+
 /// A Ballista scheduler with SpanMarker executors, reached at `df://HOST:PORT`.
 #[derive(Debug, Clone)]
 pub struct Cluster {
     url: String,
     host: String,
     port: u16,
+    stall_timeout: Duration,
 }
 
 /// An executor registered with the scheduler, as its REST API lists it.
@@ -61,6 +74,7 @@ impl Cluster {
             url: url.to_owned(),
             host: host.to_owned(),
             port,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         };
         let addresses: Vec<_> = (host, port)
             .to_socket_addrs()
@@ -88,6 +102,137 @@ impl Cluster {
     /// The address it was reached at.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// How long a job may show no progress (no task or stage ending) before it is cancelled
+    /// and its client fails, naming where it stood ([`DEFAULT_STALL_TIMEOUT`] unless set).
+    pub fn with_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
+    /// Runs `job`, the queries of one piece of work, on a session like `ctx` whose jobs carry
+    /// a name of their own, and watches them on the scheduler: when they show no progress for
+    /// the stall timeout, or the scheduler says they failed while the client still waits, the
+    /// jobs are cancelled and the error names the stage, its tasks, the executors' reasons and
+    /// the executors. Ballista's client waits for a job without limit; this is the limit.
+    pub async fn run_watched<T, F, Fut>(&self, ctx: &SessionContext, job: F) -> Result<T>
+    where
+        F: FnOnce(SessionContext) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let name = format!("span-marker-{}", ballista_core::ids::new_instance_id());
+        let mut state = ctx.state();
+        state
+            .config_mut()
+            .options_mut()
+            .set(BALLISTA_JOB_NAME, &name)?;
+        let job = job(SessionContext::new_with_state(state));
+        tokio::pin!(job);
+        let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+        let mut last: Option<Vec<JobProgress>> = None;
+        let mut unchanged_since = Instant::now();
+        let mut failed_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                result = &mut job => return result,
+                _ = ticks.tick() => {}
+            }
+            let (cluster, named) = (self.clone(), name.clone());
+            let seen = tokio::task::spawn_blocking(move || cluster.jobs_named(&named))
+                .await
+                .map_err(|e| self.error(format!("the job watch stopped: {e}")))?;
+            let seen = match seen {
+                Ok(seen) => seen,
+                // An unanswered look is no progress; the job's own error may still come.
+                Err(e) if unchanged_since.elapsed() >= self.stall_timeout => return Err(e),
+                Err(_) => continue,
+            };
+            if seen.iter().any(|job| job.status == "Failed") {
+                let since = *failed_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= FAILED_GRACE {
+                    return Err(self.stalled(
+                        &seen,
+                        "failed on the scheduler, but its client was never told",
+                    ));
+                }
+            }
+            if last.as_ref() != Some(&seen) {
+                last = Some(seen);
+                unchanged_since = Instant::now();
+            } else if unchanged_since.elapsed() >= self.stall_timeout {
+                let why = format!(
+                    "made no progress in {}s (no task or stage ended; a longer task needs a \
+                     longer stall timeout)",
+                    self.stall_timeout.as_secs()
+                );
+                return Err(self.stalled(&seen, &why));
+            }
+        }
+    }
+
+    /// The jobs named `name`, with their stages.
+    fn jobs_named(&self, name: &str) -> Result<Vec<JobProgress>> {
+        let agent = ureq::AgentBuilder::new().timeout(CONNECT_TIMEOUT).build();
+        let get = |path: &str| -> Result<ureq::Response> {
+            let endpoint = format!("http://{}:{}/api/{path}", self.host, self.port);
+            agent
+                .get(&endpoint)
+                .call()
+                .map_err(|e| self.error(format!("the scheduler did not answer {endpoint}: {e}")))
+        };
+        let unreadable = |e: std::io::Error| {
+            self.error(format!(
+                "the scheduler's answer about its jobs is unreadable: {e}"
+            ))
+        };
+        let jobs: Vec<JobResponse> = get("jobs")?.into_json().map_err(unreadable)?;
+        let mut found = Vec::new();
+        for job in jobs.into_iter().filter(|job| job.job_name == name) {
+            let stages: QueryStagesResponse = get(&format!("job/{}/stages", job.job_id))?
+                .into_json()
+                .map_err(unreadable)?;
+            found.push(JobProgress::new(job, stages));
+        }
+        Ok(found)
+    }
+
+    /// Cancels the unfinished `jobs` and says where they stood.
+    fn stalled(&self, jobs: &[JobProgress], why: &str) -> Error {
+        let agent = ureq::AgentBuilder::new().timeout(CONNECT_TIMEOUT).build();
+        let mut lines = Vec::new();
+        for job in jobs {
+            let id = &job.id;
+            if matches!(job.status.as_str(), "Queued" | "Running") {
+                let endpoint = format!("http://{}:{}/api/job/{id}", self.host, self.port);
+                if let Err(e) = agent.request("PATCH", &endpoint).call() {
+                    tracing::warn!(job = %id, "could not cancel the job: {e}");
+                }
+            }
+            lines.push(format!(
+                "job {id} ({}, {} of {} stages done){}",
+                job.status_text,
+                job.completed_stages,
+                job.num_stages,
+                job.describe()
+            ));
+        }
+        if lines.is_empty() {
+            lines.push("the scheduler lists no job of this client".into());
+        }
+        let executors = match self.executors() {
+            Ok(executors) if executors.is_empty() => "none registered".to_owned(),
+            Ok(executors) => executors
+                .iter()
+                .map(|e| e.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => e.to_string(),
+        };
+        self.error(format!(
+            "{why}; cancelled: {}; executors: {executors}",
+            lines.join("; ")
+        ))
     }
 
     /// The executors registered with the scheduler now.
@@ -145,9 +290,7 @@ impl Cluster {
                 "no executors have registered with the scheduler (start them with `span-marker cluster executor`)".into(),
             ));
         }
-        let model = SpanMarkerOptions::from_config(ctx.state().config().options())
-            .model
-            .clone();
+        let model = absolute_model(ctx)?;
         let mut answers = BTreeMap::new();
         // Tasks go to the executors in turn, so a few tasks per executor reach them all; a
         // busy cluster may need another round.
@@ -224,13 +367,14 @@ impl Cluster {
         let rows: Vec<String> = (0..partitions)
             .map(|i| format!("SELECT {i} AS i"))
             .collect();
-        let batches = ctx
-            .sql(&format!(
-                "SELECT span_marker_model_info() AS info FROM ({})",
-                rows.join(" UNION ALL ")
-            ))
-            .await?
-            .collect()
+        let query = format!(
+            "SELECT span_marker_model_info() AS info FROM ({})",
+            rows.join(" UNION ALL ")
+        );
+        let batches = self
+            .run_watched(&ctx, |ctx| async move {
+                Ok(ctx.sql(&query).await?.collect().await?)
+            })
             .await?;
         let mut answers = Vec::new();
         for batch in &batches {
@@ -252,6 +396,103 @@ impl Cluster {
             message,
         }
     }
+}
+
+/// What a look at one job saw: any change between two looks is progress.
+#[derive(Debug, PartialEq)]
+struct JobProgress {
+    id: String,
+    /// `Queued`, `Running`, `Completed` or `Failed`.
+    status: String,
+    /// The status in words (with a failed job's error).
+    status_text: String,
+    completed_stages: usize,
+    num_stages: usize,
+    /// Per stage: its id, status, and its tasks' ids by state.
+    stages: Vec<StageProgress>,
+}
+
+#[derive(Debug, PartialEq)]
+struct StageProgress {
+    id: String,
+    status: String,
+    running: Vec<usize>,
+    successful: usize,
+    /// Failed tasks: id and the executor's reason.
+    failed: Vec<(usize, String)>,
+}
+
+impl JobProgress {
+    fn new(job: JobResponse, stages: QueryStagesResponse) -> Self {
+        let stages = stages
+            .stages
+            .into_iter()
+            .map(|stage| {
+                let mut progress = StageProgress {
+                    id: stage.stage_id,
+                    status: stage.stage_status,
+                    running: Vec::new(),
+                    successful: 0,
+                    failed: Vec::new(),
+                };
+                for task in stage.tasks.into_iter().flatten() {
+                    match task.status {
+                        TaskStatus::Running => progress.running.push(task.id),
+                        TaskStatus::Successful => progress.successful += 1,
+                        TaskStatus::Failed { reason, error } => progress
+                            .failed
+                            .push((task.id, format!("{reason}: {error}"))),
+                    }
+                }
+                progress
+            })
+            .collect();
+        Self {
+            id: job.job_id,
+            status: job.status,
+            status_text: job.job_status,
+            completed_stages: job.completed_stages,
+            num_stages: job.num_stages,
+            stages,
+        }
+    }
+
+    /// The unfinished stages: their tasks and the executors' reasons for failed ones.
+    fn describe(&self) -> String {
+        let mut text = String::new();
+        for stage in self.stages.iter().filter(|s| s.status != "Successful") {
+            text += &format!(
+                ": stage {} {}, tasks running {:?}, {} done",
+                stage.id, stage.status, stage.running, stage.successful
+            );
+            for (task, reason) in &stage.failed {
+                text += &format!(", task {task} failed: {reason}");
+            }
+        }
+        text
+    }
+}
+
+/// Makes the session's `span_marker.model` absolute when it names a directory relative to the
+/// client's working directory, as input paths are, so that every executor loads the model the
+/// client means rather than whatever is at that relative path in its own working directory.
+/// Returns the model as the executors get it.
+fn absolute_model(ctx: &SessionContext) -> Result<String> {
+    let model = SpanMarkerOptions::from_config(ctx.state().config().options()).model;
+    let path = std::path::Path::new(&model);
+    if model == span_marker::hub::BUNDLED || !path.is_relative() || !path.is_dir() {
+        return Ok(model);
+    }
+    let absolute = std::path::absolute(path)
+        .map_err(|e| Error::io(path, e))?
+        .to_string_lossy()
+        .into_owned();
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .options_mut()
+        .set("span_marker.model", &absolute)?;
+    Ok(absolute)
 }
 
 /// A cluster error as one readable line: where a task failed, the message of the executor's

@@ -32,13 +32,14 @@ pub mod server;
 
 use std::sync::Arc;
 
+use ballista_core::config::BALLISTA_SCHEDULER_MAX_PARTITIONS_PER_TASK;
 use ballista_core::extension::SessionConfigExt;
 use ballista_core::registry::BallistaFunctionRegistry;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::SessionConfig;
 
-pub use client::{readable_error, remote_context, Cluster, ExecutorInfo};
+pub use client::{readable_error, remote_context, Cluster, ExecutorInfo, DEFAULT_STALL_TIMEOUT};
 
 use crate::sql::{add_settings, scalar_functions, Worker};
 
@@ -47,7 +48,12 @@ use crate::sql::{add_settings, scalar_functions, Worker};
 pub fn session_config() -> SessionConfig {
     let mut config = SessionConfig::new_with_ballista()
         // One partition per input file: a file's rows come back in their order.
-        .set_bool("datafusion.optimizer.repartition_file_scans", false);
+        .set_bool("datafusion.optimizer.repartition_file_scans", false)
+        // One partition per task, so that every task of a stage has the same plan: Ballista 55
+        // fills the partitions a task leaves out with stubs that report metrics, and its
+        // scheduler refuses the statuses of tasks whose metrics differ in number, after which
+        // the job never ends (see ARCHITECTURE.md, "Ballista's sharp edges").
+        .set_usize(BALLISTA_SCHEDULER_MAX_PARTITIONS_PER_TASK, 1);
     add_settings(&mut config);
     config
 }
@@ -67,13 +73,15 @@ pub fn session_state(config: SessionConfig) -> datafusion::error::Result<Session
     Ok(state)
 }
 
-/// DataFusion's functions and the SpanMarker ones as run by `worker` (an executor).
-pub fn function_registry(worker: Worker) -> BallistaFunctionRegistry {
-    let mut registry = BallistaFunctionRegistry::default();
+/// The functions an executor runs: every function the scheduler plans with (DataFusion's,
+/// the array functions among them, which Ballista's default executor registry lacks), with the
+/// SpanMarker ones as run by `worker`.
+pub fn function_registry(worker: Worker) -> datafusion::error::Result<BallistaFunctionRegistry> {
+    let mut registry = BallistaFunctionRegistry::from(&session_state(session_config())?);
     for udf in scalar_functions(None, Some(worker)) {
         registry
             .scalar_functions
             .insert(udf.name().to_owned(), Arc::new(udf));
     }
-    registry
+    Ok(registry)
 }

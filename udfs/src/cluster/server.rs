@@ -7,6 +7,7 @@
 //! tasks go to the executors in turn (round robin) rather than filling the first one.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -64,11 +65,88 @@ pub struct ExecutorOptions {
     pub heartbeat_interval_seconds: u64,
 }
 
+/// The accepted range of each time and retry setting: zero would spin or never give up, and
+/// values past these are mistakes (a day without a heartbeat is a lost executor).
+const EXECUTOR_TIMEOUT_SECONDS: RangeInclusive<u64> = 2..=86_400;
+const HEARTBEAT_INTERVAL_SECONDS: RangeInclusive<u64> = 1..=3_600;
+const TASK_MAX_FAILURES: RangeInclusive<usize> = 1..=100;
+const CONCURRENT_TASKS: RangeInclusive<usize> = 1..=1_024;
+
+impl SchedulerOptions {
+    /// Checks the settings, naming the first one out of range.
+    pub fn validate(&self) -> Result<()> {
+        in_range(
+            "executor-timeout-seconds",
+            self.executor_timeout_seconds,
+            EXECUTOR_TIMEOUT_SECONDS,
+        )?;
+        in_range(
+            "task-max-failures",
+            self.task_max_failures,
+            TASK_MAX_FAILURES,
+        )
+    }
+}
+
+impl ExecutorOptions {
+    /// Checks the settings, naming the first one out of range, and that the two ports differ.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(device) = &self.device {
+            parse_device(device).map_err(|e| setting("device", e.to_string()))?;
+        }
+        in_range("concurrent-tasks", self.concurrent_tasks, CONCURRENT_TASKS)?;
+        in_range(
+            "heartbeat-interval-seconds",
+            self.heartbeat_interval_seconds,
+            HEARTBEAT_INTERVAL_SECONDS,
+        )?;
+        if self.port == self.grpc_port {
+            return Err(setting(
+                "grpc-port",
+                format!(
+                    "equals --port ({}): the Flight service and the task service need a port each",
+                    self.port
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<()> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(setting(
+        key,
+        format!(
+            "must be between {} and {}, got {value}",
+            range.start(),
+            range.end()
+        ),
+    ))
+}
+
+/// Fails, naming the port and its service, when `port` cannot be listened on at `host` (taken
+/// by another process, or not ours to take), so that the process ends with the reason instead
+/// of serving half its services.
+fn check_port(host: &str, port: u16, service: &str) -> Result<()> {
+    std::net::TcpListener::bind((host, port))
+        .map(drop)
+        .map_err(|e| setting(service, format!("cannot listen on {host}:{port}: {e}")))
+}
+
 /// Runs a scheduler until the process is stopped.
 pub async fn run_scheduler(options: SchedulerOptions) -> Result<()> {
+    options.validate()?;
     let address: SocketAddr = format!("{}:{}", options.bind_host, options.port)
         .parse()
         .map_err(|e| setting("bind-host", format!("`{}`: {e}", options.bind_host)))?;
+    check_port(&options.bind_host, options.port, "port")?;
     let config = SchedulerConfig {
         bind_host: options.bind_host.clone(),
         bind_port: options.port,
@@ -93,11 +171,11 @@ pub async fn run_scheduler(options: SchedulerOptions) -> Result<()> {
 
 /// Runs an executor until the process is stopped (or its scheduler stops it).
 pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
-    if let Some(device) = &options.device {
-        parse_device(device).map_err(|e| setting("device", e.to_string()))?;
-    }
-    if options.concurrent_tasks == 0 {
-        return Err(setting("concurrent-tasks", "must be at least 1".into()));
+    options.validate()?;
+    check_port(&options.bind_host, options.port, "port")?;
+    check_port(&options.bind_host, options.grpc_port, "grpc-port")?;
+    if let Some(dir) = &options.work_dir {
+        check_work_dir(dir)?;
     }
     // The id names this executor in the scheduler's API and in errors: where it listens, and
     // a random part that tells apart executors on one address (a restarted one, containers).
@@ -110,7 +188,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     let registry = function_registry(Worker {
         name: executor_id.clone(),
         device: options.device.clone(),
-    });
+    })?;
     let config = ExecutorProcessConfig {
         executor_id,
         bind_host: options.bind_host.clone(),
@@ -124,6 +202,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         work_dir: options
             .work_dir
             .as_ref()
+            .map(|dir| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
             .map(|dir| dir.to_string_lossy().into_owned()),
         executor_heartbeat_interval_seconds: options.heartbeat_interval_seconds,
         override_function_registry: Some(Arc::new(registry)),
@@ -133,6 +212,18 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| ballista("executor", e))
+}
+
+/// The work directory must be a directory this process can write in: a task that cannot
+/// write its results there fails on every attempt.
+fn check_work_dir(dir: &std::path::Path) -> Result<()> {
+    let bad = |message: String| setting("work-dir", format!("{}: {message}", dir.display()));
+    if !dir.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    tempfile::tempfile_in(dir)
+        .map(drop)
+        .map_err(|e| bad(format!("cannot write there: {e}")))
 }
 
 fn setting(key: &str, message: String) -> Error {

@@ -55,6 +55,12 @@ impl SpanMarkerModelInfo {
 
     fn describe(&self, settings: &SpanMarkerOptions) -> crate::Result<String> {
         let model = settings.model_on(self.model.as_ref(), self.worker.as_deref())?;
+        // The session's prediction settings must run here (a precision this device lacks is
+        // refused by the model check, before a job writes anything).
+        settings
+            .predict_options()?
+            .precision
+            .check(model.device())?;
         let worker = self.worker.as_deref();
         let info = ModelInfo {
             executor: worker.map_or_else(|| "local".to_owned(), |w| w.name.clone()),
@@ -71,7 +77,8 @@ static DOCS: LazyLock<Documentation> = LazyLock::new(|| {
         DocSection::default(),
         "Loads the model of `span_marker.model` where the query runs and describes it as JSON: \
          the executor (`local` outside a cluster), the model, the device and the weights' \
-         content digest.",
+         content digest. Fails where the session's prediction settings cannot run (a \
+         precision the device lacks).",
         "span_marker_model_info()",
     )
     .build()
