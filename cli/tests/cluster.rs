@@ -39,6 +39,11 @@ struct TestCluster {
 impl TestCluster {
     /// A scheduler and one executor per entry of `cwds` (its working directory), all up.
     fn start(cwds: &[&Path]) -> Self {
+        Self::start_with(cwds, 2)
+    }
+
+    /// [`start`](Self::start) with executors that run `slots` tasks at once.
+    fn start_with(cwds: &[&Path], slots: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let logs = dir.path().to_owned();
@@ -77,12 +82,8 @@ impl TestCluster {
                 ])
                 .args(["--scheduler-host", "127.0.0.1"])
                 .args(["--scheduler-port", &port.to_string()])
-                .args([
-                    "--heartbeat-interval-seconds",
-                    "1",
-                    "--concurrent-tasks",
-                    "2",
-                ])
+                .args(["--heartbeat-interval-seconds", "1"])
+                .args(["--concurrent-tasks", &slots.to_string()])
                 .arg("--work-dir")
                 .arg(&work)
                 .stderr(log(&format!("executor-{i}.log")))
@@ -495,14 +496,15 @@ fn an_executor_that_cannot_load_the_model_is_named_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = corpus_dir(dir.path());
     let elsewhere = tempfile::tempdir().unwrap();
-    // A relative model path resolves on the first executor only.
+    // A relative model path that the client does not have is sent as it is, and resolves on
+    // the first executor only.
     let cluster = TestCluster::start(&[common::repo(), elsewhere.path()]);
     let (_, lost_port) = cluster.executors[1];
     let relative = "tests/fixtures/span-marker/conll-tiny";
     let output = dir.path().join("annotated");
     let out = run_with_limit(
         Command::new(BIN)
-            .current_dir(common::repo())
+            .current_dir(elsewhere.path())
             .args([
                 "annotate",
                 "--cluster",
@@ -530,19 +532,222 @@ fn an_executor_that_cannot_load_the_model_is_named_before_any_work() {
     assert!(!error.contains("DataFusionError("), "readable: {error}");
     assert!(!output.exists(), "nothing written before the check");
 
-    let out = run_with_limit(
-        Command::new(BIN)
-            .current_dir(common::repo())
-            .args(["sql", "--cluster", &cluster.url(), "--model", relative])
-            .arg("SELECT span_marker_predict(['Paris'])"),
-        Duration::from_secs(120),
-    );
+    let sql = |cwd: &Path| {
+        run_with_limit(
+            Command::new(BIN)
+                .current_dir(cwd)
+                .args(["sql", "--cluster", &cluster.url(), "--model", relative])
+                .arg("SELECT span_marker_predict(['Paris'])"),
+            Duration::from_secs(120),
+        )
+    };
+    let out = sql(elsewhere.path());
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains(&format!("127.0.0.1:{lost_port}/")),
         "{}",
         stderr(&out)
     );
+    // Where the client has it, the path is made absolute before it is sent: every executor
+    // loads the client's model, whatever its own working directory.
+    let out = sql(common::repo());
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// The array functions (planned by the client and the scheduler, decoded by the executors)
+/// run on the cluster as locally; executors with three task slots run the model check's union
+/// of one-row selects (tasks with several partitions of it wedged Ballista 55's scheduler);
+/// and two clients at once both finish, twice.
+#[test]
+fn array_functions_odd_slot_counts_and_two_clients_leave_the_cluster_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_dir(dir.path());
+    let repo = common::repo();
+    let test_cluster = TestCluster::start_with(&[repo, repo], 3);
+    let url = test_cluster.url();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cluster = Cluster::connect(&url).unwrap();
+        let statements = vec![
+            format!("SET span_marker.model = '{}'", model()),
+            format!(
+                "SELECT id, array_length(tokens) AS n, cardinality(tokens) AS c, tokens[1] AS first, \
+                 array_to_string(tokens, ' ') AS text FROM '{}' ORDER BY id",
+                corpus.join("b.parquet").display()
+            ),
+        ];
+        let (local, remote) = both(&cluster, &statements).await;
+        assert_eq!(local, remote, "{}", test_cluster.logs());
+        assert!(local.contains("| first"), "{local}");
+    });
+    for round in 0..2 {
+        let clients: Vec<_> = (0..2)
+            .map(|client| {
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    let query = format!(
+                        "SELECT {client} AS client, span_marker_model_info() IS NOT NULL AS ok"
+                    );
+                    run_with_limit(
+                        Command::new(BIN).args([
+                            "sql",
+                            "--cluster",
+                            &url,
+                            "--model",
+                            &model(),
+                            &query,
+                        ]),
+                        Duration::from_secs(120),
+                    )
+                })
+            })
+            .collect();
+        for client in clients {
+            let out = client.join().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}\n{}",
+                stderr(&out),
+                test_cluster.logs()
+            );
+        }
+    }
+}
+
+/// A second annotation into an output directory another run holds is refused at once, not
+/// queued on the cluster; a job that shows no progress for the stall timeout is cancelled,
+/// naming its stage, and the cluster goes on serving.
+#[test]
+fn locked_outputs_are_refused_and_stalled_jobs_are_cancelled_not_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_dir(dir.path());
+    let cluster = TestCluster::start(&[common::repo()]);
+    let url = cluster.url();
+    let output = dir.path().join("annotated");
+    std::fs::create_dir_all(&output).unwrap();
+    let held = span_marker::lock::DirLock::acquire(&output, "test").unwrap();
+    let out = run_with_limit(
+        &mut annotate(&url, &corpus, &output, &[]),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("another annotation run is writing here"),
+        "{}",
+        stderr(&out)
+    );
+    drop(held);
+
+    // One task over many rows: no task ends for longer than the 1 s stall timeout.
+    let big = dir.path().join("big.parquet");
+    write_corpus(&big, 20_000, &[]);
+    let sql = |extra: &[&str], query: &str| {
+        run_with_limit(
+            Command::new(BIN)
+                .args(["sql", "--cluster", &url, "--model", &model()])
+                .args(extra)
+                .arg(query),
+            Duration::from_secs(300),
+        )
+    };
+    // The model is loaded first, so that the model check itself is quick.
+    let out = sql(&[], "SELECT span_marker_model_info() IS NOT NULL AS ok");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sql(
+        &["--stall-timeout", "1"],
+        &format!(
+            "SELECT count(span_marker_predict(tokens)) AS n FROM '{}'",
+            big.display()
+        ),
+    );
+    let error = stderr(&out);
+    assert!(!out.status.success(), "{error}");
+    assert!(
+        error.contains("made no progress in 1s")
+            && error.contains("cancelled: job ")
+            && error.contains("stage ")
+            && error.contains("executors: 127.0.0.1:"),
+        "{error}"
+    );
+    let out = sql(&[], "SELECT span_marker_model_info() IS NOT NULL AS ok");
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+}
+
+/// Executors and schedulers refuse settings that cannot work, and ports they cannot listen
+/// on, with the reason and a failure code, instead of serving half their services.
+#[test]
+fn cluster_programs_refuse_bad_settings_and_taken_ports() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().port().to_string();
+    let (a, b) = (free_port().to_string(), free_port().to_string());
+    let executor = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["cluster", "executor", "--bind-host", "127.0.0.1"];
+        all.extend_from_slice(args);
+        all.iter().map(|s| s.to_string()).collect()
+    };
+    let scheduler = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["cluster", "scheduler", "--bind-host", "127.0.0.1"];
+        all.extend_from_slice(args);
+        all.iter().map(|s| s.to_string()).collect()
+    };
+    let cases = [
+        (
+            executor(&["--port", &a, "--grpc-port", &a]),
+            "equals --port",
+        ),
+        (
+            executor(&["--port", &taken, "--grpc-port", &b]),
+            &format!("cannot listen on 127.0.0.1:{taken}") as &str,
+        ),
+        (
+            executor(&["--port", &a, "--grpc-port", &taken]),
+            &format!("cannot listen on 127.0.0.1:{taken}"),
+        ),
+        (
+            executor(&[
+                "--port",
+                &a,
+                "--grpc-port",
+                &b,
+                "--heartbeat-interval-seconds",
+                "0",
+            ]),
+            "heartbeat-interval-seconds",
+        ),
+        (
+            executor(&["--port", &a, "--grpc-port", &b, "--concurrent-tasks", "0"]),
+            "concurrent-tasks",
+        ),
+        (
+            executor(&[
+                "--port",
+                &a,
+                "--grpc-port",
+                &b,
+                "--work-dir",
+                "/no/such/dir",
+            ]),
+            "/no/such/dir",
+        ),
+        (
+            scheduler(&["--port", &a, "--executor-timeout-seconds", "0"]),
+            "executor-timeout-seconds",
+        ),
+        (
+            scheduler(&["--port", &a, "--task-max-failures", "0"]),
+            "task-max-failures",
+        ),
+        (
+            scheduler(&["--port", &taken]),
+            &format!("cannot listen on 127.0.0.1:{taken}"),
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = run_with_limit(Command::new(BIN).args(&args), Duration::from_secs(30));
+        let error = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {error}");
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
 }
 
 #[test]

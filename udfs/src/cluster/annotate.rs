@@ -157,12 +157,17 @@ pub async fn annotate_files(
         .repartition_file_scans = false;
     let ctx = &SessionContext::new_with_state(state);
 
-    // A second job on the same output is refused at once, not queued behind the first.
+    // A second job on an existing output directory is refused at once, not queued on the
+    // cluster behind the first; a new directory is made only once the model check passed.
     let dir = &options.output_dir;
-    let _lock = lock_dir(dir)?;
+    let early_lock = dir.is_dir().then(|| lock_dir(dir)).transpose()?;
     // Every executor loads the model (and the same weights) and can run the settings before
     // anything is written.
     let models = cluster.check_model(ctx).await?;
+    let _lock = match early_lock {
+        Some(lock) => lock,
+        None => lock_dir(dir)?,
+    };
     let fingerprint = models
         .values()
         .next()
