@@ -499,7 +499,16 @@ fn absolute_model(ctx: &SessionContext) -> Result<String> {
 /// error, which Ballista hands back in its debug form (`DataFusionError(Shared(External(...`).
 pub fn readable_error(error: &datafusion::error::DataFusionError) -> String {
     const MARK: &str = "Execution(\"";
+    /// What Ballista's scheduler says of a task an executor would not run; the executor
+    /// logged the reason.
+    const REJECTED: &str = "task could not be prepared or was rejected by executor";
     let text = error.strip_backtrace();
+    if text.contains(REJECTED) {
+        return format!(
+            "{text} (the executor's log says why, on a line `failed to decode tasks for ...`: \
+             the scheduler, the executors and the client must run the same span-marker build)"
+        );
+    }
     let Some(start) = text.find(MARK) else {
         return text;
     };
@@ -547,6 +556,10 @@ mod tests {
             readable_error(&shipped),
             "a task failed on the cluster: executor 127.0.0.1:1/2: model \"m\": not a directory\nsee `x`"
         );
+        let rejected = DataFusionError::Execution(
+            "Job 7 failed: task could not be prepared or was rejected by executor".into(),
+        );
+        assert!(readable_error(&rejected).contains("the executor's log says why"));
         let plain = DataFusionError::Plan("no such table".into());
         assert_eq!(readable_error(&plain), plain.strip_backtrace());
     }
