@@ -8,7 +8,7 @@
 //! let path = dir.path().join("config.json");
 //! span_marker::atomic::write(&path, b"{}")?;
 //! assert_eq!(std::fs::read(&path)?, b"{}");
-//! # Ok::<(), span_marker::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::io::Write;

@@ -1,6 +1,8 @@
 //! `span-marker push`: a model directory published to a Hugging Face Hub repository.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use span_marker::hub::publish::{upload_folders, Folder, PushOptions};
@@ -30,6 +32,10 @@ pub struct PushArgs {
     /// The Hub's URL (default: HF_ENDPOINT, else https://huggingface.co).
     #[arg(long)]
     endpoint: Option<String>,
+    /// How long each step may take, in seconds: a request and its repetitions, plus for an
+    /// upload the time its size takes at 64 KiB/s (default: HF_HUB_DOWNLOAD_TIMEOUT, else 120).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    timeout: Option<Duration>,
     /// Also publish the training checkpoints (`checkpoint-*` folders).
     #[arg(long)]
     with_checkpoints: bool,
@@ -48,6 +54,7 @@ pub fn run(args: PushArgs) -> CliResult {
             revision: args.revision,
             endpoint: args.endpoint,
             token: args.token.map(Into::into),
+            timeout: args.timeout,
             ..HubOptions::default()
         },
         private: args.private,
@@ -62,16 +69,28 @@ pub fn run(args: PushArgs) -> CliResult {
         keep: &keep,
     };
     let commit = upload_folders(&[folder], &args.repo_id, &options)?;
+    let mut out = span_marker_cli::stdout();
     if commit.files == 0 {
-        println!(
+        writeln!(
+            out,
             "nothing changed: {} already holds these files at {}",
             commit.repo_url, commit.commit_url
-        );
+        )?;
     } else {
-        println!(
+        writeln!(
+            out,
             "published {} files ({} through LFS) to {}\ncommit {}",
             commit.files, commit.lfs_files, commit.repo_url, commit.commit_url
-        );
+        )?;
     }
     Ok(())
+}
+
+/// A positive number of seconds, fractions allowed.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
 }

@@ -314,3 +314,67 @@ fn annotation_settings_are_checked_before_anything_is_written() {
     succeeded(&mut annotate("fp32"));
     assert!(output.is_file());
 }
+
+/// `push` never shows a token or the password of a Hub address, whatever is wrong with them
+/// (a byte a header cannot carry, an empty token, credentials in the address, a Hub that
+/// does not answer); the error says what was wrong instead.
+#[test]
+fn push_never_prints_a_token_or_a_password() {
+    let model = common::conll_tiny();
+    // Nothing listens here: every connection is refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hub = format!("http://127.0.0.1:{closed}");
+    let with_password = format!("http://me:pw-PLANTED-77@127.0.0.1:{closed}");
+    let cases: [(&[&str], Option<&str>, &str); 5] = [
+        (
+            &["--token", "hf_PLANTED\n77", "--endpoint", &hub],
+            None,
+            "token",
+        ),
+        (
+            &["--token", "hf_PLANTED-Ä77", "--endpoint", &hub],
+            None,
+            "token",
+        ),
+        (&["--endpoint", &hub], Some(""), "HF_TOKEN"),
+        (
+            &["--token", "hf_PLANTED-77", "--endpoint", &with_password],
+            None,
+            "<redacted>",
+        ),
+        (
+            &[
+                "--token",
+                "hf_PLANTED-77",
+                "--endpoint",
+                &hub,
+                "--timeout",
+                "2",
+            ],
+            None,
+            "127.0.0.1",
+        ),
+    ];
+    for (args, env_token, expected) in cases {
+        let mut command = span_marker();
+        command.arg("push").arg(&model).arg("me/planted").args(args);
+        command.env_remove("HF_TOKEN");
+        if let Some(token) = env_token {
+            command.env("HF_TOKEN", token);
+        }
+        let out = command.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        assert!(!text.contains("PLANTED"), "{args:?} shows a secret: {text}");
+        assert!(text.contains(expected), "{args:?}: {text}");
+        assert!(FORBIDDEN.iter().all(|f| !text.contains(f)), "{text}");
+    }
+}

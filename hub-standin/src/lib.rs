@@ -24,8 +24,13 @@
 //!
 //! Tokens are registered by the test ([`StandInHub::add_token`]), each for a user with or
 //! without write access; private repositories are visible to their owner only. Faults can be
-//! injected ([`StandInHub::fail_next_lfs_upload`]). Everything lives in memory and the server
-//! stops when the [`StandInHub`] is dropped.
+//! injected ([`StandInHub::fail_next_lfs_upload`], [`StandInHub::fail_next_repo_creations`]),
+//! and what the real Hub does with redirects can be switched on: a renamed repository
+//! ([`StandInHub::move_repo`]: its old name answers `307` with the new path) and LFS files
+//! served from another host ([`StandInHub::redirect_lfs_downloads`]: `302` to a CDN-like
+//! `/cdn/{oid}` on `localhost`, the metadata headers on the redirect itself). The Hub can be
+//! served under a path ([`StandInHub::start_under`]), as behind a proxy. Everything lives in
+//! memory and the server stops when the [`StandInHub`] is dropped.
 //!
 //! ```
 //! let hub = span_marker_hub_standin::StandInHub::start()?;
@@ -143,21 +148,45 @@ struct State {
     repos: BTreeMap<String, Repo>,
     lfs: HashMap<String, Arc<Vec<u8>>>,
     fail_lfs_uploads: usize,
+    fail_repo_creations: usize,
+    repo_creations_asked: usize,
     commits_made: usize,
+    /// Renamed repositories: old id to new id.
+    moved: HashMap<String, String>,
+    /// LFS downloads answered by a redirect to `/cdn/{oid}` on another host name.
+    redirect_lfs: bool,
+    /// Whether a request to `/cdn/` carried an `Authorization` header.
+    cdn_saw_token: bool,
+    /// The path the Hub is served under (empty, or `/...` without a trailing `/`).
+    prefix: String,
+    /// `http://localhost:{port}{prefix}`, the CDN's host as another name.
+    cdn_endpoint: String,
 }
 
 impl StandInHub {
     /// Serves on a free port of `127.0.0.1` from a background thread.
     pub fn start() -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Self::start_under("")
+    }
+
+    /// Serves the Hub under the path `prefix` (e.g. `/mirror/hf`), as a proxy may: the
+    /// [`endpoint`](Self::endpoint) ends with it, and requests outside it answer `404`.
+    pub fn start_under(prefix: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let prefix = prefix.trim_end_matches('/');
+        if !prefix.is_empty() && !prefix.starts_with('/') {
+            return Err("the prefix is a path starting with `/`".into());
+        }
         let server = Server::http("127.0.0.1:0")?;
         let port = server
             .server_addr()
             .to_ip()
             .ok_or("the stand-in Hub did not get an IP address")?
             .port();
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let endpoint = format!("http://127.0.0.1:{port}{prefix}");
         let state = Arc::new(Mutex::new(State {
             endpoint: endpoint.clone(),
+            prefix: prefix.to_owned(),
+            cdn_endpoint: format!("http://localhost:{port}{prefix}"),
             ..State::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -199,6 +228,39 @@ impl StandInHub {
     /// answers `500` and closes the connection.
     pub fn fail_next_lfs_upload(&self, count: usize) {
         self.lock().fail_lfs_uploads = count;
+    }
+
+    /// Answers the next `count` repository creations with `503`, before looking at them.
+    pub fn fail_next_repo_creations(&self, count: usize) {
+        self.lock().fail_repo_creations = count;
+    }
+
+    /// How many repository creations were asked for since the start (failed ones included).
+    pub fn repo_creations_asked(&self) -> usize {
+        self.lock().repo_creations_asked
+    }
+
+    /// Renames `from` to `to`, as the Hub does: requests naming `from` (downloads, the API,
+    /// LFS) answer `307` with a relative `Location` naming `to`.
+    pub fn move_repo(&self, from: &str, to: &str) {
+        let mut state = self.lock();
+        if let Some(repo) = state.repos.remove(from) {
+            state.repos.insert(to.to_owned(), repo);
+        }
+        state.moved.insert(from.to_owned(), to.to_owned());
+    }
+
+    /// Serves the content of LFS files as the Hub does, from another host: a download answers
+    /// `302` to `/cdn/{oid}` on `localhost` (the endpoint says `127.0.0.1`), with the file's
+    /// commit, LFS oid and size in the redirect's headers.
+    pub fn redirect_lfs_downloads(&self, on: bool) {
+        self.lock().redirect_lfs = on;
+    }
+
+    /// Whether a request to the CDN came with an `Authorization` header (a client should not
+    /// send the Hub's token to another host).
+    pub fn cdn_saw_token(&self) -> bool {
+        self.lock().cdn_saw_token
     }
 
     /// The files of `repo` at `revision` with their contents, or `None` when either is missing.
@@ -284,7 +346,7 @@ impl Reply {
 fn handle(state: &Mutex<State>, mut request: Request) {
     let method = request.method().clone();
     let url = request.url().to_owned();
-    let path = url.split('?').next().unwrap_or("").to_owned();
+    let full_path = url.split('?').next().unwrap_or("").to_owned();
     let token = request
         .headers()
         .iter()
@@ -297,6 +359,47 @@ fn handle(state: &Mutex<State>, mut request: Request) {
         .find(|h| h.field.equiv("Range"))
         .map(|h| h.value.as_str().to_owned());
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    let path = match full_path.strip_prefix(state.prefix.as_str()) {
+        Some(path) if path.starts_with('/') => path.to_owned(),
+        _ => {
+            send(request, Reply::error(404, None, "not under the Hub's path"));
+            return;
+        }
+    };
+    if let Some(location) = state.moved_location(&path) {
+        let mut reply = Reply::error(307, None, "the repository was renamed");
+        reply
+            .headers
+            .push(("Location", format!("{}{location}", state.prefix)));
+        send(request, reply);
+        return;
+    }
+    if let Some(oid) = path.strip_prefix("/cdn/") {
+        if token.is_some() {
+            state.cdn_saw_token = true;
+        }
+        let reply = match state.lfs.get(oid) {
+            Some(data) if method == Method::Get || method == Method::Head => Reply {
+                status: 200,
+                headers: vec![("Content-Type", "application/octet-stream".into())],
+                body: data.to_vec(),
+            },
+            _ => Reply::error(404, None, "no such object"),
+        };
+        send(request, reply);
+        return;
+    }
+    if method == Method::Post && path == "/api/repos/create" {
+        state.repo_creations_asked += 1;
+        if state.fail_repo_creations > 0 {
+            state.fail_repo_creations -= 1;
+            send(
+                request,
+                Reply::error(503, None, "the Hub is busy, try again"),
+            );
+            return;
+        }
+    }
 
     // An LFS object upload reads its own body, so that a fault can stop halfway.
     if method == Method::Put {
@@ -347,7 +450,11 @@ fn handle(state: &Mutex<State>, mut request: Request) {
 }
 
 fn send(request: Request, reply: Reply) {
-    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
+    // Every answer says its length, as the Hub's do (clients read a file's size from a
+    // `HEAD`'s `Content-Length`), however large: never chunked.
+    let mut response = Response::from_data(reply.body)
+        .with_status_code(reply.status)
+        .with_chunked_threshold(usize::MAX);
     for (name, value) in reply.headers {
         if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
             response.add_header(header);
@@ -367,6 +474,24 @@ fn split_repo(rest: &str) -> Option<(String, &str)> {
 }
 
 impl State {
+    /// Where a request for a renamed repository goes: `path` with the new id, if it names one.
+    fn moved_location(&self, path: &str) -> Option<String> {
+        for (from, to) in &self.moved {
+            for (old, new) in [
+                (format!("/api/models/{from}"), format!("/api/models/{to}")),
+                (format!("/{from}.git/"), format!("/{to}.git/")),
+                (format!("/{from}/"), format!("/{to}/")),
+            ] {
+                if let Some(rest) = path.strip_prefix(old.as_str()) {
+                    if old.ends_with('/') || rest.is_empty() || rest.starts_with('/') {
+                        return Some(format!("{new}{rest}"));
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// The repository `id` as `user` may see it: private ones only by their owner.
     fn visible(&self, id: &str, user: Option<&User>) -> Result<&Repo, Reply> {
         match self.repos.get(id) {
@@ -447,6 +572,14 @@ impl State {
         if let Some(oid) = &entry.lfs {
             headers.push(("X-Linked-Etag", format!("\"{oid}\"")));
             headers.push(("X-Linked-Size", size.to_string()));
+            if self.redirect_lfs {
+                headers.push(("Location", format!("{}/cdn/{oid}", self.cdn_endpoint)));
+                return Reply {
+                    status: 302,
+                    headers,
+                    body: Vec::new(),
+                };
+            }
         }
         let (status, body) = match range.and_then(|r| parse_range(r, size)) {
             Some((start, end)) if method == &Method::Get || method == &Method::Head => {
@@ -608,6 +741,8 @@ impl State {
                 json!({"error": "You already created this model repo", "url": url}),
             );
         }
+        // The old name of a renamed repository is free again, as on the Hub.
+        self.moved.remove(&id);
         let mut tree = Tree::new();
         let attributes: String = LFS_SUFFIXES
             .iter()

@@ -10,19 +10,34 @@
 //! The cache follows the Hugging Face layout (`models--org--name/snapshots/<commit>/...`) and
 //! location (`HF_HOME`, default `~/.cache/huggingface`), so models fetched by Python tools are
 //! found here and the other way round. `HF_HUB_OFFLINE=1` forbids any network access,
-//! `HF_ENDPOINT` names another Hub (a mirror, or a stand-in in tests) and the token comes from
-//! `HF_TOKEN` or the file the Hugging Face CLI writes, as for the Python tools.
+//! `HF_ENDPOINT` names another Hub (a mirror, a proxy with a path, or a stand-in in tests) and
+//! the token comes from `HF_TOKEN` or the file the Hugging Face CLI writes, as for the Python
+//! tools.
 //!
 //! Publishing ([`publish`]) goes the other way: a folder, or a model, committed to a Hub
 //! repository.
+//!
+//! Both talk to the Hub the same way (`http`): secrets never appear in a message or a debug
+//! form (a token that an HTTP header cannot carry is refused without being shown, an address
+//! with credentials is refused and shown with its password replaced), redirects are never
+//! taken for an answer, and every step ends within [`HubOptions::timeout`] (two minutes by
+//! default; `HF_HUB_DOWNLOAD_TIMEOUT`), plus the time a file's content takes at 64 KiB/s.
 
+#[cfg(feature = "hub")]
+mod download;
+#[cfg(feature = "hub")]
+mod http;
 #[cfg(feature = "hub")]
 pub mod publish;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[cfg(feature = "hub")]
 use hf_hub::{Cache, Repo, RepoType};
+
+#[cfg(feature = "hub")]
+pub use http::MIN_RATE;
 
 #[cfg(feature = "hub")]
 use crate::checkpoint::{PICKLE_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
@@ -55,8 +70,19 @@ const OPTIONAL: [&str; 4] = [
 /// The Hub's address when neither [`HubOptions::endpoint`] nor `HF_ENDPOINT` names another.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
+/// How long one step of a download or a push may take when neither [`HubOptions::timeout`]
+/// nor [`TIMEOUT_ENV`] says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The environment variable that sets the timeout, in seconds, when the options leave it
+/// unset (the Python tools read it as the longest wait for each read of a download).
+pub const TIMEOUT_ENV: &str = "HF_HUB_DOWNLOAD_TIMEOUT";
+
+/// What replaces a secret in messages and debug forms.
+const REDACTED: &str = "<redacted>";
+
 /// Where and how model ids are resolved, and where models are published.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct HubOptions {
     /// The cache directory (`hub/` inside `HF_HOME` when unset).
     pub cache_dir: Option<PathBuf>,
@@ -69,6 +95,25 @@ pub struct HubOptions {
     /// The access token; `HF_TOKEN`, else the token file (`HF_TOKEN_PATH`, else `token` in
     /// `HF_HOME`), when unset.
     pub token: Option<Secret>,
+    /// How long one step may take: a request and its repetitions, from connecting to the
+    /// answer's last byte, plus, for a step that moves a file, the time its size takes at
+    /// 64 KiB/s (which a transfer must keep up after its first `timeout`). [`TIMEOUT_ENV`],
+    /// else [`DEFAULT_TIMEOUT`], when unset.
+    pub timeout: Option<Duration>,
+}
+
+/// The address is shown with its password replaced, the token not at all.
+impl std::fmt::Debug for HubOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubOptions")
+            .field("cache_dir", &self.cache_dir)
+            .field("revision", &self.revision)
+            .field("offline", &self.offline)
+            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
+            .field("token", &self.token)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// A token, kept out of `Debug` output (and so out of logs and failed assertions).
@@ -123,16 +168,83 @@ impl HubOptions {
         endpoint.trim_end_matches('/').to_owned()
     }
 
-    /// The access token, if any: given, `HF_TOKEN`, or the token file.
-    pub fn token(&self) -> Option<String> {
-        self.token
-            .as_ref()
-            .map(|t| t.expose().to_owned())
-            .or_else(|| non_empty_env("HF_TOKEN"))
-            .or_else(|| {
-                let text = std::fs::read_to_string(token_path()?).ok()?;
-                Some(text.trim().to_owned()).filter(|t| !t.is_empty())
-            })
+    /// The access token, if any: given, `HF_TOKEN`, or the token file (each trimmed; an empty
+    /// variable or file counts as none). A token given empty, or with a byte that an HTTP
+    /// header cannot carry, is an error that does not show it.
+    pub fn token(&self) -> Result<Option<Secret>> {
+        self.checked_token().map_err(|message| Error::Setting {
+            key: "token",
+            message,
+        })
+    }
+
+    pub(crate) fn checked_token(&self) -> std::result::Result<Option<Secret>, String> {
+        let (token, source) = if let Some(given) = &self.token {
+            (given.expose().trim().to_owned(), TokenSource::Given)
+        } else if let Some(token) = non_empty_env("HF_TOKEN") {
+            (token, TokenSource::Env)
+        } else {
+            let Some(path) = token_path() else {
+                return Ok(None);
+            };
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "token file not read");
+                    return Ok(None);
+                }
+            };
+            let source = TokenSource::File(path);
+            let Ok(text) = String::from_utf8(bytes) else {
+                return Err(format!(
+                    "{source} is not UTF-8 text: log in again with `huggingface-cli login`"
+                ));
+            };
+            let token = text.trim().to_owned();
+            if token.is_empty() {
+                return Ok(None);
+            }
+            (token, source)
+        };
+        check_token(&token, &source)?;
+        Ok(Some(Secret(token)))
+    }
+
+    /// How long one step may take: [`timeout`](Self::timeout), else [`TIMEOUT_ENV`] (in
+    /// seconds), else [`DEFAULT_TIMEOUT`]. Zero, or a variable that is not a positive number
+    /// of seconds, is an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use span_marker::hub::HubOptions;
+    /// let options = HubOptions { timeout: Some(Duration::from_secs(5)), ..Default::default() };
+    /// assert_eq!(options.timeout()?, Duration::from_secs(5));
+    /// # Ok::<(), span_marker::Error>(())
+    /// ```
+    pub fn timeout(&self) -> Result<Duration> {
+        self.checked_timeout().map_err(|message| Error::Setting {
+            key: "timeout",
+            message,
+        })
+    }
+
+    pub(crate) fn checked_timeout(&self) -> std::result::Result<Duration, String> {
+        if let Some(timeout) = self.timeout {
+            return if timeout.is_zero() {
+                Err("the Hub timeout is zero: give a positive duration".into())
+            } else {
+                Ok(timeout)
+            };
+        }
+        let Some(text) = non_empty_env(TIMEOUT_ENV) else {
+            return Ok(DEFAULT_TIMEOUT);
+        };
+        text.parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("{TIMEOUT_ENV}={text:?} is not a positive number of seconds"))
     }
 }
 
@@ -147,6 +259,89 @@ pub fn token_path() -> Option<PathBuf> {
         Some(Path::new(&home).join(".cache").join("huggingface"))
     })?;
     Some(home.join("token"))
+}
+
+/// `url` with the password of its `user:password@` part (if any) replaced by `<redacted>`.
+///
+/// ```
+/// # use span_marker::hub::redact_url;
+/// assert_eq!(redact_url("http://me:pw@hub.example/x"), "http://me:<redacted>@hub.example/x");
+/// assert_eq!(redact_url("https://hub.example"), "https://hub.example");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        // No scheme: whatever precedes an `@` before the first `/` may be credentials.
+        return match url.split('/').next().and_then(|a| a.rfind('@')) {
+            Some(at) => format!("{REDACTED}{}", &url[at..]),
+            None => url.to_owned(),
+        };
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let user = authority[..at].split(':').next().unwrap_or("");
+            let credentials = if authority[..at].contains(':') {
+                format!("{user}:{REDACTED}")
+            } else {
+                // A lone user name may be a token (`https://hf_xxx@host`).
+                REDACTED.to_owned()
+            };
+            format!(
+                "{}{credentials}{}",
+                &url[..scheme_end],
+                &url[scheme_end + at..]
+            )
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Where a token came from, for messages.
+enum TokenSource {
+    Given,
+    Env,
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Given => f.write_str("the token given (`--token`, `hub_token` or the options)"),
+            Self::Env => f.write_str("the token in HF_TOKEN"),
+            Self::File(path) => write!(f, "the token in {}", path.display()),
+        }
+    }
+}
+
+/// `Ok` for a token that can be sent as a bearer token: visible ASCII only, not empty. The
+/// message describes the fault by its kind and position, never by the token's text.
+fn check_token(token: &str, source: &TokenSource) -> Result<(), String> {
+    if token.is_empty() {
+        return Err(format!(
+            "{source} is empty: give a token, or none to use HF_TOKEN or the token file"
+        ));
+    }
+    if let Some((at, byte)) = token
+        .bytes()
+        .enumerate()
+        .find(|(_, b)| !(0x21..=0x7E).contains(b))
+    {
+        let kind = match byte {
+            b'\n' | b'\r' => "a line break",
+            b' ' | b'\t' => "a space",
+            0x80.. => "a non-ASCII character",
+            _ => "a control character",
+        };
+        return Err(format!(
+            "{source} has {kind} at byte {} of {}, which an HTTP header cannot carry: check \
+             how it was copied",
+            at + 1,
+            token.len()
+        ));
+    }
+    Ok(())
 }
 
 fn non_empty_env(name: &str) -> Option<String> {
@@ -245,7 +440,7 @@ fn cached_snapshot(
                 options.cache().path().display()
             ));
         }
-        download(name_or_path, options)?;
+        download::download(name_or_path, options)?;
     }
     let config = cached
         .get("config.json")
@@ -293,57 +488,6 @@ fn is_repo_part(part: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-#[cfg(feature = "hub")]
-fn download(id: &str, options: &HubOptions) -> std::result::Result<(), String> {
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(true)
-        .with_endpoint(options.endpoint())
-        .with_token(options.token());
-    if let Some(dir) = &options.cache_dir {
-        builder = builder.with_cache_dir(dir.clone());
-    }
-    let api = builder.build().map_err(|e| e.to_string())?;
-    let repo = api.repo(options.repo(id));
-    for file in REQUIRED {
-        repo.get(file)
-            .map_err(|e| format!("downloading `{file}`: {e}"))?;
-    }
-    for file in OPTIONAL {
-        if let Err(e) = repo.get(file) {
-            tracing::debug!(file, error = %e, "optional file not downloaded");
-        }
-    }
-    if repo.get(SAFETENSORS_FILE).is_ok() {
-        Ok(())
-    } else if let Ok(index) = repo.get(SAFETENSORS_INDEX_FILE) {
-        download_shards(&repo, &index)
-    } else {
-        repo.get(PICKLE_FILE)
-            .map(drop)
-            .map_err(|e| format!("no weights (`{SAFETENSORS_FILE}` or `{PICKLE_FILE}`): {e}"))
-    }
-}
-
-#[cfg(feature = "hub")]
-fn download_shards(
-    repo: &hf_hub::api::sync::ApiRepo,
-    index: &Path,
-) -> std::result::Result<(), String> {
-    let text = std::fs::read_to_string(index).map_err(|e| e.to_string())?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let shards: std::collections::BTreeSet<&str> = value["weight_map"]
-        .as_object()
-        .ok_or("the safetensors index has no `weight_map`")?
-        .values()
-        .filter_map(serde_json::Value::as_str)
-        .collect();
-    for shard in shards {
-        repo.get(shard)
-            .map_err(|e| format!("downloading `{shard}`: {e}"))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +518,23 @@ mod tests {
         ] {
             assert!(check_repo_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tokens_with_bytes_a_header_cannot_carry_are_described_not_shown() {
+        assert!(check_token("hf_AbC123", &TokenSource::Given).is_ok());
+        for (token, kind) in [
+            ("hf_abc\nsecret", "a line break"),
+            ("hf_abc secret", "a space"),
+            ("hf_abc\u{e9}secret", "a non-ASCII character"),
+            ("hf_abc\u{1}secret", "a control character"),
+        ] {
+            let err = check_token(token, &TokenSource::Env).unwrap_err();
+            assert!(err.contains(kind) && err.contains("HF_TOKEN"), "{err}");
+            assert!(!err.contains("secret") && !err.contains("hf_abc"), "{err}");
+        }
+        let err = check_token("", &TokenSource::Given).unwrap_err();
+        assert!(err.contains("empty"), "{err}");
     }
 
     #[test]

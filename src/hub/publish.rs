@@ -5,7 +5,10 @@
 //! files of a failed push never show (the repository and branch may have been created), and
 //! pushing again uploads only the LFS objects the Hub does not have yet. Files the revision
 //! already holds (the pre-upload answer's `oid`) are left out, and nothing changed means no
-//! commit. Requests that can be repeated are, on network errors and on `429` and `5xx` answers.
+//! commit. Requests that can be repeated (all but the commit, repository creation included)
+//! are, on network errors and on `429` and `5xx` answers; a redirect is refused, never taken
+//! for the Hub's answer; and each step ends within the Hub options' `timeout` (plus the time
+//! an LFS object's size takes at [`MIN_RATE`](super::MIN_RATE)), its error naming the step.
 //!
 //! ```no_run
 //! use span_marker::hub::publish::{upload_folder, PushOptions};
@@ -15,17 +18,14 @@
 //! # Ok::<(), span_marker::Error>(())
 //! ```
 
-// ureq's error (a whole response) is large; it only lives while a failed request is looked at.
-#![allow(clippy::result_large_err)]
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::http::{encode_segment, Body, Call, Failure, Http};
 use super::{check_repo_id, HubOptions};
 use crate::error::{Error, Result};
 use crate::fingerprint::hex;
@@ -38,11 +38,6 @@ const WHOAMI: &str = "(the token's user)";
 const COMMIT_STEP: &str = "committing";
 /// How many bytes of each file the Hub sees to tell text from binary.
 const SAMPLE_BYTES: usize = 512;
-
-/// How many times a request that can be repeated is sent before its failure is the push's,
-/// and the wait before the first repetition (doubled each time).
-const ATTEMPTS: u32 = 4;
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
 /// How files are published.
 #[derive(Debug, Clone)]
@@ -181,7 +176,7 @@ pub fn upload_folders(
         .zip(uploads)
         .filter(|(_, upload)| *upload != Upload::Unchanged)
         .collect();
-    let repo_url = format!("{}/{repo_id}", client.endpoint);
+    let repo_url = format!("{}/{repo_id}", client.endpoint());
     if changed.is_empty() {
         // An empty commit would only add noise to the history, as the Python client knows.
         let commit_oid = client.head(revision)?;
@@ -221,13 +216,8 @@ pub fn upload_folders(
 /// The name of the user (or organization) `hub`'s token belongs to.
 pub fn whoami(hub: &HubOptions) -> Result<String> {
     let client = Client::new(hub, WHOAMI)?;
-    let url = format!("{}/api/whoami-v2", client.endpoint);
-    let answer = client.json(
-        "whoami",
-        client.retrying("asking the Hub whose token this is", || {
-            client.request("GET", &url).call()
-        })?,
-    )?;
+    let url = format!("{}/api/whoami-v2", client.endpoint());
+    let answer = client.call("asking the Hub whose token this is", &Call::get(&url))?;
     answer["name"]
         .as_str()
         .map(str::to_owned)
@@ -332,93 +322,59 @@ fn digest_file(path: &Path) -> Result<(u64, String, String, Vec<u8>)> {
 
 /// The Hub's API for one repository, with the token.
 struct Client {
-    agent: ureq::Agent,
-    endpoint: String,
+    http: Http,
     repo_id: String,
-    token: String,
 }
 
 impl Client {
     fn new(hub: &HubOptions, repo_id: &str) -> Result<Self> {
-        let token = hub.token().ok_or_else(|| Error::Publish {
+        let fail = |message: String| Error::Publish {
             repo: repo_id.to_owned(),
-            message: format!(
+            message,
+        };
+        let http = Http::new(hub).map_err(fail)?;
+        if !http.has_token() {
+            return Err(fail(format!(
                 "no access token: set HF_TOKEN, pass one, or log in with `huggingface-cli login` \
                  (which writes {})",
                 super::token_path()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "~/.cache/huggingface/token".into())
-            ),
-        })?;
-        let endpoint = hub.endpoint();
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(Error::Publish {
-                repo: repo_id.to_owned(),
-                message: format!(
-                    "the Hub's address {endpoint:?} (from the options or HF_ENDPOINT) is not an \
-                     http:// or https:// URL"
-                ),
-            });
+            )));
         }
-        let agent = ureq::AgentBuilder::new()
-            .try_proxy_from_env(true)
-            .timeout_connect(Duration::from_secs(30))
-            // A stalled connection fails after this long instead of hanging the push.
-            .timeout_read(Duration::from_secs(300))
-            .timeout_write(Duration::from_secs(300))
-            .build();
         Ok(Self {
-            agent,
-            endpoint,
+            http,
             repo_id: repo_id.to_owned(),
-            token,
         })
     }
 
-    /// The JSON body of the Hub's `what` answer.
-    fn json(&self, what: &str, response: ureq::Response) -> Result<Value> {
-        response
-            .into_json()
-            .map_err(|e| self.fail(format!("the {what} answer is not JSON: {e}")))
+    /// The Hub's base URL.
+    fn endpoint(&self) -> &str {
+        self.http.endpoint().base()
     }
 
+    /// An error of this push, with the session's secrets taken out.
     fn fail(&self, message: String) -> Error {
         Error::Publish {
             repo: self.repo_id.clone(),
-            message,
+            message: self.http.scrub(&message),
         }
     }
 
-    /// A request's failure as an error naming the step, the status and the Hub's message,
-    /// with what to do about the usual ones.
-    fn failure(&self, step: &str, error: ureq::Error) -> Error {
-        let message = match error {
-            ureq::Error::Status(status, response) => {
-                let hub_message = response
-                    .header("X-Error-Message")
-                    .map(str::to_owned)
-                    .or_else(|| {
-                        let body: Value = response.into_json().ok()?;
-                        body["error"].as_str().map(str::to_owned)
-                    })
-                    .unwrap_or_default();
-                let hint = match status {
-                    401 => "; the token was refused, or the repository does not exist (check \
-                            the token and the id; a private repository is visible to its owner \
-                            only)"
-                        .to_owned(),
-                    403 => format!(
-                        "; the token may not write to {} (a read-only token, or another \
-                         user's or organization's namespace)",
-                        self.repo_id
-                    ),
-                    _ => String::new(),
-                };
-                format!("{step}: HTTP {status} {hub_message}{hint}")
-            }
-            ureq::Error::Transport(transport) => {
-                format!("{step}: could not talk to {} ({transport})", self.endpoint)
-            }
+    /// A step's failure as an error naming the step, with what to do about the usual ones and
+    /// what became of the push.
+    fn failure(&self, step: &str, failure: Failure) -> Error {
+        let hint = match failure.status() {
+            Some(401) => "; the token was refused, or the repository does not exist (check \
+                          the token and the id; a private repository is visible to its owner \
+                          only)"
+                .to_owned(),
+            Some(403) => format!(
+                "; the token may not write to {} (a read-only token, or another user's or \
+                 organization's namespace)",
+                self.repo_id
+            ),
+            _ => String::new(),
         };
         // Files become visible only through the commit, all at once.
         let outcome = if self.repo_id == WHOAMI {
@@ -428,67 +384,22 @@ impl Client {
         } else {
             "; nothing was committed, and pushing again continues where this stopped"
         };
-        self.fail(format!("{message}{outcome}"))
+        self.fail(format!("{step}: {failure}{hint}{outcome}"))
     }
 
-    /// A request to the Hub's API, with the token.
-    fn request(&self, method: &str, url: &str) -> ureq::Request {
-        self.agent
-            .request(method, url)
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .set(
-                "User-Agent",
-                concat!("span-marker-rs/", env!("CARGO_PKG_VERSION")),
-            )
-    }
-
-    fn post(&self, url: &str) -> ureq::Request {
-        self.request("POST", url)
-    }
-
-    /// `send` until it succeeds, fails for good, or [`ATTEMPTS`] are spent: network errors and
-    /// `429`/`5xx` answers are tried again after a growing wait.
-    fn retrying(
-        &self,
-        step: &str,
-        send: impl Fn() -> std::result::Result<ureq::Response, ureq::Error>,
-    ) -> Result<ureq::Response> {
-        let mut wait = FIRST_BACKOFF;
-        let mut attempt = 1;
-        loop {
-            match send() {
-                Ok(response) => return Ok(response),
-                Err(error) => {
-                    let transient = match &error {
-                        ureq::Error::Transport(transport) => matches!(
-                            transport.kind(),
-                            ureq::ErrorKind::Dns
-                                | ureq::ErrorKind::ConnectionFailed
-                                | ureq::ErrorKind::Io
-                                | ureq::ErrorKind::ProxyConnect
-                                | ureq::ErrorKind::BadStatus
-                                | ureq::ErrorKind::BadHeader
-                        ),
-                        ureq::Error::Status(status, _) => *status == 429 || *status >= 500,
-                    };
-                    if !transient || attempt >= ATTEMPTS {
-                        return Err(self.failure(step, error));
-                    }
-                    tracing::warn!(step, attempt, %error, "the Hub did not answer; trying again");
-                    std::thread::sleep(wait);
-                    wait *= 2;
-                    attempt += 1;
-                }
-            }
-        }
+    /// `call`'s JSON answer, or the failure of `step`.
+    fn call(&self, step: &str, call: &Call<'_>) -> Result<Value> {
+        self.http
+            .call(step, call)
+            .map_err(|failure| self.failure(step, failure))
     }
 
     /// An LFS action's URL, moved to this endpoint when it names the public Hub and another
     /// endpoint is used (as the Python client does for mirrors).
     fn action_url(&self, href: &str) -> String {
         match href.strip_prefix(super::DEFAULT_ENDPOINT) {
-            Some(rest) if self.endpoint != super::DEFAULT_ENDPOINT => {
-                format!("{}{rest}", self.endpoint)
+            Some(rest) if self.endpoint() != super::DEFAULT_ENDPOINT => {
+                format!("{}{rest}", self.endpoint())
             }
             _ => href.to_owned(),
         }
@@ -497,48 +408,53 @@ impl Client {
     fn api(&self, action: &str, revision: &str) -> String {
         format!(
             "{}/api/models/{}/{action}/{}",
-            self.endpoint,
+            self.endpoint(),
             self.repo_id,
             encode_segment(revision)
         )
     }
 
-    /// Creates the repository; one that exists already is fine.
+    /// Creates the repository; one that exists already is fine. Repeated like the other
+    /// requests that can be: a repeat of a creation that did happen answers `409`.
     fn create_repo(&self, private: bool) -> Result<()> {
+        const STEP: &str = "creating the repository";
         let (organization, name) = self.repo_id.split_once('/').expect("checked id");
         let body = json!({"name": name, "organization": organization, "private": private});
-        match self
-            .post(&format!("{}/api/repos/create", self.endpoint))
-            .send_json(body)
-        {
-            Ok(_) | Err(ureq::Error::Status(409, _)) => Ok(()),
+        let url = format!("{}/api/repos/create", self.endpoint());
+        match self.http.call(STEP, &Call::post(&url, Body::Json(&body))) {
+            // The Hub answers with the repository's address; anything else (an empty or a
+            // non-JSON answer) is not a Hub's answer, and not taken for one.
+            Ok(answer) if answer.is_object() => Ok(()),
+            Ok(answer) => {
+                Err(self.failure(
+                    STEP,
+                    Failure::Invalid(format!(
+                    "the answer is not the Hub's ({} instead of a JSON object): check the Hub's \
+                     address",
+                    if answer.is_null() { "nothing".to_owned() } else { answer.to_string() }
+                )),
+                ))
+            }
+            Err(failure) if failure.status() == Some(409) => Ok(()),
             // No right to create: fine when the repository exists and the token may write to
             // it, which the commit finds out.
-            Err(ureq::Error::Status(403, response)) if self.exists() => {
-                drop(response);
-                Ok(())
-            }
-            Err(e) => Err(self.failure("creating the repository", e)),
+            Err(failure) if failure.status() == Some(403) && self.exists() => Ok(()),
+            Err(failure) => Err(self.failure(STEP, failure)),
         }
     }
 
     /// Whether the repository exists for this token.
     fn exists(&self) -> bool {
-        self.request(
-            "GET",
-            &format!("{}/api/models/{}", self.endpoint, self.repo_id),
-        )
-        .call()
-        .is_ok()
+        let url = format!("{}/api/models/{}", self.endpoint(), self.repo_id);
+        self.http
+            .call("looking the repository up", &Call::get(&url))
+            .is_ok()
     }
 
     /// The commit `revision` points at.
     fn head(&self, revision: &str) -> Result<String> {
         let url = self.api("revision", revision);
-        let answer = self.json(
-            "revision",
-            self.retrying("reading the revision", || self.request("GET", &url).call())?,
-        )?;
+        let answer = self.call("reading the revision", &Call::get(&url))?;
         answer["sha"]
             .as_str()
             .map(str::to_owned)
@@ -546,9 +462,13 @@ impl Client {
     }
 
     fn create_branch(&self, branch: &str) -> Result<()> {
-        match self.post(&self.api("branch", branch)).send_json(json!({})) {
-            Ok(_) | Err(ureq::Error::Status(409, _)) => Ok(()),
-            Err(e) => Err(self.failure(&format!("creating the branch `{branch}`"), e)),
+        let step = format!("creating the branch `{branch}`");
+        let url = self.api("branch", branch);
+        let body = json!({});
+        match self.http.call(&step, &Call::post(&url, Body::Json(&body))) {
+            Ok(_) => Ok(()),
+            Err(failure) if failure.status() == Some(409) => Ok(()),
+            Err(failure) => Err(self.failure(&step, failure)),
         }
     }
 
@@ -563,11 +483,9 @@ impl Client {
             })).collect::<Vec<_>>()
         });
         let url = self.api("preupload", revision);
-        let answer = self.json(
-            "pre-upload",
-            self.retrying("asking the Hub how to upload", || {
-                self.post(&url).send_json(&body)
-            })?,
+        let answer = self.call(
+            "asking the Hub how to upload",
+            &Call::post(&url, Body::Json(&body)),
         )?;
         let modes = answer["files"]
             .as_array()
@@ -619,17 +537,14 @@ impl Client {
         });
         let url = format!(
             "{}/{}.git/info/lfs/objects/batch",
-            self.endpoint, self.repo_id
+            self.endpoint(),
+            self.repo_id
         );
         let body = body.to_string();
-        let answer = self.json(
-            "LFS batch",
-            self.retrying("starting the LFS upload", || {
-                self.post(&url)
-                    .set("Accept", "application/vnd.git-lfs+json")
-                    .set("Content-Type", "application/vnd.git-lfs+json")
-                    .send_string(&body)
-            })?,
+        const LFS_JSON: &str = "application/vnd.git-lfs+json";
+        let answer = self.call(
+            "starting the LFS upload",
+            &Call::post(&url, Body::Text(&body, LFS_JSON)).header("Accept", LFS_JSON),
         )?;
         let objects = answer["objects"]
             .as_array()
@@ -657,31 +572,52 @@ impl Client {
             let href = upload["href"]
                 .as_str()
                 .ok_or_else(|| self.fail("an LFS upload action has no `href`".into()))?;
-            let href = self.action_url(href);
-            let step = format!("uploading `{}`", file.path_in_repo);
-            // The object goes to storage as is, without the Hub's token.
-            self.retrying(&step, || {
-                let reader = std::fs::File::open(&file.path).map_err(ureq::Error::from)?;
-                with_headers(self.agent.put(&href), upload)
-                    .set("Content-Length", &file.size.to_string())
-                    .send(reader)
-            })?;
+            self.put_object(file, &self.action_url(href), upload)?;
             if let Some(verify) = object["actions"].get("verify") {
                 let href = verify["href"]
                     .as_str()
                     .ok_or_else(|| self.fail("an LFS verify action has no `href`".into()))?;
                 let href = self.action_url(href);
-                let step = format!("verifying the upload of `{}`", file.path_in_repo);
-                self.retrying(&step, || {
-                    with_headers(self.post(&href), verify)
-                        .send_json(json!({"oid": file.sha256, "size": file.size}))
-                })?;
+                let body = json!({"oid": file.sha256, "size": file.size});
+                let mut call = Call::post(&href, Body::Json(&body));
+                for (name, value) in action_headers(verify) {
+                    call = call.header(name, value);
+                }
+                self.call(
+                    &format!("verifying the upload of `{}`", file.path_in_repo),
+                    &call,
+                )?;
             }
         }
         Ok(())
     }
 
-    /// One commit of every file; returns its id and page.
+    /// Sends `file` to the storage `href` names, as is and without the Hub's token, within
+    /// the time its size allows and at no less than the slowest rate waited for.
+    fn put_object(&self, file: &LocalFile, href: &str, action: &Value) -> Result<()> {
+        let step = format!("uploading `{}`", file.path_in_repo);
+        let deadline = self.http.deadline(file.size);
+        self.http
+            .run(&step, &deadline, true, || {
+                let reader = std::fs::File::open(&file.path)
+                    .map_err(|e| Failure::Invalid(format!("{}: {e}", file.path.display())))?;
+                let mut request = self
+                    .http
+                    .request("PUT", href, &deadline, false)?
+                    .set("Content-Length", &file.size.to_string());
+                for (name, value) in action_headers(action) {
+                    request = request.set(name, value);
+                }
+                let pace = self.http.pace();
+                let sent = request.send(pace.reader(reader));
+                self.http.answer(sent, &deadline, Some(&pace), false)?;
+                Ok(())
+            })
+            .map_err(|failure| self.failure(&step, failure))
+    }
+
+    /// One commit of every file; returns its id and page. Sent once: a commit that may have
+    /// been applied is not made twice.
     fn commit(
         &self,
         revision: &str,
@@ -705,12 +641,10 @@ impl Client {
             });
         }
         let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        let answer = self.json(
-            "commit",
-            self.post(&self.api("commit", revision))
-                .set("Content-Type", "application/x-ndjson")
-                .send_string(&body)
-                .map_err(|e| self.failure(COMMIT_STEP, e))?,
+        let url = self.api("commit", revision);
+        let answer = self.call(
+            COMMIT_STEP,
+            &Call::post(&url, Body::Text(&body, "application/x-ndjson")).once(),
         )?;
         match (answer["commitOid"].as_str(), answer["commitUrl"].as_str()) {
             (Some(oid), Some(url)) => Ok((oid.to_owned(), url.to_owned())),
@@ -721,37 +655,15 @@ impl Client {
     }
 }
 
-/// `request` with the headers an LFS action asks for.
-fn with_headers(mut request: ureq::Request, action: &Value) -> ureq::Request {
-    if let Some(headers) = action["header"].as_object() {
-        for (name, value) in headers {
-            if let Some(value) = value.as_str() {
-                request = request.set(name, value);
-            }
-        }
-    }
-    request
-}
-
-/// A revision as one URL path segment (`/` in branch names escaped, as the Hub's client does).
-fn encode_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
+/// The headers an LFS action asks for.
+fn action_headers(action: &Value) -> Vec<(&str, &str)> {
+    action["header"]
+        .as_object()
+        .map(|headers| {
+            headers
+                .iter()
+                .filter_map(|(name, value)| Some((name.as_str(), value.as_str()?)))
+                .collect()
         })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn revisions_are_escaped_as_one_segment() {
-        assert_eq!(encode_segment("main"), "main");
-        assert_eq!(encode_segment("feature/x y"), "feature%2Fx%20y");
-    }
+        .unwrap_or_default()
 }

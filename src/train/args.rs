@@ -105,7 +105,8 @@ pub struct TrainingArguments {
     #[serde(serialize_with = "mask_token", deserialize_with = "unmask_token")]
     pub hub_token: Option<crate::hub::Secret>,
     /// The Hub's URL (`HF_ENDPOINT`, else `https://huggingface.co`, when unset): a mirror, a
-    /// private Hub.
+    /// private Hub. Saved arguments show it with any password replaced.
+    #[serde(serialize_with = "redact_endpoint")]
     pub hub_endpoint: Option<String>,
 }
 
@@ -115,6 +116,16 @@ fn mask_token<S: serde::Serializer>(
 ) -> std::result::Result<S::Ok, S::Error> {
     match token {
         Some(_) => serializer.serialize_some(HUB_TOKEN_MASK),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn redact_endpoint<S: serde::Serializer>(
+    endpoint: &Option<String>,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match endpoint {
+        Some(url) => serializer.serialize_some(&crate::hub::redact_url(url)),
         None => serializer.serialize_none(),
     }
 }
