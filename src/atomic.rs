@@ -30,15 +30,22 @@ pub fn temp_beside(path: &Path) -> Result<NamedTempFile> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
+    temp_in(dir, TEMP_PREFIX, ".tmp").map_err(|e| Error::io(dir, e))
+}
+
+/// A new, empty file in `dir` named `{prefix}{random}{suffix}`, with the permissions a
+/// finished file should have (for layouts that name their own temporary files, such as the
+/// Hugging Face cache's `*.incomplete` downloads).
+pub fn temp_in(dir: &Path, prefix: &str, suffix: &str) -> std::io::Result<NamedTempFile> {
     let mut builder = tempfile::Builder::new();
-    builder.prefix(TEMP_PREFIX).suffix(".tmp");
+    builder.prefix(prefix).suffix(suffix);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         // Opened with mode 0666: the kernel applies the umask, as for any created file.
         builder.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
+    builder.tempfile_in(dir)
 }
 
 /// Writes `bytes` to `path` atomically: `path` holds either its old content or all of

@@ -793,6 +793,14 @@ fn the_download_cache_is_the_python_tools_cache() {
             std::fs::read(encoder().join(file)).unwrap(),
             "{file}"
         );
+        // A shared cache stays readable by others, as the Python tools leave it (0644 under
+        // the usual umask 022), not a temporary file's 0600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_ne!(mode & 0o777, 0o600, "{file}: {mode:o}");
+        }
     }
 
     // A commit id as the revision: found again in the cache, offline.

@@ -10,6 +10,7 @@
 //!     --data examples/data/test.txt --python .venv-python
 //! ```
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -150,6 +151,8 @@ fn device_argument(name: &str) -> Result<Device, String> {
     parse_device(name).map_err(|e| e.to_string())
 }
 
+span_marker_cli::record_closed_streams_at_start!();
+
 fn main() -> std::process::ExitCode {
     span_marker_cli::init();
     let options = match span_marker_cli::parse_args::<BenchOptions>() {
@@ -197,8 +200,9 @@ fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         "inference"
     };
-    println!("span-marker-bench: {task}");
-    println!(
+    writeln!(span_marker_cli::stdout(), "span-marker-bench: {task}")?;
+    writeln!(
+        span_marker_cli::stdout(),
         "machine: {}, {} logical CPUs; torch intra-op threads {}; device {}{}; precision {}",
         cpu_model(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -208,9 +212,8 @@ fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
             .map(|name| format!(" ({name})"))
             .unwrap_or_default(),
         options.precision
-    );
-    println!(
-        "model: {} ({}, hidden {}, {} layers); {} sentences from {}{} ({} words); batch size {}; warm-up {}, repetitions {} (median)",
+    )?;
+    writeln!(span_marker_cli::stdout(), "model: {} ({}, hidden {}, {} layers); {} sentences from {}{} ({} words); batch size {}; warm-up {}, repetitions {} (median)",
         options.model,
         settings.model_type,
         settings.hidden_size,
@@ -225,8 +228,7 @@ fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         sentences.iter().map(Vec::len).sum::<usize>(),
         options.batch_size,
         options.warmup,
-        options.repeat
-    );
+        options.repeat)?;
 
     if options.train_steps > 0 {
         let data = NerDataset::new(examples);
@@ -267,31 +269,38 @@ fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
     let flops_per_pass =
         (shared.lock().flops_executed() - flops_before) as f64 / options.repeat.max(1) as f64;
     let rust_rate = median(&mut rates);
-    println!(
+    writeln!(
+        span_marker_cli::stdout(),
         "rust:   {rust_rate:10.1} sentences/s, peak RSS {:.0} MB",
         peak_rss_mb().unwrap_or(f64::NAN)
-    );
-    println!(
+    )?;
+    writeln!(
+        span_marker_cli::stdout(),
         "        {}",
         roofline(flops_per_pass, sentences.len() as f64 / rust_rate, peak)
-    );
+    )?;
     for partitions in [1, 2] {
         let sql_rate = bench_sql(&shared, &words, options, partitions, &ours)?;
-        println!(
-            "sql:    {sql_rate:10.1} sentences/s with {partitions} partition(s): {:.2}x the direct API (span_marker_predict over Parquet, entities identical)",
-            sql_rate / rust_rate
-        );
+        writeln!(span_marker_cli::stdout(), "sql:    {sql_rate:10.1} sentences/s with {partitions} partition(s): {:.2}x the direct API (span_marker_predict over Parquet, entities identical)",
+            sql_rate / rust_rate)?;
     }
 
     let Some(python) = &options.python else {
         return Ok(());
     };
     let reference = python_reference(python, options, &sentences)?;
-    println!(
+    writeln!(
+        span_marker_cli::stdout(),
         "python: {:10.1} sentences/s, peak RSS {:.0} MB (torch threads {})",
-        reference.rate, reference.peak_rss_mb, reference.threads
-    );
-    println!("ratio:  {:10.2}x", rust_rate / reference.rate);
+        reference.rate,
+        reference.peak_rss_mb,
+        reference.threads
+    )?;
+    writeln!(
+        span_marker_cli::stdout(),
+        "ratio:  {:10.2}x",
+        rust_rate / reference.rate
+    )?;
     // The reference truncates a sentence longer than one encoder input, this crate encodes it
     // in windows: only the sentences that fit can be compared.
     let fits = fits_one_input(&shared.lock(), &inputs)?;
@@ -311,23 +320,22 @@ fn run(options: &BenchOptions) -> Result<(), Box<dyn std::error::Error>> {
         ),
     };
     if compared.is_empty() {
-        println!("entities: none compared{left_out}");
+        writeln!(
+            span_marker_cli::stdout(),
+            "entities: none compared{left_out}"
+        )?;
         return Ok(());
     }
     if options.precision != Precision::Float32 {
         // 16-bit arithmetic may tip a close call: report the agreement instead of requiring it.
-        println!(
-            "entities: {same} of {} sentences identical to Python's float32 ones ({count} entities here, {theirs} in Python){left_out}",
-            compared.len()
-        );
+        writeln!(span_marker_cli::stdout(), "entities: {same} of {} sentences identical to Python's float32 ones ({count} entities here, {theirs} in Python){left_out}",
+            compared.len())?;
         return Ok(());
     }
     let identical = same == compared.len();
-    println!(
-        "entities identical: {} ({} sentences, {count} entities here, {theirs} in Python){left_out}",
+    writeln!(span_marker_cli::stdout(), "entities identical: {} ({} sentences, {count} entities here, {theirs} in Python){left_out}",
         if identical { "yes" } else { "NO" },
-        compared.len(),
-    );
+        compared.len(),)?;
     if !identical {
         return Err(format!(
             "the entities differ from the Python reference in {} of {} sentences",

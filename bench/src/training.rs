@@ -4,6 +4,7 @@ use span_marker::device::{matmul_peak_gflops, Precision};
 use span_marker::metrics::{score_entities, EntityScores};
 use span_marker::train::{IntervalStrategy, NerDataset, Trainer, TrainingArguments};
 use span_marker::{Entity, Labels, PredictOptions, SentenceInput, SpanMarkerModel};
+use std::io::Write;
 
 use crate::python::run_python;
 use crate::system::{device_name, median, peak_rss_mb};
@@ -104,18 +105,14 @@ pub(crate) fn bench_training(
         }
     }
     let rust_rate = median(&mut rates);
-    println!(
-        "rust:   {rust_rate:10.1} samples/s over {} steps of {} samples (median of {runs} seeds), peak RSS {:.0} MB{}",
+    writeln!(span_marker_cli::stdout(), "rust:   {rust_rate:10.1} samples/s over {} steps of {} samples (median of {runs} seeds), peak RSS {:.0} MB{}",
         options.train_steps,
         options.batch_size,
         peak_rss_mb().unwrap_or(f64::NAN),
-        scores_note(&scores)
-    );
+        scores_note(&scores))?;
     let flop_rate = median(&mut flop_rates) / 1e9;
-    println!(
-        "        roofline: {flop_rate:.1} GFLOP/s of model FLOPs (forward passes as run, backward as twice a forward) = {:.0}% of the float32 matmul peak measured in this run ({peak:.0} GFLOP/s)",
-        100.0 * flop_rate / peak
-    );
+    writeln!(span_marker_cli::stdout(), "        roofline: {flop_rate:.1} GFLOP/s of model FLOPs (forward passes as run, backward as twice a forward) = {:.0}% of the float32 matmul peak measured in this run ({peak:.0} GFLOP/s)",
+        100.0 * flop_rate / peak)?;
     let Some(python) = &options.python else {
         return Ok(());
     };
@@ -135,13 +132,15 @@ pub(crate) fn bench_training(
             python_scores.push(eval_scores(labels, eval, entities)?);
         }
     }
-    println!(
-        "python: {rate:10.1} samples/s (median of {runs} seeds), peak RSS {:.0} MB (torch threads {}){}",
+    writeln!(span_marker_cli::stdout(), "python: {rate:10.1} samples/s (median of {runs} seeds), peak RSS {:.0} MB (torch threads {}){}",
         value["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
         value["torch_threads"],
-        scores_note(&python_scores)
-    );
-    println!("ratio:  {:10.2}x", rust_rate / rate);
+        scores_note(&python_scores))?;
+    writeln!(
+        span_marker_cli::stdout(),
+        "ratio:  {:10.2}x",
+        rust_rate / rate
+    )?;
     Ok(())
 }
 

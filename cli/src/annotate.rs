@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
@@ -14,10 +13,10 @@ use datafusion::parquet::arrow::ArrowWriter;
 use span_marker::PredictOptions;
 use span_marker_udfs::annotate::{annotate, AnnotateOptions, InputColumn};
 use span_marker_udfs::cluster::annotate::{annotate_files, input_files, ClusterAnnotateOptions};
-use span_marker_udfs::cluster::{Cluster, DEFAULT_STALL_TIMEOUT};
+use span_marker_udfs::cluster::Cluster;
 use span_marker_udfs::SharedModel;
 
-use crate::args::{set_session, ModelArgs};
+use crate::args::{set_session, ModelArgs, StallArgs};
 use crate::CliResult;
 
 /// Sentences of the bundled sample corpus, one per line.
@@ -41,11 +40,8 @@ pub struct AnnotateArgs {
     /// skips the files an earlier run finished.
     #[arg(long, value_name = "df://HOST:PORT", conflicts_with = "sample")]
     cluster: Option<String>,
-    /// With --cluster: seconds a file's job may show no progress before it is cancelled and
-    /// the command fails, naming the stage and the executors' reasons (a file is one task: this
-    /// must exceed the time of the largest file).
-    #[arg(long, value_name = "SECONDS", requires = "cluster", default_value_t = DEFAULT_STALL_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=604_800))]
-    stall_timeout: u64,
+    #[command(flatten)]
+    stall: StallArgs,
     /// With --cluster: files annotated at once (default: two per executor).
     #[arg(long, requires = "cluster")]
     files_at_once: Option<usize>,
@@ -132,8 +128,7 @@ fn run_on_cluster(url: &str, args: &AnnotateArgs, column: InputColumn) -> CliRes
     args.predict.validate()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let (report, first) = runtime.block_on(async {
-        let cluster =
-            Cluster::connect(url)?.with_stall_timeout(Duration::from_secs(args.stall_timeout));
+        let cluster = args.stall.apply(Cluster::connect(url)?);
         let inputs = input_files(&input.to_string_lossy())?;
         let executors = cluster.executors()?.len();
         let ctx = cluster.context().await?;

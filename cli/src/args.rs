@@ -1,7 +1,10 @@
 //! Flags shared by several subcommands.
 
+use std::time::Duration;
+
 use clap::Args;
 use span_marker::device::parse_device;
+use span_marker_udfs::cluster::{Cluster, DEFAULT_STALL_TIMEOUT};
 use tch::Device;
 
 /// Which model runs where.
@@ -29,6 +32,30 @@ impl ModelArgs {
             ..Default::default()
         };
         span_marker::SpanMarkerModel::from_pretrained_with(&self.model, &options)
+    }
+}
+
+/// How long a cluster job may go without progress.
+#[derive(Args, Debug, Clone)]
+pub struct StallArgs {
+    /// With --cluster: seconds a job may go without progress anywhere on the cluster (no task,
+    /// stage or job ending) before it is cancelled and the command fails, naming its stage and
+    /// the executors' reasons. A task shows progress only when it ends: this must exceed the
+    /// longest task (with `annotate`, one file).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        requires = "cluster",
+        default_value_t = DEFAULT_STALL_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=604_800)
+    )]
+    pub stall_timeout: u64,
+}
+
+impl StallArgs {
+    /// `cluster` with this stall timeout.
+    pub fn apply(&self, cluster: Cluster) -> Cluster {
+        cluster.with_stall_timeout(Duration::from_secs(self.stall_timeout))
     }
 }
 

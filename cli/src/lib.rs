@@ -153,6 +153,9 @@ pub struct Stdout(std::io::StdoutLock<'static>);
 
 impl Stdout {
     fn failed(e: std::io::Error) -> std::io::Error {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            STDOUT_READER_GONE.store(true, Ordering::Relaxed);
+        }
         std::io::Error::new(e.kind(), format!("cannot write to standard output: {e}"))
     }
 }
@@ -177,9 +180,22 @@ impl Write for Stdout {
 /// [`Stdout`] reports it instead.
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
+/// Records which standard streams the process started with closed, before `main`: each binary
+/// calls this once at its top level. (Only on Linux, where the constructor is listed in
+/// `.init_array`; elsewhere a closed stream reads as `/dev/null`, as Rust's runtime leaves it.)
+#[macro_export]
+macro_rules! record_closed_streams_at_start {
+    () => {
+        /// Runs before Rust's runtime replaces closed standard streams with `/dev/null`.
+        #[cfg(target_os = "linux")]
+        #[used]
+        #[link_section = ".init_array"]
+        static RECORD_CLOSED_STREAMS: extern "C" fn() = $crate::record_closed_streams;
+    };
+}
+
 /// Records which standard streams the process started with closed. It must run before Rust's
-/// runtime opens `/dev/null` in their place: a binary lists it among its ELF constructors
-/// (`.init_array`, see `main.rs`), which run before `main`.
+/// runtime opens `/dev/null` in their place: see [`record_closed_streams_at_start!`].
 pub extern "C" fn record_closed_streams() {
     #[cfg(unix)]
     for (fd, closed) in [(1, &STDOUT_CLOSED), (2, &STDERR_FAILED)] {
@@ -189,6 +205,9 @@ pub extern "C" fn record_closed_streams() {
         }
     }
 }
+
+/// Set once standard output's reader went away (a broken pipe).
+static STDOUT_READER_GONE: AtomicBool = AtomicBool::new(false);
 
 /// Set once a write to standard error failed.
 static STDERR_FAILED: AtomicBool = AtomicBool::new(false);
@@ -228,10 +247,11 @@ fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
         return ExitCode::SUCCESS;
     };
     // Standard output closed by its reader (`... | head`) where SIGPIPE is ignored: the
-    // reader has what it wanted.
-    if error
-        .downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    // reader has what it wanted. (A broken pipe elsewhere, a socket, is an error.)
+    if STDOUT_READER_GONE.load(Ordering::Relaxed)
+        && error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     {
         return ExitCode::SUCCESS;
     }

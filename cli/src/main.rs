@@ -75,12 +75,7 @@ enum Command {
     Cluster(cluster::ClusterCommand),
 }
 
-/// Runs before Rust's runtime replaces closed standard streams (see
-/// [`span_marker_cli::record_closed_streams`]).
-#[cfg(target_os = "linux")]
-#[used]
-#[link_section = ".init_array"]
-static RECORD_CLOSED_STREAMS: extern "C" fn() = span_marker_cli::record_closed_streams;
+span_marker_cli::record_closed_streams_at_start!();
 
 fn main() -> std::process::ExitCode {
     span_marker_cli::init();

@@ -34,7 +34,7 @@ pub struct PushArgs {
     endpoint: Option<String>,
     /// How long each step may take, in seconds: a request and its repetitions, plus for an
     /// upload the time its size takes at 64 KiB/s (default: HF_HUB_DOWNLOAD_TIMEOUT, else 120).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = span_marker::hub::parse_seconds)]
     timeout: Option<Duration>,
     /// Also publish the training checkpoints (`checkpoint-*` folders).
     #[arg(long)]
@@ -84,13 +84,4 @@ pub fn run(args: PushArgs) -> CliResult {
         )?;
     }
     Ok(())
-}
-
-/// A positive number of seconds, fractions allowed.
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    text.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
 }

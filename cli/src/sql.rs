@@ -7,11 +7,10 @@ use std::io::Write;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use span_marker_udfs::cluster::{readable_error, Cluster, DEFAULT_STALL_TIMEOUT};
+use span_marker_udfs::cluster::{describe, Cluster};
 use span_marker_udfs::sql::SpanMarkerOptions;
-use std::time::Duration;
 
-use crate::args::{set_session, ModelArgs};
+use crate::args::{set_session, ModelArgs, StallArgs};
 use crate::CliResult;
 
 #[derive(Args)]
@@ -28,11 +27,10 @@ pub struct SqlArgs {
     /// executor must be able to load the model, which is checked before the first query.
     #[arg(long, value_name = "df://HOST:PORT")]
     cluster: Option<String>,
-    /// With --cluster: seconds a job may show no progress (no task ending) before it is
-    /// cancelled and the command fails, naming the stage and the executors' reasons.
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_STALL_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=604_800))]
-    stall_timeout: u64,
-    /// Let `COPY ... TO` replace a file that exists (refused otherwise).
+    #[command(flatten)]
+    stall: StallArgs,
+    /// Let `COPY ... TO` replace a file that exists (refused otherwise; with --cluster, the
+    /// client's file system is the one checked).
     #[arg(long)]
     overwrite: bool,
 }
@@ -48,7 +46,7 @@ pub fn run(args: SqlArgs) -> CliResult {
             .as_deref()
             .map(Cluster::connect)
             .transpose()?
-            .map(|cluster| cluster.with_stall_timeout(Duration::from_secs(args.stall_timeout)));
+            .map(|cluster| args.stall.apply(cluster));
         let ctx = match &cluster {
             Some(cluster) => cluster.context().await?,
             None => {
@@ -68,18 +66,6 @@ pub fn run(args: SqlArgs) -> CliResult {
         // The model (and device) the executors were last checked to load.
         let mut checked: Option<(String, String)> = None;
         for statement in &args.statements {
-            if let Some(cluster) = &cluster {
-                let is_set = statement
-                    .trim_start()
-                    .get(..4)
-                    .is_some_and(|start| start.eq_ignore_ascii_case("set "));
-                let settings = SpanMarkerOptions::from_config(ctx.state().config().options());
-                let model = (settings.model, settings.device);
-                if !is_set && checked.as_ref() != Some(&model) {
-                    cluster.check_model(&ctx).await?;
-                    checked = Some(model);
-                }
-            }
             let plan = ctx.state().create_logical_plan(statement).await?;
             if let LogicalPlan::Copy(copy) = &plan {
                 if !args.overwrite {
@@ -88,15 +74,24 @@ pub fn run(args: SqlArgs) -> CliResult {
             }
             let batches = match &cluster {
                 // Settings change this session: they run here, not as a job.
-                Some(cluster) if !matches!(plan, LogicalPlan::Statement(_)) => cluster
-                    .run_watched(&ctx, |ctx| async move {
-                        Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
-                    })
-                    .await
-                    .map_err(|e| match e {
-                        span_marker_udfs::Error::DataFusion(e) => readable_error(&e),
-                        other => other.to_string(),
-                    })?,
+                Some(cluster) if !matches!(plan, LogicalPlan::Statement(_)) => {
+                    let model = || {
+                        let settings =
+                            SpanMarkerOptions::from_config(ctx.state().config().options());
+                        (settings.model, settings.device)
+                    };
+                    if checked.as_ref() != Some(&model()) {
+                        cluster.check_model(&ctx).await.map_err(|e| describe(&e))?;
+                        // As the check left it (a relative model made absolute).
+                        checked = Some(model());
+                    }
+                    cluster
+                        .run_watched(&ctx, |ctx| async move {
+                            Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
+                        })
+                        .await
+                        .map_err(|e| describe(&e))?
+                }
                 _ => ctx.execute_logical_plan(plan).await?.collect().await?,
             };
             if !batches.is_empty() {

@@ -134,7 +134,10 @@ impl<'a> Fetcher<'a> {
             return Ok(());
         };
         let path = self.dir.join("refs").join(&self.revision);
-        write_atomically(&path, commit.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+        if let Some(folder) = path.parent() {
+            std::fs::create_dir_all(folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+        }
+        crate::atomic::write(&path, commit.as_bytes()).map_err(|e| e.to_string())
     }
 
     /// A failure of `step` as a message, with what to do about the usual ones.
@@ -312,11 +315,9 @@ impl<'a> Fetcher<'a> {
                 };
                 let local =
                     |e: std::io::Error| Failure::Invalid(format!("{}: {e}", folder.display()));
-                let mut temp = tempfile::Builder::new()
-                    .prefix(&format!("{}.", remote.etag))
-                    .suffix(".incomplete")
-                    .tempfile_in(folder)
-                    .map_err(local)?;
+                let mut temp =
+                    crate::atomic::temp_in(folder, &format!("{}.", remote.etag), ".incomplete")
+                        .map_err(local)?;
                 let pace = self.http.pace();
                 let mut reader = pace.reader(response.into_reader());
                 let mut hasher = Sha256::new();
@@ -421,16 +422,6 @@ fn link(blob: &Path, pointer: &Path, file: &str) -> std::io::Result<()> {
     std::fs::rename(&temp_path, pointer).inspect_err(|_| {
         let _ = std::fs::remove_file(&temp_path);
     })
-}
-
-/// `bytes` into `path` through a temporary file and a rename.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let folder = path.parent().expect("a ref lives in `refs/`");
-    std::fs::create_dir_all(folder)?;
-    let mut temp = tempfile::NamedTempFile::new_in(folder)?;
-    temp.write_all(bytes)?;
-    temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// A download's progress on the terminal (with the `progress` feature).

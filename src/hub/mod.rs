@@ -231,8 +231,11 @@ impl HubOptions {
 
     pub(crate) fn checked_timeout(&self) -> std::result::Result<Duration, String> {
         if let Some(timeout) = self.timeout {
-            return if timeout.is_zero() {
-                Err("the Hub timeout is zero: give a positive duration".into())
+            return if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                Err(format!(
+                    "the Hub timeout must be positive and at most {}s, got {timeout:?}",
+                    MAX_TIMEOUT.as_secs()
+                ))
             } else {
                 Ok(timeout)
             };
@@ -240,12 +243,27 @@ impl HubOptions {
         let Some(text) = non_empty_env(TIMEOUT_ENV) else {
             return Ok(DEFAULT_TIMEOUT);
         };
-        text.parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| format!("{TIMEOUT_ENV}={text:?} is not a positive number of seconds"))
+        parse_seconds(&text).map_err(|e| format!("{TIMEOUT_ENV}: {e}"))
     }
+}
+
+/// The longest Hub timeout taken: past it, deadlines would overflow.
+const MAX_TIMEOUT: Duration = Duration::from_secs(1_000_000_000);
+
+/// A positive number of seconds (fractions allowed, at most a billion): how `--timeout` and
+/// `HF_HUB_DOWNLOAD_TIMEOUT` are read.
+///
+/// ```
+/// # use std::time::Duration;
+/// assert_eq!(span_marker::hub::parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+/// assert!(span_marker::hub::parse_seconds("0").is_err());
+/// ```
+pub fn parse_seconds(text: &str) -> std::result::Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < MAX_TIMEOUT.as_secs_f64())
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
 }
 
 /// The token file the Hugging Face CLI writes: `HF_TOKEN_PATH`, else `token` in `HF_HOME`
@@ -261,14 +279,28 @@ pub fn token_path() -> Option<PathBuf> {
     Some(home.join("token"))
 }
 
-/// `url` with the password of its `user:password@` part (if any) replaced by `<redacted>`.
+/// `url` with the password of its `user:password@` part (if any) replaced by `<redacted>`,
+/// and its query and fragment (which may carry a key) too.
 ///
 /// ```
 /// # use span_marker::hub::redact_url;
 /// assert_eq!(redact_url("http://me:pw@hub.example/x"), "http://me:<redacted>@hub.example/x");
 /// assert_eq!(redact_url("https://hub.example"), "https://hub.example");
+/// assert_eq!(redact_url("https://hub.example/hf?key=k"), "https://hub.example/hf?<redacted>");
 /// ```
 pub fn redact_url(url: &str) -> String {
+    match url.find(['?', '#']) {
+        Some(at) => format!(
+            "{}{}{REDACTED}",
+            redact_authority(&url[..at]),
+            &url[at..=at]
+        ),
+        None => redact_authority(url),
+    }
+}
+
+/// [`redact_url`] for the part before the query.
+fn redact_authority(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         // No scheme: whatever precedes an `@` before the first `/` may be credentials.
         return match url.split('/').next().and_then(|a| a.rfind('@')) {

@@ -27,4 +27,4 @@ pub mod trainer;
 pub use args::{HubStrategy, IntervalStrategy, TrainingArguments};
 pub use data::{read_conll, ConllSentence, NerDataset, NerExample};
 pub use evaluate::{evaluate, Evaluation};
-pub use trainer::{TrainOutput, Trainer, TrainerState};
+pub use trainer::{check_output_dir, TrainOutput, Trainer, TrainerState};

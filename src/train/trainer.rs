@@ -286,7 +286,7 @@ impl<'m> Trainer<'m> {
             .map(|from| self.resolve_checkpoint(from))
             .transpose()?;
         if checkpoint.is_none() {
-            clear_finished_run(&args.output_dir, args.overwrite_output_dir)?;
+            clear_finished_run(args)?;
         }
         let identity = RunIdentity::new(self.model, args, train_data, eval_data)?;
         let mut state = TrainerState::default();
@@ -910,11 +910,12 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(found)
 }
 
-/// Refuses to start a new run in `dir` when it holds a finished one (a saved model, or
-/// checkpoints), unless `overwrite`: then the old run's checkpoints go, so that neither a
-/// resumption nor the checkpoint limit mixes them with the new run's. Nothing else in `dir` is
-/// removed; the new run's files replace the old ones as they are written.
-fn clear_finished_run(dir: &Path, overwrite: bool) -> Result<()> {
+/// Refuses a new run (not a resumption) in `args.output_dir` when it holds a finished one (a
+/// saved model, or checkpoints) unless `args.overwrite_output_dir`: the check every entry
+/// point makes before it loads a model or writes anything. The error names what is there and
+/// the ways on.
+pub fn check_output_dir(args: &TrainingArguments) -> Result<()> {
+    let dir = &args.output_dir;
     let checkpoints = list_checkpoints(dir)?;
     let mut found: Vec<String> = [checkpoint::SAFETENSORS_FILE, checkpoint::PICKLE_FILE]
         .iter()
@@ -925,19 +926,30 @@ fn clear_finished_run(dir: &Path, overwrite: bool) -> Result<()> {
         path.file_name()
             .map(|name| name.to_string_lossy().into_owned())
     }));
-    if found.is_empty() {
+    if found.is_empty() || args.overwrite_output_dir {
         return Ok(());
     }
-    if !overwrite {
-        return Err(Error::Config(format!(
-            "`output_dir` {} holds a finished run ({}): continue it with a resumption \
-             (`--resume latest`), replace it with `overwrite_output_dir` \
-             (`--overwrite-output-dir`), or train into another directory",
-            dir.display(),
-            found.join(", ")
-        )));
-    }
-    for (_, path) in checkpoints {
+    let resume = if checkpoints.is_empty() {
+        ""
+    } else {
+        "continue it from its latest checkpoint (`--resume latest`), "
+    };
+    Err(Error::Config(format!(
+        "`output_dir` {} holds a finished run ({}): {resume}replace it with \
+         `overwrite_output_dir = true` in the training arguments (`--overwrite-output-dir`), or \
+         train into another directory",
+        dir.display(),
+        found.join(", ")
+    )))
+}
+
+/// Starts a new run in `args.output_dir`: refused there when it holds a finished run (see
+/// [`check_output_dir`]); with `overwrite_output_dir`, the old run's checkpoints go, so that
+/// neither a resumption nor the checkpoint limit mixes them with the new run's. Nothing else
+/// is removed; the new run's files replace the old ones as they are written.
+fn clear_finished_run(args: &TrainingArguments) -> Result<()> {
+    check_output_dir(args)?;
+    for (_, path) in list_checkpoints(&args.output_dir)? {
         tracing::info!(checkpoint = %path.display(), "removing a checkpoint of the run being replaced");
         std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
     }

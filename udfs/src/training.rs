@@ -77,6 +77,10 @@ fn run_here(
     let eval_set = eval.map(|e| e.to_dataset(&labels)).transpose()?;
     let test_set = test.map(|t| t.to_dataset(&labels)).transpose()?;
     args.validate().map_err(span_marker::Error::Config)?;
+    if resume.is_none() {
+        // Before the encoder is loaded (or downloaded) and the Hub repository made.
+        span_marker::train::check_output_dir(&args)?;
+    }
 
     let options = LoadOptions {
         labels: Some(labels.original().to_vec()),

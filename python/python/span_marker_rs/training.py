@@ -82,7 +82,8 @@ def train(
         args: Training arguments by their Hugging Face ``TrainingArguments`` names
             (``output_dir``, ``learning_rate``, ``num_train_epochs``, ``per_device_train_batch_size``,
             ``seed``, ...). ``output_dir`` defaults to ``models/span-marker`` under the
-            working directory.
+            working directory; one that holds a finished run (a model or checkpoints) is
+            refused unless ``overwrite_output_dir`` is true (its checkpoints are then removed).
         eval_frame: Rows to evaluate on (as ``frame``), at the end and as ``args`` schedule.
         tokens: The column of words.
         tags: The column of tags.

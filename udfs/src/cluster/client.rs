@@ -112,10 +112,13 @@ impl Cluster {
     }
 
     /// Runs `job`, the queries of one piece of work, on a session like `ctx` whose jobs carry
-    /// a name of their own, and watches them on the scheduler: when they show no progress for
-    /// the stall timeout, or the scheduler says they failed while the client still waits, the
-    /// jobs are cancelled and the error names the stage, its tasks, the executors' reasons and
-    /// the executors. Ballista's client waits for a job without limit; this is the limit.
+    /// a name of their own, and watches them on the scheduler. When nothing on the whole
+    /// cluster makes progress (no task, stage or job of any client ends) for the stall timeout,
+    /// or the scheduler says the jobs failed while the client still waits, the jobs are
+    /// cancelled and the error names their stages, tasks, the executors' reasons and the
+    /// executors; a job that waits its turn behind others' work is not stalled. Jobs still
+    /// running when the returned future is dropped (another file's job failed first) are
+    /// cancelled too. Ballista's client waits for a job without limit; this is the limit.
     pub async fn run_watched<T, F, Fut>(&self, ctx: &SessionContext, job: F) -> Result<T>
     where
         F: FnOnce(SessionContext) -> Fut,
@@ -127,52 +130,74 @@ impl Cluster {
             .config_mut()
             .options_mut()
             .set(BALLISTA_JOB_NAME, &name)?;
+        let mut guard = CancelOnDrop {
+            cluster: self.clone(),
+            name: name.clone(),
+            armed: true,
+        };
         let job = job(SessionContext::new_with_state(state));
         tokio::pin!(job);
         let mut ticks = tokio::time::interval(WATCH_INTERVAL);
-        let mut last: Option<Vec<JobProgress>> = None;
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<Sighting> = None;
         let mut unchanged_since = Instant::now();
         let mut failed_since: Option<Instant> = None;
         loop {
             tokio::select! {
-                result = &mut job => return result,
+                result = &mut job => {
+                    guard.armed = false;
+                    return result;
+                }
                 _ = ticks.tick() => {}
             }
-            let (cluster, named) = (self.clone(), name.clone());
-            let seen = tokio::task::spawn_blocking(move || cluster.jobs_named(&named))
-                .await
-                .map_err(|e| self.error(format!("the job watch stopped: {e}")))?;
+            let named = name.clone();
+            let seen = self.blocking(move |cluster| cluster.look(&named)).await?;
             let seen = match seen {
                 Ok(seen) => seen,
                 // An unanswered look is no progress; the job's own error may still come.
                 Err(e) if unchanged_since.elapsed() >= self.stall_timeout => return Err(e),
                 Err(_) => continue,
             };
-            if seen.iter().any(|job| job.status == "Failed") {
+            let stalled = if seen.ours.iter().any(|job| job.status == "Failed") {
                 let since = *failed_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= FAILED_GRACE {
-                    return Err(self.stalled(
-                        &seen,
-                        "failed on the scheduler, but its client was never told",
-                    ));
-                }
-            }
-            if last.as_ref() != Some(&seen) {
-                last = Some(seen);
+                (since.elapsed() >= FAILED_GRACE)
+                    .then(|| "failed on the scheduler, but its client was never told".to_owned())
+            } else if last.as_ref() != Some(&seen) {
+                last = Some(seen.clone());
                 unchanged_since = Instant::now();
-            } else if unchanged_since.elapsed() >= self.stall_timeout {
-                let why = format!(
-                    "made no progress in {}s (no task or stage ended; a longer task needs a \
-                     longer stall timeout)",
-                    self.stall_timeout.as_secs()
-                );
-                return Err(self.stalled(&seen, &why));
+                None
+            } else {
+                (unchanged_since.elapsed() >= self.stall_timeout).then(|| {
+                    format!(
+                        "made no progress in {}s (no task, stage or job ended anywhere on the \
+                         cluster; a longer task needs a longer stall timeout)",
+                        self.stall_timeout.as_secs()
+                    )
+                })
+            };
+            if let Some(why) = stalled {
+                guard.armed = false;
+                let jobs = seen.ours;
+                return Err(self
+                    .blocking(move |cluster| cluster.stalled(&jobs, &why))
+                    .await?);
             }
         }
     }
 
-    /// The jobs named `name`, with their stages.
-    fn jobs_named(&self, name: &str) -> Result<Vec<JobProgress>> {
+    /// Runs blocking scheduler calls (`ureq`) off the async runtime's threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Cluster) -> T + Send + 'static,
+    ) -> Result<T> {
+        let cluster = self.clone();
+        tokio::task::spawn_blocking(move || call(&cluster))
+            .await
+            .map_err(|e| self.error(format!("the job watch stopped: {e}")))
+    }
+
+    /// What the scheduler says of every job now, and of the jobs named `name` in detail.
+    fn look(&self, name: &str) -> Result<Sighting> {
         let agent = ureq::AgentBuilder::new().timeout(CONNECT_TIMEOUT).build();
         let get = |path: &str| -> Result<ureq::Response> {
             let endpoint = format!("http://{}:{}/api/{path}", self.host, self.port);
@@ -187,28 +212,56 @@ impl Cluster {
             ))
         };
         let jobs: Vec<JobResponse> = get("jobs")?.into_json().map_err(unreadable)?;
-        let mut found = Vec::new();
+        let cluster = jobs
+            .iter()
+            .map(|job| {
+                (
+                    job.job_id.clone(),
+                    job.status.clone(),
+                    job.completed_stages,
+                    job.percent_complete,
+                )
+            })
+            .collect();
+        let mut ours = Vec::new();
         for job in jobs.into_iter().filter(|job| job.job_name == name) {
             let stages: QueryStagesResponse = get(&format!("job/{}/stages", job.job_id))?
                 .into_json()
                 .map_err(unreadable)?;
-            found.push(JobProgress::new(job, stages));
+            ours.push(JobProgress::new(job, stages));
         }
-        Ok(found)
+        Ok(Sighting { cluster, ours })
+    }
+
+    /// Cancels the jobs named `name` that are still queued or running.
+    fn cancel_named(&self, name: &str) {
+        match self.look(name) {
+            Ok(seen) => {
+                for job in &seen.ours {
+                    self.cancel(job);
+                }
+            }
+            Err(e) => tracing::warn!("could not cancel the jobs of this client: {e}"),
+        }
+    }
+
+    fn cancel(&self, job: &JobProgress) {
+        if !matches!(job.status.as_str(), "Queued" | "Running") {
+            return;
+        }
+        let endpoint = format!("http://{}:{}/api/job/{}", self.host, self.port, job.id);
+        let agent = ureq::AgentBuilder::new().timeout(CONNECT_TIMEOUT).build();
+        if let Err(e) = agent.request("PATCH", &endpoint).call() {
+            tracing::warn!(job = %job.id, "could not cancel the job: {e}");
+        }
     }
 
     /// Cancels the unfinished `jobs` and says where they stood.
     fn stalled(&self, jobs: &[JobProgress], why: &str) -> Error {
-        let agent = ureq::AgentBuilder::new().timeout(CONNECT_TIMEOUT).build();
         let mut lines = Vec::new();
         for job in jobs {
             let id = &job.id;
-            if matches!(job.status.as_str(), "Queued" | "Running") {
-                let endpoint = format!("http://{}:{}/api/job/{id}", self.host, self.port);
-                if let Err(e) = agent.request("PATCH", &endpoint).call() {
-                    tracing::warn!(job = %id, "could not cancel the job: {e}");
-                }
-            }
+            self.cancel(job);
             lines.push(format!(
                 "job {id} ({}, {} of {} stages done){}",
                 job.status_text,
@@ -297,14 +350,15 @@ impl Cluster {
         for round in 0..4 {
             let partitions = (executors.len() * 4) << round;
             let asked = self.ask_executors(ctx, partitions).await;
-            for info in asked.map_err(|e| {
-                let reason = match e {
-                    Error::DataFusion(e) => readable_error(&e),
-                    other => other.to_string(),
-                };
-                self.error(format!(
-                    "the model `{model}` cannot be loaded on every executor: {reason}"
-                ))
+            for info in asked.map_err(|e| match e {
+                Error::DataFusion(e) => self.error(format!(
+                    "the model `{model}` cannot be loaded on every executor: {}",
+                    readable_error(&e)
+                )),
+                Error::Cluster { message, .. } => {
+                    self.error(format!("the check of model `{model}` failed: {message}"))
+                }
+                other => other,
             })? {
                 answers.insert(info.executor.clone(), info);
             }
@@ -398,8 +452,32 @@ impl Cluster {
     }
 }
 
-/// What a look at one job saw: any change between two looks is progress.
-#[derive(Debug, PartialEq)]
+/// Cancels the jobs of a [`Cluster::run_watched`] that is dropped before they end.
+struct CancelOnDrop {
+    cluster: Cluster,
+    name: String,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cluster.cancel_named(&self.name);
+        }
+    }
+}
+
+/// What a look at the scheduler saw: any change between two looks is progress.
+#[derive(Debug, Clone, PartialEq)]
+struct Sighting {
+    /// Every job: its id, status, finished stages and share of finished tasks.
+    cluster: Vec<(String, String, usize, u8)>,
+    /// The watched jobs in detail.
+    ours: Vec<JobProgress>,
+}
+
+/// What a look at one job saw.
+#[derive(Debug, Clone, PartialEq)]
 struct JobProgress {
     id: String,
     /// `Queued`, `Running`, `Completed` or `Failed`.
@@ -412,7 +490,7 @@ struct JobProgress {
     stages: Vec<StageProgress>,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct StageProgress {
     id: String,
     status: String,
@@ -528,6 +606,15 @@ pub fn readable_error(error: &datafusion::error::DataFusionError) -> String {
         }
     }
     format!("a task failed on the cluster: {message}")
+}
+
+/// A cluster client's error as one readable line: a job's DataFusion error through
+/// [`readable_error`], any other as it is.
+pub fn describe(error: &Error) -> String {
+    match error {
+        Error::DataFusion(e) => readable_error(e),
+        other => other.to_string(),
+    }
 }
 
 /// A session on the cluster at `url` (`df://HOST:PORT`), checked to answer; the same as

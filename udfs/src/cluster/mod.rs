@@ -1,6 +1,7 @@
 //! SQL and bulk annotation on a [Ballista](https://datafusion.apache.org/ballista/) cluster:
 //! a scheduler and executors with the SpanMarker functions built in ([`server`]), the client
-//! side ([`Cluster`], [`remote_context`]) and distributed annotation of a directory of
+//! side ([`Cluster`], whose [`Cluster::run_watched`] bounds a job's wait, and
+//! [`remote_context`]) and distributed annotation of a directory of
 //! Parquet files ([`annotate`]).
 //!
 //! Ballista ships a query plan to the executors with its functions named, not serialised, and
@@ -39,7 +40,9 @@ use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::SessionConfig;
 
-pub use client::{readable_error, remote_context, Cluster, ExecutorInfo, DEFAULT_STALL_TIMEOUT};
+pub use client::{
+    describe, readable_error, remote_context, Cluster, ExecutorInfo, DEFAULT_STALL_TIMEOUT,
+};
 
 use crate::sql::{add_settings, scalar_functions, Worker};
 

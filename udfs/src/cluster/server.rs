@@ -68,7 +68,7 @@ pub struct ExecutorOptions {
 /// The accepted range of each time and retry setting: zero would spin or never give up, and
 /// values past these are mistakes (a day without a heartbeat is a lost executor).
 const EXECUTOR_TIMEOUT_SECONDS: RangeInclusive<u64> = 2..=86_400;
-const HEARTBEAT_INTERVAL_SECONDS: RangeInclusive<u64> = 1..=3_600;
+const HEARTBEAT_INTERVAL_SECONDS: RangeInclusive<u64> = 1..=300;
 const TASK_MAX_FAILURES: RangeInclusive<usize> = 1..=100;
 const CONCURRENT_TASKS: RangeInclusive<usize> = 1..=1_024;
 
@@ -135,6 +135,10 @@ fn in_range<T: PartialOrd + std::fmt::Display>(
 /// by another process, or not ours to take), so that the process ends with the reason instead
 /// of serving half its services.
 fn check_port(host: &str, port: u16, service: &str) -> Result<()> {
+    if port == 0 {
+        // The system would pick one, and nobody would know where to reach it.
+        return Err(setting(service, "must be a port number, not 0".into()));
+    }
     std::net::TcpListener::bind((host, port))
         .map(drop)
         .map_err(|e| setting(service, format!("cannot listen on {host}:{port}: {e}")))
