@@ -638,9 +638,10 @@ fn locked_outputs_are_refused_and_stalled_jobs_are_cancelled_not_waited_for() {
     );
     drop(held);
 
-    // One task over many rows: no task ends for longer than the 1 s stall timeout.
+    // One task over many rows: no task ends for far longer than the 1 s stall timeout (the
+    // watch sees the job appear and start, then nothing; the task would take minutes).
     let big = dir.path().join("big.parquet");
-    write_corpus(&big, 20_000, &[]);
+    write_corpus(&big, 200_000, &[]);
     let sql = |extra: &[&str], query: &str| {
         run_with_limit(
             Command::new(BIN)

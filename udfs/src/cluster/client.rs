@@ -211,7 +211,9 @@ impl Cluster {
                 "the scheduler's answer about its jobs is unreadable: {e}"
             ))
         };
-        let jobs: Vec<JobResponse> = get("jobs")?.into_json().map_err(unreadable)?;
+        let mut jobs: Vec<JobResponse> = get("jobs")?.into_json().map_err(unreadable)?;
+        // The scheduler lists its jobs in no fixed order: two looks compare in id order.
+        jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
         let cluster = jobs
             .iter()
             .map(|job| {
@@ -502,7 +504,7 @@ struct StageProgress {
 
 impl JobProgress {
     fn new(job: JobResponse, stages: QueryStagesResponse) -> Self {
-        let stages = stages
+        let mut stages: Vec<StageProgress> = stages
             .stages
             .into_iter()
             .map(|stage| {
@@ -522,9 +524,13 @@ impl JobProgress {
                             .push((task.id, format!("{reason}: {error}"))),
                     }
                 }
+                progress.running.sort_unstable();
+                progress.failed.sort();
                 progress
             })
             .collect();
+        // In a fixed order, as the scheduler's lists have none.
+        stages.sort_by(|a, b| a.id.cmp(&b.id));
         Self {
             id: job.job_id,
             status: job.status,
