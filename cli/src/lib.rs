@@ -114,11 +114,12 @@ pub fn run(command: impl FnOnce() -> Result<(), Box<dyn std::error::Error>>) -> 
 /// success.
 pub fn parse_args<P: clap::Parser>() -> Result<P, ExitCode> {
     P::try_parse().map_err(|error| {
-        let closed = if error.use_stderr() {
-            STDERR_FAILED.load(Ordering::Relaxed)
+        let (stream, closed) = if error.use_stderr() {
+            ("standard error", &STDERR_FAILED)
         } else {
-            STDOUT_CLOSED.load(Ordering::Relaxed)
+            ("standard output", &STDOUT_CLOSED)
         };
+        let closed = closed.load(Ordering::Relaxed);
         let written = error
             .print()
             .and_then(|()| std::io::stdout().flush())
@@ -130,11 +131,6 @@ pub fn parse_args<P: clap::Parser>() -> Result<P, ExitCode> {
         match written {
             Ok(()) => ExitCode::from(error.exit_code().clamp(0, 255) as u8),
             Err(e) => {
-                let stream = if error.use_stderr() {
-                    "standard error"
-                } else {
-                    "standard output"
-                };
                 note!("error: cannot write to {stream}: {e}");
                 ExitCode::FAILURE
             }

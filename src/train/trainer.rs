@@ -915,6 +915,11 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
 /// point makes before it loads a model or writes anything. The error names what is there and
 /// the ways on.
 pub fn check_output_dir(args: &TrainingArguments) -> Result<()> {
+    checkpoints_to_replace(args).map(drop)
+}
+
+/// [`check_output_dir`]'s check; the checkpoints of the finished run it lets be replaced.
+fn checkpoints_to_replace(args: &TrainingArguments) -> Result<Vec<(usize, PathBuf)>> {
     let dir = &args.output_dir;
     let checkpoints = list_checkpoints(dir)?;
     let mut found: Vec<String> = [checkpoint::SAFETENSORS_FILE, checkpoint::PICKLE_FILE]
@@ -927,7 +932,7 @@ pub fn check_output_dir(args: &TrainingArguments) -> Result<()> {
             .map(|name| name.to_string_lossy().into_owned())
     }));
     if found.is_empty() || args.overwrite_output_dir {
-        return Ok(());
+        return Ok(checkpoints);
     }
     let resume = if checkpoints.is_empty() {
         ""
@@ -948,8 +953,7 @@ pub fn check_output_dir(args: &TrainingArguments) -> Result<()> {
 /// neither a resumption nor the checkpoint limit mixes them with the new run's. Nothing else
 /// is removed; the new run's files replace the old ones as they are written.
 fn clear_finished_run(args: &TrainingArguments) -> Result<()> {
-    check_output_dir(args)?;
-    for (_, path) in list_checkpoints(&args.output_dir)? {
+    for (_, path) in checkpoints_to_replace(args)? {
         tracing::info!(checkpoint = %path.display(), "removing a checkpoint of the run being replaced");
         std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
     }

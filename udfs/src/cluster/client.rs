@@ -37,6 +37,8 @@ pub struct Cluster {
     host: String,
     port: u16,
     stall_timeout: Duration,
+    /// The client of the scheduler's REST API; each call bounded by [`CONNECT_TIMEOUT`].
+    agent: ureq::Agent,
 }
 
 /// An executor registered with the scheduler, as its REST API lists it.
@@ -75,6 +77,7 @@ impl Cluster {
             host: host.to_owned(),
             port,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            agent: ureq::AgentBuilder::new().timeout(CONNECT_TIMEOUT).build(),
         };
         let addresses: Vec<_> = (host, port)
             .to_socket_addrs()
@@ -198,10 +201,9 @@ impl Cluster {
 
     /// What the scheduler says of every job now, and of the jobs named `name` in detail.
     fn look(&self, name: &str) -> Result<Sighting> {
-        let agent = ureq::AgentBuilder::new().timeout(CONNECT_TIMEOUT).build();
         let get = |path: &str| -> Result<ureq::Response> {
-            let endpoint = format!("http://{}:{}/api/{path}", self.host, self.port);
-            agent
+            let endpoint = self.api(path);
+            self.agent
                 .get(&endpoint)
                 .call()
                 .map_err(|e| self.error(format!("the scheduler did not answer {endpoint}: {e}")))
@@ -251,9 +253,8 @@ impl Cluster {
         if !matches!(job.status.as_str(), "Queued" | "Running") {
             return;
         }
-        let endpoint = format!("http://{}:{}/api/job/{}", self.host, self.port, job.id);
-        let agent = ureq::AgentBuilder::new().timeout(CONNECT_TIMEOUT).build();
-        if let Err(e) = agent.request("PATCH", &endpoint).call() {
+        let endpoint = self.api(&format!("job/{}", job.id));
+        if let Err(e) = self.agent.request("PATCH", &endpoint).call() {
             tracing::warn!(job = %job.id, "could not cancel the job: {e}");
         }
     }
@@ -292,12 +293,11 @@ impl Cluster {
 
     /// The executors registered with the scheduler now.
     pub fn executors(&self) -> Result<Vec<ExecutorInfo>> {
-        let endpoint = format!("http://{}:{}/api/executors", self.host, self.port);
-        let agent = ureq::AgentBuilder::new().timeout(CONNECT_TIMEOUT).build();
-        let answer = agent
-            .get(&endpoint)
-            .call()
-            .map_err(|e| self.error(format!("no Ballista scheduler answers at {endpoint}: {e}")))?;
+        let endpoint = self.api("executors");
+        let answer =
+            self.agent.get(&endpoint).call().map_err(|e| {
+                self.error(format!("no Ballista scheduler answers at {endpoint}: {e}"))
+            })?;
         answer.into_json().map_err(|e| {
             self.error(format!(
                 "{endpoint} did not answer like a Ballista scheduler: {e}"
@@ -444,6 +444,11 @@ impl Cluster {
             }
         }
         Ok(answers)
+    }
+
+    /// The address of `path` in the scheduler's REST API.
+    fn api(&self, path: &str) -> String {
+        format!("http://{}:{}/api/{path}", self.host, self.port)
     }
 
     fn error(&self, message: String) -> Error {
