@@ -22,9 +22,30 @@
 //!   (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`) they map to exceptions; what it does
 //!   not serve answers `404 EntryNotFound`, which clients take as "absent".
 //!
+//! Dataset repositories are seeded by the test ([`StandInHub::add_dataset`], onto any branch,
+//! `refs/convert/parquet` where the Hub puts its Parquet conversions, included), apart from the
+//! models (a model and a dataset may share an id), and read as on the Hub:
+//!
+//! - `GET /api/datasets/{repo}[/revision/{rev}]`: the information (`id`, `sha`, `private`,
+//!   `siblings`; with `blobs=true` each file's size, blob id and LFS object);
+//! - `GET /api/datasets/{repo}/tree/{rev}[/{path}]`: the entries of a folder (`file`s with
+//!   their `lfs` object, `directory`s), every level below it with `recursive=true`,
+//!   `lastCommit` with `expand=true`; a page at a time, the next named by a
+//!   `Link: <url>; rel="next"` header ([`StandInHub::set_tree_page_size`]);
+//! - `POST /api/datasets/{repo}/paths-info/{rev}`: the entries of the paths a form names;
+//! - `GET /api/datasets/{repo}/refs`: branches, and the conversions as `converts`;
+//! - `GET`/`HEAD /datasets/{repo}/resolve/{rev}/{path}`: downloads as for models.
+//!
+//! A revision is one path segment (`refs%2Fconvert%2Fparquet`). A dataset that is missing or
+//! private to another user answers `RepoNotFound`, `401` without a token and `404` with one, as
+//! the Hub does (a model answers `401` either way).
+//!
 //! Tokens are registered by the test ([`StandInHub::add_token`]), each for a user with or
-//! without write access; private repositories are visible to their owner only. Faults can be
-//! injected ([`StandInHub::fail_next_lfs_upload`], [`StandInHub::fail_next_repo_creations`]),
+//! without write access; private repositories are visible to their owner only (a dataset's
+//! owner is the user of its namespace, [`StandInHub::set_dataset_private`]). Every request is
+//! recorded ([`StandInHub::requests`]), so a test can prove that a client asked nothing.
+//! Faults can be injected ([`StandInHub::fail_next_lfs_upload`],
+//! [`StandInHub::fail_next_repo_creations`]),
 //! and what the real Hub does with redirects can be switched on: a renamed repository
 //! ([`StandInHub::move_repo`]: its old name answers `307` with the new path) and LFS files
 //! served from another host ([`StandInHub::redirect_lfs_downloads`]: `302` to a CDN-like
@@ -32,13 +53,27 @@
 //! served under a path ([`StandInHub::start_under`]), as behind a proxy. Everything lives in
 //! memory and the server stops when the [`StandInHub`] is dropped.
 //!
+//! The binary `span-marker-hub-standin` serves the same for tests in other languages:
+//! `span-marker-hub-standin [--token TOKEN:USER[:write]]... [--dataset ID[@BRANCH]=DIR]...
+//! [--private ID]... [--tree-page-size N]` prints the endpoint as its first line and serves
+//! until its standard input closes.
+//!
 //! ```
 //! let hub = span_marker_hub_standin::StandInHub::start()?;
 //! hub.add_token("hf_writer", "user", true);
 //! assert!(hub.endpoint().starts_with("http://127.0.0.1:"));
 //! assert!(hub.files("user/model", "main").is_none());
+//!
+//! let split = std::collections::BTreeMap::from([(
+//!     "default/train/0000.parquet".to_owned(),
+//!     b"PAR1...".to_vec(),
+//! )]);
+//! hub.add_dataset("user/corpus", "refs/convert/parquet", split);
+//! assert!(hub.dataset_commit("user/corpus", "refs/convert/parquet").is_some());
 //! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
 //! ```
+
+mod dataset;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,16 +127,52 @@ struct Entry {
 }
 
 impl Entry {
+    /// A file of `data` at `path`, stored through LFS when the Hub would store it so (the
+    /// rule of [`goes_to_lfs`]).
+    fn new(path: &str, data: Vec<u8>) -> Self {
+        let sample = &data[..data.len().min(512)];
+        let lfs = goes_to_lfs(path, data.len() as u64, sample).then(|| sha256_hex(&data));
+        Self {
+            data: Arc::new(data),
+            lfs,
+        }
+    }
+
     /// The `ETag` (and pre-upload `oid`) the Hub sends: the git blob id of an inline file, the
     /// LFS oid (SHA-256) of an LFS file.
     fn etag(&self) -> String {
-        self.lfs.clone().unwrap_or_else(|| {
-            let mut git = sha1::Sha1::new();
-            git.update(format!("blob {}\0", self.data.len()).as_bytes());
-            git.update(self.data.as_slice());
-            hex(&git.finalize())
-        })
+        self.lfs.clone().unwrap_or_else(|| git_blob_id(&self.data))
     }
+
+    /// The git blob id of what git stores: the file, or the LFS pointer to it.
+    fn blob_id(&self) -> String {
+        match &self.lfs {
+            Some(oid) => git_blob_id(lfs_pointer(oid, self.data.len()).as_bytes()),
+            None => git_blob_id(&self.data),
+        }
+    }
+}
+
+/// The Git LFS pointer file that stands for an object in git.
+fn lfs_pointer(oid: &str, size: usize) -> String {
+    format!("version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n")
+}
+
+fn git_blob_id(data: &[u8]) -> String {
+    let mut git = sha1::Sha1::new();
+    git.update(format!("blob {}\0", data.len()).as_bytes());
+    git.update(data);
+    hex(&git.finalize())
+}
+
+/// Whether the Hub stores a file through LFS: a name the default `.gitattributes` names, a
+/// size of 10 MB or more, or a binary `sample` (its first 512 bytes hold a NUL); never an empty
+/// file.
+fn goes_to_lfs(path: &str, size: u64, sample: &[u8]) -> bool {
+    size > 0
+        && (LFS_SUFFIXES.iter().any(|s| path.ends_with(s))
+            || size >= LFS_MIN_SIZE
+            || sample.contains(&0))
 }
 
 type Tree = BTreeMap<String, Entry>;
@@ -114,6 +185,19 @@ struct Repo {
 }
 
 impl Repo {
+    /// A new repository of `owner`, its one commit holding the Hub's default `.gitattributes`
+    /// on `main`.
+    fn new(owner: &str, private: bool) -> Self {
+        let tree = initial_tree();
+        let commit = commit_id("", &tree);
+        Self {
+            owner: owner.to_owned(),
+            private,
+            branches: BTreeMap::from([("main".to_owned(), commit.clone())]),
+            commits: HashMap::from([(commit, tree)]),
+        }
+    }
+
     /// The commit `revision` names: a branch, or a commit id.
     fn commit_of(&self, revision: &str) -> Option<String> {
         self.branches.get(revision).cloned().or_else(|| {
@@ -146,6 +230,12 @@ struct State {
     endpoint: String,
     users: HashMap<String, User>,
     repos: BTreeMap<String, Repo>,
+    /// Dataset repositories, a namespace apart from the models'.
+    datasets: BTreeMap<String, Repo>,
+    /// How many entries a page of a dataset's tree listing holds.
+    tree_page_size: usize,
+    /// `METHOD /path?query` of every request, in order.
+    requests: Vec<String>,
     lfs: HashMap<String, Arc<Vec<u8>>>,
     fail_lfs_uploads: usize,
     fail_repo_creations: usize,
@@ -187,6 +277,7 @@ impl StandInHub {
             endpoint: endpoint.clone(),
             prefix: prefix.to_owned(),
             cdn_endpoint: format!("http://localhost:{port}{prefix}"),
+            tree_page_size: 1000,
             ..State::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -301,6 +392,52 @@ impl StandInHub {
         self.lock().commits_made
     }
 
+    /// Commits `files` (paths relative to the repository's root, `/`-separated) onto `branch`
+    /// of the dataset repository `id` (`namespace/name`), as its namespace's user. A missing
+    /// repository is created as `POST /api/repos/create` would (public, the default
+    /// `.gitattributes` on `main`); a missing branch starts from `main`, except the Hub's
+    /// conversions (`refs/convert/parquet`), which start from the repository's first commit
+    /// so that they hold only what is committed to them. Files go through LFS as on the Hub
+    /// (`*.parquet` among them); datasets and models are apart (`a/b` may be both).
+    ///
+    /// # Panics
+    ///
+    /// When `id` is not `namespace/name` or a path is empty.
+    pub fn add_dataset(&self, id: &str, branch: &str, files: BTreeMap<String, Vec<u8>>) {
+        self.lock().seed_dataset(id, branch, files);
+    }
+
+    /// Makes the dataset `id` private (visible only to a token of its namespace's user) or
+    /// public; `false` when there is no such dataset.
+    pub fn set_dataset_private(&self, id: &str, private: bool) -> bool {
+        match self.lock().datasets.get_mut(id) {
+            Some(repo) => {
+                repo.private = private;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The commit `revision` (a branch or a commit id) of the dataset `id` names, or `None`
+    /// when either is missing.
+    pub fn dataset_commit(&self, id: &str, revision: &str) -> Option<String> {
+        self.lock().datasets.get(id)?.commit_of(revision)
+    }
+
+    /// How many entries a page of a dataset's tree listing holds (at least 1; 1000 at the
+    /// start); a longer listing names its next page in a `Link: <url>; rel="next"` header.
+    pub fn set_tree_page_size(&self, size: usize) {
+        self.lock().tree_page_size = size.max(1);
+    }
+
+    /// Every request since the start, in order, as `METHOD /path?query` (the path as sent,
+    /// under the [`start_under`](Self::start_under) prefix): a client that should not reach
+    /// the Hub (offline, or from a warm cache) is proven to by a list that did not grow.
+    pub fn requests(&self) -> Vec<String> {
+        self.lock().requests.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -346,7 +483,8 @@ impl Reply {
 fn handle(state: &Mutex<State>, mut request: Request) {
     let method = request.method().clone();
     let url = request.url().to_owned();
-    let full_path = url.split('?').next().unwrap_or("").to_owned();
+    let (full_path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let (full_path, query) = (full_path.to_owned(), query.to_owned());
     let token = request
         .headers()
         .iter()
@@ -359,6 +497,7 @@ fn handle(state: &Mutex<State>, mut request: Request) {
         .find(|h| h.field.equiv("Range"))
         .map(|h| h.value.as_str().to_owned());
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    state.requests.push(format!("{method} {url}"));
     let path = match full_path.strip_prefix(state.prefix.as_str()) {
         Some(path) if path.starts_with('/') => path.to_owned(),
         _ => {
@@ -442,7 +581,9 @@ fn handle(state: &Mutex<State>, mut request: Request) {
     let reply = match (&method, token.is_some() && user.is_none()) {
         // A token the Hub does not know is refused outright, as on the Hub.
         (_, true) => Reply::error(401, None, "Invalid credentials in Authorization header"),
-        (Method::Get | Method::Head, false) => state.get(&path, user, range.as_deref(), &method),
+        (Method::Get | Method::Head, false) => {
+            state.get(&path, &query, user, range.as_deref(), &method)
+        }
         (Method::Post, false) => state.post(&path, user, &body),
         _ => Reply::error(405, None, "method not allowed"),
     };
@@ -517,7 +658,14 @@ impl State {
         }
     }
 
-    fn get(&self, path: &str, user: Option<&User>, range: Option<&str>, method: &Method) -> Reply {
+    fn get(
+        &self,
+        path: &str,
+        query: &str,
+        user: Option<&User>,
+        range: Option<&str>,
+        method: &Method,
+    ) -> Reply {
         if path == "/api/whoami-v2" {
             return match user {
                 None => Reply::error(401, None, "Unauthorized"),
@@ -536,6 +684,12 @@ impl State {
         if let Some(rest) = path.strip_prefix("/api/models/") {
             return self.info(rest, user);
         }
+        if let Some(rest) = path.strip_prefix("/api/datasets/") {
+            return self.dataset_api(path, rest, query, user);
+        }
+        if let Some(rest) = path.strip_prefix("/datasets/") {
+            return self.dataset_resolve(rest, user, range, method);
+        }
         // /{org}/{name}/resolve/{revision}/{path}
         let Some((id, rest)) = split_repo(path.trim_start_matches('/')) else {
             return Reply::error(404, Some("EntryNotFound"), "not found");
@@ -549,10 +703,21 @@ impl State {
         };
         let (revision, file) = rest.split_once('/').unwrap_or((rest, ""));
         let revision = percent_decode(revision);
-        let commit = match repo.commit_or_404(&revision) {
-            Ok(commit) => commit,
-            Err(reply) => return reply,
-        };
+        match repo.commit_or_404(&revision) {
+            Ok(commit) => self.resolve(repo, commit, file, range, method),
+            Err(reply) => reply,
+        }
+    }
+
+    /// A download of `file` (percent-encoded) at `commit` of `repo`, with the Hub's headers.
+    fn resolve(
+        &self,
+        repo: &Repo,
+        commit: String,
+        file: &str,
+        range: Option<&str>,
+        method: &Method,
+    ) -> Reply {
         let Some(entry) = repo.commits[&commit].get(&percent_decode(file)) else {
             let mut reply = Reply::error(
                 404,
@@ -670,6 +835,9 @@ impl State {
         if path == "/api/repos/create" {
             return self.create_repo(user, body);
         }
+        if let Some(rest) = path.strip_prefix("/api/datasets/") {
+            return self.dataset_post(rest, body, user);
+        }
         if let Some(rest) = path.strip_prefix("/api/models/") {
             let Some((id, rest)) = split_repo(rest) else {
                 return Reply::error(404, Some("EntryNotFound"), "not found");
@@ -743,29 +911,10 @@ impl State {
         }
         // The old name of a renamed repository is free again, as on the Hub.
         self.moved.remove(&id);
-        let mut tree = Tree::new();
-        let attributes: String = LFS_SUFFIXES
-            .iter()
-            .map(|s| format!("*{s} filter=lfs diff=lfs merge=lfs -text\n"))
-            .collect();
-        tree.insert(
-            ".gitattributes".into(),
-            Entry {
-                data: Arc::new(attributes.into_bytes()),
-                lfs: None,
-            },
-        );
-        let commit = commit_id("", &tree);
         self.commits_made += 1;
-        self.repos.insert(
-            id.clone(),
-            Repo {
-                owner: user.name.clone(),
-                private: request["private"].as_bool().unwrap_or(false),
-                branches: BTreeMap::from([("main".to_owned(), commit.clone())]),
-                commits: HashMap::from([(commit, tree)]),
-            },
-        );
+        let private = request["private"].as_bool().unwrap_or(false);
+        self.repos
+            .insert(id.clone(), Repo::new(&user.name, private));
         Reply::json(200, json!({"url": url, "name": id}))
     }
 
@@ -801,11 +950,7 @@ impl State {
                 .as_str()
                 .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
                 .unwrap_or_default();
-            // Empty files are never LFS objects, as on the Hub.
-            let lfs = size > 0
-                && (LFS_SUFFIXES.iter().any(|s| path.ends_with(s))
-                    || size >= LFS_MIN_SIZE
-                    || sample.contains(&0));
+            let lfs = goes_to_lfs(path, size, &sample);
             let mut answer = json!({
                 "path": path,
                 "uploadMode": if lfs { "lfs" } else { "regular" },
@@ -956,6 +1101,21 @@ impl State {
             json!({"success": true, "commitOid": commit, "commitUrl": url, "pullRequestUrl": null}),
         )
     }
+}
+
+/// The files of a new repository's first commit: the Hub's default `.gitattributes`.
+fn initial_tree() -> Tree {
+    let attributes: String = LFS_SUFFIXES
+        .iter()
+        .map(|s| format!("*{s} filter=lfs diff=lfs merge=lfs -text\n"))
+        .collect();
+    Tree::from([(
+        ".gitattributes".to_owned(),
+        Entry {
+            data: Arc::new(attributes.into_bytes()),
+            lfs: None,
+        },
+    )])
 }
 
 /// A 40-hex commit id from the parent and the tree's content.
