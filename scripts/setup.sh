@@ -17,7 +17,7 @@
 set -euo pipefail
 
 TORCH_VERSION="2.11.0" # tch =0.24.0 is generated for exactly this release
-REFERENCE_PACKAGES=("span_marker==1.8.1" "transformers==4.57.6" "datasets" "seqeval" "torch==$TORCH_VERSION")
+REFERENCE_PACKAGES=("span_marker==1.8.1" "transformers==4.57.6" "datasets" "seqeval" "tensorboard" "torch==$TORCH_VERSION")
 PACKAGE_TOOLS=("maturin==1.16.0" "polars==1.43.2" "datafusion==55.0.0" "pytest==9.2.0")
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache_root="${SPAN_MARKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/span-marker}"
@@ -64,7 +64,7 @@ PY
 
 ln -sfn "$torch_dir" "$repo_root/.libtorch"
 
-if ! "$venv/bin/python" -c 'import span_marker, transformers, sys; sys.exit(span_marker.__version__ != "1.8.1" or transformers.__version__ != "4.57.6")' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import span_marker, transformers, tensorboard, sys; sys.exit(span_marker.__version__ != "1.8.1" or transformers.__version__ != "4.57.6")' 2>/dev/null; then
   echo "setup: installing the Python reference (${REFERENCE_PACKAGES[*]}) into $venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "${REFERENCE_PACKAGES[@]}" ||
     die "pip could not install the Python reference packages (is PyPI reachable?)"

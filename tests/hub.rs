@@ -224,10 +224,17 @@ fn a_model_trained_from_a_hub_encoder_is_published_while_training_and_loads_back
         files["README.md"],
         std::fs::read(output_dir.join("README.md")).unwrap()
     );
-    assert_eq!(
-        hub.lfs_files("user/tiny-ner", "main"),
-        ["model.safetensors"]
-    );
+    // The weights go through LFS, and so do the TensorBoard event files under `runs/`, which
+    // are published with the model as the Python Trainer publishes them.
+    let lfs = hub.lfs_files("user/tiny-ner", "main");
+    assert!(lfs.contains(&"model.safetensors".to_owned()), "{lfs:?}");
+    for name in &lfs {
+        assert!(
+            name == "model.safetensors"
+                || (name.starts_with("runs/") && name.contains("/events.out.tfevents.")),
+            "{name} should not be published through LFS"
+        );
+    }
 
     // Back by id, from an empty cache: the same entities and scores as the local model.
     let local = SpanMarkerModel::from_pretrained(output_dir.to_str().unwrap()).unwrap();

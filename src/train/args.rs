@@ -35,6 +35,91 @@ pub enum HubStrategy {
     AllCheckpoints,
 }
 
+/// Where the trainer reports its logs besides `log_history.jsonl` and the checkpoints'
+/// `trainer_state.json`: transformers' `report_to`, one name or a list of names.
+///
+/// `"tensorboard"` writes TensorBoard event files into `logging_dir`; `"all"` (the default, as
+/// in transformers 4.57) reports to every integration this build has, which is TensorBoard;
+/// `"none"` (or an empty list) to none. Other integrations of transformers (`wandb`, `mlflow`,
+/// ...) are refused by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a name such as \"tensorboard\", \"all\" or \"none\", or a list of names"
+)]
+pub enum ReportTo {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A place training logs can be reported to (see [`ReportTo`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integration {
+    /// TensorBoard event files (`events.out.tfevents.*`) in `logging_dir`.
+    TensorBoard,
+}
+
+impl Integration {
+    /// Every integration of this build, by its `report_to` name.
+    pub const ALL: [(&'static str, Integration); 1] = [("tensorboard", Integration::TensorBoard)];
+}
+
+impl Default for ReportTo {
+    fn default() -> Self {
+        Self::One("all".into())
+    }
+}
+
+impl From<&str> for ReportTo {
+    fn from(name: &str) -> Self {
+        Self::One(name.to_owned())
+    }
+}
+
+impl ReportTo {
+    /// The integrations named, `all` being every one; an unknown name is an error naming it.
+    pub fn integrations(&self) -> std::result::Result<Vec<Integration>, String> {
+        let names: &[String] = match self {
+            Self::One(name) => std::slice::from_ref(name),
+            Self::Many(names) => names,
+        };
+        match names {
+            [only] if only == "all" => return Ok(Integration::ALL.map(|(_, i)| i).to_vec()),
+            [only] if only == "none" => return Ok(Vec::new()),
+            _ => {}
+        }
+        let known: Vec<&str> = Integration::ALL.iter().map(|(name, _)| *name).collect();
+        let mut found = Vec::new();
+        for name in names {
+            let Some((_, integration)) = Integration::ALL.iter().find(|(n, _)| n == name) else {
+                let alone = if ["all", "none"].contains(&name.as_str()) {
+                    " (alone, not in a list with other names)"
+                } else {
+                    ""
+                };
+                return Err(format!(
+                    "`report_to` {name:?} is not supported: use {}, \"all\" or \"none\"{alone}",
+                    known
+                        .iter()
+                        .map(|n| format!("{n:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            };
+            if !found.contains(integration) {
+                found.push(*integration);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether TensorBoard event files are written (for a valid `report_to`).
+    pub fn tensorboard(&self) -> bool {
+        self.integrations()
+            .is_ok_and(|found| found.contains(&Integration::TensorBoard))
+    }
+}
+
 /// What `hub_token` is written as wherever the arguments are saved, as in transformers.
 pub const HUB_TOKEN_MASK: &str = "<HUB_TOKEN>";
 
@@ -73,6 +158,17 @@ pub struct TrainingArguments {
     pub save_total_limit: Option<usize>,
     pub logging_strategy: IntervalStrategy,
     pub logging_steps: usize,
+    /// Where the logs are reported besides `log_history.jsonl`: `"tensorboard"`, `"all"` (the
+    /// default: every integration this build has, i.e. TensorBoard) or `"none"`, or a list such
+    /// as `["tensorboard"]` (see [`ReportTo`]). TensorBoard shows the records of the log
+    /// history under transformers' names (`train/loss`, `train/learning_rate`,
+    /// `train/grad_norm`, `eval/overall_f1`, `train/train_runtime`, ...) at their steps.
+    pub report_to: ReportTo,
+    /// Where TensorBoard event files go. Unset, `output_dir/runs/<Mon><DD>_<HH>-<MM>-<SS>_<host>`
+    /// (local time and host name), as transformers; the [`Trainer`](crate::train::Trainer) sets
+    /// it when it is made, so its `training_args.json` names the directory. Each run (a resumed
+    /// one too) adds its own event file there.
+    pub logging_dir: Option<PathBuf>,
     pub seed: u64,
     /// Gradient clipping by global L2 norm; 0 disables it.
     pub max_grad_norm: f64,
@@ -163,6 +259,8 @@ impl Default for TrainingArguments {
             save_total_limit: None,
             logging_strategy: IntervalStrategy::Steps,
             logging_steps: 500,
+            report_to: ReportTo::default(),
+            logging_dir: None,
             seed: 42,
             max_grad_norm: 1.0,
             fp16: false,
@@ -282,6 +380,7 @@ impl TrainingArguments {
                 ));
             }
         }
+        self.report_to.integrations()?;
         if self.save_total_limit == Some(0) {
             return Err(
                 "`save_total_limit` must be at least 1 (or left out to keep every checkpoint)"
@@ -398,6 +497,40 @@ mod tests {
         std::fs::write(&path, r#"{"per_device_train_batch_size": 0}"#).unwrap();
         let err = TrainingArguments::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("per_device_train_batch_size"), "{err}");
+    }
+
+    #[test]
+    fn report_to_takes_a_name_or_a_list_as_transformers() {
+        let parse = |json: &str| -> std::result::Result<Vec<Integration>, String> {
+            let args: TrainingArguments =
+                serde_json::from_str(&format!(r#"{{"report_to": {json}}}"#))
+                    .map_err(|e| e.to_string())?;
+            args.validate()?;
+            args.report_to.integrations()
+        };
+        let tensorboard = Ok(vec![Integration::TensorBoard]);
+        assert_eq!(parse(r#""all""#), tensorboard);
+        assert_eq!(parse(r#"["all"]"#), tensorboard);
+        assert_eq!(parse(r#""tensorboard""#), tensorboard);
+        assert_eq!(parse(r#"["tensorboard", "tensorboard"]"#), tensorboard);
+        assert_eq!(parse(r#""none""#), Ok(vec![]));
+        assert_eq!(parse(r#"["none"]"#), Ok(vec![]));
+        assert_eq!(parse("[]"), Ok(vec![]));
+        assert!(TrainingArguments::default().report_to.tensorboard());
+        assert!(!ReportTo::from("none").tensorboard());
+        for bad in [
+            r#""wandb""#,
+            r#"["tensorboard", "mlflow"]"#,
+            r#"["none", "tensorboard"]"#,
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(
+                err.contains("`report_to`") && err.contains("\"tensorboard\""),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse("5").unwrap_err();
+        assert!(err.contains("\"tensorboard\""), "{err}");
     }
 
     #[test]

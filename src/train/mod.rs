@@ -22,9 +22,10 @@ pub mod optim;
 #[cfg(feature = "plots")]
 mod plot;
 mod publish;
+mod tensorboard;
 pub mod trainer;
 
-pub use args::{HubStrategy, IntervalStrategy, TrainingArguments};
+pub use args::{HubStrategy, Integration, IntervalStrategy, ReportTo, TrainingArguments};
 pub use data::{read_conll, ConllSentence, NerDataset, NerExample};
 pub use evaluate::{evaluate, Evaluation};
 pub use trainer::{check_output_dir, TrainOutput, Trainer, TrainerState};

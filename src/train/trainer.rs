@@ -1,6 +1,10 @@
 //! The training loop: batches, AdamW with a warmup schedule, logging, evaluation, atomic
 //! checkpoints and exact resumption.
 //!
+//! Every log record (losses, evaluations, the run's final metrics) goes through one function,
+//! [`Trainer::log`]: it appends the record to `log_history.jsonl` and the state's log history,
+//! and writes its numbers to the run's TensorBoard event file when `report_to` asks for one.
+//!
 //! Every source of randomness is derived from `seed` and the position in the run: the sample
 //! order of epoch `e` from `(seed, e)`, the dropout masks of a micro-batch from its index. A run
 //! resumed from a checkpoint therefore sees exactly the batches an uninterrupted run would have
@@ -31,6 +35,7 @@ use crate::train::data::NerDataset;
 use crate::train::evaluate::{evaluate_prepared, prepare as encode_split, Evaluation, Prepared};
 use crate::train::optim::{AdamW, Schedule};
 use crate::train::publish::HubPublisher;
+use crate::train::tensorboard::{self, EventWriter};
 
 /// File names inside a checkpoint and the output directory.
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
@@ -54,6 +59,11 @@ pub struct TrainerState {
     pub steps_since_log: usize,
     /// Sum of all step losses (for `train_loss`).
     pub total_loss: f64,
+    /// transformers' estimate of the floating-point operations so far (`total_flos`): 6 × the
+    /// tokens of each training sample as the reference pads it (`M + 2K`) × the parameters
+    /// outside the embedding tables.
+    #[serde(default)]
+    pub total_flos: f64,
     pub best_metric: Option<f64>,
     pub best_checkpoint: Option<PathBuf>,
     /// Every log and evaluation record so far.
@@ -188,7 +198,8 @@ pub struct TrainOutput {
     pub global_step: usize,
     /// Mean training loss over all steps.
     pub train_loss: f64,
-    /// `train_runtime`, `train_samples_per_second`, `train_steps_per_second`, `train_loss`, `epoch`.
+    /// `train_runtime`, `train_samples_per_second`, `train_steps_per_second`, `total_flos`,
+    /// `train_loss`, `epoch`.
     pub metrics: Map<String, Value>,
     /// The last evaluation, if any.
     pub last_evaluation: Option<Evaluation>,
@@ -205,8 +216,14 @@ pub struct Trainer<'m> {
 impl<'m> Trainer<'m> {
     /// Checks the arguments against the machine (device, mixed precision, output directory),
     /// creates the Hub repository with `push_to_hub` and moves the model to the device.
-    pub fn new(model: &'m mut SpanMarkerModel, args: TrainingArguments) -> Result<Self> {
+    ///
+    /// An unset `logging_dir` is set here, as transformers sets it when its arguments are made:
+    /// `output_dir/runs/<date and time>_<host>`.
+    pub fn new(model: &'m mut SpanMarkerModel, mut args: TrainingArguments) -> Result<Self> {
         args.validate().map_err(Error::Config)?;
+        if args.logging_dir.is_none() {
+            args.logging_dir = Some(tensorboard::default_logging_dir(&args.output_dir));
+        }
         let device = parse_device(&args.device)?;
         args.precision().check(device)?;
         if args.output_dir.exists() && !args.output_dir.is_dir() {
@@ -311,6 +328,8 @@ impl<'m> Trainer<'m> {
         }
         rewrite_log(&args.output_dir, &state.log_history)?;
         write_args(args, &args.output_dir)?;
+        let forward = ForwardPlan::new(self.device, args.precision(), Mode::Train)?;
+        let board = self.open_board()?;
         tracing::info!(
             samples = plan.samples,
             batches_per_epoch = plan.batches_per_epoch,
@@ -319,15 +338,19 @@ impl<'m> Trainer<'m> {
             epochs = plan.num_epochs,
             "training"
         );
+        let spec = CollateSpec {
+            // Batches trimmed to what their samples need: only masked padding goes.
+            trim_to_multiple_of: Some(8),
+            ..self.model.preprocessor().collate_spec()
+        };
         Ok(Run {
             lock,
             progress: StepProgress::new(plan.total_steps, state.global_step),
-            // Batches trimmed to what their samples need: only masked padding goes.
-            spec: CollateSpec {
-                trim_to_multiple_of: Some(8),
-                ..self.model.preprocessor().collate_spec()
-            },
-            forward: ForwardPlan::new(self.device, args.precision(), Mode::Train)?,
+            flos_per_sample: flos_per_sample(self.model, spec.total_length),
+            spec,
+            board,
+            grad_norm: None,
+            forward,
             scaler: args.fp16.then(LossScaler::new),
             loss_sum: Tensor::scalar_tensor(state.loss_since_log, (Kind::Double, self.device)),
             steps_at_start: state.global_step,
@@ -408,6 +431,7 @@ impl<'m> Trainer<'m> {
         // make each step wait for the device. Summed in float64 in step order, it is the very
         // number a host sum would be.
         let _ = run.loss_sum.g_add_(&loss.detach().to_kind(Kind::Double));
+        run.state.total_flos += batch.len() as f64 * run.flos_per_sample;
         Ok(())
     }
 
@@ -418,9 +442,11 @@ impl<'m> Trainer<'m> {
             Some(s) => s.unscale(&mut run.optimizer),
             None => true,
         };
+        // The norm is kept on the device, and read only when a record logs it.
+        run.grad_norm = None;
         if finite {
             if self.args.max_grad_norm > 0.0 {
-                let _ = run.optimizer.clip_grad_norm(self.args.max_grad_norm);
+                run.grad_norm = Some(run.optimizer.clip_grad_norm(self.args.max_grad_norm));
             }
             run.optimizer
                 .step(run.plan.schedule.lr(run.state.global_step));
@@ -458,8 +484,13 @@ impl<'m> Trainer<'m> {
         let lr = run.plan.schedule.lr(step - 1);
         run.progress
             .set_message(format!("loss {loss:.4} lr {lr:.2e}"));
-        let record = json!({"loss": round4(loss), "learning_rate": lr, "epoch": at.epoch_progress, "step": step});
-        self.log(state, record)
+        let mut record = json!({"loss": round4(loss), "learning_rate": lr, "epoch": at.epoch_progress, "step": step});
+        // The norm before clipping of the step just taken, as transformers logs it (only when
+        // it clips).
+        if let Some(norm) = &run.grad_norm {
+            record["grad_norm"] = json!(f64::try_from(norm)?);
+        }
+        self.log(state, &mut run.board, record)
     }
 
     /// Evaluates on the evaluation data when the evaluation strategy says so, and tracks the
@@ -486,9 +517,19 @@ impl<'m> Trainer<'m> {
             Instant::now(),
         )?;
         let mut record = evaluation.to_record();
+        // Evaluation batches per second, as transformers' `speed_metrics`.
+        let batches = eval
+            .encoded
+            .samples
+            .len()
+            .div_ceil(self.args.per_device_eval_batch_size);
+        record.insert(
+            "eval_steps_per_second".into(),
+            json!(batches as f64 / evaluation.runtime_seconds.max(1e-9)),
+        );
         record.insert("epoch".into(), json!(at.epoch_progress));
         record.insert("step".into(), json!(step));
-        self.log(&mut run.state, Value::Object(record))?;
+        self.log(&mut run.state, &mut run.board, Value::Object(record))?;
         self.track_best(&mut run.state, &evaluation);
         run.last_evaluation = Some(evaluation);
         Ok(())
@@ -529,6 +570,7 @@ impl<'m> Trainer<'m> {
             plan,
             steps_at_start,
             last_evaluation,
+            mut board,
             ..
         } = run;
         progress.finish();
@@ -551,13 +593,15 @@ impl<'m> Trainer<'m> {
             "train_steps_per_second".into(),
             json!(steps_here / runtime.max(1e-9)),
         );
+        metrics.insert("total_flos".into(), json!(state.total_flos));
         metrics.insert("train_loss".into(), json!(train_loss));
         metrics.insert(
             "epoch".into(),
             json!(state.global_step as f64 / plan.updates_per_epoch as f64),
         );
         metrics.insert("step".into(), json!(state.global_step));
-        self.log(&mut state, Value::Object(metrics.clone()))?;
+        self.log(&mut state, &mut board, Value::Object(metrics.clone()))?;
+        drop(board);
 
         if args.load_best_model_at_end {
             if let Some(best) = &state.best_checkpoint {
@@ -631,7 +675,36 @@ impl<'m> Trainer<'m> {
         order
     }
 
-    fn log(&self, state: &mut TrainerState, record: Value) -> Result<()> {
+    /// Opens a new TensorBoard event file in `logging_dir` when `report_to` asks for one, and
+    /// writes the arguments and the model's configuration into it as text, as the Python
+    /// callback does when training begins.
+    fn open_board(&self) -> Result<Option<EventWriter>> {
+        if !self.args.report_to.tensorboard() {
+            return Ok(None);
+        }
+        let dir = self
+            .args
+            .logging_dir
+            .clone()
+            .unwrap_or_else(|| tensorboard::default_logging_dir(&self.args.output_dir));
+        let mut board = EventWriter::create(&dir)?;
+        let args =
+            serde_json::to_string_pretty(&self.args).map_err(|e| Error::json(ARGS_FILE, e))?;
+        board.text(0, "args", &args)?;
+        board.text(0, "model_config", &self.model.config().to_json_string()?)?;
+        tracing::info!(logging_dir = %dir.display(), "writing TensorBoard logs");
+        Ok(Some(board))
+    }
+
+    /// The one place log records go: the tracing log, `log_history.jsonl`, the state's log
+    /// history (saved with each checkpoint) and, when open, the TensorBoard event file (its
+    /// numbers as scalars at the current step, named as transformers names them).
+    fn log(
+        &self,
+        state: &mut TrainerState,
+        board: &mut Option<EventWriter>,
+        record: Value,
+    ) -> Result<()> {
         let Value::Object(record) = record else {
             unreachable!("records are objects")
         };
@@ -644,6 +717,9 @@ impl<'m> Trainer<'m> {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         writeln!(file, "{}", Value::Object(record.clone())).map_err(|e| Error::io(&path, e))?;
+        if let Some(board) = board {
+            board.scalars(state.global_step, &tensorboard::scalars_of(&record))?;
+        }
         state.log_history.push(record);
         Ok(())
     }
@@ -797,6 +873,12 @@ struct Run {
     progress: StepProgress,
     steps_at_start: usize,
     last_evaluation: Option<Evaluation>,
+    /// The run's TensorBoard event file, when `report_to` asks for one.
+    board: Option<EventWriter>,
+    /// The gradient norm before clipping of the last step (when it clipped), on the device.
+    grad_norm: Option<Tensor>,
+    /// What each training sample adds to `total_flos`.
+    flos_per_sample: f64,
 }
 
 /// Where an optimizer step fell in its epoch.
@@ -865,6 +947,19 @@ fn save_curves(history: &[Map<String, Value>], dir: &Path) -> Result<()> {
         tracing::debug!("no training curves: built without the `plots` feature");
         Ok(())
     }
+}
+
+/// transformers' `floating_point_ops` for one training sample: 6 × its tokens as the reference
+/// pads them (`total_length`, `M + 2K`) × the parameters outside the embedding tables.
+fn flos_per_sample(model: &SpanMarkerModel, total_length: usize) -> f64 {
+    let parameters: i64 = model
+        .var_store()
+        .variables()
+        .iter()
+        .filter(|(name, _)| !name.ends_with("_embeddings.weight"))
+        .map(|(_, tensor)| tensor.numel() as i64)
+        .sum();
+    6.0 * total_length as f64 * parameters as f64
 }
 
 /// Whether an event with this strategy happens after optimizer step `step`.
