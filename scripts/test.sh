@@ -22,4 +22,7 @@ rm -f "$wheels"/span_marker_rs-*.whl
 "$python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall \
   "$wheels"/span_marker_rs-*.whl
 # The Rust side of the comparisons: the command line built by `cargo test` above.
-SPAN_MARKER_BIN="$target_dir/debug/span-marker" "$python" -m pytest python/tests "$@"
+# The stand-in Hub (hub-standin/) serves the Hub datasets of the dataset tests.
+SPAN_MARKER_BIN="$target_dir/debug/span-marker" \
+  SPAN_MARKER_HUB_STANDIN_BIN="$target_dir/debug/span-marker-hub-standin" \
+  "$python" -m pytest python/tests "$@"

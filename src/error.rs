@@ -97,6 +97,10 @@ pub enum Error {
     #[error("model {id:?}: {message}")]
     Hub { id: String, message: String },
 
+    /// A dataset split could not be resolved to local files.
+    #[error("dataset {dataset}: {message}")]
+    Dataset { dataset: String, message: String },
+
     /// Publishing to a Hub repository failed.
     #[error("publishing to {repo:?}: {message}")]
     Publish { repo: String, message: String },

@@ -14,10 +14,31 @@ use span_marker::PredictOptions;
 use span_marker_udfs::annotate::{annotate, AnnotateOptions, InputColumn};
 use span_marker_udfs::cluster::annotate::{annotate_files, input_files, ClusterAnnotateOptions};
 use span_marker_udfs::cluster::Cluster;
+use span_marker_udfs::sources::TableSource;
 use span_marker_udfs::SharedModel;
 
-use crate::args::{set_session, ModelArgs, StallArgs};
+use crate::args::{set_session, DatasetArgs, ModelArgs, StallArgs};
 use crate::CliResult;
+
+/// The one Parquet file of a dataset split, downloaded into the Hugging Face cache if missing.
+fn dataset_file(source: &TableSource) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let dataset = source.dataset_ref().expect("a dataset source");
+    let options = span_marker::hub::HubOptions {
+        revision: source.revision.clone(),
+        ..Default::default()
+    };
+    let split = span_marker::hub::dataset::dataset_split(&dataset, &options)?;
+    match <[PathBuf; 1]>::try_from(split.files) {
+        Ok([file]) => Ok(file),
+        Err(files) => Err(format!(
+            "dataset {dataset}: the split has {} Parquet files ({}); annotate them one by one \
+             with --input (they are in the Hugging Face cache)",
+            files.len(),
+            split.paths.join(", ")
+        )
+        .into()),
+    }
+}
 
 /// Sentences of the bundled sample corpus, one per line.
 const SAMPLE_CORPUS: &str = include_str!("../../examples/data/sample-corpus.txt");
@@ -28,8 +49,14 @@ pub struct AnnotateArgs {
     model: ModelArgs,
     /// The Parquet corpus (with --cluster: a directory of Parquet files, a glob such as
     /// 'corpus/part-*.parquet', or one file).
-    #[arg(long, required_unless_present = "sample")]
+    #[arg(long, required_unless_present_any = ["sample", "dataset"], conflicts_with = "dataset")]
     input: Option<PathBuf>,
+    /// Annotate a split of a Hub dataset (one Parquet file; not with --cluster).
+    #[command(flatten)]
+    dataset: DatasetArgs,
+    /// With --dataset: the split.
+    #[arg(long, requires = "dataset", default_value = "test")]
+    split: String,
     /// Where the annotated corpus goes (all input columns plus the entity column); with
     /// --cluster, a directory that gets one file per input file, under the same name.
     #[arg(long, required_unless_present = "sample")]
@@ -38,7 +65,7 @@ pub struct AnnotateArgs {
     /// cluster`): each input file is one task; the files must be at the same path on every
     /// executor, and every executor must be able to load the model (checked first). A rerun
     /// skips the files an earlier run finished.
-    #[arg(long, value_name = "df://HOST:PORT", conflicts_with = "sample")]
+    #[arg(long, value_name = "df://HOST:PORT", conflicts_with_all = ["sample", "dataset"])]
     cluster: Option<String>,
     #[command(flatten)]
     stall: StallArgs,
@@ -79,10 +106,15 @@ pub fn run(args: AnnotateArgs) -> CliResult {
     if let Some(url) = &args.cluster {
         return run_on_cluster(url, &args, column);
     }
-    let (input, column) = match (args.sample, args.input) {
-        (true, _) => (write_sample_corpus()?, InputColumn::Text("text".into())),
-        (false, Some(input)) => (input, column),
-        (false, None) => return Err("--input is required (or --sample)".into()),
+    let (input, column) = match (
+        args.sample,
+        args.input,
+        args.dataset.source(&args.split, None),
+    ) {
+        (true, _, _) => (write_sample_corpus()?, InputColumn::Text("text".into())),
+        (false, Some(input), _) => (input, column),
+        (false, None, Some(source)) => (dataset_file(&source)?, column),
+        (false, None, None) => return Err("--input is required (or --dataset, or --sample)".into()),
     };
     let output = args
         .output

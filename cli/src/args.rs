@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Args;
 use span_marker::device::parse_device;
 use span_marker_udfs::cluster::{Cluster, DEFAULT_STALL_TIMEOUT};
+use span_marker_udfs::sources::TableSource;
 use tch::Device;
 
 /// Which model runs where.
@@ -74,4 +75,33 @@ pub fn set_session(
             .set(&format!("span_marker.{key}"), value)?;
     }
     Ok(())
+}
+
+/// A Hugging Face Hub dataset to read from: its id, config and revision (the splits are named
+/// by each command).
+#[derive(Args, Debug, Clone)]
+pub struct DatasetArgs {
+    /// A Hugging Face Hub dataset id (`name` or `org/name`), read as Parquet (its own files or
+    /// the Hub's `refs/convert/parquet` conversion) through the Hugging Face cache: `HF_HOME`,
+    /// `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE=1` as for the Python tools.
+    #[arg(long, value_name = "ID")]
+    pub dataset: Option<String>,
+    /// The dataset's config (subset), when it has several.
+    #[arg(long, requires = "dataset")]
+    pub config: Option<String>,
+    /// The dataset's branch, tag or commit.
+    #[arg(long, requires = "dataset", default_value = "main")]
+    pub revision: String,
+}
+
+impl DatasetArgs {
+    /// The source of `split` (its first `rows` when set), when a dataset is named.
+    pub fn source(&self, split: &str, rows: Option<usize>) -> Option<TableSource> {
+        let id = self.dataset.as_ref()?;
+        let mut source = TableSource::hub_dataset(id.clone(), split);
+        source.config = self.config.clone();
+        source.revision = Some(self.revision.clone());
+        source.rows = rows;
+        Some(source)
+    }
 }

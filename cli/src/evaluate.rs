@@ -10,7 +10,7 @@ use span_marker::train::evaluate;
 use span_marker::PredictOptions;
 use span_marker_udfs::sources::TableSource;
 
-use crate::args::ModelArgs;
+use crate::args::{DatasetArgs, ModelArgs};
 use crate::CliResult;
 
 #[derive(Args)]
@@ -18,8 +18,17 @@ pub struct EvaluateArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Annotated data.
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required_unless_present = "dataset", conflicts_with = "dataset")]
+    data: Option<PathBuf>,
+    /// Evaluate on a split of a Hub dataset.
+    #[command(flatten)]
+    dataset: DatasetArgs,
+    /// With --dataset: the split.
+    #[arg(long, requires = "dataset", default_value = "test")]
+    split: String,
+    /// Only the first N rows.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rows: Option<u64>,
     /// `parquet`, `csv`, `json` or `conll`; default: from the extension.
     #[arg(long)]
     format: Option<String>,
@@ -46,7 +55,15 @@ pub struct EvaluateArgs {
 }
 
 pub fn run(args: EvaluateArgs) -> CliResult {
-    let mut source = TableSource::file(args.data);
+    let rows = args.rows.map(|r| r as usize);
+    let mut source = match (args.dataset.source(&args.split, rows), args.data) {
+        (Some(source), _) => source,
+        (None, Some(path)) => TableSource {
+            rows,
+            ..TableSource::file(path)
+        },
+        (None, None) => return Err("give --data or --dataset".into()),
+    };
     source.format = args
         .format
         .map(|f| serde_json::from_value(serde_json::Value::String(f.to_lowercase())))

@@ -1,4 +1,5 @@
-//! `span-marker train`: a pipeline file end to end, or a model trained on CoNLL-style files.
+//! `span-marker train`: a pipeline file end to end, or a model trained on CoNLL-style files or a
+//! Hugging Face Hub dataset.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,22 +13,41 @@ use span_marker_udfs::pipeline::Pipeline;
 use span_marker_udfs::sources::{Format, TableSource};
 use span_marker_udfs::training::{self, ModelSpec};
 
+use crate::args::DatasetArgs;
 use crate::CliResult;
 
 #[derive(Args)]
 pub struct TrainArgs {
     /// A pipeline file (TOML; see `pipelines/README.md`).
-    #[arg(conflicts_with_all = ["train", "eval", "test", "model", "labels", "args", "ModelSettings"])]
+    #[arg(conflicts_with_all = ["train", "eval", "test", "model", "labels", "args", "ModelSettings", "DatasetArgs"])]
     pipeline: Option<PathBuf>,
     /// Training data (CoNLL: `word TAG` per line).
-    #[arg(long, required_unless_present = "pipeline")]
+    #[arg(long, required_unless_present_any = ["pipeline", "dataset"], conflicts_with = "dataset")]
     train: Option<PathBuf>,
     /// Evaluation data (evaluated as the arguments' `eval_strategy` says, and at the end).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dataset")]
     eval: Option<PathBuf>,
     /// Test data, evaluated after training with the `test` prefix.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dataset")]
     test: Option<PathBuf>,
+    /// Train on a Hub dataset (its labels from its `ClassLabel` feature).
+    #[command(flatten)]
+    dataset: DatasetArgs,
+    /// With --dataset: the split to train on.
+    #[arg(long, requires = "dataset", default_value = "train")]
+    train_split: String,
+    /// With --dataset: the split to evaluate on (e.g. `validation`); none when left out.
+    #[arg(long, requires = "dataset")]
+    eval_split: Option<String>,
+    /// With --dataset: the split to test on after training (e.g. `test`).
+    #[arg(long, requires = "dataset")]
+    test_split: Option<String>,
+    /// With --dataset: train on the first N rows of the split only.
+    #[arg(long, requires = "dataset", value_parser = clap::value_parser!(u64).range(1..))]
+    train_rows: Option<u64>,
+    /// With --dataset: evaluate on the first N rows of the split only.
+    #[arg(long, requires = "eval_split", value_parser = clap::value_parser!(u64).range(1..))]
+    eval_rows: Option<u64>,
     /// A plain encoder or a SpanMarker model to fine-tune further: a directory, a Hugging Face
     /// id (from the local cache), or `bundled`.
     #[arg(long, required_unless_present = "pipeline")]
@@ -107,18 +127,38 @@ fn train_conll(args: TrainArgs) -> CliResult {
     override_arguments(&mut training, &args);
     let runtime = tokio::runtime::Runtime::new()?;
     let ctx = SessionContext::new();
-    let read = |path: Option<PathBuf>| -> Result<Option<AnnotatedRows>, span_marker_udfs::Error> {
-        path.map(|path| {
-            let mut source = TableSource::file(path);
-            source.format = Some(Format::Conll);
-            runtime.block_on(source.read(&ctx))
+    let read =
+        |source: Option<TableSource>| -> Result<Option<AnnotatedRows>, span_marker_udfs::Error> {
+            source
+                .map(|source| runtime.block_on(source.read(&ctx)))
+                .transpose()
+        };
+    let conll = |path: Option<PathBuf>| {
+        path.map(|path| TableSource {
+            format: Some(Format::Conll),
+            ..TableSource::file(path)
         })
-        .transpose()
     };
-    let (Some(train), Some(encoder)) = (read(args.train)?, args.model) else {
-        return Err("--train and --model are required without a pipeline file".into());
+    let rows = |rows: Option<u64>| rows.map(|r| r as usize);
+    let (train, eval, test) = match &args.dataset.dataset {
+        Some(_) => (
+            args.dataset
+                .source(&args.train_split, rows(args.train_rows)),
+            args.eval_split
+                .as_ref()
+                .and_then(|split| args.dataset.source(split, rows(args.eval_rows))),
+            args.test_split
+                .as_ref()
+                .and_then(|split| args.dataset.source(split, None)),
+        ),
+        None => (conll(args.train), conll(args.eval), conll(args.test)),
     };
-    let (eval, test) = (read(args.eval)?, read(args.test)?);
+    let (Some(train), Some(encoder)) = (read(train)?, args.model) else {
+        return Err(
+            "--train (or --dataset) and --model are required without a pipeline file".into(),
+        );
+    };
+    let (eval, test) = (read(eval)?, read(test)?);
     let spec = ModelSpec {
         encoder,
         labels: args.labels,

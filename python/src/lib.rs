@@ -55,6 +55,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sql::Settings>()?;
     m.add_function(wrap_pyfunction!(sql::scalar_function_names, m)?)?;
     m.add_function(wrap_pyfunction!(train::train, m)?)?;
+    m.add_function(wrap_pyfunction!(train::hub_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(plugin::rust_polars_predict, m)?)?;
     m.add_function(wrap_pyfunction!(plugin::check_predict_options, m)?)?;
     Ok(())

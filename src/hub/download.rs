@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use hf_hub::{Repo, RepoType};
+
 use super::http::{encode_segment, origin_of, Failure, Http};
 use super::{HubOptions, OPTIONAL, REQUIRED};
 use crate::checkpoint::{PICKLE_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE};
@@ -28,7 +30,7 @@ const MAX_REDIRECTS: usize = 5;
 /// Downloads what a model needs that the cache lacks: `config.json`, the optional files, and
 /// the weights (`model.safetensors`, else its shards, else `pytorch_model.bin`).
 pub(super) fn download(id: &str, options: &HubOptions) -> Result<(), String> {
-    let mut fetcher = Fetcher::new(id, options)?;
+    let mut fetcher = Fetcher::new(id, RepoKind::Model, options.revision(), options)?;
     for file in REQUIRED {
         if fetcher.fetch(file)?.is_none() {
             return Err(format!("the repository has no `{file}`"));
@@ -81,11 +83,38 @@ struct Remote {
     url: String,
 }
 
+/// What a repository holds: a model or a dataset (their ids are separate namespaces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RepoKind {
+    Model,
+    Dataset,
+}
+
+impl RepoKind {
+    /// The repository `id` at `revision`, as the cache names it (`datasets--org--name`).
+    pub(super) fn repo(self, id: &str, revision: &str) -> Repo {
+        let kind = match self {
+            RepoKind::Model => RepoType::Model,
+            RepoKind::Dataset => RepoType::Dataset,
+        };
+        Repo::with_revision(id.to_owned(), kind, revision.to_owned())
+    }
+
+    /// Where the repository's files are downloaded from, after the Hub's address.
+    fn resolve_prefix(self) -> &'static str {
+        match self {
+            RepoKind::Model => "",
+            RepoKind::Dataset => "datasets/",
+        }
+    }
+}
+
 /// Downloads of one repository's files at one revision into the cache.
-struct Fetcher<'a> {
+pub(super) struct Fetcher<'a> {
     http: Http,
     id: &'a str,
-    /// `models--org--name` in the cache.
+    kind: RepoKind,
+    /// `models--org--name` (or `datasets--...`) in the cache.
     dir: PathBuf,
     revision: String,
     /// The commit the first file came from, which pins the others.
@@ -93,23 +122,40 @@ struct Fetcher<'a> {
 }
 
 impl<'a> Fetcher<'a> {
-    fn new(id: &'a str, options: &HubOptions) -> Result<Self, String> {
+    pub(super) fn new(
+        id: &'a str,
+        kind: RepoKind,
+        revision: &str,
+        options: &HubOptions,
+    ) -> Result<Self, String> {
         let http = Http::new(options)?;
-        let revision = options.revision.clone().unwrap_or_else(|| "main".into());
-        check_relative(&revision).map_err(|e| format!("the revision {revision:?} {e}"))?;
-        let repo = options.repo(id);
-        let dir = options.cache().path().join(repo.folder_name());
+        check_relative(revision).map_err(|e| format!("the revision {revision:?} {e}"))?;
+        let dir = options
+            .cache()
+            .path()
+            .join(kind.repo(id, revision).folder_name());
         Ok(Self {
             http,
             id,
+            kind,
             dir,
-            revision,
+            revision: revision.to_owned(),
             commit: None,
         })
     }
 
+    /// The HTTP session, for the caller's own API calls.
+    pub(super) fn http(&self) -> &Http {
+        &self.http
+    }
+
+    /// Files come from `commit` (known from the API), whatever the revision names meanwhile.
+    pub(super) fn pin(&mut self, commit: String) {
+        self.commit = Some(commit);
+    }
+
     /// `file` in the snapshot, downloaded when missing; `None` when the repository has none.
-    fn fetch(&mut self, file: &str) -> Result<Option<PathBuf>, String> {
+    pub(super) fn fetch(&mut self, file: &str) -> Result<Option<PathBuf>, String> {
         check_relative(file).map_err(|e| format!("the file name {file:?} {e}"))?;
         let Some(remote) = self.remote(file)? else {
             return Ok(None);
@@ -129,7 +175,7 @@ impl<'a> Fetcher<'a> {
 
     /// Records the commit as the revision's (also when the revision is the commit itself,
     /// which the Python tools do not need but `hf_hub`'s cache lookup does).
-    fn finish(self) -> Result<(), String> {
+    pub(super) fn finish(self) -> Result<(), String> {
         let Some(commit) = self.commit else {
             return Ok(());
         };
@@ -141,7 +187,7 @@ impl<'a> Fetcher<'a> {
     }
 
     /// A failure of `step` as a message, with what to do about the usual ones.
-    fn describe(&self, step: &str, failure: &Failure) -> String {
+    pub(super) fn describe(&self, step: &str, failure: &Failure) -> String {
         let hint = match (failure.status(), failure.code()) {
             (_, Some("RevisionNotFound")) => {
                 format!("; the revision `{}` does not exist", self.revision)
@@ -165,8 +211,9 @@ impl<'a> Fetcher<'a> {
     fn remote(&self, file: &str) -> Result<Option<Remote>, String> {
         let revision = self.commit.as_deref().unwrap_or(&self.revision);
         let mut url = format!(
-            "{}/{}/resolve/{}/{}",
+            "{}/{}{}/resolve/{}/{}",
             self.http.endpoint().base(),
+            self.kind.resolve_prefix(),
             self.id,
             encode_segment(revision),
             file.split('/')
@@ -377,7 +424,7 @@ fn resolve_location(url: &str, location: &str) -> String {
 
 /// `Ok` for a relative path of plain parts (no `..`, no leading `/`, no backslash), which is
 /// what file names and revisions must be to become paths in the cache.
-fn check_relative(path: &str) -> Result<(), &'static str> {
+pub(super) fn check_relative(path: &str) -> Result<(), &'static str> {
     let plain = !path.is_empty()
         && !path.contains('\\')
         && !path.contains('\0')

@@ -559,6 +559,16 @@ impl Http {
     /// `call`'s answer as JSON (`null` when empty), repeated as `call` allows, all within one
     /// deadline: `timeout` plus the body's size at [`MIN_RATE`].
     pub(crate) fn call(&self, step: &str, call: &Call<'_>) -> Result<Value, Failure> {
+        self.call_page(step, call).map(|(value, _)| value)
+    }
+
+    /// [`call`](Self::call)'s answer with the address of the next page of a paged listing
+    /// (the `Link` header's `rel="next"`), made absolute on the Hub's origin.
+    pub(crate) fn call_page(
+        &self,
+        step: &str,
+        call: &Call<'_>,
+    ) -> Result<(Value, Option<String>), Failure> {
         let deadline = self.deadline(call.body.len());
         self.run(step, &deadline, call.repeat, || {
             let mut request = self.request(call.method, call.url, &deadline, true)?;
@@ -573,15 +583,23 @@ impl Http {
                 }
             };
             let response = self.answer(sent, &deadline, None, false)?;
+            let next = response.header("Link").and_then(next_link).map(|link| {
+                if link.starts_with('/') {
+                    format!("{}{link}", self.endpoint.origin())
+                } else {
+                    link
+                }
+            });
             let mut text = String::new();
             response
                 .into_reader()
                 .read_to_string(&mut text)
                 .map_err(|e| self.body_failure(e, call.url, &deadline, None))?;
             if text.trim().is_empty() {
-                return Ok(Value::Null);
+                return Ok((Value::Null, next));
             }
             serde_json::from_str(&text)
+                .map(|value| (value, next))
                 .map_err(|e| Failure::Invalid(format!("the answer is not JSON ({e})")))
         })
     }
@@ -590,6 +608,18 @@ impl Http {
     pub(crate) fn scrub(&self, text: &str) -> String {
         scrub(text, &self.secrets)
     }
+}
+
+/// The `rel="next"` address of a `Link` header (`<url>; rel="next", <url>; rel="last"`).
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let next = params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"");
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        next.then(|| target.to_owned())
+    })
 }
 
 /// The secrets of an address: its password (as written and percent-decoded), or a lone user
@@ -696,6 +726,17 @@ mod tests {
             url_secrets("http://me:s3%40cr3t@hub.example"),
             ["s3%40cr3t", "s3@cr3t"]
         );
+    }
+
+    #[test]
+    fn the_next_page_is_read_from_the_link_header() {
+        let header = r#"<https://hub/api/datasets/a/b/tree/main?cursor=x>; rel="next", <https://hub/last>; rel="last""#;
+        assert_eq!(
+            next_link(header).as_deref(),
+            Some("https://hub/api/datasets/a/b/tree/main?cursor=x")
+        );
+        assert_eq!(next_link(r#"<https://hub/last>; rel="last""#), None);
+        assert_eq!(next_link("garbage"), None);
     }
 
     #[test]

@@ -24,6 +24,8 @@
 //! default; `HF_HUB_DOWNLOAD_TIMEOUT`), plus the time a file's content takes at 64 KiB/s.
 
 #[cfg(feature = "hub")]
+pub mod dataset;
+#[cfg(feature = "hub")]
 mod download;
 #[cfg(feature = "hub")]
 mod http;
@@ -34,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[cfg(feature = "hub")]
-use hf_hub::{Cache, Repo, RepoType};
+use hf_hub::Cache;
 
 #[cfg(feature = "hub")]
 pub use http::MIN_RATE;
@@ -402,11 +404,9 @@ impl HubOptions {
         }
     }
 
-    fn repo(&self, id: &str) -> Repo {
-        match &self.revision {
-            Some(revision) => Repo::with_revision(id.to_owned(), RepoType::Model, revision.clone()),
-            None => Repo::model(id.to_owned()),
-        }
+    /// The revision asked for: `main` when unset.
+    fn revision(&self) -> &str {
+        self.revision.as_deref().unwrap_or("main")
     }
 }
 
@@ -460,7 +460,9 @@ fn cached_snapshot(
     name_or_path: &str,
     options: &HubOptions,
 ) -> std::result::Result<PathBuf, String> {
-    let cached = options.cache().repo(options.repo(name_or_path));
+    let cached = options
+        .cache()
+        .repo(download::RepoKind::Model.repo(name_or_path, options.revision()));
     let weights = [SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, PICKLE_FILE];
     let complete = REQUIRED.iter().all(|f| cached.get(f).is_some())
         && weights.iter().any(|f| cached.get(f).is_some());

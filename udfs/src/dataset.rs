@@ -28,6 +28,9 @@ pub struct AnnotatedRows {
     pub tags: Tags,
     /// Per row, its document and position, when the table has `document_id`/`sentence_id`.
     pub documents: Option<Vec<DocumentPosition>>,
+    /// The label names that integer tags index into, when the table stores them (the
+    /// `ClassLabel` feature of a Hugging Face dataset).
+    pub labels: Option<Vec<String>>,
 }
 
 impl AnnotatedRows {
@@ -39,9 +42,19 @@ impl AnnotatedRows {
         }
     }
 
-    /// The rows as a dataset whose tags are ids into `labels`. Fails on the first row whose
-    /// tags and words differ in number, or whose tag is not in `labels`.
+    /// The rows as a dataset whose tags are ids into `labels`. Fails when the rows' ids index
+    /// other stored labels, and on the first row whose tags and words differ in number, or
+    /// whose tag is not in `labels`.
     pub fn to_dataset(&self, labels: &Labels) -> Result<NerDataset> {
+        if let Some(stored) = self.labels.as_deref().filter(|l| *l != labels.original()) {
+            return Err(Error::file(
+                &self.source,
+                format!(
+                    "its tags are ids into the labels {stored:?}, not into the model's {:?}",
+                    labels.original()
+                ),
+            ));
+        }
         let row_error = |row: usize, message: String| Error::Row {
             source_name: self.source.clone(),
             row,
@@ -101,12 +114,43 @@ impl AnnotatedRows {
     }
 }
 
-/// The label list for training: `given` when set, else every tag string seen in `splits`,
+/// The label list for training: the names the data store for their integer tags (which
+/// `given`, when set too, must equal), else `given`, else every tag string seen in `splits`,
 /// `O` first, then by entity type with `B-` before `I-` (and `E-`, `S-`, `L-`, `U-`).
-/// Integer tags need `given`.
+/// Integer tags without stored names need `given`.
 pub fn resolve_labels(given: Option<&[String]>, splits: &[&AnnotatedRows]) -> Result<Labels> {
-    if let Some(given) = given {
-        return Ok(Labels::new(given)?);
+    let mut stored: Option<(&[String], &str)> = None;
+    for split in splits {
+        let Some(labels) = split.labels.as_deref() else {
+            continue;
+        };
+        match stored {
+            None => stored = Some((labels, &split.source)),
+            Some((first, source)) if first != labels => {
+                return Err(Error::file(
+                    &split.source,
+                    format!(
+                        "its tags are ids into the labels {labels:?}, but those of {source} \
+                         index {first:?}"
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    match (given, stored) {
+        (Some(given), Some((labels, source))) if given != labels => {
+            return Err(Error::file(
+                source,
+                format!(
+                    "the labels given, {given:?}, differ from the labels its tags index, \
+                     {labels:?}: leave the labels out or give these"
+                ),
+            ))
+        }
+        (_, Some((labels, _))) => return Ok(Labels::new(labels)?),
+        (Some(given), None) => return Ok(Labels::new(given)?),
+        (None, None) => {}
     }
     let mut names = BTreeSet::new();
     for split in splits {
@@ -143,6 +187,7 @@ mod tests {
             tokens: vec![vec!["Paris".into(), "is".into()]],
             tags,
             documents: None,
+            labels: None,
         }
     }
 
@@ -166,6 +211,29 @@ mod tests {
         let labels =
             resolve_labels(Some(&["O".into(), "B-LOC".into(), "I-LOC".into()]), &[&ids]).unwrap();
         assert_eq!(ids.to_dataset(&labels).unwrap().examples[0].tags, [1, 0]);
+        // Stored names serve, and must match given ones.
+        let stored = AnnotatedRows {
+            labels: Some(vec!["O".into(), "B-LOC".into(), "I-LOC".into()]),
+            ..ids.clone()
+        };
+        let labels = resolve_labels(None, &[&stored]).unwrap();
+        assert_eq!(labels.original(), ["O", "B-LOC", "I-LOC"]);
+        let error = resolve_labels(
+            Some(&["O".into(), "B-PER".into(), "I-PER".into()]),
+            &[&stored],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains(r#"["O", "B-PER", "I-PER"]"#)
+                && error.contains(r#"["O", "B-LOC", "I-LOC"]"#),
+            "{error}"
+        );
+        let other = AnnotatedRows {
+            labels: Some(vec!["O".into(), "B-PER".into(), "I-PER".into()]),
+            ..ids
+        };
+        assert!(resolve_labels(None, &[&stored, &other]).is_err());
     }
 
     #[test]

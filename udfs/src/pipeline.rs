@@ -6,9 +6,11 @@
 //! path = "data/train.parquet"        # Parquet, CSV, JSON lines or CoNLL (`format = "conll"`)
 //! [sources.eval]
 //! path = "data/dev.parquet"
+//! [sources.test]                      # a Hugging Face Hub dataset (Parquet, via the HF cache)
+//! dataset = "conll2003"              # + config, split (default: the role's), rows, revision
 //! [model]
 //! encoder = "bert-base-cased"        # an encoder directory or Hugging Face id
-//! labels = ["O", "B-PER", "I-PER"]   # optional with string tags
+//! labels = ["O", "B-PER", "I-PER"]   # optional with string tags or a dataset's ClassLabel
 //! [training]                          # Hugging Face TrainingArguments names
 //! output_dir = "models/my-ner"
 //! num_train_epochs = 3
@@ -22,9 +24,10 @@
 //! `hub_strategy`, `hub_private_repo` and `hub_endpoint` training arguments, which the
 //! `[training]` table then leaves out.
 //!
-//! Relative paths are relative to the pipeline file's directory. Paths and the encoder may name
-//! environment variables as `${NAME}` (for data and encoders kept outside the project, e.g.
-//! `path = "${CONLL2003_DIR}/train.txt"`); an unset variable is an error naming the key.
+//! Relative paths are relative to the pipeline file's directory. Paths, dataset ids, the encoder
+//! and the Hub repository may name environment variables as `${NAME}` (for data and encoders
+//! kept outside the project, e.g. `path = "${CONLL2003_DIR}/train.txt"`); an unset variable is
+//! an error naming the key.
 
 use std::path::{Path, PathBuf};
 
@@ -127,7 +130,19 @@ impl Pipeline {
             })?;
         pipeline.file = file.to_path_buf();
         pipeline.apply_hub()?;
+        pipeline.default_splits();
         Ok(pipeline)
+    }
+
+    /// A dataset source without a `split` reads the split of its role: `train`, `validation`
+    /// for `eval`, `test`.
+    fn default_splits(&mut self) {
+        for (role, source) in self.splits_mut() {
+            if source.dataset.is_some() && source.split.is_none() {
+                let split = if role == "eval" { "validation" } else { role };
+                source.split = Some(split.to_owned());
+            }
+        }
     }
 
     /// Sets the training arguments that publish, from the `[hub]` table; the same settings in
@@ -171,7 +186,8 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Replaces `${NAME}` in the sources' paths, the encoder and the output directory.
+    /// Replaces `${NAME}` in the sources' paths and dataset ids, the encoder, the output
+    /// directory and the Hub repository.
     fn expand_vars(&mut self, vars: &impl Fn(&str) -> Option<String>) -> Result<()> {
         let file = self.file.display().to_string();
         let expand = |key: String, text: &str| -> Result<String> {
@@ -185,6 +201,13 @@ impl Pipeline {
             if let Some(path) = source.path.as_mut() {
                 *path = expand(format!("sources.{split}.path"), &path.to_string_lossy())?.into();
             }
+            if let Some(dataset) = source.dataset.as_mut() {
+                *dataset = expand(format!("sources.{split}.dataset"), dataset)?;
+            }
+        }
+        if let Some(hub) = self.hub.as_mut() {
+            hub.repo_id = expand("hub.repo_id".into(), &hub.repo_id)?;
+            self.training.hub_model_id = Some(hub.repo_id.clone());
         }
         self.model.encoder = expand("model.encoder".into(), &self.model.encoder)?;
         let output_dir = &mut self.training.output_dir;

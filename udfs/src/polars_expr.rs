@@ -257,6 +257,48 @@ fn polars_dtype(data_type: &ArrowDataType) -> DataType {
     DataType::from_arrow_field(&field)
 }
 
+/// A table read into Polars, with the label names its tags column stores.
+pub struct LabelledFrame {
+    pub frame: LazyFrame,
+    /// The names the integer tags index (the `ClassLabel` feature of a Hugging Face dataset),
+    /// for [`ModelSpec::labels`].
+    pub labels: Option<Vec<String>>,
+}
+
+/// The rows of a Hub dataset split (`source.dataset`, its `split`, `config`, `revision` and
+/// first `rows`), in order, as a `LazyFrame`, downloading its Parquet files into the Hugging
+/// Face cache when missing.
+///
+/// ```no_run
+/// use span_marker_udfs::polars_expr::hub_dataset_frame;
+/// use span_marker_udfs::sources::TableSource;
+/// let mut source = TableSource::hub_dataset("conll2003", "train");
+/// source.rows = Some(8000);
+/// let train = hub_dataset_frame(&source)?;
+/// println!("{:?} {}", train.labels, train.frame.collect()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn hub_dataset_frame(source: &TableSource) -> Result<LabelledFrame> {
+    let batches = source.dataset_batches()?;
+    let Some(schema) = batches.first().map(RecordBatch::schema) else {
+        return Err(Error::file(source.name(), "has no rows"));
+    };
+    let labels = crate::sources::stored_labels(&schema, &source.tags_column)?;
+    let columns = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+            let array = datafusion::arrow::compute::concat(&parts)?;
+            Ok(from_arrow(field.name().as_str().into(), array)?)
+        })
+        .collect::<Result<Vec<Column>>>()?;
+    let height = batches.iter().map(RecordBatch::num_rows).sum();
+    let frame = DataFrame::new(height, columns)?.lazy();
+    Ok(LabelledFrame { frame, labels })
+}
+
 /// Column names of an annotated frame.
 #[derive(Debug, Clone)]
 pub struct TrainColumns {
@@ -304,29 +346,29 @@ pub fn annotated_rows(
     }
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
     let table = TableSource {
-        path: None,
-        format: None,
-        query: None,
         tokens_column: columns.tokens.clone(),
         tags_column: columns.tags.clone(),
         document_id_column: columns.document_id.clone(),
         sentence_id_column: columns.sentence_id.clone(),
+        ..TableSource::default()
     };
     table.rows_from_batches(&[batch], &format!("the {source} frame"))
 }
 
-/// Trains a model on the rows of `train` (and evaluates on `eval`), saving it to
-/// `args.output_dir`.
+/// Trains a model on the rows of `train` (evaluating on `eval` as the arguments say and at
+/// the end, and on `test` at the end with the `test` prefix), saving it to `args.output_dir`.
 pub fn train(
     spec: &ModelSpec,
     args: TrainingArguments,
     columns: &TrainColumns,
     train: LazyFrame,
     eval: Option<LazyFrame>,
+    test: Option<LazyFrame>,
 ) -> Result<TrainReport> {
     let train = annotated_rows(train, columns, "train")?;
-    let eval = eval
-        .map(|e| annotated_rows(e, columns, "eval"))
-        .transpose()?;
-    training::run(spec.clone(), args, train, eval, None, None)
+    let read = |frame: Option<LazyFrame>, name: &str| {
+        frame.map(|f| annotated_rows(f, columns, name)).transpose()
+    };
+    let (eval, test) = (read(eval, "eval")?, read(test, "test")?);
+    training::run(spec.clone(), args, train, eval, test, None)
 }

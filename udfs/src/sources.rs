@@ -1,19 +1,27 @@
-//! Table sources for training and evaluation: Parquet, CSV and JSON-lines files, or a SQL
-//! query over them, read through DataFusion into [`AnnotatedRows`].
+//! Table sources for training and evaluation: Parquet, CSV and JSON-lines files, a split of a
+//! Hugging Face Hub dataset, or a SQL query over them, read through DataFusion into
+//! [`AnnotatedRows`].
 //!
 //! Token and tag columns are lists (`List<Utf8>`, `List<Int*>`); in CSV, which has no lists,
-//! they are strings of whitespace-separated words and tags.
+//! they are strings of whitespace-separated words and tags. Integer tags of Parquet files
+//! written by Hugging Face `datasets` (Hub datasets among them) carry their label names in the
+//! files' `huggingface` metadata (`ClassLabel` features), which the rows keep
+//! ([`AnnotatedRows::labels`]).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema};
+use datafusion::datasource::MemTable;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use serde::Deserialize;
 use span_marker::context::DocumentPosition;
+use span_marker::hub::dataset::{class_label_names, DatasetRef};
+use span_marker::hub::HubOptions;
 
 use crate::columns::{is_string, read_words, Strings};
 use crate::dataset::{AnnotatedRows, Tags};
@@ -44,13 +52,31 @@ impl Format {
     }
 }
 
-/// Where annotated sentences come from (`[sources.train]` in a pipeline file).
+/// Where annotated sentences come from (`[sources.train]` in a pipeline file): a file, a Hub
+/// dataset's split, or a query (over either, or over files named in it).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableSource {
     /// A file; registered as the table `data` for `query`.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// A Hugging Face Hub dataset id (`name` or `org/name`), read as Parquet through the local
+    /// Hugging Face cache; registered as the table `data` for `query`.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// The dataset's config (subset), when it has several.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// The dataset's split (`train`, `validation`, `test`, ...).
+    #[serde(default)]
+    pub split: Option<String>,
+    /// The dataset's branch, tag or commit; `main` when unset.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// Only the first `rows` rows of the file or split (before `query`), as
+    /// `dataset.select(range(rows))`.
+    #[serde(default)]
+    pub rows: Option<usize>,
     /// The file's format when its extension does not say.
     #[serde(default)]
     pub format: Option<Format>,
@@ -84,6 +110,39 @@ impl TableSource {
     pub fn file(path: impl Into<PathBuf>) -> Self {
         Self {
             path: Some(path.into()),
+            ..Self::default()
+        }
+    }
+
+    /// A source reading `split` of the Hub dataset `id` with the default columns.
+    pub fn hub_dataset(id: impl Into<String>, split: impl Into<String>) -> Self {
+        Self {
+            dataset: Some(id.into()),
+            split: Some(split.into()),
+            ..Self::default()
+        }
+    }
+
+    /// A source giving the rows of a SQL `query` (over files named in it, `FROM 'x.parquet'`,
+    /// or tables of the session).
+    pub fn query(query: impl Into<String>) -> Self {
+        Self {
+            query: Some(query.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// No table yet: set `path`, `dataset` or `query`.
+impl Default for TableSource {
+    fn default() -> Self {
+        Self {
+            path: None,
+            dataset: None,
+            config: None,
+            split: None,
+            revision: None,
+            rows: None,
             format: None,
             query: None,
             tokens_column: default_tokens(),
@@ -92,22 +151,75 @@ impl TableSource {
             sentence_id_column: None,
         }
     }
+}
+
+impl TableSource {
+    /// The Hub dataset split this source reads, when it reads one.
+    pub fn dataset_ref(&self) -> Option<DatasetRef> {
+        let id = self.dataset.as_ref()?;
+        Some(DatasetRef::new(
+            id.clone(),
+            self.config.clone(),
+            self.split.clone().unwrap_or_default(),
+        ))
+    }
 
     /// How errors name this source.
     pub fn name(&self) -> String {
-        match (&self.path, &self.query) {
-            (Some(path), None) => path.display().to_string(),
-            (_, Some(query)) => format!("query `{query}`"),
-            (None, None) => "<no source>".into(),
+        match (&self.path, self.dataset_ref(), &self.query) {
+            (_, _, Some(query)) => format!("query `{query}`"),
+            (Some(path), _, None) => path.display().to_string(),
+            (None, Some(dataset), None) => format!("dataset {dataset}"),
+            (None, None, None) => "<no source>".into(),
         }
     }
 
-    /// Checks what can be checked without reading: a path or a query, a known format, an
-    /// existing file, both document columns or neither.
+    /// Checks what can be checked without reading: a path, a dataset or a query, a known
+    /// format, an existing file, a dataset's split, both document columns or neither.
     pub fn validate(&self) -> std::result::Result<(), (String, String)> {
-        match (&self.path, &self.query) {
-            (None, None) => return Err(("path".into(), "give `path` or `query`".into())),
-            (Some(path), _) => {
+        let dataset_only = [
+            ("config", self.config.is_some()),
+            ("split", self.split.is_some()),
+            ("revision", self.revision.is_some()),
+        ];
+        if self.dataset.is_none() {
+            if let Some((key, _)) = dataset_only.iter().find(|(_, set)| *set) {
+                return Err(((*key).into(), "is a setting of a `dataset` source".into()));
+            }
+        }
+        if self.rows == Some(0) {
+            return Err(("rows".into(), "must be at least 1".into()));
+        }
+        match (&self.path, &self.dataset, &self.query) {
+            (None, None, None) => {
+                return Err(("path".into(), "give `path`, `dataset` or `query`".into()))
+            }
+            (Some(_), Some(_), _) => {
+                return Err((
+                    "dataset".into(),
+                    "give `path` or `dataset`, not both".into(),
+                ))
+            }
+            (None, Some(id), _) => {
+                if self.format.is_some_and(|f| f != Format::Parquet) {
+                    return Err(("format".into(), "a Hub dataset is read as Parquet".into()));
+                }
+                match &self.split {
+                    None => {
+                        return Err((
+                            "split".into(),
+                            format!(
+                            "name the split of {id:?} to read (`train`, `validation`, `test`, ...)"
+                        ),
+                        ))
+                    }
+                    Some(split) if split.trim().is_empty() => {
+                        return Err(("split".into(), "is empty".into()))
+                    }
+                    Some(_) => {}
+                }
+            }
+            (Some(path), None, _) => {
                 if !path.is_file() {
                     return Err(("path".into(), format!("{} is not a file", path.display())));
                 }
@@ -121,7 +233,14 @@ impl TableSource {
                     ));
                 }
             }
-            (None, Some(_)) => {}
+            (None, None, Some(_)) => {
+                if self.rows.is_some() {
+                    return Err((
+                        "rows".into(),
+                        "limits a `path` or `dataset`; write `LIMIT` in the query".into(),
+                    ));
+                }
+            }
         }
         if self.file_format() == Some(Format::Conll) && self.query.is_some() {
             return Err((
@@ -141,24 +260,34 @@ impl TableSource {
     fn file_format(&self) -> Option<Format> {
         self.format
             .or_else(|| self.path.as_deref().and_then(Format::from_path))
+            .or(self.dataset.as_ref().map(|_| Format::Parquet))
     }
 
-    /// Reads every row.
+    /// Reads every row (the first `rows` when set).
+    ///
+    /// A dataset's files are downloaded first when the cache lacks them (a blocking call).
     pub async fn read(&self, ctx: &SessionContext) -> Result<AnnotatedRows> {
         self.validate()
             .map_err(|(key, message)| Error::file(self.name(), format!("`{key}`: {message}")))?;
         if let (Some(path), Some(Format::Conll)) = (&self.path, self.file_format()) {
             let sentences = span_marker::train::read_conll(path)?;
-            let (tokens, tags) = sentences.into_iter().map(|s| (s.words, s.tags)).unzip();
+            let (mut tokens, mut tags): (Vec<_>, Vec<_>) =
+                sentences.into_iter().map(|s| (s.words, s.tags)).unzip();
+            if let Some(rows) = self.rows {
+                tokens.truncate(rows);
+                tags.truncate(rows);
+            }
             return Ok(AnnotatedRows {
                 source: self.name(),
                 tokens,
                 tags: Tags::Names(tags),
                 documents: None,
+                labels: None,
             });
         }
+        let files = self.parquet_files()?;
         let batches = self
-            .read_batches(ctx)
+            .read_batches(ctx, files.as_deref())
             .await
             .map_err(|e| match (&self.path, e) {
                 // DataFusion's errors about a file (a corrupt footer, a bad CSV line) do not
@@ -171,14 +300,62 @@ impl TableSource {
         self.rows_from_batches(&batches, &self.name())
     }
 
-    /// The source's record batches: its file registered as the table `data`, then its query.
-    async fn read_batches(&self, ctx: &SessionContext) -> Result<Vec<RecordBatch>> {
-        if let Some(path) = &self.path {
+    /// The rows of a `dataset` source (its first `rows`, in order) as record batches whose
+    /// schema keeps the files' metadata; `query` is not applied.
+    pub fn dataset_batches(&self) -> Result<Vec<RecordBatch>> {
+        self.validate()
+            .map_err(|(key, message)| Error::file(self.name(), format!("`{key}`: {message}")))?;
+        match (self.dataset.is_some(), self.parquet_files()?) {
+            (true, Some(files)) => read_parquet_rows(&files, self.rows),
+            _ => Err(Error::file(self.name(), "is not a `dataset` source")),
+        }
+    }
+
+    /// The Parquet files this source reads in order, when it reads Parquet: a dataset's split
+    /// (downloaded when the cache lacks it) or the Parquet file at `path`.
+    fn parquet_files(&self) -> Result<Option<Vec<PathBuf>>> {
+        if let Some(dataset) = self.dataset_ref() {
+            let options = HubOptions {
+                revision: self.revision.clone(),
+                ..HubOptions::default()
+            };
+            let split = span_marker::hub::dataset::dataset_split(&dataset, &options)?;
+            return Ok(Some(split.files));
+        }
+        Ok(match (&self.path, self.file_format()) {
+            (Some(path), Some(Format::Parquet)) if path.is_file() => Some(vec![path.clone()]),
+            _ => None,
+        })
+    }
+
+    /// The source's record batches: its file or dataset registered as the table `data`
+    /// (its first `rows` rows, in order), then its query.
+    async fn read_batches(
+        &self,
+        ctx: &SessionContext,
+        parquet: Option<&[PathBuf]>,
+    ) -> Result<Vec<RecordBatch>> {
+        if let (Some(files), true) = (parquet, self.rows.is_some() || self.dataset.is_some()) {
+            // Read in file order (DataFusion's scans may interleave files and row groups),
+            // stopping after `rows`.
+            let batches = read_parquet_rows(files, self.rows)?;
+            if self.query.is_none() {
+                return Ok(batches);
+            }
+            let schema = batches
+                .first()
+                .map(RecordBatch::schema)
+                .ok_or_else(|| Error::file(self.name(), "has no rows"))?;
+            let table = MemTable::try_new(schema, vec![batches])?;
+            ctx.register_table("data", Arc::new(table))?;
+        } else if let Some(path) = &self.path {
             let table = path.to_string_lossy();
             match self.file_format() {
                 Some(Format::Parquet) => {
                     check_parquet_footer(path)?;
-                    ctx.register_parquet("data", table.as_ref(), ParquetReadOptions::default())
+                    // The metadata may hold the tags' label names.
+                    let options = ParquetReadOptions::default().skip_metadata(false);
+                    ctx.register_parquet("data", table.as_ref(), options)
                         .await?
                 }
                 Some(Format::Csv) => {
@@ -201,10 +378,14 @@ impl TableSource {
         }
         let query = self.query.as_deref().unwrap_or("SELECT * FROM data");
         let batches = ctx.sql(query).await?.collect().await;
-        if self.path.is_some() {
+        if self.path.is_some() || self.dataset.is_some() {
             ctx.deregister_table("data")?;
         }
-        Ok(batches?)
+        let mut batches = batches?;
+        if let (Some(rows), None) = (self.rows, parquet) {
+            batches = first_rows(batches, rows);
+        }
+        Ok(batches)
     }
 
     /// The annotated rows of `batches`, read from this source's columns; `source` names them
@@ -234,6 +415,16 @@ impl TableSource {
         for batch in batches {
             let token_array = column(batch, &self.tokens_column)?;
             let tag_array = column(batch, &self.tags_column)?;
+            if self.dataset.is_some() && is_string(token_array.data_type()) {
+                // Only CSV, which has no lists, holds words as one string.
+                return Err(Error::column(
+                    &self.tokens_column,
+                    format!(
+                        "in {source} holds strings ({}), not lists of words (List<Utf8>)",
+                        token_array.data_type()
+                    ),
+                ));
+            }
             let words = string_lists(&token_array, &self.tokens_column, &source, row)?;
             tokens.extend(words);
             if is_string(tag_array.data_type()) || is_string_list(tag_array.data_type()) {
@@ -264,6 +455,12 @@ impl TableSource {
             }
             row += batch.num_rows();
         }
+        let labels = match batches.first() {
+            Some(batch) if tag_names.is_empty() => {
+                stored_labels(&batch.schema(), &self.tags_column)?
+            }
+            _ => None,
+        };
         let tags = match (tag_ids.is_empty(), tag_names.is_empty()) {
             (_, false) if !tag_ids.is_empty() => {
                 return Err(Error::column(
@@ -282,7 +479,63 @@ impl TableSource {
             tokens,
             tags,
             documents,
+            labels,
         })
+    }
+}
+
+/// The first `rows` rows of `files`, read in order.
+fn read_parquet_rows(files: &[PathBuf], rows: Option<usize>) -> Result<Vec<RecordBatch>> {
+    let mut left = rows.unwrap_or(usize::MAX);
+    let mut batches = Vec::new();
+    for path in files {
+        if left == 0 {
+            break;
+        }
+        let builder = open_parquet(path)?;
+        // The builder's schema has the file's metadata (the label names), the batches' not.
+        let schema = builder.schema().clone();
+        let reader = builder
+            .build()
+            .map_err(|e| Error::file(path, format!("not a readable Parquet file: {e}")))?;
+        for batch in reader {
+            let batch = batch
+                .and_then(|b| b.with_schema(schema.clone()))
+                .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+            let take = batch.num_rows().min(left);
+            batches.push(batch.slice(0, take));
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    Ok(batches)
+}
+
+/// The first `rows` rows of `batches`.
+fn first_rows(batches: Vec<RecordBatch>, rows: usize) -> Vec<RecordBatch> {
+    let mut left = rows;
+    let mut kept = Vec::new();
+    for batch in batches {
+        if left == 0 {
+            break;
+        }
+        let take = batch.num_rows().min(left);
+        kept.push(batch.slice(0, take));
+        left -= take;
+    }
+    kept
+}
+
+/// The label names that a table's `huggingface` schema metadata (written by Hugging Face
+/// `datasets`) stores for the tags `column` (its `ClassLabel` feature), when it does.
+pub fn stored_labels(schema: &Schema, column: &str) -> Result<Option<Vec<String>>> {
+    match schema.metadata().get(HF_METADATA_KEY) {
+        Some(metadata) => {
+            class_label_names(metadata, column).map_err(|message| Error::column(column, message))
+        }
+        None => Ok(None),
     }
 }
 
@@ -373,6 +626,9 @@ fn id_lists(
         })
         .collect()
 }
+
+/// The Parquet metadata key under which Hugging Face `datasets` stores a table's features.
+const HF_METADATA_KEY: &str = "huggingface";
 
 /// Reads a Parquet file's footer with the checked reader before DataFusion's reader sees the
 /// file: parquet 59's metadata push decoder panics on a footer that claims more metadata than

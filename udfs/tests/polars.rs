@@ -228,6 +228,7 @@ fn training_from_a_lazy_frame() {
         &TrainColumns::default(),
         frame.clone(),
         Some(frame.clone().limit(8)),
+        None,
     )
     .unwrap();
     assert!(

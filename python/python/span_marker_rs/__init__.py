@@ -14,7 +14,8 @@ expressions::
   (:class:`span_marker_rs.polars.SpanMarkerNamespace`);
 - :func:`register` and :func:`session_config`: the SQL functions and the ``span_marker.*``
   settings for a ``datafusion.SessionContext``;
-- :func:`train`: training from a Polars (lazy) frame or a DataFusion DataFrame.
+- :func:`train`: training from a Polars (lazy) frame or a DataFusion DataFrame, or from a
+  Hugging Face Hub dataset's split read by :func:`load_dataset` (labels included).
 """
 
 # libtorch comes from the torch wheel: load it before the extension, so that the process holds
@@ -24,14 +25,16 @@ import torch  # noqa: F401  # isort: skip
 from span_marker_rs._native import SpanMarkerError, __version__
 from span_marker_rs.datafusion import Settings, register, session_config
 from span_marker_rs.polars import SpanMarkerNamespace
-from span_marker_rs.training import TrainResult, train
+from span_marker_rs.training import HubSplit, TrainResult, load_dataset, train
 
 __all__ = [
     "SpanMarkerError",
     "SpanMarkerNamespace",
+    "HubSplit",
     "Settings",
     "TrainResult",
     "__version__",
+    "load_dataset",
     "register",
     "session_config",
     "train",

@@ -1,5 +1,6 @@
-//! DataFusion integration: scalar UDFs for candidates and entities, a table function for
-//! training, and the `span_marker.*` session settings.
+//! DataFusion integration: scalar UDFs for candidates and entities, table functions for
+//! training and for Hugging Face Hub datasets (`hf_dataset`), and the `span_marker.*` session
+//! settings.
 //!
 //! ```no_run
 //! # async fn demo() -> datafusion::error::Result<()> {
@@ -13,6 +14,7 @@
 
 mod candidates;
 mod common;
+mod hub_dataset;
 mod model_info;
 mod options;
 mod predict;
@@ -25,6 +27,7 @@ use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use candidates::SpanMarkerCandidates;
+pub use hub_dataset::{HubDatasetFunction, HUB_DATASET_FUNCTION};
 pub use model_info::{ModelInfo, SpanMarkerModelInfo};
 pub use options::SpanMarkerOptions;
 pub use predict::SpanMarkerPredict;
@@ -54,6 +57,7 @@ fn register(ctx: &SessionContext, model: Option<SharedModel>) {
         ctx.register_udf(udf);
     }
     ctx.register_udtf("span_marker_train", Arc::new(SpanMarkerTrain));
+    ctx.register_udtf(HUB_DATASET_FUNCTION, Arc::new(HubDatasetFunction));
 }
 
 /// The namespace of the session settings: `span_marker.<key>`.

@@ -54,9 +54,7 @@ struct TrainOptions {
 
 impl TrainOptions {
     fn source(&self, query: &str) -> TableSource {
-        let mut source = TableSource::file("");
-        source.path = None;
-        source.query = Some(query.to_owned());
+        let mut source = TableSource::query(query);
         if let Some(tokens) = &self.tokens_column {
             source.tokens_column = tokens.clone();
         }
@@ -67,7 +65,13 @@ impl TrainOptions {
     }
 }
 
-fn string_argument(exprs: &[Expr], index: usize, name: &str) -> Result<String> {
+/// Argument `index` of table function `function`, a string literal.
+pub(super) fn string_argument(
+    exprs: &[Expr],
+    index: usize,
+    name: &str,
+    function: &str,
+) -> Result<String> {
     match exprs.get(index) {
         Some(Expr::Literal(
             ScalarValue::Utf8(Some(s))
@@ -75,10 +79,8 @@ fn string_argument(exprs: &[Expr], index: usize, name: &str) -> Result<String> {
             | ScalarValue::Utf8View(Some(s)),
             _,
         )) => Ok(s.clone()),
-        Some(other) => {
-            plan_err!("span_marker_train: `{name}` must be a string literal, got {other}")
-        }
-        None => plan_err!("span_marker_train(query, options): `{name}` is missing"),
+        Some(other) => plan_err!("{function}: `{name}` must be a string literal, got {other}"),
+        None => plan_err!("{function}: `{name}` is missing"),
     }
 }
 
@@ -91,8 +93,8 @@ impl TableFunctionImpl for SpanMarkerTrain {
                 exprs.len()
             );
         }
-        let query = string_argument(exprs, 0, "query")?;
-        let options_text = string_argument(exprs, 1, "options")?;
+        let query = string_argument(exprs, 0, "query", "span_marker_train")?;
+        let options_text = string_argument(exprs, 1, "options", "span_marker_train")?;
         let deserializer = &mut serde_json::Deserializer::from_str(&options_text);
         let options: TrainOptions =
             serde_path_to_error::deserialize(deserializer).map_err(|e| {
