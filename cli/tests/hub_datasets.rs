@@ -93,10 +93,12 @@ fn train_and_evaluate_read_a_dataset_by_id_with_its_labels_and_offline_from_the_
         "{stderr}"
     );
 
-    // Offline: the test split comes from the cache alone (the Hub is gone).
+    // Offline: the test split comes from the cache alone (the Hub is gone), found through
+    // HF_HUB_CACHE, which names the cache itself.
     drop(hub);
     let offline_hub = StandInHub::start().unwrap();
-    let out = span_marker(&offline_hub, &hf_home)
+    let out = span_marker(&offline_hub, &work.path().join("elsewhere"))
+        .env("HF_HUB_CACHE", hf_home.join("hub"))
         .env("HF_HUB_OFFLINE", "1")
         .args([
             "evaluate",

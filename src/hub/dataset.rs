@@ -98,15 +98,17 @@ pub fn dataset_split(dataset: &DatasetRef, options: &HubOptions) -> Result<Datas
     }
     let main = Fetcher::new(&dataset.id, RepoKind::Dataset, revision, options)
         .map_err(|e| dataset.error(e))?;
-    let (commit, paths) = listing(&main, dataset, revision)?;
+    let (commit, paths) = listing(&main, dataset, revision)?.ok_or_else(|| {
+        dataset.error(format!("the dataset has no revision {revision:?}"))
+    })?;
     let (mut fetcher, commit, chosen) = match choose(&paths, dataset, false) {
         Ok(chosen) => (main, commit, chosen),
         Err(Choice::NoParquet) => {
             let converted = Fetcher::new(&dataset.id, RepoKind::Dataset, CONVERTED_BRANCH, options)
                 .map_err(|e| dataset.error(e))?;
-            let (commit, paths) = match listing(&converted, dataset, CONVERTED_BRANCH) {
-                Ok(found) => found,
-                Err(_) => {
+            let (commit, paths) = match listing(&converted, dataset, CONVERTED_BRANCH)? {
+                Some(found) => found,
+                None => {
                     return Err(dataset.error(format!(
                         "the revision {revision:?} has no Parquet files and the dataset has no \
                          Parquet conversion (`{CONVERTED_BRANCH}`): a dataset made by a loading \
@@ -138,12 +140,13 @@ pub fn dataset_split(dataset: &DatasetRef, options: &HubOptions) -> Result<Datas
     })
 }
 
-/// The commit `revision` names and the paths of its files.
+/// The commit `revision` names and the paths of its files; `None` when the dataset has no
+/// such revision.
 fn listing(
     fetcher: &Fetcher<'_>,
     dataset: &DatasetRef,
     revision: &str,
-) -> Result<(String, Vec<String>)> {
+) -> Result<Option<(String, Vec<String>)>> {
     let http = fetcher.http();
     let base = http.endpoint().base();
     let fail = |step: &str, failure: Failure| dataset.error(fetcher.describe(step, &failure));
@@ -153,9 +156,11 @@ fn listing(
         dataset.id,
         encode_segment(revision)
     );
-    let info = http
-        .call(&step, &Call::get(&url))
-        .map_err(|f| fail(&step, f))?;
+    let info = match http.call(&step, &Call::get(&url)) {
+        Ok(info) => info,
+        Err(failure) if failure.code() == Some("RevisionNotFound") => return Ok(None),
+        Err(failure) => return Err(fail(&step, failure)),
+    };
     let commit = info["sha"]
         .as_str()
         .filter(|sha| check_relative(sha).is_ok() && !sha.contains('/'))
@@ -183,12 +188,19 @@ fn listing(
                 .filter(|e| e["type"] == "file")
                 .filter_map(|e| e["path"].as_str().map(str::to_owned)),
         );
+        // The token goes to the Hub's host only.
+        if let Some(next) = next.as_deref().filter(|next| !http.is_on_hub(next)) {
+            return Err(dataset.error(format!(
+                "{step}: the next page is on another host ({})",
+                http.scrub(&super::redact_url(next))
+            )));
+        }
         url = next;
     }
     if url.is_some() {
         return Err(dataset.error(format!("{step}: more than {MAX_PAGES} pages")));
     }
-    Ok((commit, paths))
+    Ok(Some((commit, paths)))
 }
 
 /// The split found in the cache alone: the revision's commit (from `refs/`), then its

@@ -86,7 +86,7 @@ const REDACTED: &str = "<redacted>";
 /// Where and how model ids are resolved, and where models are published.
 #[derive(Clone, Default)]
 pub struct HubOptions {
-    /// The cache directory (`hub/` inside `HF_HOME` when unset).
+    /// The cache directory (`HF_HUB_CACHE`, else `hub/` inside `HF_HOME`, when unset).
     pub cache_dir: Option<PathBuf>,
     /// Branch, tag or commit; `main` when unset.
     pub revision: Option<String>,
@@ -397,10 +397,13 @@ impl HubOptions {
             })
     }
 
+    /// The cache: `cache_dir`, else `HF_HUB_CACHE`, else `hub/` in `HF_HOME` (or its default),
+    /// as the Python tools choose it.
     fn cache(&self) -> Cache {
-        match &self.cache_dir {
-            Some(dir) => Cache::new(dir.clone()),
-            None => Cache::from_env(),
+        match (&self.cache_dir, non_empty_env("HF_HUB_CACHE")) {
+            (Some(dir), _) => Cache::new(dir.clone()),
+            (None, Some(dir)) => Cache::new(dir.into()),
+            (None, None) => Cache::from_env(),
         }
     }
 

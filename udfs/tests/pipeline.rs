@@ -67,6 +67,7 @@ fn bundled_pipelines_parse_and_validate() {
         Pipeline::from_file_with_vars(&path, |name| match name {
             "CONLL2003_DIR" => Some(data.clone()),
             "MINILM_DIR" => minilm.clone(),
+            "HF_USER" => Some("someone".into()),
             _ => None,
         })
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
