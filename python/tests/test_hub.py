@@ -73,14 +73,16 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert process.stdout is not None
     endpoint = process.stdout.readline().strip()
     assert endpoint.startswith("http://127.0.0.1:"), endpoint
-    from huggingface_hub import HfApi
-
-    api = HfApi(endpoint=endpoint, token="hf_fb")
-    api.create_repo("FacebookAI/roberta-base")
-    api.upload_folder(
-        folder_path=str(REPO / "tests/fixtures/encoders/tiny-roberta"),
-        repo_id="FacebookAI/roberta-base",
+    # huggingface_hub reads HF_ENDPOINT when imported: it seeds the encoder in a process of its own.
+    seed = (
+        "from huggingface_hub import HfApi\n"
+        "api = HfApi()\n"
+        "api.create_repo('FacebookAI/roberta-base')\n"
+        f"api.upload_folder(folder_path={str(REPO / 'tests/fixtures/encoders/tiny-roberta')!r},"
+        " repo_id='FacebookAI/roberta-base')\n"
     )
+    env = dict(os.environ, HF_ENDPOINT=endpoint, HF_TOKEN="hf_fb", HF_HUB_OFFLINE="0")
+    subprocess.run([sys.executable, "-c", seed], env=env, check=True, capture_output=True)
     yield endpoint
     assert process.stdin is not None
     process.stdin.close()
@@ -154,9 +156,11 @@ def test_the_readme_tutorial_trains_logs_pushes_and_tests(hf_env: Path, tmp_path
     assert "0." in done.stdout or "1.0" in done.stdout
     events = list((output / "runs").rglob("events.out.tfevents.*"))
     assert events, "TensorBoard event files"
-    from huggingface_hub import HfApi
-
-    files = HfApi(endpoint=os.environ["HF_ENDPOINT"], token="hf_tutor").list_repo_files(
-        "tutor/span-marker-roberta-base-conll03"
+    listing = (
+        "from huggingface_hub import HfApi\n"
+        "print('\\n'.join(HfApi().list_repo_files('tutor/span-marker-roberta-base-conll03')))\n"
     )
+    files = subprocess.run(
+        [sys.executable, "-c", listing], env=env, check=True, capture_output=True, text=True
+    ).stdout.split()
     assert "model.safetensors" in files and "config.json" in files
