@@ -98,9 +98,8 @@ pub fn dataset_split(dataset: &DatasetRef, options: &HubOptions) -> Result<Datas
     }
     let main = Fetcher::new(&dataset.id, RepoKind::Dataset, revision, options)
         .map_err(|e| dataset.error(e))?;
-    let (commit, paths) = listing(&main, dataset, revision)?.ok_or_else(|| {
-        dataset.error(format!("the dataset has no revision {revision:?}"))
-    })?;
+    let (commit, paths) = listing(&main, dataset, revision)?
+        .ok_or_else(|| dataset.error(format!("the dataset has no revision {revision:?}")))?;
     let (mut fetcher, commit, chosen) = match choose(&paths, dataset, false) {
         Ok(chosen) => (main, commit, chosen),
         Err(Choice::NoParquet) => {
@@ -236,13 +235,13 @@ fn cached_split(
             Err(choice) => last = choice,
         }
     }
-    let reason = match last {
-        Choice::NoParquet => "it is not in the Hugging Face cache".to_owned(),
-        other => format!("in the cache, {}", other.message()),
+    let found = match last {
+        Choice::NoParquet => "it is not there".to_owned(),
+        other => format!("what is there: {}", other.message()),
     };
     Err(dataset.error(format!(
-        "{reason} at {}, and offline mode is on (HF_HUB_OFFLINE): read it once with network \
-         access",
+        "offline mode is on (HF_HUB_OFFLINE) and the Hugging Face cache ({}) lacks it ({found}): \
+         read it once with network access",
         cache.path().display()
     )))
 }
