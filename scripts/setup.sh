@@ -8,7 +8,8 @@
 # saved here in Python. `.venv-python` in the repository runs that interpreter.
 #
 # It also gets what the Python package (python/) is built and tested with: maturin, the Polars
-# and DataFusion releases the wheel's plugin ABI and FFI match, and pytest.
+# and DataFusion releases the wheel's plugin ABI and FFI match, and pytest; and the S3-compatible
+# server the object-store tests start (moto's, tests/fixtures/s3_server.py).
 #
 # Idempotent: a second run only checks the venv and the links.
 # Environment:
@@ -19,6 +20,7 @@ set -euo pipefail
 TORCH_VERSION="2.11.0" # tch =0.24.0 is generated for exactly this release
 REFERENCE_PACKAGES=("span_marker==1.8.1" "transformers==4.57.6" "datasets" "seqeval" "tensorboard" "torch==$TORCH_VERSION")
 PACKAGE_TOOLS=("maturin==1.16.0" "polars==1.43.2" "datafusion==55.0.0" "pytest==9.2.0")
+TEST_SERVERS=("moto[server]==5.2.6") # udfs/tests/object_store.rs, cli/tests/object_store.rs
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache_root="${SPAN_MARKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/span-marker}"
 venv="$cache_root/torch-$TORCH_VERSION"
@@ -76,6 +78,15 @@ PY
   echo "setup: installing the Python package's build and test tools (${PACKAGE_TOOLS[*]}) into $venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "${PACKAGE_TOOLS[@]}" ||
     die "pip could not install the Python package's tools (is PyPI reachable?)"
+fi
+if ! "$venv/bin/python" - "${TEST_SERVERS[@]}" <<'PY' 2>/dev/null; then
+import importlib.metadata as m, sys
+import moto.server, boto3  # noqa: F401 (the server and the client its helper script uses)
+sys.exit(any(m.version(name.split("[")[0]) != version for name, version in (p.split("==") for p in sys.argv[1:])))
+PY
+  echo "setup: installing the object-store tests' S3-compatible server (${TEST_SERVERS[*]}) into $venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "${TEST_SERVERS[@]}" ||
+    die "pip could not install the S3 test server (is PyPI reachable?)"
 fi
 printf '#!/bin/sh\nexec "%s" "$@"\n' "$venv/bin/python" > "$repo_root/.venv-python"
 chmod +x "$repo_root/.venv-python"

@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use datafusion::prelude::SessionContext;
 use span_marker::device::Precision;
 use span_marker::train::evaluate;
 use span_marker::PredictOptions;
@@ -73,7 +72,7 @@ pub fn run(args: EvaluateArgs) -> CliResult {
     source.tags_column = args.tags_column;
     let model = args.model.load()?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let rows = runtime.block_on(source.read(&SessionContext::new()))?;
+    let rows = runtime.block_on(source.read(&span_marker_udfs::store::session_context()))?;
     let dataset = rows.to_dataset(model.labels())?;
     let evaluation = evaluate(&model, &dataset, "test", args.batch_size, args.precision)?;
     writeln!(

@@ -1,5 +1,7 @@
-//! `span-marker sql`: DataFusion with the SpanMarker functions; files are tables by path.
-//! With `--cluster`, the statements run on a Ballista cluster.
+//! `span-marker sql`: DataFusion with the SpanMarker functions; files are tables by path, and
+//! objects by URL (`FROM 's3://bucket/data/*.parquet'`, `COPY ... TO 's3://bucket/out.parquet'`,
+//! credentials from the AWS environment: `span_marker_udfs::store`). With `--cluster`, the
+//! statements run on a Ballista cluster.
 
 use clap::Args;
 use std::io::Write;
@@ -9,6 +11,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use span_marker_udfs::cluster::{describe, Cluster};
 use span_marker_udfs::sql::SpanMarkerOptions;
+use span_marker_udfs::store;
 
 use crate::args::{set_session, ModelArgs, StallArgs};
 use crate::CliResult;
@@ -29,8 +32,8 @@ pub struct SqlArgs {
     cluster: Option<String>,
     #[command(flatten)]
     stall: StallArgs,
-    /// Let `COPY ... TO` replace a file that exists (refused otherwise; with --cluster, the
-    /// client's file system is the one checked).
+    /// Let `COPY ... TO` replace a file or an object (`s3://...`) that exists (refused
+    /// otherwise; with --cluster, the client's file system and stores are the ones checked).
     #[arg(long)]
     overwrite: bool,
 }
@@ -50,12 +53,12 @@ pub fn run(args: SqlArgs) -> CliResult {
         let ctx = match &cluster {
             Some(cluster) => cluster.context().await?,
             None => {
-                let ctx = SessionContext::new();
+                let ctx = store::session_context();
                 span_marker_udfs::sql::register_all(&ctx);
                 ctx
             }
-        }
-        .enable_url_table();
+        };
+        let ctx = store::enable_url_table(ctx);
         set_session(
             &ctx,
             &[
@@ -69,7 +72,7 @@ pub fn run(args: SqlArgs) -> CliResult {
             let plan = ctx.state().create_logical_plan(statement).await?;
             if let LogicalPlan::Copy(copy) = &plan {
                 if !args.overwrite {
-                    refuse_existing_file(&copy.output_url)?;
+                    refuse_existing_output(&ctx, &copy.output_url).await?;
                 }
             }
             let batches = match &cluster {
@@ -107,18 +110,24 @@ pub fn run(args: SqlArgs) -> CliResult {
     })
 }
 
-/// `COPY ... TO` a local file that exists is refused: DataFusion would replace it.
-/// (Into a directory, it adds files under new names.)
-fn refuse_existing_file(url: &str) -> CliResult {
-    let path = url.strip_prefix("file://").unwrap_or(url);
-    if path.contains("://") {
-        return Ok(());
-    }
-    if std::path::Path::new(path).is_file() {
-        return Err(format!(
-            "COPY ... TO '{url}': the file exists; pass --overwrite to replace it"
-        )
-        .into());
+/// `COPY ... TO` a local file or a store object that exists is refused: DataFusion would
+/// replace it. (Into a directory or a prefix ending in `/`, it adds files under new names.)
+async fn refuse_existing_output(ctx: &SessionContext, url: &str) -> CliResult {
+    let exists = if store::is_store_url(url) {
+        !url.ends_with('/') && store::exists(ctx, url).await?
+    } else {
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        std::path::Path::new(path).is_file()
+    };
+    if exists {
+        let what = if store::is_store_url(url) {
+            "the object"
+        } else {
+            "the file"
+        };
+        return Err(
+            format!("COPY ... TO '{url}': {what} exists; pass --overwrite to replace it").into(),
+        );
     }
     Ok(())
 }

@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use datafusion::prelude::SessionContext;
 use span_marker::train::TrainingArguments;
 use span_marker::ModelSettings;
 use span_marker_udfs::dataset::AnnotatedRows;
@@ -126,7 +125,7 @@ fn train_conll(args: TrainArgs) -> CliResult {
     };
     override_arguments(&mut training, &args);
     let runtime = tokio::runtime::Runtime::new()?;
-    let ctx = SessionContext::new();
+    let ctx = span_marker_udfs::store::session_context();
     let read =
         |source: Option<TableSource>| -> Result<Option<AnnotatedRows>, span_marker_udfs::Error> {
             source

@@ -6,8 +6,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> datafusion::error::Result<()> {
-//! use datafusion::prelude::*;
-//! let ctx = SessionContext::new();
+//! // A session whose runtime serves s3:// URLs too (`store`), as `SessionContext::new()`.
+//! let ctx = span_marker_udfs::store::session_context();
 //! span_marker_udfs::sql::register_all(&ctx);
 //! ctx.sql("SET span_marker.model = 'bundled'").await?;
 //! ctx.sql("SELECT span_marker_predict_text('Angela Merkel visited Paris') AS entities")
@@ -30,6 +30,7 @@ pub mod pipeline;
 pub mod polars_expr;
 pub mod sources;
 pub mod sql;
+pub mod store;
 pub mod training;
 
 pub use error::{Error, Result};

@@ -24,10 +24,11 @@
 //! `hub_strategy`, `hub_private_repo` and `hub_endpoint` training arguments, which the
 //! `[training]` table then leaves out.
 //!
-//! Relative paths are relative to the pipeline file's directory. Paths, dataset ids, the encoder
-//! and the Hub repository may name environment variables as `${NAME}` (for data and encoders
-//! kept outside the project, e.g. `path = "${CONLL2003_DIR}/train.txt"`); an unset variable is
-//! an error naming the key.
+//! Relative paths are relative to the pipeline file's directory; a source's `path` may be an
+//! object-store URL (`s3://bucket/train.parquet`, see [`crate::sources`]), left as it is.
+//! Paths, dataset ids, the encoder and the Hub repository may name environment variables as
+//! `${NAME}` (for data and encoders kept outside the project, e.g.
+//! `path = "${CONLL2003_DIR}/train.txt"`); an unset variable is an error naming the key.
 
 use std::path::{Path, PathBuf};
 
@@ -217,7 +218,8 @@ impl Pipeline {
 
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
+            // `s3://bucket/key` is a relative path to `Path`.
+            if p.is_relative() && !crate::store::is_url(&p.to_string_lossy()) {
                 *p = base.join(&*p);
             }
         };
@@ -268,6 +270,15 @@ impl Pipeline {
         if self.training.output_dir.as_os_str().is_empty() {
             return Err(error("training.output_dir".into(), "must be set".into()));
         }
+        if crate::store::is_url(&self.training.output_dir.to_string_lossy()) {
+            return Err(error(
+                "training.output_dir".into(),
+                format!(
+                    "{} is a URL: a model is written to a local directory",
+                    self.training.output_dir.display()
+                ),
+            ));
+        }
         if self.training.output_dir.is_file() {
             return Err(error(
                 "training.output_dir".into(),
@@ -298,7 +309,7 @@ impl Pipeline {
 
     /// Reads the sources, trains, evaluates and saves; `resume` is `latest` or a checkpoint.
     pub async fn run(&self, resume: Option<&str>) -> Result<TrainReport> {
-        let ctx = datafusion::prelude::SessionContext::new().enable_url_table();
+        let ctx = crate::store::enable_url_table(crate::store::session_context());
         let train = self.sources.train.read(&ctx).await?;
         let eval = match &self.sources.eval {
             Some(source) => Some(source.read(&ctx).await?),

@@ -7,6 +7,22 @@
 //! written by Hugging Face `datasets` (Hub datasets among them) carry their label names in the
 //! files' `huggingface` metadata (`ClassLabel` features), which the rows keep
 //! ([`AnnotatedRows::labels`]).
+//!
+//! # Object stores
+//!
+//! A `path` may be a URL of an object store this build serves ([`crate::store`]):
+//! `s3://bucket/key` with the `s3` feature (on in the command line), credentials and endpoint
+//! from the standard AWS environment. Its format comes from the key's extension (or `format`),
+//! and Parquet, CSV and JSON lines are read through the session's stores; CoNLL files are read
+//! from local disks only, and a glob (`s3://bucket/data/*.parquet`) belongs in a `query`
+//! (`SELECT * FROM 's3://bucket/data/*.parquet'`, in a session with URL tables). Validation
+//! checks the scheme and the bucket, not that the object exists: reading does, and its errors
+//! name the URL.
+//!
+//! ```toml
+//! [sources.train]
+//! path = "s3://my-bucket/conll/train.parquet"
+//! ```
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -57,7 +73,8 @@ impl Format {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableSource {
-    /// A file; registered as the table `data` for `query`.
+    /// A file, or an object-store URL (`s3://bucket/train.parquet`); registered as the table
+    /// `data` for `query`.
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// A Hugging Face Hub dataset id (`name` or `org/name`), read as Parquet through the local
@@ -106,7 +123,8 @@ fn default_tags() -> String {
 }
 
 impl TableSource {
-    /// A source reading `path` with the default columns (`tokens`, `ner_tags`).
+    /// A source reading `path`, a file or an object-store URL, with the default columns
+    /// (`tokens`, `ner_tags`).
     pub fn file(path: impl Into<PathBuf>) -> Self {
         Self {
             path: Some(path.into()),
@@ -175,7 +193,8 @@ impl TableSource {
     }
 
     /// Checks what can be checked without reading: a path, a dataset or a query, a known
-    /// format, an existing file, a dataset's split, both document columns or neither.
+    /// format, an existing file (for a URL, a scheme this build serves and a bucket), a
+    /// dataset's split, both document columns or neither.
     pub fn validate(&self) -> std::result::Result<(), (String, String)> {
         let dataset_only = [
             ("config", self.config.is_some()),
@@ -219,6 +238,30 @@ impl TableSource {
                     Some(_) => {}
                 }
             }
+            (Some(path), None, _) if self.url().is_some() => {
+                let url = self.url().unwrap_or_default();
+                crate::store::check_location(url).map_err(|message| ("path".into(), message))?;
+                if self.file_format() == Some(Format::Conll) {
+                    return Err((
+                        "path".into(),
+                        format!("{url}: a CoNLL file is read from a local disk: copy it there, or convert it to Parquet"),
+                    ));
+                }
+                if url.contains(['*', '?', '[']) {
+                    return Err((
+                        "path".into(),
+                        format!("{url}: a path names one object; read several with a `query` (`SELECT * FROM '{url}'`)"),
+                    ));
+                }
+                if self.format.is_none() && Format::from_path(path).is_none() {
+                    return Err((
+                        "format".into(),
+                        format!(
+                            "cannot tell the format of {url} from its extension: set `format` to parquet, csv or json"
+                        ),
+                    ));
+                }
+            }
             (Some(path), None, _) => {
                 if !path.is_file() {
                     return Err(("path".into(), format!("{} is not a file", path.display())));
@@ -255,6 +298,14 @@ impl TableSource {
             ));
         }
         Ok(())
+    }
+
+    /// `path` when it is an object-store URL (`s3://...`; a `file://` URL is not one).
+    fn url(&self) -> Option<&str> {
+        self.path
+            .as_deref()
+            .and_then(Path::to_str)
+            .filter(|path| crate::store::is_store_url(path))
     }
 
     fn file_format(&self) -> Option<Format> {
@@ -323,7 +374,9 @@ impl TableSource {
             return Ok(Some(split.files));
         }
         Ok(match (&self.path, self.file_format()) {
-            (Some(path), Some(Format::Parquet)) if path.is_file() => Some(vec![path.clone()]),
+            (Some(path), Some(Format::Parquet)) if self.url().is_none() && path.is_file() => {
+                Some(vec![path.clone()])
+            }
             _ => None,
         })
     }
@@ -349,6 +402,12 @@ impl TableSource {
             let table = MemTable::try_new(schema, vec![batches])?;
             ctx.register_table("data", Arc::new(table))?;
         } else if let Some(path) = &self.path {
+            if let Some(url) = self.url() {
+                // DataFusion reads a missing object as an empty prefix.
+                if !crate::store::exists(ctx, url).await? {
+                    return Err(Error::file(url, "no such object"));
+                }
+            }
             let table = path.to_string_lossy();
             match self.file_format() {
                 Some(Format::Parquet) => {
@@ -634,8 +693,9 @@ const HF_METADATA_KEY: &str = "huggingface";
 /// file: parquet 59's metadata push decoder panics on a footer that claims more metadata than
 /// the file holds (a subtraction without a check), where this one reports a corrupt file.
 fn check_parquet_footer(path: &Path) -> Result<()> {
-    // A directory of files: DataFusion lists and reads them.
-    if path.is_file() {
+    // A directory of files: DataFusion lists and reads them. An object in a store: DataFusion
+    // reads its footer (a footer check through the store is left to a later change).
+    if !crate::store::is_store_url(&path.to_string_lossy()) && path.is_file() {
         open_parquet(path)?;
     }
     Ok(())

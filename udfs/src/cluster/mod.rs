@@ -68,6 +68,9 @@ pub fn session_state(config: SessionConfig) -> datafusion::error::Result<Session
     add_settings(&mut config);
     let mut state = SessionStateBuilder::new()
         .with_config(config)
+        // The client's and the scheduler's stores (s3:// URLs); executors read through
+        // Ballista's default runtime, local files only.
+        .with_runtime_env(crate::store::runtime_env())
         .with_default_features()
         .build();
     for udf in scalar_functions(None, None) {

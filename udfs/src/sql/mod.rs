@@ -4,8 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> datafusion::error::Result<()> {
-//! use datafusion::prelude::*;
-//! let ctx = SessionContext::new();
+//! let ctx = span_marker_udfs::store::session_context();
 //! span_marker_udfs::sql::register_all(&ctx);
 //! ctx.sql("SET span_marker.model = 'bundled'").await?;
 //! ctx.sql("SELECT span_marker_predict(['Paris', 'is', 'in', 'France'])").await?.show().await?;

@@ -1,0 +1,485 @@
+//! Object stores: tables whose path is a URL (`s3://bucket/key`), read and written through
+//! DataFusion's [`object_store`](datafusion::object_store) as DataFusion itself does.
+//!
+//! Every session this crate and the command line make comes from here
+//! ([`session_context`], [`runtime_env`], and [`enable_url_table`] for tables named by path in
+//! SQL): their runtime's [`StoreRegistry`] serves `file://` (local paths) as DataFusion's
+//! default registry does, and, with the `s3` feature, `s3://bucket/...` (and `s3a://`)
+//! through one Amazon S3 client per bucket, made on first use and kept for the process.
+//!
+//! Credentials, region and endpoint come from the standard AWS environment, read once
+//! ([`S3Settings::from_env`]): `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_SESSION_TOKEN`, `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_ENDPOINT_URL` for
+//! S3-compatible servers (an `http://` endpoint is allowed without `AWS_ALLOW_HTTP`), the
+//! other `AWS_*` variables object_store reads (web identity, container credentials), and the
+//! static keys, region and `endpoint_url` of the profile named by `AWS_PROFILE` (`default`
+//! otherwise) in `~/.aws/credentials` and `~/.aws/config`. The environment wins over the
+//! profile. Profiles that get their credentials from a role, SSO or a process are refused with
+//! a message saying how to export the credentials. Credentials are never taken from a command
+//! line, never logged, and never shown: settings print their secrets as `******`, and a store
+//! error that quotes a secret (an S3 error body quoting the session token) has it replaced.
+//!
+//! Errors from an S3 store name the object as `s3://bucket/key`, and a table named by URL in
+//! SQL that cannot be listed says why (a missing bucket, refused credentials) where
+//! DataFusion's own URL tables say only that the table was not found. Globs work in store
+//! URLs too: `FROM 's3://bucket/data/*.parquet'`.
+//!
+//! Google Cloud Storage (`gs://`) and Azure (`az://`, `abfss://`) are the next features of this
+//! kind; this build names them as unsupported.
+//!
+//! ```no_run
+//! # async fn demo() -> datafusion::error::Result<()> {
+//! // AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION (or AWS_ENDPOINT_URL) set.
+//! let ctx = span_marker_udfs::store::enable_url_table(span_marker_udfs::store::session_context());
+//! span_marker_udfs::sql::register_all(&ctx);
+//! ctx.sql("SELECT count(*) FROM 's3://my-bucket/corpus/*.parquet'")
+//!     .await?
+//!     .show()
+//!     .await?;
+//! ctx.sql("COPY (SELECT * FROM 's3://my-bucket/corpus/part-0.parquet' LIMIT 10) \
+//!          TO 's3://my-bucket/sample.parquet'")
+//!     .await?
+//!     .collect()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use datafusion::catalog::{DynamicFileCatalog, TableProvider, UrlTableFactory};
+use datafusion::datasource::dynamic_file::DynamicListTableFactory;
+use datafusion::datasource::listing::{
+    ListingTable, ListingTableConfig, ListingTableConfigExt, ListingTableUrl,
+};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::object_store::{
+    DefaultObjectStoreRegistry, ObjectStoreRegistry, ObjectStoreUrl,
+};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionState;
+use datafusion::object_store::path::Path as ObjectPath;
+use datafusion::object_store::{ObjectStore, ObjectStoreExt};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+#[cfg(feature = "s3")]
+mod s3;
+#[cfg(feature = "s3")]
+pub use s3::S3Settings;
+
+/// The URL schemes this build serves besides local paths.
+pub fn schemes() -> &'static [&'static str] {
+    if cfg!(feature = "s3") {
+        &["file", "s3", "s3a"]
+    } else {
+        &["file"]
+    }
+}
+
+/// The scheme of `location` when it is a URL (`s3` of `s3://bucket/key`); `None` for a local
+/// path. A scheme is two or more letters, digits, `+`, `-` or `.`, starting with a letter, so a
+/// Windows drive (`C:\`) is a path.
+pub fn url_scheme(location: &str) -> Option<&str> {
+    let (scheme, _) = location.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = scheme.len() >= 2
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(scheme)
+}
+
+/// Whether `location` is a URL (`scheme://...`) rather than a local path.
+pub fn is_url(location: &str) -> bool {
+    url_scheme(location).is_some()
+}
+
+/// Whether `location` is a URL of an object store: a URL other than `file://`.
+pub fn is_store_url(location: &str) -> bool {
+    url_scheme(location).is_some_and(|scheme| !scheme.eq_ignore_ascii_case("file"))
+}
+
+/// Checks that this build can read and write `location`: a local path, or a URL of a scheme it
+/// serves that names its bucket. The message says what is wrong (`gs://` needs a feature this
+/// build leaves out).
+pub fn check_location(location: &str) -> std::result::Result<(), String> {
+    let Some(scheme) = url_scheme(location) else {
+        return Ok(());
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if !schemes().contains(&scheme.as_str()) {
+        return Err(unsupported_scheme(&scheme));
+    }
+    let url = Url::parse(location).map_err(|e| format!("{location} is not a valid URL: {e}"))?;
+    if scheme != "file" && url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{location} names no bucket ({scheme}://BUCKET/KEY)"
+        ));
+    }
+    Ok(())
+}
+
+fn unsupported_scheme(scheme: &str) -> String {
+    let feature = match scheme {
+        "s3" | "s3a" => Some("s3"),
+        "gs" | "gcs" => Some("gcs"),
+        "az" | "azure" | "abfs" | "abfss" | "adl" => Some("azure"),
+        _ => None,
+    };
+    match feature {
+        Some("s3") => format!(
+            "{scheme}:// URLs need span-marker-udfs' `s3` feature, which this build leaves out"
+        ),
+        Some(store) => format!(
+            "{scheme}:// URLs are not supported yet (they would need a `{store}` feature; S3 and \
+             S3-compatible stores are served with the `s3` feature)"
+        ),
+        None => format!(
+            "{scheme}:// URLs are not supported: give a local path{}",
+            if cfg!(feature = "s3") {
+                " or an s3:// URL"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+/// DataFusion's object store registry with the stores of this build: local files as
+/// DataFusion's default registry serves them, stores registered explicitly
+/// ([`RuntimeEnv::register_object_store`]) first, and with the `s3` feature an S3 store per
+/// bucket, made on first use from [`S3Settings`] and kept.
+#[derive(Debug)]
+pub struct StoreRegistry {
+    /// Local files and explicitly registered stores; made S3 stores are kept here too.
+    stores: DefaultObjectStoreRegistry,
+    #[cfg(feature = "s3")]
+    s3: std::result::Result<S3Settings, String>,
+    /// Serialises making stores, so that each bucket gets one client.
+    #[cfg(feature = "s3")]
+    making: std::sync::Mutex<()>,
+}
+
+impl StoreRegistry {
+    /// A registry whose S3 settings come from the environment ([`S3Settings::from_env`]);
+    /// settings that cannot be read (a missing `AWS_PROFILE`) are an error when an `s3://`
+    /// URL is first used, not before.
+    pub fn from_env() -> Self {
+        Self {
+            stores: DefaultObjectStoreRegistry::new(),
+            #[cfg(feature = "s3")]
+            s3: S3Settings::from_env(),
+            #[cfg(feature = "s3")]
+            making: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// A registry with the given S3 settings, the environment left unread (tests, embedding
+    /// programs with their own configuration).
+    #[cfg(feature = "s3")]
+    pub fn with_s3(settings: S3Settings) -> Self {
+        Self {
+            stores: DefaultObjectStoreRegistry::new(),
+            s3: Ok(settings),
+            making: std::sync::Mutex::new(()),
+        }
+    }
+
+    #[cfg(feature = "s3")]
+    fn s3_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
+        let _making = self.making.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(store) = self.stores.get_store(url) {
+            return Ok(store);
+        }
+        let bucket = url.host_str().unwrap_or_default();
+        let root = format!("{}://{bucket}", url.scheme());
+        if bucket.is_empty() {
+            return Err(store_error(format!(
+                "{url} names no bucket ({}://BUCKET/KEY)",
+                url.scheme()
+            )));
+        }
+        let settings = self
+            .s3
+            .as_ref()
+            .map_err(|message| store_error(format!("{root}: {message}")))?;
+        let store = settings.store(bucket, &root)?;
+        self.stores.register_store(url, store.clone());
+        Ok(store)
+    }
+}
+
+fn store_error(message: String) -> DataFusionError {
+    DataFusionError::Configuration(message)
+}
+
+impl ObjectStoreRegistry for StoreRegistry {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.stores.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
+        self.stores.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
+        if let Ok(store) = self.stores.get_store(url) {
+            return Ok(store);
+        }
+        match url.scheme() {
+            #[cfg(feature = "s3")]
+            "s3" | "s3a" => self.s3_store(url),
+            scheme => Err(store_error(format!(
+                "{url}: {}",
+                unsupported_scheme(&scheme.to_ascii_lowercase())
+            ))),
+        }
+    }
+}
+
+/// The process's registry, its S3 settings read from the environment on first use.
+pub fn registry() -> Arc<StoreRegistry> {
+    static REGISTRY: OnceLock<Arc<StoreRegistry>> = OnceLock::new();
+    REGISTRY
+        .get_or_init(|| Arc::new(StoreRegistry::from_env()))
+        .clone()
+}
+
+/// A runtime with the process's [`registry`].
+pub fn runtime_env() -> Arc<RuntimeEnv> {
+    runtime_env_with(registry())
+}
+
+/// A runtime with `registry`.
+pub fn runtime_env_with(registry: Arc<StoreRegistry>) -> Arc<RuntimeEnv> {
+    Arc::new(
+        RuntimeEnvBuilder::new()
+            .with_object_store_registry(registry)
+            .build()
+            .expect("a runtime with default settings builds"),
+    )
+}
+
+/// A session like `SessionContext::new()` whose runtime serves this build's stores: what this
+/// crate and the command line make every session from.
+pub fn session_context() -> SessionContext {
+    session_context_with(SessionConfig::new())
+}
+
+/// [`session_context`] with `config`.
+pub fn session_context_with(config: SessionConfig) -> SessionContext {
+    SessionContext::new_with_config_rt(config, runtime_env())
+}
+
+/// `ctx` with tables named by path or URL in SQL (`FROM 'data/train.parquet'`,
+/// `FROM 's3://bucket/data/*.parquet'`), as `SessionContext::enable_url_table`, except that
+/// a store URL that cannot be listed is an error saying why, and that globs work in store
+/// URLs.
+pub fn enable_url_table(ctx: SessionContext) -> SessionContext {
+    let local = Arc::new(DynamicListTableFactory::default());
+    let factory = Arc::new(UrlTables {
+        local: local.clone(),
+    });
+    let catalogs = Arc::clone(ctx.state_ref().read().catalog_list());
+    let catalogs = Arc::new(DynamicFileCatalog::new(catalogs, factory));
+    let session_id = ctx.session_id();
+    let ctx: SessionContext = ctx
+        .into_state_builder()
+        .with_session_id(session_id)
+        .with_catalog_list(catalogs)
+        .build()
+        .into();
+    local.session_store().with_state(ctx.state_weak_ref());
+    ctx
+}
+
+/// Tables by path (DataFusion's own factory) and by store URL.
+#[derive(Debug)]
+struct UrlTables {
+    local: Arc<DynamicListTableFactory>,
+}
+
+#[async_trait]
+impl UrlTableFactory for UrlTables {
+    async fn try_new(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if !is_store_url(name) {
+            return self.local.try_new(name).await;
+        }
+        let state = self
+            .local
+            .session_store()
+            .get_session()
+            .upgrade()
+            .and_then(|session| {
+                session
+                    .read()
+                    .as_any()
+                    .downcast_ref::<SessionState>()
+                    .cloned()
+            })
+            .ok_or_else(|| DataFusionError::Plan("the session of a URL table is gone".into()))?;
+        let url = table_url(name)?;
+        let error = match listing_table(&state, url.clone()).await {
+            Ok(table) => return Ok(Some(table)),
+            Err(error) => error,
+        };
+        let reason = match &error {
+            DataFusionError::Internal(message) if message.starts_with("No files") => {
+                "no object matches it".to_owned()
+            }
+            // A HEAD answer has no body, so its error is a bare status code: a listing's error
+            // says why, with S3's error code.
+            DataFusionError::ObjectStore(_) => match listing_error(&state, &url).await {
+                Some(listing) => listing,
+                None => error.strip_backtrace(),
+            },
+            _ => error.strip_backtrace(),
+        };
+        Err(DataFusionError::Plan(format!(
+            "cannot read table '{name}': {reason}"
+        )))
+    }
+}
+
+async fn listing_table(
+    state: &SessionState,
+    url: ListingTableUrl,
+) -> DfResult<Arc<dyn TableProvider>> {
+    let config = ListingTableConfig::new(url)
+        .infer_options(state)
+        .await?
+        .infer_partitions_from_path(state)
+        .await?
+        .infer_schema(state)
+        .await?;
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// The error of listing the objects under `url`'s prefix, when listing fails.
+async fn listing_error(state: &SessionState, url: &ListingTableUrl) -> Option<String> {
+    let store = state.runtime_env().object_store(url).ok()?;
+    store
+        .list_with_delimiter(Some(url.prefix()))
+        .await
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// The listing URL of a store URL, a glob (`*`, `?`, `[`) in its key applied to the objects
+/// under the prefix before it (DataFusion reads globs in local paths only).
+pub fn table_url(location: &str) -> DfResult<ListingTableUrl> {
+    if !is_store_url(location) {
+        return ListingTableUrl::parse(location);
+    }
+    let glob_start = location.find("://").map(|at| at + 3).and_then(|key_start| {
+        location[key_start..]
+            .find(['*', '?', '['])
+            .map(|at| key_start + at)
+    });
+    let Some(glob_start) = glob_start else {
+        return ListingTableUrl::parse(location);
+    };
+    let prefix_end = location[..glob_start].rfind('/').map_or(0, |at| at + 1);
+    let (prefix, glob) = location.split_at(prefix_end);
+    let url = Url::parse(prefix).map_err(|e| DataFusionError::Plan(format!("{location}: {e}")))?;
+    let pattern = glob::Pattern::new(glob)
+        .map_err(|e| DataFusionError::Plan(format!("{location}: bad glob `{glob}`: {e}")))?;
+    ListingTableUrl::try_new(url, Some(pattern))
+}
+
+/// Whether the object at the store URL `location` exists in `ctx`'s stores: `false` for a
+/// missing key in a bucket that exists; an error naming the URL for anything else (refused
+/// credentials, a missing bucket). For a local path, whether the file exists.
+pub async fn exists(ctx: &SessionContext, location: &str) -> Result<bool> {
+    if !is_url(location) {
+        return Ok(std::path::Path::new(location).exists());
+    }
+    let url = Url::parse(location).map_err(|e| Error::file(location, e.to_string()))?;
+    let root = ObjectStoreUrl::parse(&url[..url::Position::BeforePath])?;
+    let store = ctx.runtime_env().object_store(root)?;
+    let key = ObjectPath::from_url_path(url.path())
+        .map_err(|e| Error::file(location, format!("not an object key: {e}")))?;
+    let failed = |e: datafusion::object_store::Error| Error::file(location, e.to_string());
+    // A HEAD answer has no body, so its errors are bare status codes (a missing bucket and a
+    // missing key look alike): a listing's error says why, with S3's error code.
+    match store.head(&key).await {
+        Ok(_) => Ok(true),
+        Err(datafusion::object_store::Error::NotFound { .. }) => {
+            store
+                .list_with_delimiter(Some(&key))
+                .await
+                .map_err(failed)?;
+            Ok(false)
+        }
+        Err(head) => match store.list_with_delimiter(Some(&key)).await {
+            Err(listing) => Err(failed(listing)),
+            Ok(_) => Err(failed(head)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_told_from_paths() {
+        assert_eq!(url_scheme("s3://bucket/key.parquet"), Some("s3"));
+        assert_eq!(url_scheme("file:///tmp/x.parquet"), Some("file"));
+        assert_eq!(url_scheme("data/train.parquet"), None);
+        assert_eq!(url_scheme("/abs/path://odd"), None);
+        assert_eq!(url_scheme("C://windows"), None);
+        assert!(is_store_url("s3://b/k"));
+        assert!(!is_store_url("file:///x"));
+        assert!(!is_store_url("x.parquet"));
+    }
+
+    #[test]
+    fn locations_are_checked() {
+        assert!(check_location("data/train.parquet").is_ok());
+        assert!(check_location("file:///tmp/x.parquet").is_ok());
+        let gcs = check_location("gs://bucket/x.parquet").unwrap_err();
+        assert!(gcs.contains("`gcs` feature"), "{gcs}");
+        let odd = check_location("ftp://host/x.parquet").unwrap_err();
+        assert!(odd.contains("not supported"), "{odd}");
+        if cfg!(feature = "s3") {
+            assert!(check_location("s3://bucket/x.parquet").is_ok());
+            let no_bucket = check_location("s3:///x.parquet").unwrap_err();
+            assert!(no_bucket.contains("names no bucket"), "{no_bucket}");
+        } else {
+            let s3 = check_location("s3://bucket/x.parquet").unwrap_err();
+            assert!(s3.contains("`s3` feature"), "{s3}");
+        }
+    }
+
+    #[test]
+    fn globs_in_store_urls_filter_a_prefix() {
+        let url = table_url("s3://bucket/data/part-*.parquet").unwrap();
+        assert_eq!(url.prefix().as_ref(), "data");
+        assert!(url.is_collection());
+        assert_eq!(
+            url.get_glob().as_ref().map(|g| g.as_str()),
+            Some("part-*.parquet")
+        );
+        let plain = table_url("s3://bucket/data/train.parquet").unwrap();
+        assert!(plain.get_glob().is_none());
+        assert_eq!(plain.prefix().as_ref(), "data/train.parquet");
+    }
+
+    #[test]
+    fn unserved_schemes_are_named_by_the_registry() {
+        let registry = StoreRegistry::from_env();
+        let error = registry
+            .get_store(&Url::parse("gs://bucket/x").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("gs://"), "{error}");
+        assert!(registry.get_store(&Url::parse("file:///").unwrap()).is_ok());
+    }
+}
