@@ -5,11 +5,11 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use span_marker::model::LoadOptions;
-use span_marker::train::{Trainer, TrainingArguments};
-use span_marker::{ModelSettings, SpanMarkerModel};
+use span_marker::train::{NerDataset, Trainer, TrainingArguments};
+use span_marker::{Labels, ModelSettings, SpanMarkerModel};
 
 use crate::dataset::{resolve_labels, AnnotatedRows};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The model to train: its encoder, labels and SpanMarker settings (`[model]` in a pipeline
 /// file, `model` in `span_marker_train`'s options; the settings' keys sit beside `encoder`).
@@ -90,6 +90,12 @@ fn run_here(
     // A new model's head and marker embeddings are random: seed them like the run.
     tch::manual_seed(args.seed as i64);
     let mut model = SpanMarkerModel::from_pretrained_with(&spec.encoder, &options)?;
+    // A SpanMarker model keeps its own label list, in its own order (the one given is ignored):
+    // the tags become ids into it, by name.
+    let to_model = |set: NerDataset| to_labels(set, &labels, model.labels(), &spec.encoder);
+    let train_set = to_model(train_set)?;
+    let eval_set = eval_set.map(to_model).transpose()?;
+    let test_set = test_set.map(to_model).transpose()?;
     let output_dir = args.output_dir.clone();
     let mut trainer = Trainer::new(&mut model, args)?;
     let output = trainer.train(&train_set, eval_set.as_ref(), resume)?;
@@ -105,4 +111,31 @@ fn run_here(
         output_dir,
         metrics,
     })
+}
+
+/// `set`, whose tags are ids into `from`, with ids into `to` instead (the same tags by name).
+fn to_labels(mut set: NerDataset, from: &Labels, to: &Labels, model: &str) -> Result<NerDataset> {
+    if from.original() == to.original() {
+        return Ok(set);
+    }
+    let ids: Vec<Option<i64>> = from
+        .original()
+        .iter()
+        .map(|tag| to.tag_id(tag).map(|id| id as i64))
+        .collect();
+    for example in &mut set.examples {
+        for tag in &mut example.tags {
+            let name = &from.original()[*tag as usize];
+            *tag = ids[*tag as usize].ok_or_else(|| {
+                Error::file(
+                    model,
+                    format!(
+                        "the data's tag {name:?} is not among the model's labels {:?}",
+                        to.original()
+                    ),
+                )
+            })?;
+        }
+    }
+    Ok(set)
 }

@@ -12,11 +12,12 @@ use datafusion::arrow::array::{ArrayRef, Int64Builder, ListBuilder, RecordBatch,
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::SessionContext;
-use span_marker::train::read_conll;
+use span_marker::train::{read_conll, TrainingArguments};
 use span_marker::Labels;
-use span_marker_udfs::dataset::Tags;
+use span_marker_udfs::dataset::{AnnotatedRows, Tags};
 use span_marker_udfs::pipeline::Pipeline;
 use span_marker_udfs::sources::TableSource;
+use span_marker_udfs::training::{self, ModelSpec};
 
 const LABELS: [&str; 9] = [
     "O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC",
@@ -360,4 +361,51 @@ async fn document_columns_give_document_positions() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("both"), "{error}");
+}
+
+/// A SpanMarker model keeps its own label list: data tagged against the same tags in another
+/// order trains it exactly as data in its order does (the tags are mapped by name, never
+/// taken as ids into the model's list).
+#[test]
+fn fine_tuning_a_span_marker_model_maps_the_tags_by_name() {
+    let sentences = read_conll(common::repo().join("examples/data/train.txt")).unwrap();
+    let rows = AnnotatedRows {
+        source: "toy".into(),
+        tokens: sentences.iter().take(32).map(|s| s.words.clone()).collect(),
+        tags: Tags::Names(sentences.iter().take(32).map(|s| s.tags.clone()).collect()),
+        documents: None,
+        labels: None,
+    };
+    let model = common::conll_tiny().display().to_string();
+    let run = |labels: Option<Vec<String>>, dir: &Path| {
+        let spec = ModelSpec {
+            encoder: model.clone(),
+            labels,
+            settings: Default::default(),
+        };
+        let args = TrainingArguments {
+            output_dir: dir.to_owned(),
+            max_steps: Some(3),
+            per_device_train_batch_size: 8,
+            learning_rate: 1e-3,
+            report_to: "none".into(),
+            ..Default::default()
+        };
+        training::run(spec, args, rows.clone(), Some(rows.clone()), None, None).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Labels inferred from the strings: O, B-LOC, I-LOC, ... (not the model's order).
+    let inferred = run(None, &dir.path().join("inferred"));
+    let ordered = run(
+        Some(LABELS.map(String::from).to_vec()),
+        &dir.path().join("ordered"),
+    );
+    assert_eq!(
+        inferred.metrics["train_loss"],
+        ordered.metrics["train_loss"]
+    );
+    assert_eq!(
+        inferred.metrics["eval_overall_f1"],
+        ordered.metrics["eval_overall_f1"]
+    );
 }
