@@ -93,6 +93,8 @@ pub fn dataset_split(dataset: &DatasetRef, options: &HubOptions) -> Result<Datas
         return Err(dataset.error("the split and the config may not be empty"));
     }
     let revision = options.revision();
+    check_relative(revision)
+        .map_err(|e| dataset.error(format!("the revision {revision:?} {e}")))?;
     if options.is_offline() {
         return cached_split(dataset, revision, options);
     }
@@ -102,6 +104,12 @@ pub fn dataset_split(dataset: &DatasetRef, options: &HubOptions) -> Result<Datas
         .ok_or_else(|| dataset.error(format!("the dataset has no revision {revision:?}")))?;
     let (mut fetcher, commit, chosen) = match choose(&paths, dataset, false) {
         Ok(chosen) => (main, commit, chosen),
+        Err(Choice::NoParquet) if revision != "main" => {
+            return Err(dataset.error(format!(
+                "the revision {revision:?} has no Parquet files (the Hub's Parquet conversion, \
+                 `{CONVERTED_BRANCH}`, is of `main` only)"
+            )))
+        }
         Err(Choice::NoParquet) => {
             let converted = Fetcher::new(&dataset.id, RepoKind::Dataset, CONVERTED_BRANCH, options)
                 .map_err(|e| dataset.error(e))?;
@@ -162,7 +170,7 @@ fn listing(
     };
     let commit = info["sha"]
         .as_str()
-        .filter(|sha| check_relative(sha).is_ok() && !sha.contains('/'))
+        .filter(|sha| is_commit(sha))
         .ok_or_else(|| dataset.error(format!("{step}: the answer has no commit (`sha`)")))?
         .to_owned();
     let step = format!("listing the files of commit {commit}");
@@ -211,11 +219,18 @@ fn cached_split(
 ) -> Result<DatasetSplit> {
     let cache = options.cache();
     let mut last = Choice::NoParquet;
-    for (revision, converted) in [(revision, false), (CONVERTED_BRANCH, true)] {
+    // The conversion is of the default branch's data.
+    let tries: &[(&str, bool)] = if revision == "main" {
+        &[("main", false), (CONVERTED_BRANCH, true)]
+    } else {
+        &[(revision, false)]
+    };
+    for &(revision, converted) in tries {
         let repo = RepoKind::Dataset.repo(&dataset.id, revision);
         let dir = cache.path().join(repo.folder_name());
         let commit = match std::fs::read_to_string(dir.join("refs").join(revision)) {
-            Ok(commit) => commit.trim().to_owned(),
+            Ok(commit) if is_commit(commit.trim()) => commit.trim().to_owned(),
+            Ok(_) => continue,
             // A commit id asked for by itself has no ref.
             Err(_) if dir.join("snapshots").join(revision).is_dir() => revision.to_owned(),
             Err(_) => continue,
@@ -257,13 +272,19 @@ fn list_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::result::R
         let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = format!("{prefix}{name}");
-        if entry.path().is_dir() {
+        // Snapshots hold folders and links to blobs; a link is never followed as a folder.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
             list_files(&entry.path(), &format!("{path}/"), out)?;
         } else {
             out.push(path);
         }
     }
     Ok(())
+}
+
+/// A commit id as the Hub gives them: hexadecimal (or alphanumeric), never a path.
+fn is_commit(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 128 && text.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Why no files were chosen.
@@ -319,6 +340,27 @@ fn splits_named(path: &str) -> Vec<&'static str> {
         .into_iter()
         .filter(|split| split_words(split).iter().any(|w| words.contains(w)))
         .collect()
+}
+
+/// The split names a path gives exactly: its file name without `.parquet` and a shard suffix
+/// (`-00000-of-00002`), and its folder.
+fn exact_split(path: &str) -> Vec<String> {
+    let (folder, file) = path.rsplit_once('/').map_or(("", path), |(f, n)| (f, n));
+    let stem = file.strip_suffix(".parquet").unwrap_or(file);
+    let stem = match stem.rsplit_once("-of-") {
+        Some((head, total)) if !total.is_empty() && total.bytes().all(|b| b.is_ascii_digit()) => {
+            match head.rsplit_once('-') {
+                Some((name, shard)) if shard.bytes().all(|b| b.is_ascii_digit()) => name,
+                _ => stem,
+            }
+        }
+        _ => stem,
+    };
+    let mut names = vec![stem.to_owned()];
+    if let Some(last) = folder.rsplit('/').next().filter(|f| !f.is_empty()) {
+        names.push(last.to_owned());
+    }
+    names
 }
 
 /// The words of a path: its parts split at separators and digits.
@@ -395,17 +437,37 @@ fn choose(
         }
         chosen
     } else {
-        let wanted = split_words(&dataset.split);
-        let chosen: Vec<String> = in_config
+        // A file named for the split exactly (`validation_matched-00000-of-00001.parquet`, or
+        // in a folder of that name) belongs to it; else one whose path has the split's word.
+        let exact: Vec<String> = in_config
             .iter()
-            .filter(|p| words(&within(p)).iter().any(|w| wanted.contains(w)))
+            .filter(|p| exact_split(&within(p)).contains(&dataset.split))
             .map(|p| (*p).to_owned())
             .collect();
+        let wanted = split_words(&dataset.split);
+        let chosen: Vec<String> = if exact.is_empty() {
+            in_config
+                .iter()
+                .filter(|p| words(&within(p)).iter().any(|w| wanted.contains(w)))
+                .map(|p| (*p).to_owned())
+                .collect()
+        } else {
+            exact
+        };
         if chosen.is_empty() {
             let mut found: Vec<String> = in_config
                 .iter()
-                .flat_map(|p| splits_named(&within(p)))
-                .map(str::to_owned)
+                .flat_map(|p| {
+                    let path = within(p);
+                    let mut names: Vec<String> =
+                        splits_named(&path).into_iter().map(str::to_owned).collect();
+                    names.extend(
+                        exact_split(&path)
+                            .into_iter()
+                            .filter(|n| n.contains(['_', '-'])),
+                    );
+                    names
+                })
                 .collect();
             found.sort_unstable();
             found.dedup();
@@ -501,6 +563,32 @@ mod tests {
         assert_eq!(
             choose(&dev, &split(None, "validation"), false).unwrap(),
             ["dev.parquet"]
+        );
+    }
+
+    #[test]
+    fn a_split_named_exactly_is_taken_alone() {
+        let repo = paths(&[
+            "data/train-00000-of-00001.parquet",
+            "data/validation_matched-00000-of-00001.parquet",
+            "data/validation_mismatched-00000-of-00001.parquet",
+        ]);
+        assert_eq!(
+            choose(&repo, &split(None, "validation_matched"), false).unwrap(),
+            ["data/validation_matched-00000-of-00001.parquet"]
+        );
+        assert_eq!(
+            choose(&repo, &split(None, "other"), false),
+            Err(Choice::NoSplit(paths(&[
+                "train",
+                "validation",
+                "validation_matched",
+                "validation_mismatched"
+            ])))
+        );
+        assert_eq!(
+            exact_split("data/train-00001-of-00002.parquet"),
+            ["train", "data"]
         );
     }
 

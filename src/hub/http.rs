@@ -428,7 +428,19 @@ impl Http {
 
     /// Whether `url` is on the Hub's host (the token goes there only).
     pub(crate) fn is_on_hub(&self, url: &str) -> bool {
-        origin_of(url).eq_ignore_ascii_case(self.endpoint.origin())
+        // Parsed as the client parses it (`https://evil\@hub/` is on `evil`), and never an
+        // address with credentials.
+        let (Ok(target), Ok(hub)) = (
+            url::Url::parse(url),
+            url::Url::parse(self.endpoint.origin()),
+        ) else {
+            return false;
+        };
+        target.username().is_empty()
+            && target.password().is_none()
+            && target.scheme() == hub.scheme()
+            && target.host() == hub.host()
+            && target.port_or_known_default() == hub.port_or_known_default()
     }
 
     /// A sent request's outcome: a `2xx` answer as is, a redirect as an answer when
@@ -726,6 +738,27 @@ mod tests {
             url_secrets("http://me:s3%40cr3t@hub.example"),
             ["s3%40cr3t", "s3@cr3t"]
         );
+    }
+
+    #[test]
+    fn the_token_goes_to_the_hubs_host_as_the_client_parses_it() {
+        let http = Http::new(&HubOptions {
+            endpoint: Some("https://huggingface.co".into()),
+            ..HubOptions::default()
+        })
+        .unwrap();
+        assert!(http.is_on_hub("https://huggingface.co/api/datasets/a/b/tree/main?cursor=1"));
+        assert!(http.is_on_hub("https://HuggingFace.co:443/x"));
+        for elsewhere in [
+            "https://evil.example\\@huggingface.co/x",
+            "https://user@huggingface.co/x",
+            "http://huggingface.co/x",
+            "https://huggingface.co.evil.example/x",
+            "https://huggingface.co:8443/x",
+            "/relative",
+        ] {
+            assert!(!http.is_on_hub(elsewhere), "{elsewhere}");
+        }
     }
 
     #[test]
