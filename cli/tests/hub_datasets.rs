@@ -203,6 +203,39 @@ fn what_cannot_be_read_fails_naming_the_dataset_split_and_what_there_is() {
 }
 
 #[test]
+fn annotate_reads_a_one_file_split_by_id() {
+    let work = tempfile::tempdir().unwrap();
+    let hub = hub(work.path());
+    let hf_home = work.path().join("hf-home");
+    let output = work.path().join("entities.parquet");
+    let out = span_marker(&hub, &hf_home)
+        .args([
+            "annotate",
+            "--dataset",
+            TOY,
+            "--split",
+            "test",
+            "--model",
+            "bundled",
+        ])
+        .args(["--show", "0", "--output"])
+        .arg(&output)
+        .output()
+        .unwrap();
+    succeeded(&out);
+    let out = span_marker(&hub, &hf_home)
+        .arg("sql")
+        .arg(format!(
+            "SELECT count(*) AS n, count(entities) AS annotated FROM '{}'",
+            output.display()
+        ))
+        .output()
+        .unwrap();
+    let stdout = succeeded(&out);
+    assert!(stdout.contains("| 150 | 150"), "{stdout}");
+}
+
+#[test]
 fn sql_reads_a_dataset_split_as_a_table_and_trains_on_it_with_its_labels() {
     let work = tempfile::tempdir().unwrap();
     let hub = hub(work.path());
