@@ -73,12 +73,7 @@ fn publishing_args(hub: &StandInHub, output_dir: &Path) -> TrainingArguments {
 
 /// Runs `tests/compat/hub_client.py` against the stand-in; its JSON output.
 fn python_client(hub: &StandInHub, work: &Path, load: Option<&str>) -> Value {
-    let python = repo().join(".venv-python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `bash scripts/setup.sh` first (it installs the Python reference)",
-        python.display()
-    );
+    let python = common::reference_python();
     let mut command = Command::new(&python);
     command
         .arg("tests/compat/hub_client.py")

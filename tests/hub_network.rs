@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::{fixtures, repo};
+use common::fixtures;
 use span_marker::hub::publish::{upload_folder, whoami, PushOptions};
 use span_marker::hub::{self, HubOptions};
 use span_marker::train::{Trainer, TrainingArguments};
@@ -732,12 +732,7 @@ fn planted_secrets_never_appear_in_errors_debug_forms_or_logs() {
 
 /// Runs Python with the Hugging Face cache at `cache`; its standard output.
 fn python(script: &str, cache: &Path, envs: &[(&str, &str)]) -> String {
-    let python = repo().join(".venv-python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `bash scripts/setup.sh` first (it installs the Python reference)",
-        python.display()
-    );
+    let python = common::reference_python();
     let output = Command::new(python)
         .arg("-c")
         .arg(script)

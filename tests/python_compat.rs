@@ -36,12 +36,7 @@ struct PythonOutput {
 
 /// Loads `dir` with the Python reference and returns its logits and entities.
 fn python_predictions(dir: &Path) -> PythonOutput {
-    let python = repo().join(".venv-python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `bash scripts/setup.sh` first (it installs the Python reference)",
-        python.display()
-    );
+    let python = common::reference_python();
     let output = Command::new(&python)
         .arg("tests/compat/predict.py")
         .arg(dir)

@@ -47,12 +47,7 @@ const OUR_EXTRA_TAGS: [&str; 4] = [
 ];
 
 fn read_events(path: &Path) -> Events {
-    let python = repo().join(".venv-python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `bash scripts/setup.sh` first (it installs the Python reference)",
-        python.display()
-    );
+    let python = common::reference_python();
     let output = Command::new(&python)
         .arg("tests/fixtures/generate_tensorboard.py")
         .arg("--read")

@@ -23,11 +23,7 @@ use crate::CliResult;
 /// The one Parquet file of a dataset split, downloaded into the Hugging Face cache if missing.
 fn dataset_file(source: &TableSource) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let dataset = source.dataset_ref().expect("a dataset source");
-    let options = span_marker::hub::HubOptions {
-        revision: source.revision.clone(),
-        ..Default::default()
-    };
-    let split = span_marker::hub::dataset::dataset_split(&dataset, &options)?;
+    let split = source.hub_split()?.expect("a dataset source");
     match <[PathBuf; 1]>::try_from(split.files) {
         Ok([file]) => Ok(file),
         Err(files) => Err(format!(

@@ -10,7 +10,7 @@ use span_marker::hub::publish::{upload_folder, PushOptions};
 use span_marker::hub::HubOptions;
 use span_marker_hub_standin::StandInHub;
 
-use crate::common::{fixtures, repo};
+use crate::common::{fixtures, reference_python, repo};
 
 pub const CONLL_LABELS: [&str; 9] = [
     "O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC",
@@ -23,7 +23,7 @@ pub const WRITER: &str = "hf_tutor_token";
 /// `validation` and `test`), in `layout`; its files by path.
 pub fn dataset_files(work: &Path, layout: &str) -> BTreeMap<String, Vec<u8>> {
     let out = work.join(layout);
-    let python = repo().join(".venv-python");
+    let python = reference_python();
     let status = Command::new(&python)
         .current_dir(repo())
         .arg("tests/fixtures/make_hub_dataset.py")

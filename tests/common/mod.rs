@@ -33,6 +33,17 @@ pub fn repo() -> &'static Path {
     })
 }
 
+/// The interpreter of the venv that `scripts/setup.sh` makes, with the Python reference.
+pub fn reference_python() -> PathBuf {
+    let python = repo().join(".venv-python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash scripts/setup.sh` first (it installs the Python reference)",
+        python.display()
+    );
+    python
+}
+
 pub fn fixtures() -> PathBuf {
     repo().join("tests/fixtures")
 }

@@ -36,7 +36,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use serde::Deserialize;
 use span_marker::context::DocumentPosition;
-use span_marker::hub::dataset::{class_label_names, DatasetRef};
+use span_marker::hub::dataset::{class_label_names, dataset_split, DatasetRef, DatasetSplit};
 use span_marker::hub::HubOptions;
 
 use crate::columns::{is_string, read_words, Strings};
@@ -318,8 +318,7 @@ impl TableSource {
     ///
     /// A dataset's files are downloaded first when the cache lacks them (a blocking call).
     pub async fn read(&self, ctx: &SessionContext) -> Result<AnnotatedRows> {
-        self.validate()
-            .map_err(|(key, message)| Error::file(self.name(), format!("`{key}`: {message}")))?;
+        self.checked()?;
         if let (Some(path), Some(Format::Conll)) = (&self.path, self.file_format()) {
             let sentences = span_marker::train::read_conll(path)?;
             let (mut tokens, mut tags): (Vec<_>, Vec<_>) =
@@ -351,11 +350,29 @@ impl TableSource {
         self.rows_from_batches(&batches, &self.name())
     }
 
+    /// The split of a `dataset` source, its Parquet files downloaded into the Hugging Face
+    /// cache when missing (a blocking call); `None` for other sources.
+    pub fn hub_split(&self) -> Result<Option<DatasetSplit>> {
+        let Some(dataset) = self.dataset_ref() else {
+            return Ok(None);
+        };
+        let options = HubOptions {
+            revision: self.revision.clone(),
+            ..HubOptions::default()
+        };
+        Ok(Some(dataset_split(&dataset, &options)?))
+    }
+
+    /// [`validate`](Self::validate) as an error naming the source and the key.
+    fn checked(&self) -> Result<()> {
+        self.validate()
+            .map_err(|(key, message)| Error::file(self.name(), format!("`{key}`: {message}")))
+    }
+
     /// The rows of a `dataset` source (its first `rows`, in order) as record batches whose
     /// schema keeps the files' metadata; `query` is not applied.
     pub fn dataset_batches(&self) -> Result<Vec<RecordBatch>> {
-        self.validate()
-            .map_err(|(key, message)| Error::file(self.name(), format!("`{key}`: {message}")))?;
+        self.checked()?;
         match (self.dataset.is_some(), self.parquet_files()?) {
             (true, Some(files)) => read_parquet_rows(&files, self.rows),
             _ => Err(Error::file(self.name(), "is not a `dataset` source")),
@@ -365,12 +382,7 @@ impl TableSource {
     /// The Parquet files this source reads in order, when it reads Parquet: a dataset's split
     /// (downloaded when the cache lacks it) or the Parquet file at `path`.
     fn parquet_files(&self) -> Result<Option<Vec<PathBuf>>> {
-        if let Some(dataset) = self.dataset_ref() {
-            let options = HubOptions {
-                revision: self.revision.clone(),
-                ..HubOptions::default()
-            };
-            let split = span_marker::hub::dataset::dataset_split(&dataset, &options)?;
+        if let Some(split) = self.hub_split()? {
             return Ok(Some(split.files));
         }
         Ok(match (&self.path, self.file_format()) {

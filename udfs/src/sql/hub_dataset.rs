@@ -10,11 +10,9 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::{DataFusionError, Result};
-use span_marker::hub::dataset::{dataset_split, DatasetRef};
-use span_marker::hub::HubOptions;
 
 use super::train::string_argument;
-use crate::sources::open_parquet;
+use crate::sources::{open_parquet, TableSource};
 
 /// `SELECT * FROM hf_dataset('conll2003', 'train')` reads a split of a Hub dataset: its Parquet
 /// files (or the Hub's Parquet conversion), downloaded once into the Hugging Face cache
@@ -50,16 +48,19 @@ impl TableFunctionImpl for HubDatasetFunction {
         let revision = (exprs.len() > 3)
             .then(|| argument(3, "revision"))
             .transpose()?;
-        let dataset = DatasetRef::new(id, config, split);
-        let options = HubOptions {
+        let source = TableSource {
+            config,
             revision,
-            ..HubOptions::default()
+            ..TableSource::hub_dataset(id, split)
         };
-        let found = dataset_split(&dataset, &options).map_err(external)?;
+        let found = source
+            .hub_split()
+            .map_err(external)?
+            .expect("a dataset source");
         let first = found
             .files
             .first()
-            .ok_or_else(|| DataFusionError::Plan(format!("dataset {dataset} has no files")))?;
+            .ok_or_else(|| DataFusionError::Plan(format!("{} has no files", source.name())))?;
         let schema = open_parquet(first).map_err(external)?.schema().clone();
         let urls = found
             .files
