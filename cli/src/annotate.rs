@@ -12,7 +12,9 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use span_marker::PredictOptions;
 use span_marker_udfs::annotate::{annotate, AnnotateOptions, InputColumn};
-use span_marker_udfs::cluster::annotate::{annotate_files, input_files, ClusterAnnotateOptions};
+use span_marker_udfs::cluster::annotate::{
+    annotate_files, input_files, FilesAnnotateOptions, Runner,
+};
 use span_marker_udfs::cluster::Cluster;
 use span_marker_udfs::sources::TableSource;
 use span_marker_udfs::SharedModel;
@@ -43,10 +45,11 @@ const SAMPLE_CORPUS: &str = include_str!("../../examples/data/sample-corpus.txt"
 pub struct AnnotateArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The Parquet corpus (with --cluster: a directory of Parquet files, a glob such as
-    /// 'corpus/part-*.parquet', or one file).
+    /// The Parquet corpus: a local file, or (with --cluster, or where the input or the output
+    /// is an object-store URL such as s3://bucket/corpus/) a directory or prefix of Parquet
+    /// files, a glob such as 'corpus/part-*.parquet', or one file.
     #[arg(long, required_unless_present_any = ["sample", "dataset"], conflicts_with = "dataset")]
-    input: Option<PathBuf>,
+    input: Option<String>,
     /// Annotate a split of a Hub dataset (one Parquet file; not with --cluster).
     #[command(flatten)]
     dataset: DatasetArgs,
@@ -54,9 +57,10 @@ pub struct AnnotateArgs {
     #[arg(long, requires = "dataset", default_value = "test")]
     split: String,
     /// Where the annotated corpus goes (all input columns plus the entity column); with
-    /// --cluster, a directory that gets one file per input file, under the same name.
+    /// --cluster, or where the input or the output is an object-store URL, a directory or
+    /// prefix (s3://bucket/annotated/) that gets one file per input file, under the same name.
     #[arg(long, required_unless_present = "sample")]
-    output: Option<PathBuf>,
+    output: Option<String>,
     /// Annotate on the Ballista cluster whose scheduler is at df://HOST:PORT (see `span-marker
     /// cluster`): each input file is one task; the files must be at the same path on every
     /// executor, and every executor must be able to load the model (checked first). A rerun
@@ -65,8 +69,9 @@ pub struct AnnotateArgs {
     cluster: Option<String>,
     #[command(flatten)]
     stall: StallArgs,
-    /// With --cluster: files annotated at once (default: two per executor).
-    #[arg(long, requires = "cluster")]
+    /// Files annotated at once when annotating many (default: two per executor with
+    /// --cluster, one in this process).
+    #[arg(long)]
     files_at_once: Option<usize>,
     /// The column of raw text.
     #[arg(long, conflicts_with = "tokens_column")]
@@ -99,8 +104,18 @@ pub fn run(args: AnnotateArgs) -> CliResult {
         (Some(text), _) => InputColumn::Text(text.clone()),
         (None, tokens) => InputColumn::Tokens(tokens.clone().unwrap_or_else(|| "tokens".into())),
     };
-    if let Some(url) = &args.cluster {
-        return run_on_cluster(url, &args, column);
+    let is_store_url = |location: &Option<String>| {
+        location
+            .as_deref()
+            .is_some_and(span_marker_udfs::store::is_store_url)
+    };
+    if args.cluster.is_some() || is_store_url(&args.input) || is_store_url(&args.output) {
+        return run_files(&args, column);
+    }
+    if args.files_at_once.is_some() {
+        return Err(
+            "--files-at-once is for many files: with --cluster, or object-store URLs".into(),
+        );
     }
     let (input, column) = match (
         args.sample,
@@ -108,13 +123,14 @@ pub fn run(args: AnnotateArgs) -> CliResult {
         args.dataset.source(&args.split, None),
     ) {
         (true, _, _) => (write_sample_corpus()?, InputColumn::Text("text".into())),
-        (false, Some(input), _) => (input, column),
+        (false, Some(input), _) => (PathBuf::from(input), column),
         (false, None, Some(source)) => (dataset_file(&source)?, column),
         (false, None, None) => return Err("--input is required (or --dataset, or --sample)".into()),
     };
-    let output = args
-        .output
-        .unwrap_or_else(|| PathBuf::from("sample-entities.parquet"));
+    let output = PathBuf::from(
+        args.output
+            .unwrap_or_else(|| "sample-entities.parquet".to_owned()),
+    );
     let mut options = AnnotateOptions::new(&input, &output, column);
     options.output_column = args.output_column;
     options.chunk_rows = args.chunk_rows.unwrap_or(options.chunk_rows);
@@ -144,22 +160,42 @@ pub fn run(args: AnnotateArgs) -> CliResult {
             )
         }
     );
-    show_entities(&output, &options, args.show)
+    show_entities(&read_first(&output, args.show)?, &options)
 }
 
-/// `annotate --cluster`: the input files on the cluster, into the output directory.
-fn run_on_cluster(url: &str, args: &AnnotateArgs, column: InputColumn) -> CliResult {
+/// Many files, each into its own output in the output directory or prefix: on the cluster
+/// with `--cluster`, else in this process.
+fn run_files(args: &AnnotateArgs, column: InputColumn) -> CliResult {
     span_marker_cli::ignore_sigpipe();
     let (Some(input), Some(output_dir)) = (&args.input, &args.output) else {
-        return Err("--input and --output are required with --cluster".into());
+        return Err("--input and --output are required with --cluster or object-store URLs".into());
     };
+    if args.chunk_rows.is_some() {
+        return Err(
+            "--chunk-rows is for one local file: with --cluster or object-store URLs a file is \
+             the unit of progress"
+                .into(),
+        );
+    }
     args.predict.validate()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let (report, first) = runtime.block_on(async {
-        let cluster = args.stall.apply(Cluster::connect(url)?);
-        let inputs = input_files(&input.to_string_lossy())?;
-        let executors = cluster.executors()?.len();
-        let ctx = cluster.context().await?;
+        let cluster = match &args.cluster {
+            Some(url) => Some(args.stall.apply(Cluster::connect(url)?)),
+            None => None,
+        };
+        let (ctx, files_at_once) = match &cluster {
+            Some(cluster) => (
+                cluster.context().await?,
+                2 * cluster.executors()?.len().max(1),
+            ),
+            None => {
+                let ctx = span_marker_udfs::store::session_context();
+                span_marker_udfs::sql::register_all(&ctx);
+                (ctx, 1)
+            }
+        };
+        let inputs = input_files(&ctx, input).await?;
         let mut settings = vec![
             ("model", args.model.model.clone()),
             ("device", args.model.device.clone()),
@@ -168,22 +204,39 @@ fn run_on_cluster(url: &str, args: &AnnotateArgs, column: InputColumn) -> CliRes
         settings.extend(args.predict.settings());
         set_session(&ctx, &settings)?;
         let first = inputs.first().cloned();
-        let options = ClusterAnnotateOptions {
+        let options = FilesAnnotateOptions {
             inputs,
             output_dir: output_dir.clone(),
             column: column.clone(),
             output_column: args.output_column.clone(),
-            files_at_once: args.files_at_once.unwrap_or(2 * executors.max(1)),
+            files_at_once: args.files_at_once.unwrap_or(files_at_once),
             progress: true,
         };
-        let report = annotate_files(&cluster, &ctx, &options).await?;
+        let runner = match &cluster {
+            Some(cluster) => Runner::Cluster(cluster),
+            None => Runner::Local,
+        };
+        let report = annotate_files(runner, &ctx, &options).await?;
+        let first = match first.as_deref().and_then(|f| f.rsplit(['/', '\\']).next()) {
+            Some(name) if args.show > 0 => {
+                let location = format!("{}/{name}", output_dir.trim_end_matches('/'));
+                let shown = span_marker_udfs::store::session_context()
+                    .read_parquet(&location, Default::default())
+                    .await?
+                    .limit(0, Some(args.show))?
+                    .collect()
+                    .await?;
+                Some(shown)
+            }
+            _ => None,
+        };
         Ok::<_, Box<dyn std::error::Error>>((report, first))
     })?;
     span_marker_cli::note!(
         "annotated {} files ({} rows) into {} in {:.1}s{}{}",
         report.files,
         report.rows,
-        output_dir.display(),
+        output_dir,
         report.elapsed.as_secs_f64(),
         if report.skipped_files > 0 {
             format!(" ({} files done by an earlier run)", report.skipped_files)
@@ -192,21 +245,26 @@ fn run_on_cluster(url: &str, args: &AnnotateArgs, column: InputColumn) -> CliRes
         },
         if report.failed_rows > 0 {
             format!(
-                "; {} rows could not be annotated (NULL; the executors' logs say why)",
-                report.failed_rows
+                "; {} rows could not be annotated (NULL; {} says why)",
+                report.failed_rows,
+                if args.cluster.is_some() {
+                    "the executors' log"
+                } else {
+                    "the log"
+                }
             )
         } else {
             String::new()
         }
     );
-    let Some(first) = first.and_then(|f| f.file_name().map(|n| output_dir.join(n))) else {
+    let Some(first) = first else {
         return Ok(());
     };
     let shown = AnnotateOptions {
         output_column: args.output_column.clone(),
-        ..AnnotateOptions::new(&first, &first, column)
+        ..AnnotateOptions::new("", "", column)
     };
-    show_entities(&first, &shown, args.show)
+    show_entities(&first, &shown)
 }
 
 /// Writes the bundled sample corpus as Parquet (a `text` column) to the temp dir, once.
@@ -233,20 +291,24 @@ fn write_sample_corpus() -> Result<PathBuf, Box<dyn std::error::Error>> {
     Ok(path)
 }
 
-/// Prints the first `rows` rows of an annotated file: the sentence, then its entities.
-fn show_entities(output: &Path, options: &AnnotateOptions, rows: usize) -> CliResult {
+/// The first `rows` rows of a local annotated file.
+fn read_first(output: &Path, rows: usize) -> Result<Vec<RecordBatch>, Box<dyn std::error::Error>> {
     if rows == 0 {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    // Written, not printed: with --cluster SIGPIPE is ignored, and a closed standard output is
-    // an error that ends the command quietly (see `span_marker_cli::run`), not a panic.
-    let mut out = span_marker_cli::stdout();
     let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(output)?)?
         .with_batch_size(rows)
         .with_limit(rows)
         .build()?;
-    for batch in reader {
-        let batch = batch?;
+    Ok(reader.collect::<Result<_, _>>()?)
+}
+
+/// Prints annotated rows: the sentence, then its entities.
+fn show_entities(batches: &[RecordBatch], options: &AnnotateOptions) -> CliResult {
+    // Written, not printed: with --cluster SIGPIPE is ignored, and a closed standard output is
+    // an error that ends the command quietly (see `span_marker_cli::run`), not a panic.
+    let mut out = span_marker_cli::stdout();
+    for batch in batches {
         let (name, is_text) = match &options.column {
             InputColumn::Text(name) => (name, true),
             InputColumn::Tokens(name) => (name, false),

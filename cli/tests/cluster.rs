@@ -6,6 +6,8 @@
 mod common;
 #[path = "../../tests/common/corpus.rs"]
 mod corpus;
+#[path = "../../udfs/tests/s3/mod.rs"]
+mod s3;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,11 @@ impl TestCluster {
 
     /// [`start`](Self::start) with executors that run `slots` tasks at once.
     fn start_with(cwds: &[&Path], slots: usize) -> Self {
+        Self::start_with_env(cwds, slots, &[])
+    }
+
+    /// [`start_with`](Self::start_with), the scheduler and the executors with `env` set.
+    fn start_with_env(cwds: &[&Path], slots: usize, env: &[(&'static str, String)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let logs = dir.path().to_owned();
@@ -53,6 +60,7 @@ impl TestCluster {
             .args(["--external-host", "127.0.0.1", "--port", &port.to_string()])
             // A lost executor is noticed within seconds.
             .args(["--executor-timeout-seconds", "5"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stderr(log("scheduler.log"))
             .spawn()
             .unwrap();
@@ -86,6 +94,7 @@ impl TestCluster {
                 .args(["--concurrent-tasks", &slots.to_string()])
                 .arg("--work-dir")
                 .arg(&work)
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .stderr(log(&format!("executor-{i}.log")))
                 .spawn()
                 .unwrap();
@@ -789,4 +798,139 @@ fn bad_or_unreachable_cluster_addresses_fail_within_seconds() {
             assert!(error.starts_with("error: "), "{command} {url}: {error}");
         }
     }
+}
+
+/// `annotate --cluster` from `s3://` to `s3://`: the executors read and write the objects (the
+/// client gets no rows), the outputs equal local annotation row for row, and a SIGKILL of the
+/// client and then of an executor mid-job, each followed by a rerun, end in exactly the local
+/// result with nothing staged left.
+#[test]
+fn annotation_on_the_cluster_reads_and_writes_s3_and_survives_kills_of_client_and_executor() {
+    let Some(server) = s3::server() else { return };
+    let env = server.env();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for i in 0..6 {
+        let path = corpus.join(format!("part-{i}.parquet"));
+        write_corpus(&path, 1500, &[]);
+        server.upload(&path, &format!("cluster/in/part-{i}.parquet"));
+    }
+    let want = local_annotations(&corpus, dir.path());
+    let repo = common::repo();
+    let mut cluster = TestCluster::start_with_env(&[repo, repo], 2, &env);
+    let url = cluster.url();
+    let (input, output) = ("s3://corpus/cluster/in/", "s3://corpus/cluster/out/");
+    let job = |extra: &[&str]| {
+        let mut command = Command::new(BIN);
+        command
+            .args([
+                "annotate",
+                "--cluster",
+                &url,
+                "--input",
+                input,
+                "--output",
+                output,
+            ])
+            .args(["--model", &model(), "--show", "0"])
+            .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        command
+    };
+    let published = || {
+        server
+            .keys("cluster/out")
+            .iter()
+            .filter(|k| k.ends_with(".parquet") && !k.contains(".span-marker-staging"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(400);
+    let wait_for = |count: usize, job: &mut Child| {
+        while published() < count {
+            assert!(
+                Instant::now() < deadline,
+                "no file was published\n{}",
+                cluster.logs()
+            );
+            if job.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // The client killed once a file is published.
+    let mut first = job(&["--files-at-once", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(1, &mut first);
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let after_client = published();
+    assert!(after_client < 6, "the kill came too late");
+
+    // A rerun, an executor killed once it has published another file.
+    let mut second = job(&["--files-at-once", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(after_client + 1, &mut second);
+    let (executor, _) = &mut cluster.executors[0];
+    executor.kill().unwrap(); // SIGKILL
+    executor.wait().unwrap();
+    while second.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the job hung after the kill\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = second.wait_with_output().unwrap();
+    let second_error = stderr(&second);
+    if !second.status.success() {
+        assert!(second_error.contains("part-"), "{second_error}");
+        assert!(!second_error.contains("panicked"), "{second_error}");
+    }
+
+    // The last rerun, on the executor left, completes the job exactly.
+    let client = Cluster::connect(&url).unwrap();
+    while client.executors().unwrap().len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the lost executor stayed registered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = run_with_limit(&mut job(&[]), Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "second run: {second_error}\nlast: {}\n{}",
+        stderr(&out),
+        cluster.logs()
+    );
+    for (name, local) in &want {
+        let copy = dir.path().join(format!("got-{name}"));
+        server.download(&format!("cluster/out/{name}"), &copy);
+        let got = read_all(&copy);
+        assert_eq!(ids(&got), ids(local), "{name}: every row once, in order");
+        assert_eq!(
+            entities(&got),
+            entities(local),
+            "{name}: the local entities"
+        );
+    }
+    let mut names: Vec<String> = server.keys("cluster/out");
+    names.retain(|k| !k.ends_with(".span-marker-annotate.json"));
+    assert_eq!(
+        names,
+        (0..6)
+            .map(|i| format!("cluster/out/part-{i}.parquet"))
+            .collect::<Vec<_>>(),
+        "the outputs, nothing staged"
+    );
 }

@@ -5,12 +5,28 @@
 //! key is refused without `--overwrite`, and a wrong secret is an error naming the URL, never
 //! the secret.
 //!
+//!
+//! `annotate` over `s3://` prefixes (in this process; on a cluster in `cluster.rs`) writes what
+//! local annotation writes, row for row, publishes each object whole, skips finished objects on
+//! a rerun and completes a job whose client was killed, refuses a changed input or other
+//! settings, never replaces an object it did not write, and names a missing bucket or a wrong
+//! secret without showing the secret.
+//!
 //! Where moto is not installed the test prints why and passes; `scripts/setup.sh` installs it.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+#[path = "../../tests/common/corpus.rs"]
+mod corpus;
 #[path = "../../udfs/tests/s3/mod.rs"]
 mod s3;
 
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use corpus::{entities, ids, read_all, write_corpus};
+use datafusion::arrow::array::RecordBatch;
 
 /// The binary with the AWS environment of `env` and nothing else of AWS's (no profile files).
 fn span_marker(env: &[(&'static str, String)]) -> Command {
@@ -103,5 +119,294 @@ fn sql_reads_and_writes_s3_objects() {
     assert!(
         !stderr.contains(wrong) && !stderr.contains(&server.secret_access_key),
         "{stderr}"
+    );
+}
+
+/// `annotate` over object-store URLs with the tiny model, in this process: `extra` after.
+fn annotate(env: &[(&'static str, String)], input: &str, output: &str, extra: &[&str]) -> Output {
+    span_marker(env)
+        .args(["annotate", "--input", input, "--output", output])
+        .args(["--model", &model(), "--show", "0"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn model() -> String {
+    common::conll_tiny().to_string_lossy().into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The local annotation of the file `input` (one file in, one file out: no object store).
+fn local_annotation(input: &Path) -> Vec<RecordBatch> {
+    let dir = input.parent().unwrap().with_file_name("local");
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join(input.file_name().unwrap());
+    let out = span_marker(&[])
+        .args(["annotate", "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(&output)
+        .args(["--model", &model(), "--show", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    read_all(&output)
+}
+
+/// Asserts that the objects `{prefix}{name}` hold the rows and entities of `want`'s files.
+fn assert_same_objects(
+    server: &s3::S3Server,
+    prefix: &str,
+    want: &[(String, Vec<RecordBatch>)],
+    dir: &Path,
+) {
+    for (name, local) in want {
+        let copy = dir.join(format!("got-{name}"));
+        server.download(&format!("{prefix}{name}"), &copy);
+        let got = read_all(&copy);
+        assert_eq!(ids(&got), ids(local), "{name}: every row once, in order");
+        assert_eq!(
+            entities(&got),
+            entities(local),
+            "{name}: the local entities"
+        );
+    }
+}
+
+/// Two corpus files, row 5 of the second unannotatable, in `dir/in/` and uploaded under
+/// `{prefix}in/`; with their local annotations.
+fn corpus(
+    server: &s3::S3Server,
+    dir: &Path,
+    prefix: &str,
+    rows: &[usize],
+) -> Vec<(String, Vec<RecordBatch>)> {
+    let local = dir.join("in");
+    std::fs::create_dir_all(&local).unwrap();
+    rows.iter()
+        .enumerate()
+        .map(|(i, &rows)| {
+            let name = format!("part-{i}.parquet");
+            let path = local.join(&name);
+            write_corpus(&path, rows, if i == 1 { &[5] } else { &[] });
+            server.upload(&path, &format!("{prefix}in/{name}"));
+            let annotated = local_annotation(&path);
+            (name, annotated)
+        })
+        .collect()
+}
+
+#[test]
+fn annotation_reads_and_writes_s3_objects_as_local_annotation_writes_files() {
+    let Some(server) = s3::server() else { return };
+    let env = server.env();
+    let dir = tempfile::tempdir().unwrap();
+    let want = corpus(server, dir.path(), "job/", &[150, 90]);
+
+    let out = annotate(&env, "s3://corpus/job/in/", "s3://corpus/job/out/", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(text.contains("annotated 2 files (240 rows)"), "{text}");
+    assert!(text.contains("1 rows could not be annotated"), "{text}");
+    assert_same_objects(server, "job/out/", &want, dir.path());
+    // The outputs and the manifest, nothing staged left behind.
+    assert_eq!(
+        server.keys("job/out"),
+        [
+            "job/out/.span-marker-annotate.json",
+            "job/out/part-0.parquet",
+            "job/out/part-1.parquet"
+        ]
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&server.read("job/out/.span-marker-annotate.json").unwrap())
+            .unwrap();
+    for name in ["part-0.parquet", "part-1.parquet"] {
+        let record = &manifest["files"][name];
+        assert!(record["input"]["e_tag"].is_string(), "{manifest}");
+        assert!(record["output"]["e_tag"].is_string(), "{manifest}");
+    }
+
+    // A rerun skips what is done and rewrites nothing.
+    let before = server.read("job/out/part-1.parquet").unwrap();
+    let out = annotate(
+        &env,
+        "s3://corpus/job/in/*.parquet",
+        "s3://corpus/job/out",
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(text.contains("annotated 0 files (0 rows)"), "{text}");
+    assert!(text.contains("2 files done by an earlier run"), "{text}");
+    assert_eq!(server.read("job/out/part-1.parquet").unwrap(), before);
+
+    // Other settings on the same output: refused, naming the difference.
+    let out = annotate(
+        &env,
+        "s3://corpus/job/in/",
+        "s3://corpus/job/out/",
+        &["--threshold", "0.7"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`threshold` was null, is now 0.7"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A changed input: refused, naming it.
+    let changed = dir.path().join("changed.parquet");
+    write_corpus(&changed, 40, &[]);
+    server.upload(&changed, "job/in/part-0.parquet");
+    let out = annotate(&env, "s3://corpus/job/in/", "s3://corpus/job/out/", &[]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("s3://corpus/job/in/part-0.parquet") && text.contains("changed since"),
+        "{text}"
+    );
+
+    // An object the job did not write is never replaced.
+    server.upload(&changed, "job/in/part-0.parquet");
+    let foreign = dir.path().join("foreign");
+    std::fs::write(&foreign, b"someone else's").unwrap();
+    server.upload(&foreign, "foreign/part-1.parquet");
+    let out = annotate(&env, "s3://corpus/job/in/", "s3://corpus/foreign/", &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("s3://corpus/foreign/part-1.parquet")
+            && stderr(&out).contains("was not written by this annotation job"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        server.read("foreign/part-1.parquet").unwrap(),
+        b"someone else's"
+    );
+
+    // Objects in, a local directory out, and back: the same rows.
+    let local_out = dir.path().join("local-out");
+    let out = annotate(
+        &env,
+        "s3://corpus/job/out/part-1.parquet",
+        &local_out.to_string_lossy(),
+        &["--output-column", "again"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        ids(&read_all(&local_out.join("part-1.parquet"))),
+        ids(&want[1].1)
+    );
+    let out = annotate(
+        &env,
+        &dir.path().join("in").to_string_lossy(),
+        "s3://corpus/from-local/",
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_objects(server, "from-local/", &want, dir.path());
+}
+
+#[test]
+fn annotation_into_a_missing_bucket_or_with_a_wrong_secret_names_the_url_not_the_secret() {
+    let Some(server) = s3::server() else { return };
+    let env = server.env();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.parquet");
+    write_corpus(&input, 10, &[]);
+    let input = input.to_string_lossy().into_owned();
+
+    let out = annotate(&env, &input, "s3://no-such-bucket/out/", &[]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("s3://no-such-bucket") && text.contains("NoSuchBucket"),
+        "{text}"
+    );
+
+    let wrong = "wrong-secret-Zk31Pq";
+    let bad_env: Vec<_> = env
+        .iter()
+        .map(|(k, v)| match *k {
+            "AWS_SECRET_ACCESS_KEY" => (*k, wrong.to_owned()),
+            _ => (*k, v.clone()),
+        })
+        .collect();
+    let out = annotate(&bad_env, &input, "s3://corpus/wrong-secret/", &[]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("s3://corpus/wrong-secret") && text.contains("403"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(wrong) && !text.contains(&server.secret_access_key),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn a_client_killed_during_an_annotation_into_s3_leaves_no_half_object_and_a_rerun_completes_it() {
+    let Some(server) = s3::server() else { return };
+    let env = server.env();
+    let dir = tempfile::tempdir().unwrap();
+    let want = corpus(server, dir.path(), "killed/", &[1500; 5]);
+
+    let mut job = span_marker(&env)
+        .args(["annotate", "--input", "s3://corpus/killed/in/"])
+        .args(["--output", "s3://corpus/killed/out/"])
+        .args(["--model", &model(), "--show", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let published = |keys: &[String]| {
+        keys.iter()
+            .filter(|k| k.ends_with(".parquet") && !k.contains(".span-marker-staging"))
+            .count()
+    };
+    while published(&server.keys("killed/out")) == 0 {
+        assert!(Instant::now() < deadline, "no file was published");
+        assert!(job.try_wait().unwrap().is_none(), "the job ended first");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    job.kill().unwrap(); // SIGKILL
+    job.wait().unwrap();
+    let keys = server.keys("killed/out");
+    let done = published(&keys);
+    assert!(done < want.len(), "the kill came too late: {keys:?}");
+    // Every published object is complete.
+    for key in keys.iter().filter(|k| k.ends_with(".parquet")) {
+        if !key.contains(".span-marker-staging") {
+            let copy = dir.path().join("check.parquet");
+            server.download(key, &copy);
+            read_all(&copy);
+        }
+    }
+
+    let out = annotate(
+        &env,
+        "s3://corpus/killed/in/",
+        "s3://corpus/killed/out/",
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(text.contains("files done by an earlier run"), "{text}");
+    assert_same_objects(server, "killed/out/", &want, dir.path());
+    assert!(
+        !server
+            .keys("killed/out")
+            .iter()
+            .any(|k| k.contains(".span-marker-staging")),
+        "{:?}",
+        server.keys("killed/out")
     );
 }

@@ -405,19 +405,27 @@ pub async fn exists(ctx: &SessionContext, location: &str) -> Result<bool> {
     let store = ctx.runtime_env().object_store(root)?;
     let key = ObjectPath::from_url_path(url.path())
         .map_err(|e| Error::file(location, format!("not an object key: {e}")))?;
+    Ok(head(store.as_ref(), &key, location).await?.is_some())
+}
+
+/// What `store` says of the object at `key` (shown as `location`): `None` for a missing key
+/// (in a bucket that exists); an error naming `location` for anything else (refused
+/// credentials, a missing bucket).
+pub(crate) async fn head(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    location: &str,
+) -> Result<Option<datafusion::object_store::ObjectMeta>> {
     let failed = |e: datafusion::object_store::Error| Error::file(location, e.to_string());
     // A HEAD answer has no body, so its errors are bare status codes (a missing bucket and a
     // missing key look alike): a listing's error says why, with S3's error code.
-    match store.head(&key).await {
-        Ok(_) => Ok(true),
+    match store.head(key).await {
+        Ok(meta) => Ok(Some(meta)),
         Err(datafusion::object_store::Error::NotFound { .. }) => {
-            store
-                .list_with_delimiter(Some(&key))
-                .await
-                .map_err(failed)?;
-            Ok(false)
+            store.list_with_delimiter(Some(key)).await.map_err(failed)?;
+            Ok(None)
         }
-        Err(head) => match store.list_with_delimiter(Some(&key)).await {
+        Err(head) => match store.list_with_delimiter(Some(key)).await {
             Err(listing) => Err(failed(listing)),
             Ok(_) => Err(failed(head)),
         },

@@ -1,8 +1,8 @@
 //! SQL and bulk annotation on a [Ballista](https://datafusion.apache.org/ballista/) cluster:
 //! a scheduler and executors with the SpanMarker functions built in ([`server`]), the client
 //! side ([`Cluster`], whose [`Cluster::run_watched`] bounds a job's wait, and
-//! [`remote_context`]) and distributed annotation of a directory of
-//! Parquet files ([`annotate`]).
+//! [`remote_context`]) and annotation of many Parquet files, each into its own output, on the
+//! cluster or in this process ([`annotate`]).
 //!
 //! Ballista ships a query plan to the executors with its functions named, not serialised, and
 //! each process finds them in its own registry; the `span_marker.*` settings travel as
@@ -68,8 +68,8 @@ pub fn session_state(config: SessionConfig) -> datafusion::error::Result<Session
     add_settings(&mut config);
     let mut state = SessionStateBuilder::new()
         .with_config(config)
-        // The client's and the scheduler's stores (s3:// URLs); executors read through
-        // Ballista's default runtime, local files only.
+        // This build's stores (s3:// URLs), as the executors' runtime has them
+        // (`server::run_executor`).
         .with_runtime_env(crate::store::runtime_env())
         .with_default_features()
         .build();

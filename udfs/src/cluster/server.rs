@@ -15,6 +15,8 @@ use ballista_executor::executor_process::{start_executor_process, ExecutorProces
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
 use ballista_scheduler::scheduler_process::start_server;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::SessionConfig;
 use span_marker::device::parse_device;
 
 use crate::cluster::{function_registry, session_config, session_state};
@@ -193,6 +195,11 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         name: executor_id.clone(),
         device: options.device.clone(),
     })?;
+    let work_dir = options
+        .work_dir
+        .as_ref()
+        .map(|dir| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
+    let temp_dir = work_dir.clone();
     let config = ExecutorProcessConfig {
         executor_id,
         bind_host: options.bind_host.clone(),
@@ -203,14 +210,19 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         scheduler_port: options.scheduler_port,
         scheduler_connect_timeout_seconds: 10,
         vcores: options.concurrent_tasks,
-        work_dir: options
-            .work_dir
-            .as_ref()
-            .map(|dir| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
-            .map(|dir| dir.to_string_lossy().into_owned()),
+        work_dir: work_dir.map(|dir| dir.to_string_lossy().into_owned()),
         executor_heartbeat_interval_seconds: options.heartbeat_interval_seconds,
         override_function_registry: Some(Arc::new(registry)),
         override_config_producer: Some(Arc::new(session_config)),
+        // Tasks read and write through this build's stores (`s3://`), as the client does.
+        override_runtime_producer: Some(Arc::new(move |_: &SessionConfig| {
+            let mut runtime =
+                RuntimeEnvBuilder::new().with_object_store_registry(crate::store::registry());
+            if let Some(dir) = &temp_dir {
+                runtime = runtime.with_temp_file_path(dir);
+            }
+            Ok(Arc::new(runtime.build()?))
+        })),
         ..Default::default()
     };
     start_executor_process(Arc::new(config))

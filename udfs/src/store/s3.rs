@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3CopyIfNotExists};
 use object_store::path::Path as ObjectPath;
 use object_store::{
     ClientConfigKey, CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult,
@@ -225,7 +225,11 @@ impl S3Settings {
             root: root.into(),
             secrets: self.secrets().into(),
         };
-        let mut builder = AmazonS3Builder::new();
+        // Publishing an output never replaces an object: a copy completed with
+        // `If-None-Match: *` (Amazon S3 and most compatible stores) unless
+        // `AWS_COPY_IF_NOT_EXISTS` names another way (a header, for Cloudflare R2).
+        let mut builder =
+            AmazonS3Builder::new().with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
         for (key, value) in &self.options {
             builder = builder.with_config(*key, value);
         }

@@ -11,9 +11,22 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use span_marker_udfs::store::S3Settings;
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::object_store::path::Path as ObjectPath;
+use datafusion::object_store::{ObjectStore, ObjectStoreExt};
+use futures::TryStreamExt;
+use span_marker_udfs::store::{S3Settings, StoreRegistry};
+
+/// Runs `future` on a runtime of its own (the S3 client needs Tokio).
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
 
 /// The buckets every server has.
 pub const BUCKETS: [&str; 1] = ["corpus"];
@@ -97,6 +110,58 @@ impl S3Server {
             .with_credentials(key_id, secret)
             .with_region("us-east-1")
             .with_endpoint(&self.endpoint)
+    }
+
+    /// The store of bucket `corpus` on this server.
+    pub fn bucket(&self) -> Arc<dyn ObjectStore> {
+        StoreRegistry::with_s3(self.settings())
+            .get_store(&"s3://corpus".parse().unwrap())
+            .unwrap()
+    }
+
+    /// Copies the local file `from` to `key` in bucket `corpus`.
+    pub fn upload(&self, from: &Path, key: &str) {
+        let bytes = std::fs::read(from).unwrap();
+        block_on(self.bucket().put(&ObjectPath::from(key), bytes.into())).unwrap();
+    }
+
+    /// The object `key` of bucket `corpus`, copied to the local file `to`.
+    pub fn download(&self, key: &str, to: &Path) {
+        let bucket = self.bucket();
+        let bytes = block_on(async {
+            bucket
+                .get(&ObjectPath::from(key))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+        })
+        .unwrap();
+        std::fs::write(to, bytes).unwrap();
+    }
+
+    /// The object `key` of bucket `corpus`, or `None`.
+    pub fn read(&self, key: &str) -> Option<Vec<u8>> {
+        let bucket = self.bucket();
+        block_on(async {
+            let found = bucket.get(&ObjectPath::from(key)).await.ok()?;
+            Some(found.bytes().await.unwrap().to_vec())
+        })
+    }
+
+    /// The keys under `prefix` in bucket `corpus`, sorted.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let bucket = self.bucket();
+        let mut keys: Vec<String> = block_on(async {
+            bucket
+                .list(Some(&ObjectPath::from(prefix)))
+                .map_ok(|meta| meta.location.to_string())
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .unwrap();
+        keys.sort();
+        keys
     }
 
     /// The AWS environment of a child process that reaches this server (set it on the child,
