@@ -1,5 +1,5 @@
 //! Resumable jobs of the engine: what local bulk annotation ([`crate::annotate`]) and
-//! annotation on a cluster (`crate::cluster::annotate`) share, so that both keep the same
+//! annotation of many files (`crate::cluster::annotate`) share, so that both keep the same
 //! promises in the same way. Training keeps them too (its checkpoints are its parts), through
 //! the same core pieces: [`DirLock`] and [`span_marker::fingerprint`].
 //!
@@ -19,6 +19,11 @@
 //!   killed runs left under such names goes when the next run takes the lock;
 //! - **nothing is replaced**: an output is [published](publish) under its final name only
 //!   where nothing is there.
+//!
+//! The many-files job keeps these promises in object stores too, by the stores' means (its
+//! module says how): conditional writes of its manifest where a directory would be locked, and
+//! staging objects published by a copy that never replaces where files would be renamed and
+//! linked.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
