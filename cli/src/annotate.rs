@@ -8,7 +8,6 @@ use std::sync::Arc;
 use clap::Args;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use span_marker::PredictOptions;
 use span_marker_udfs::annotate::{annotate, AnnotateOptions, InputColumn};
@@ -99,17 +98,59 @@ pub struct AnnotateArgs {
     sample: bool,
 }
 
-pub fn run(args: AnnotateArgs) -> CliResult {
+/// `file:///x` as the path `/x`; anything else as it is.
+fn local_path(location: Option<String>) -> Result<Option<String>, String> {
+    match location {
+        Some(url) if span_marker_udfs::store::url_scheme(&url) == Some("file") => {
+            let path = url::Url::parse(&url)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .ok_or_else(|| format!("{url} is not a local file URL"))?;
+            Ok(Some(path.to_string_lossy().into_owned()))
+        }
+        other => Ok(other),
+    }
+}
+
+pub fn run(mut args: AnnotateArgs) -> CliResult {
     let column = match (&args.text_column, &args.tokens_column) {
         (Some(text), _) => InputColumn::Text(text.clone()),
         (None, tokens) => InputColumn::Tokens(tokens.clone().unwrap_or_else(|| "tokens".into())),
     };
+    args.input = local_path(args.input.take())?;
+    args.output = local_path(args.output.take())?;
     let is_store_url = |location: &Option<String>| {
         location
             .as_deref()
             .is_some_and(span_marker_udfs::store::is_store_url)
     };
-    if args.cluster.is_some() || is_store_url(&args.input) || is_store_url(&args.output) {
+    // Many files: on a cluster, from or to an object store, or from a directory or a glob.
+    let many = args
+        .input
+        .as_deref()
+        .is_some_and(|input| Path::new(input).is_dir() || input.contains(['*', '?', '[']));
+    if args.cluster.is_some() || many || is_store_url(&args.input) || is_store_url(&args.output) {
+        if args.sample || args.dataset.dataset.is_some() {
+            return Err(
+                "--sample and --dataset write one local file: give --output a local \
+                        path (or copy the result with `span-marker sql \"COPY ...\"`)"
+                    .into(),
+            );
+        }
+        if let Some(output) = args
+            .output
+            .as_deref()
+            .filter(|o| is_store_url(&Some(o.to_string())))
+        {
+            if output.ends_with(".parquet") {
+                return Err(format!(
+                    "--output {output}: with object-store URLs the output is a prefix that gets \
+                     one object per input file under the input's name (e.g. {}/)",
+                    output.trim_end_matches(".parquet")
+                )
+                .into());
+            }
+        }
         return run_files(&args, column);
     }
     if args.files_at_once.is_some() {
@@ -160,7 +201,12 @@ pub fn run(args: AnnotateArgs) -> CliResult {
             )
         }
     );
-    show_entities(&read_first(&output, args.show)?, &options)
+    if args.show == 0 {
+        return Ok(());
+    }
+    let rows = tokio::runtime::Runtime::new()?
+        .block_on(first_rows(&output.to_string_lossy(), args.show))?;
+    show_entities(&rows, &options)
 }
 
 /// Many files, each into its own output in the output directory or prefix: on the cluster
@@ -220,13 +266,14 @@ fn run_files(args: &AnnotateArgs, column: InputColumn) -> CliResult {
         let first = match first.as_deref().and_then(|f| f.rsplit(['/', '\\']).next()) {
             Some(name) if args.show > 0 => {
                 let location = format!("{}/{name}", output_dir.trim_end_matches('/'));
-                let shown = span_marker_udfs::store::session_context()
-                    .read_parquet(&location, Default::default())
-                    .await?
-                    .limit(0, Some(args.show))?
-                    .collect()
-                    .await?;
-                Some(shown)
+                // The job is done: an output that cannot be shown is a warning, not a failure.
+                match first_rows(&location, args.show).await {
+                    Ok(rows) => Some(rows),
+                    Err(e) => {
+                        tracing::warn!("cannot show the first rows of {location}: {e}");
+                        None
+                    }
+                }
             }
             _ => None,
         };
@@ -267,6 +314,16 @@ fn run_files(args: &AnnotateArgs, column: InputColumn) -> CliResult {
     show_entities(&first, &shown)
 }
 
+/// The first `rows` rows of the output at `location` (a path or a store URL).
+async fn first_rows(location: &str, rows: usize) -> datafusion::error::Result<Vec<RecordBatch>> {
+    span_marker_udfs::store::session_context()
+        .read_parquet(location, Default::default())
+        .await?
+        .limit(0, Some(rows))?
+        .collect()
+        .await
+}
+
 /// Writes the bundled sample corpus as Parquet (a `text` column) to the temp dir, once.
 fn write_sample_corpus() -> Result<PathBuf, Box<dyn std::error::Error>> {
     let path = std::env::temp_dir().join(format!(
@@ -289,18 +346,6 @@ fn write_sample_corpus() -> Result<PathBuf, Box<dyn std::error::Error>> {
     writer.close()?;
     temp.persist(&path)?;
     Ok(path)
-}
-
-/// The first `rows` rows of a local annotated file.
-fn read_first(output: &Path, rows: usize) -> Result<Vec<RecordBatch>, Box<dyn std::error::Error>> {
-    if rows == 0 {
-        return Ok(Vec::new());
-    }
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(output)?)?
-        .with_batch_size(rows)
-        .with_limit(rows)
-        .build()?;
-    Ok(reader.collect::<Result<_, _>>()?)
 }
 
 /// Prints annotated rows: the sentence, then its entities.

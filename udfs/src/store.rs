@@ -113,6 +113,12 @@ pub fn check_location(location: &str) -> std::result::Result<(), String> {
         return Err(unsupported_scheme(&scheme));
     }
     let url = Url::parse(location).map_err(|e| format!("{location} is not a valid URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{scheme}://...: credentials do not go in URLs (they would be shown and sent on); \
+             set them in the AWS environment or profile"
+        ));
+    }
     if scheme != "file" && url.host_str().is_none_or(str::is_empty) {
         return Err(format!(
             "{location} names no bucket ({scheme}://BUCKET/KEY)"
@@ -400,12 +406,25 @@ pub async fn exists(ctx: &SessionContext, location: &str) -> Result<bool> {
     if !is_url(location) {
         return Ok(std::path::Path::new(location).exists());
     }
+    let (store, key, _) = locate(ctx, location)?;
+    Ok(head(store.as_ref(), &key, location).await?.is_some())
+}
+
+/// The store of `ctx` that holds the store URL `location`, the object key, and the URL's
+/// root (`s3://bucket`).
+pub(crate) fn locate(
+    ctx: &SessionContext,
+    location: &str,
+) -> Result<(Arc<dyn ObjectStore>, ObjectPath, String)> {
+    check_location(location).map_err(|message| Error::file(location, message))?;
     let url = Url::parse(location).map_err(|e| Error::file(location, e.to_string()))?;
-    let root = ObjectStoreUrl::parse(&url[..url::Position::BeforePath])?;
-    let store = ctx.runtime_env().object_store(root)?;
+    let root = &url[..url::Position::BeforePath];
+    let store = ctx
+        .runtime_env()
+        .object_store(ObjectStoreUrl::parse(root)?)?;
     let key = ObjectPath::from_url_path(url.path())
         .map_err(|e| Error::file(location, format!("not an object key: {e}")))?;
-    Ok(head(store.as_ref(), &key, location).await?.is_some())
+    Ok((store, key, root.to_owned()))
 }
 
 /// What `store` says of the object at `key` (shown as `location`): `None` for a missing key
@@ -460,6 +479,11 @@ mod tests {
             assert!(check_location("s3://bucket/x.parquet").is_ok());
             let no_bucket = check_location("s3:///x.parquet").unwrap_err();
             assert!(no_bucket.contains("names no bucket"), "{no_bucket}");
+            let secret = check_location("s3://AKID:s3cr3t@bucket/x.parquet").unwrap_err();
+            assert!(
+                !secret.contains("s3cr3t") && secret.contains("AWS"),
+                "{secret}"
+            );
         } else {
             let s3 = check_location("s3://bucket/x.parquet").unwrap_err();
             assert!(s3.contains("`s3` feature"), "{s3}");

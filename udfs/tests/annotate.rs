@@ -380,3 +380,79 @@ fn a_resumed_run_keeps_the_prediction_settings() {
     .unwrap();
     assert_eq!(entities(&read_all(&output)), entities(&read_all(&fresh)));
 }
+
+/// The many-files job in this process keeps each file's rows in order even where DataFusion
+/// would spread a file's batches over partitions (small batches, several target partitions),
+/// takes any file name, and names what it refuses.
+#[test]
+fn many_files_in_this_process_keep_each_files_rows_in_order() {
+    use span_marker_udfs::cluster::annotate::{annotate_files, FilesAnnotateOptions, Runner};
+
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    write_corpus(&corpus.join("a.parquet"), 700, &[]);
+    write_corpus(&corpus.join("b.data"), 300, &[]);
+    let config = datafusion::prelude::SessionConfig::new()
+        .with_batch_size(64)
+        .with_target_partitions(4);
+    let ctx = span_marker_udfs::store::session_context_with(config);
+    let model = SharedModel::load(&common::conll_tiny().to_string_lossy(), "cpu").unwrap();
+    span_marker_udfs::sql::register_all_with_model(&ctx, model.clone());
+    let output = dir
+        .path()
+        .join("..")
+        .join(dir.path().file_name().unwrap())
+        .join("out");
+    let options = FilesAnnotateOptions {
+        inputs: vec![
+            corpus.join("a.parquet").to_string_lossy().into_owned(),
+            corpus.join("b.data").to_string_lossy().into_owned(),
+        ],
+        output_dir: output.to_string_lossy().into_owned(),
+        column: InputColumn::Tokens("tokens".into()),
+        output_column: "entities".into(),
+        files_at_once: 2,
+        progress: false,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let report = runtime
+        .block_on(annotate_files(Runner::Local, &ctx, &options))
+        .unwrap();
+    assert_eq!((report.files, report.rows), (2, 1000));
+    for (name, rows) in [("a.parquet", 700), ("b.data", 300)] {
+        let got = read_all(&dir.path().join("out").join(name));
+        assert_eq!(
+            ids(&got),
+            (0..rows).collect::<Vec<i64>>(),
+            "{name}: rows in order"
+        );
+        let local = dir.path().join(format!("local-{name}"));
+        annotate(&model, &options_for(&corpus.join(name), &local)).unwrap();
+        assert_eq!(entities(&got), entities(&read_all(&local)), "{name}");
+    }
+    assert!(
+        !dir.path().join("out/.span-marker-staging").exists(),
+        "nothing staged is left"
+    );
+
+    // A name that object keys would escape is refused, naming the character.
+    let odd = corpus.join("odd#1.parquet");
+    std::fs::copy(corpus.join("a.parquet"), &odd).unwrap();
+    let refused = FilesAnnotateOptions {
+        inputs: vec![odd.to_string_lossy().into_owned()],
+        ..options.clone()
+    };
+    let error = runtime
+        .block_on(annotate_files(Runner::Local, &ctx, &refused))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("`#` in a") && error.contains("odd#1.parquet"),
+        "{error}"
+    );
+}
+
+fn options_for(input: &Path, output: &Path) -> AnnotateOptions {
+    options(input, output, InputColumn::Tokens("tokens".into()))
+}

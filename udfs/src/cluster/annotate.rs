@@ -129,6 +129,37 @@ enum Identity {
     Object { bytes: u64, e_tag: String },
 }
 
+impl Identity {
+    fn describe(&self) -> String {
+        match self {
+            Identity::File(file) => format!("{} bytes, SHA-256 {}", file.bytes, file.sha256),
+            Identity::Object { bytes, e_tag } => format!("{bytes} bytes, ETag {e_tag}"),
+        }
+    }
+}
+
+/// Characters that names and local paths may not have here: object keys escape them and
+/// DataFusion reads local paths with them as globs.
+const UNSAFE: &[char] = &[
+    '%', '#', '?', '[', ']', '*', '{', '}', '\\', '~', '^', '|', '<', '>', '"', '`',
+];
+
+/// `path` made absolute, its `.` and `..` parts resolved (by name, as the shell's `cd -L`).
+fn absolute(path: &Path) -> Result<PathBuf> {
+    let full = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+    let mut clean = PathBuf::new();
+    for part in full.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    Ok(clean)
+}
+
 /// A finished file: the input it was made from and the output written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Finished {
@@ -173,12 +204,7 @@ impl Place {
         store::check_location(location).map_err(|message| Error::file(location, message))?;
         let invalid = |e: &dyn std::fmt::Display| Error::file(location, e.to_string());
         if store::is_store_url(location) {
-            let url = Url::parse(location).map_err(|e| invalid(&e))?;
-            let root = &url[..url::Position::BeforePath];
-            let store = ctx
-                .runtime_env()
-                .object_store(ObjectStoreUrl::parse(root)?)?;
-            let key = ObjectPath::from_url_path(url.path()).map_err(|e| invalid(&e))?;
+            let (store, key, root) = store::locate(ctx, location)?;
             return Ok(Self {
                 shown: format!("{root}/{key}"),
                 store,
@@ -192,7 +218,13 @@ impl Place {
                 .map_err(|()| invalid(&"not a local file URL"))?,
             _ => PathBuf::from(location),
         };
-        let path = std::path::absolute(&path).map_err(|e| Error::io(&path, e))?;
+        let path = absolute(&path)?;
+        if let Some(c) = path.to_string_lossy().chars().find(|c| UNSAFE.contains(c)) {
+            return Err(invalid(&format!(
+                "`{c}` in a local path is not supported here (DataFusion reads it as a glob or \
+                 an escape): rename the file or directory"
+            )));
+        }
         let store = ctx
             .runtime_env()
             .object_store(ObjectStoreUrl::local_filesystem())?;
@@ -210,9 +242,8 @@ impl Place {
         Self {
             shown: format!("{}/{name}", self.shown.trim_end_matches('/')),
             store: self.store.clone(),
-            key: name
-                .split('/')
-                .fold(self.key.clone(), |key, part| key.join(part)),
+            // The key's parts are kept as they are (`join` would escape an escaped name again).
+            key: ObjectPath::from_iter(self.key.parts().chain(name.split('/').map(Into::into))),
             local: self.local.as_ref().map(|dir| dir.join(name)),
         }
     }
@@ -229,14 +260,28 @@ impl Place {
     /// What the store says of the object, `None` where there is none; refused credentials, a
     /// missing bucket and the like are errors naming the place.
     async fn head(&self) -> Result<Option<ObjectMeta>> {
-        store::head(self.store.as_ref(), &self.key, &self.shown).await
+        if self.local.is_none() {
+            return store::head(self.store.as_ref(), &self.key, &self.shown).await;
+        }
+        match self.store.head(&self.key).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(e.to_string())),
+        }
     }
 
-    /// Its identity as an output: size and ETag.
-    async fn object_identity(&self) -> Result<Option<Identity>> {
+    /// Its identity, `None` where there is nothing: a local file's content digest, an
+    /// object's size and ETag.
+    async fn identity(&self) -> Result<Option<Identity>> {
         let Some(meta) = self.head().await? else {
             return Ok(None);
         };
+        if let Some(path) = self.local.clone() {
+            let identity = tokio::task::spawn_blocking(move || FileIdentity::of(&path))
+                .await
+                .map_err(|e| self.error(e.to_string()))??;
+            return Ok(Some(Identity::File(identity)));
+        }
         let e_tag = meta
             .e_tag
             .ok_or_else(|| self.error("the store gives it no ETag to record it by"))?;
@@ -360,13 +405,15 @@ pub async fn annotate_files(
         SpanMarkerOptions::from_config(ctx.state().config().options()).predict_options()?;
     // One task per file, whatever the caller's session says: its rows stay in order.
     let mut state = ctx.state();
-    state
-        .config_mut()
-        .options_mut()
-        .optimizer
-        .repartition_file_scans = false;
+    let optimizer = &mut state.config_mut().options_mut().optimizer;
+    optimizer.repartition_file_scans = false;
+    // DataFusion would spread a file's batches over partitions in turn for the function to
+    // run on each (Ballista never does), and the sink would then interleave them.
+    optimizer.enable_round_robin_repartition = false;
     let ctx = &SessionContext::new_with_state(state);
     let output = Place::new(ctx, &options.output_dir)?;
+    // A missing bucket or refused credentials show here, before any model is loaded.
+    output.child(MANIFEST_FILE).head().await?;
     let inputs = check_inputs(ctx, options).await?;
 
     // A second job on an existing output directory is refused at once, not queued on the
@@ -465,15 +512,18 @@ async fn model_fingerprint(runner: Runner<'_>, ctx: &SessionContext) -> Result<S
             models
         }
     };
-    Ok(models
+    models
         .into_values()
         .next()
         .map(|info| info.fingerprint)
-        .unwrap_or_default())
+        .filter(|fingerprint| !fingerprint.is_empty())
+        .ok_or_else(|| Error::column("span_marker_model_info", "named no model fingerprint"))
 }
 
 /// An input file, checked.
 struct Input {
+    /// Its place among the inputs.
+    index: usize,
     place: Place,
     /// The output file's name (the input's).
     name: String,
@@ -512,16 +562,18 @@ async fn check_inputs(ctx: &SessionContext, options: &FilesAnnotateOptions) -> R
                 "has the same name as {other}: both would be written to `{name}`"
             )));
         }
-        let identity = match &place.local {
-            Some(path) => Identity::File(FileIdentity::of(path)?),
-            None => Identity::Object {
-                bytes: meta.size,
-                e_tag: meta
-                    .e_tag
-                    .ok_or_else(|| place.error("the store gives it no ETag to record it by"))?,
-            },
-        };
+        if let Some(c) = name.chars().find(|c| UNSAFE.contains(c)) {
+            return Err(place.error(format!(
+                "`{c}` in a file name is not supported here (an object key escapes it, DataFusion \
+                 reads it as a glob): rename the file"
+            )));
+        }
+        let identity = place
+            .identity()
+            .await?
+            .ok_or_else(|| place.error("does not exist"))?;
         inputs.push(Input {
+            index: inputs.len(),
             rows: file.num_rows().max(0) as usize,
             identity,
             place,
@@ -636,8 +688,7 @@ impl ManifestFile {
         for (name, Publishing { input, staging }) in publishing {
             let target = output.child(&name);
             let staging = output.child(STAGING_DIR).child(&staging);
-            let (Some(identity), Some(_)) =
-                (target.object_identity().await?, staging.head().await?)
+            let (Some(identity), Some(_)) = (target.identity().await?, staging.head().await?)
             else {
                 continue;
             };
@@ -686,33 +737,28 @@ impl Input {
     /// not this job's, or its input changed since.
     async fn finished(&self, output: &Place, manifest: &Manifest) -> Result<bool> {
         let target = output.child(&self.name);
-        let Some(found) = target.object_identity().await? else {
+        let Some(found) = target.identity().await? else {
             // Never written, removed, or published by a run stopped before recording it.
             return Ok(false);
         };
-        let ours = match manifest.files.get(&self.name) {
-            // Recorded by a version that took a local output's digest.
-            Some(Finished {
-                output: Identity::File(recorded),
-                ..
-            }) => match &target.local {
-                Some(path) => FileIdentity::of(path)? == *recorded,
-                None => false,
-            },
-            Some(record) => record.output == found,
-            None => false,
-        };
+        let ours = manifest
+            .files
+            .get(&self.name)
+            .is_some_and(|record| record.output == found);
         if !ours {
             return Err(target.error(
                 "exists but was not written by this annotation job: it is not replaced; move it \
                  away or use another output directory",
             ));
         }
-        if manifest.files[&self.name].input != self.identity {
+        let recorded = &manifest.files[&self.name].input;
+        if *recorded != self.identity {
             return Err(self.place.error(format!(
-                "changed since {} was written from it: remove that output to annotate the new \
-                 content",
-                target.shown
+                "changed since {} was written from it (it was {}, is now {}): remove that \
+                 output to annotate the new content",
+                target.shown,
+                recorded.describe(),
+                self.identity.describe()
             )));
         }
         Ok(true)
@@ -732,8 +778,8 @@ impl Input {
         let target = output.child(&self.name);
         // A folder per run: a task of a stopped run that an executor still finishes writes
         // where this run does not read.
-        let staged_name = format!("{run}/{}", self.name);
-        let staging = output.child(STAGING_DIR).child(run).child(&self.name);
+        let staged_name = format!("{run}/{:06}.parquet", self.index);
+        let staging = output.child(STAGING_DIR).child(&staged_name);
         let failed_here = |e: DataFusionError| {
             self.place.error(format!(
                 "annotation {where_} failed: {}",
@@ -746,8 +792,10 @@ impl Input {
         };
         let input_column = || col(datafusion::common::Column::from_name(options.column.name()));
         let entities = ctx.udf(function)?.call(vec![input_column()]);
+        // Any file name: the inputs were chosen already.
+        let read = ParquetReadOptions::default().file_extension("");
         let frame = ctx
-            .read_parquet(&self.place.shown, ParquetReadOptions::default())
+            .read_parquet(&self.place.shown, read)
             .await
             .map_err(failed_here)?;
         let mut columns: Vec<Expr> = frame
@@ -819,10 +867,17 @@ impl Input {
                      for it is discarded)",
                 ))
             }
+            Err(e @ StoreError::NotFound { .. }) if target.local.is_some() => {
+                return Err(target.error(format!(
+                    "cannot be published: {e}; the output was written where the query ran: with \
+                     --cluster a local output directory must be on a file system that the \
+                     executors share with the client"
+                )))
+            }
             Err(e) => return Err(target.error(format!("cannot be published: {e}"))),
         }
         let identity = target
-            .object_identity()
+            .identity()
             .await?
             .ok_or_else(|| target.error("is gone right after it was published"))?;
         {
