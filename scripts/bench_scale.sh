@@ -145,7 +145,7 @@ stop_cluster
 if "$python" -c 'import moto.server, boto3' 2>/dev/null; then
   # The server stops when its standard input (this script's end of a FIFO) closes.
   mkfifo "$work/s3.in"
-  "$python" tests/fixtures/s3_server.py corpus <"$work/s3.in" >"$work/s3.json" &
+  "$python" tests/fixtures/s3_server.py corpus <"$work/s3.in" >"$work/s3.json" 2>"$work/s3.log" &
   s3_pid=$!
   exec {s3_keep}>"$work/s3.in"
   for _ in $(seq 1 300); do [ -s "$work/s3.json" ] && break; sleep 0.1; done
