@@ -100,16 +100,15 @@ pub struct AnnotateArgs {
 
 /// `file:///x` as the path `/x`; anything else as it is.
 fn local_path(location: Option<String>) -> Result<Option<String>, String> {
-    match location {
-        Some(url) if span_marker_udfs::store::url_scheme(&url) == Some("file") => {
-            let path = url::Url::parse(&url)
-                .ok()
-                .and_then(|u| u.to_file_path().ok())
-                .ok_or_else(|| format!("{url} is not a local file URL"))?;
-            Ok(Some(path.to_string_lossy().into_owned()))
-        }
-        other => Ok(other),
-    }
+    let Some(location) = location else {
+        return Ok(None);
+    };
+    Ok(Some(
+        match span_marker_udfs::store::local_path(&location)? {
+            Some(path) => path.to_string_lossy().into_owned(),
+            None => location,
+        },
+    ))
 }
 
 pub fn run(mut args: AnnotateArgs) -> CliResult {

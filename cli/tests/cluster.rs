@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use corpus::{entities, ids, read_all, write_corpus};
+use corpus::{assert_same_rows, read_all, write_corpus};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
@@ -109,6 +109,42 @@ impl TestCluster {
 
     fn url(&self) -> String {
         format!("df://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the first executor while `job` (an annotation on this cluster, its standard
+    /// error piped) runs, waits for the job to end (a hang guard: `deadline`) and for the
+    /// scheduler to drop the lost executor; returns the job's standard error. The job may fail,
+    /// with a clear error naming a file.
+    fn kill_an_executor_under(&mut self, job: Child, deadline: Instant) -> String {
+        let (executor, _) = &mut self.executors[0];
+        executor.kill().unwrap(); // SIGKILL
+        executor.wait().unwrap();
+        let mut job = job;
+        while job.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the job hung after the kill\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = job.wait_with_output().unwrap();
+        let error = stderr(&out);
+        eprintln!("the run with the kill ended with {}: {error}", out.status);
+        if !out.status.success() {
+            // Failing is allowed, with a clear error naming the file.
+            assert!(error.contains("part-"), "{error}");
+            assert!(!error.contains("panicked"), "{error}");
+        }
+        let client = Cluster::connect(&self.url()).unwrap();
+        while client.executors().unwrap().len() > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the lost executor stayed registered"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        error
     }
 
     /// The logs, for a failing test's message.
@@ -320,13 +356,7 @@ fn local_annotations(corpus: &Path, dir: &Path) -> Vec<(String, Vec<RecordBatch>
 
 fn assert_same_outputs(want: &[(String, Vec<RecordBatch>)], output_dir: &Path) {
     for (name, local) in want {
-        let got = read_all(&output_dir.join(name));
-        assert_eq!(ids(&got), ids(local), "{name}: every row once, in order");
-        assert_eq!(
-            entities(&got),
-            entities(local),
-            "{name}: the local entities"
-        );
+        assert_same_rows(name, &read_all(&output_dir.join(name)), local);
     }
 }
 
@@ -455,38 +485,8 @@ fn an_executor_killed_during_an_annotation_loses_and_duplicates_nothing() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (executor, _) = &mut cluster.executors[0];
-    executor.kill().unwrap(); // SIGKILL
-    executor.wait().unwrap();
-    while job.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the job hung after the kill\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let first = job.wait_with_output().unwrap();
-    let first_error = stderr(&first);
-    eprintln!(
-        "the run with the kill ended with {}: {first_error}",
-        first.status
-    );
-    if !first.status.success() {
-        // Failing is allowed, with a clear error naming the file.
-        assert!(first_error.contains("part-"), "{first_error}");
-        assert!(!first_error.contains("panicked"), "{first_error}");
-    }
-    // A rerun (on the one executor left, once the scheduler has dropped the other) completes
-    // the job exactly.
-    let client = Cluster::connect(&url).unwrap();
-    while client.executors().unwrap().len() > 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the lost executor stayed registered"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let first_error = cluster.kill_an_executor_under(job, deadline);
+    // A rerun (on the one executor left) completes the job exactly.
     let out = run_with_limit(
         &mut annotate(&url, &corpus, &output, &[]),
         Duration::from_secs(300),
@@ -879,33 +879,9 @@ fn annotation_on_the_cluster_reads_and_writes_s3_and_survives_kills_of_client_an
         .spawn()
         .unwrap();
     wait_for(after_client + 1, &mut second);
-    let (executor, _) = &mut cluster.executors[0];
-    executor.kill().unwrap(); // SIGKILL
-    executor.wait().unwrap();
-    while second.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the job hung after the kill\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let second = second.wait_with_output().unwrap();
-    let second_error = stderr(&second);
-    if !second.status.success() {
-        assert!(second_error.contains("part-"), "{second_error}");
-        assert!(!second_error.contains("panicked"), "{second_error}");
-    }
+    let second_error = cluster.kill_an_executor_under(second, deadline);
 
     // The last rerun, on the executor left, completes the job exactly.
-    let client = Cluster::connect(&url).unwrap();
-    while client.executors().unwrap().len() > 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the lost executor stayed registered"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
     let out = run_with_limit(&mut job(&[]), Duration::from_secs(300));
     assert!(
         out.status.success(),
@@ -914,15 +890,7 @@ fn annotation_on_the_cluster_reads_and_writes_s3_and_survives_kills_of_client_an
         cluster.logs()
     );
     for (name, local) in &want {
-        let copy = dir.path().join(format!("got-{name}"));
-        server.download(&format!("cluster/out/{name}"), &copy);
-        let got = read_all(&copy);
-        assert_eq!(ids(&got), ids(local), "{name}: every row once, in order");
-        assert_eq!(
-            entities(&got),
-            entities(local),
-            "{name}: the local entities"
-        );
+        assert_same_rows(name, &server.batches(&format!("cluster/out/{name}")), local);
     }
     let mut names: Vec<String> = server.keys("cluster/out");
     names.retain(|k| !k.ends_with(".span-marker-annotate.json"));

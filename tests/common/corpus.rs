@@ -109,6 +109,13 @@ pub fn entities(batches: &[RecordBatch]) -> Vec<Option<Vec<(i64, i64, String)>>>
     rows
 }
 
+/// Asserts that the annotated file `name` (`got`) has every row of `want` once, in order, with
+/// the same entities.
+pub fn assert_same_rows(name: &str, got: &[RecordBatch], want: &[RecordBatch]) {
+    assert_eq!(ids(got), ids(want), "{name}: every row once, in order");
+    assert_eq!(entities(got), entities(want), "{name}: the local entities");
+}
+
 /// Complete part files of an unfinished annotation into `output`.
 pub fn part_files(output: &Path) -> usize {
     std::fs::read_dir(span_marker_udfs::annotate::parts_dir(output))

@@ -101,6 +101,20 @@ pub fn is_store_url(location: &str) -> bool {
     url_scheme(location).is_some_and(|scheme| !scheme.eq_ignore_ascii_case("file"))
 }
 
+/// The local path that `location` names: itself, or the path of a `file://` URL (`None` for
+/// a URL of another scheme); an error for a `file://` URL that names no local path.
+pub fn local_path(location: &str) -> std::result::Result<Option<std::path::PathBuf>, String> {
+    match url_scheme(location) {
+        None => Ok(Some(location.into())),
+        Some(scheme) if scheme.eq_ignore_ascii_case("file") => Url::parse(location)
+            .ok()
+            .and_then(|url| url.to_file_path().ok())
+            .map(Some)
+            .ok_or_else(|| format!("{location} is not a local file URL")),
+        Some(_) => Ok(None),
+    }
+}
+
 /// Checks that this build can read and write `location`: a local path, or a URL of a scheme it
 /// serves that names its bucket. The message says what is wrong (`gs://` needs a feature this
 /// build leaves out).
@@ -465,6 +479,16 @@ mod tests {
         assert!(is_store_url("s3://b/k"));
         assert!(!is_store_url("file:///x"));
         assert!(!is_store_url("x.parquet"));
+        assert_eq!(
+            local_path("file:///tmp/x.parquet"),
+            Ok(Some("/tmp/x.parquet".into()))
+        );
+        assert_eq!(
+            local_path("data/x.parquet"),
+            Ok(Some("data/x.parquet".into()))
+        );
+        assert_eq!(local_path("s3://b/x.parquet"), Ok(None));
+        assert!(local_path("file://host/x").is_err());
     }
 
     #[test]

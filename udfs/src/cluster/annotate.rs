@@ -60,7 +60,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use span_marker::fingerprint::FileIdentity;
 use span_marker::lock::DirLock;
-use url::Url;
 
 use crate::cluster::{readable_error, Cluster};
 use crate::columns::{entity_schema, InputColumn, InputKind};
@@ -212,12 +211,9 @@ impl Place {
                 local: None,
             });
         }
-        let path = match Url::parse(location) {
-            Ok(url) if url.scheme() == "file" => url
-                .to_file_path()
-                .map_err(|()| invalid(&"not a local file URL"))?,
-            _ => PathBuf::from(location),
-        };
+        let path = store::local_path(location)
+            .map_err(|message| Error::file(location, message))?
+            .unwrap_or_else(|| location.into());
         let path = absolute(&path)?;
         if let Some(c) = path.to_string_lossy().chars().find(|c| UNSAFE.contains(c)) {
             return Err(invalid(&format!(
@@ -273,22 +269,27 @@ impl Place {
     /// Its identity, `None` where there is nothing: a local file's content digest, an
     /// object's size and ETag.
     async fn identity(&self) -> Result<Option<Identity>> {
-        let Some(meta) = self.head().await? else {
-            return Ok(None);
-        };
+        match self.head().await? {
+            Some(meta) => self.identity_of(meta).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`identity`](Self::identity), with what the store said of it.
+    async fn identity_of(&self, meta: ObjectMeta) -> Result<Identity> {
         if let Some(path) = self.local.clone() {
             let identity = tokio::task::spawn_blocking(move || FileIdentity::of(&path))
                 .await
                 .map_err(|e| self.error(e.to_string()))??;
-            return Ok(Some(Identity::File(identity)));
+            return Ok(Identity::File(identity));
         }
         let e_tag = meta
             .e_tag
             .ok_or_else(|| self.error("the store gives it no ETag to record it by"))?;
-        Ok(Some(Identity::Object {
+        Ok(Identity::Object {
             bytes: meta.size,
             e_tag,
-        }))
+        })
     }
 
     /// The SHA-256 of its content, streamed.
@@ -501,15 +502,11 @@ async fn model_fingerprint(runner: Runner<'_>, ctx: &SessionContext) -> Result<S
                 .await?
                 .collect()
                 .await?;
-            let mut models = BTreeMap::new();
-            for batch in &batches {
-                for text in batch.column(0).as_string::<i32>().iter().flatten() {
-                    let info: ModelInfo = serde_json::from_str(text)
-                        .map_err(|e| Error::column("span_marker_model_info", e.to_string()))?;
-                    models.insert(info.executor.clone(), info);
-                }
-            }
-            models
+            ModelInfo::from_batches(&batches)
+                .map_err(|e| Error::column("span_marker_model_info", e))?
+                .into_iter()
+                .map(|info| (info.executor.clone(), info))
+                .collect()
         }
     };
     models
@@ -568,10 +565,7 @@ async fn check_inputs(ctx: &SessionContext, options: &FilesAnnotateOptions) -> R
                  reads it as a glob): rename the file"
             )));
         }
-        let identity = place
-            .identity()
-            .await?
-            .ok_or_else(|| place.error("does not exist"))?;
+        let identity = place.identity_of(meta).await?;
         inputs.push(Input {
             index: inputs.len(),
             rows: file.num_rows().max(0) as usize,
@@ -603,11 +597,8 @@ impl ManifestFile {
         };
         let found = match place.store.get(&place.key).await {
             Ok(found) => found,
+            // (A missing bucket was named by the probe in `annotate_files`.)
             Err(StoreError::NotFound { .. }) => {
-                // An object store: nothing at the prefix may only mean a missing bucket.
-                if place.local.is_none() {
-                    place.head().await?;
-                }
                 return Ok(Self {
                     place,
                     manifest: fresh,

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use ballista::prelude::SessionContextExt;
 use ballista_api_types::dto::{JobResponse, QueryStagesResponse, TaskStatus};
 use ballista_core::config::{BALLISTA_COALESCE_ENABLED, BALLISTA_JOB_NAME};
-use datafusion::arrow::array::AsArray;
 use datafusion::prelude::SessionContext;
 use serde::Deserialize;
 
@@ -432,18 +431,8 @@ impl Cluster {
                 Ok(ctx.sql(&query).await?.collect().await?)
             })
             .await?;
-        let mut answers = Vec::new();
-        for batch in &batches {
-            for text in batch.column(0).as_string::<i32>().iter().flatten() {
-                let info: ModelInfo = serde_json::from_str(text).map_err(|e| {
-                    self.error(format!(
-                        "an executor answered the model check with `{text}`: {e}"
-                    ))
-                })?;
-                answers.push(info);
-            }
-        }
-        Ok(answers)
+        ModelInfo::from_batches(&batches)
+            .map_err(|e| self.error(format!("an executor answered the model check with {e}")))
     }
 
     /// The address of `path` in the scheduler's REST API.

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::StringArray;
+use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::plan_err;
 use datafusion::error::Result;
@@ -38,6 +38,20 @@ pub struct ModelInfo {
     pub device: String,
     /// The weights' content digest ([`SharedModel::fingerprint`]).
     pub fingerprint: String,
+}
+
+impl ModelInfo {
+    /// The answers in the first column of `batches` (a query's `span_marker_model_info()`
+    /// rows); an error quotes a row that is not one.
+    pub fn from_batches(batches: &[RecordBatch]) -> std::result::Result<Vec<Self>, String> {
+        let mut answers = Vec::new();
+        for batch in batches {
+            for text in batch.column(0).as_string::<i32>().iter().flatten() {
+                answers.push(serde_json::from_str(text).map_err(|e| format!("`{text}`: {e}"))?);
+            }
+        }
+        Ok(answers)
+    }
 }
 
 impl SpanMarkerModelInfo {

@@ -13,9 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::object_store::path::Path as ObjectPath;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use futures::TryStreamExt;
 use span_marker_udfs::store::{S3Settings, StoreRegistry};
 
@@ -125,19 +127,20 @@ impl S3Server {
         block_on(self.bucket().put(&ObjectPath::from(key), bytes.into())).unwrap();
     }
 
-    /// The object `key` of bucket `corpus`, copied to the local file `to`.
-    pub fn download(&self, key: &str, to: &Path) {
+    /// The rows of the Parquet object `key` of bucket `corpus` (a panic if it is not one).
+    pub fn batches(&self, key: &str) -> Vec<RecordBatch> {
         let bucket = self.bucket();
         let bytes = block_on(async {
-            bucket
-                .get(&ObjectPath::from(key))
-                .await
-                .unwrap()
-                .bytes()
-                .await
+            let found = bucket.get(&ObjectPath::from(key)).await;
+            found.unwrap_or_else(|e| panic!("{key}: {e}")).bytes().await
         })
         .unwrap();
-        std::fs::write(to, bytes).unwrap();
+        ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 
     /// The object `key` of bucket `corpus`, or `None`.
