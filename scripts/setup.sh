@@ -8,8 +8,10 @@
 # saved here in Python. `.venv-python` in the repository runs that interpreter.
 #
 # It also gets what the Python package (python/) is built and tested with: maturin, the Polars
-# and DataFusion releases the wheel's plugin ABI and FFI match, and pytest; and the S3-compatible
-# server the object-store tests start (moto's, tests/fixtures/s3_server.py).
+# and DataFusion releases the wheel's plugin ABI and FFI match, and pytest; and the servers the
+# object-store tests start: moto's S3-compatible server (tests/fixtures/s3_server.py), and Azurite
+# from npm under <venv>/azurite with azure-storage-blob for its set-up
+# (tests/fixtures/azure_server.py). Without Node.js and npm the Azure tests say so and skip.
 #
 # Idempotent: a second run only checks the venv and the links.
 # Environment:
@@ -20,7 +22,8 @@ set -euo pipefail
 TORCH_VERSION="2.11.0" # tch =0.24.0 is generated for exactly this release
 REFERENCE_PACKAGES=("span_marker==1.8.1" "transformers==4.57.6" "datasets" "seqeval" "tensorboard" "torch==$TORCH_VERSION")
 PACKAGE_TOOLS=("maturin==1.16.0" "polars==1.43.2" "datafusion==55.0.0" "pytest==9.2.0")
-TEST_SERVERS=("moto[server]==5.2.6") # udfs/tests/object_store.rs, cli/tests/object_store.rs
+TEST_SERVERS=("moto[server]==5.2.6" "azure-storage-blob==12.27.1") # udfs/tests/object_store.rs, cli/tests/object_store.rs
+AZURITE_VERSION="3.37.0" # Azure Blob Storage for the same tests (npm)
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache_root="${SPAN_MARKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/span-marker}"
 venv="$cache_root/torch-$TORCH_VERSION"
@@ -81,12 +84,26 @@ PY
 fi
 if ! "$venv/bin/python" - "${TEST_SERVERS[@]}" <<'PY' 2>/dev/null; then
 import importlib.metadata as m, sys
-import moto.server, boto3  # noqa: F401 (the server and the client its helper script uses)
+import moto.server, boto3, azure.storage.blob  # noqa: F401 (servers' helper scripts' imports)
 sys.exit(any(m.version(name.split("[")[0]) != version for name, version in (p.split("==") for p in sys.argv[1:])))
 PY
-  echo "setup: installing the object-store tests' S3-compatible server (${TEST_SERVERS[*]}) into $venv"
+  echo "setup: installing the object-store tests' servers and clients (${TEST_SERVERS[*]}) into $venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "${TEST_SERVERS[@]}" ||
-    die "pip could not install the S3 test server (is PyPI reachable?)"
+    die "pip could not install the object-store test servers (is PyPI reachable?)"
+fi
+azurite="$venv/azurite"
+if [ "$(cat "$azurite/.version" 2>/dev/null)" != "$AZURITE_VERSION" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "setup: installing Azurite $AZURITE_VERSION (npm) into $azurite"
+    rm -rf "$azurite.partial"
+    npm install --silent --no-audit --no-fund --prefix "$azurite.partial" "azurite@$AZURITE_VERSION" >/dev/null ||
+      die "npm could not install Azurite (is the npm registry reachable?)"
+    echo "$AZURITE_VERSION" > "$azurite.partial/.version"
+    rm -rf "$azurite"
+    mv "$azurite.partial" "$azurite"
+  else
+    echo "setup: npm not found: the Azure object-store tests will skip (install Node.js 18+ and npm, then rerun)"
+  fi
 fi
 printf '#!/bin/sh\nexec "%s" "$@"\n' "$venv/bin/python" > "$repo_root/.venv-python"
 chmod +x "$repo_root/.venv-python"

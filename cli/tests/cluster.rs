@@ -6,8 +6,8 @@
 mod common;
 #[path = "../../tests/common/corpus.rs"]
 mod corpus;
-#[path = "../../udfs/tests/s3/mod.rs"]
-mod s3;
+#[path = "../../udfs/tests/stores/mod.rs"]
+mod stores;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
 use span_marker_udfs::cluster::Cluster;
+use stores::TestStore;
 
 const BIN: &str = env!("CARGO_BIN_EXE_span-marker");
 
@@ -806,7 +807,7 @@ fn bad_or_unreachable_cluster_addresses_fail_within_seconds() {
 /// result with nothing staged left.
 #[test]
 fn annotation_on_the_cluster_reads_and_writes_s3_and_survives_kills_of_client_and_executor() {
-    let Some(server) = s3::server() else { return };
+    let Some(server) = stores::s3() else { return };
     let env = server.env();
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus");
@@ -900,5 +901,60 @@ fn annotation_on_the_cluster_reads_and_writes_s3_and_survives_kills_of_client_an
             .map(|i| format!("cluster/out/part-{i}.parquet"))
             .collect::<Vec<_>>(),
         "the outputs, nothing staged"
+    );
+}
+
+/// `annotate --cluster` from `az://` to `az://` (Azure Blob Storage, Azurite): the executors
+/// read and write the blobs with the Azure environment, and the outputs equal local annotation
+/// row for row, with only the outputs and the manifest left in the prefix.
+#[test]
+fn annotation_on_the_cluster_reads_and_writes_azure_blobs() {
+    let Some(server) = stores::azure() else {
+        return;
+    };
+    let env = server.env();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for i in 0..3 {
+        let path = corpus.join(format!("part-{i}.parquet"));
+        write_corpus(&path, 200, if i == 1 { &[5] } else { &[] });
+        server.upload(&path, &format!("cluster/in/part-{i}.parquet"));
+    }
+    let want = local_annotations(&corpus, dir.path());
+    let repo = common::repo();
+    let cluster = TestCluster::start_with_env(&[repo, repo], 2, &env);
+    let out = run_with_limit(
+        Command::new(BIN)
+            .args(["annotate", "--cluster", &cluster.url()])
+            .args(["--input", &server.url("cluster/in/")])
+            .args(["--output", &server.url("cluster/out/")])
+            .args(["--model", &model(), "--show", "0"])
+            .envs(env.iter().map(|(k, v)| (k, v))),
+        Duration::from_secs(300),
+    );
+    assert!(
+        out.status.success(),
+        "{}
+{}",
+        stderr(&out),
+        cluster.logs()
+    );
+    assert!(
+        stderr(&out).contains("annotated 3 files (600 rows)"),
+        "{}",
+        stderr(&out)
+    );
+    for (name, local) in &want {
+        assert_same_rows(name, &server.batches(&format!("cluster/out/{name}")), local);
+    }
+    assert_eq!(
+        server.keys("cluster/out"),
+        [
+            "cluster/out/.span-marker-annotate.json",
+            "cluster/out/part-0.parquet",
+            "cluster/out/part-1.parquet",
+            "cluster/out/part-2.parquet",
+        ]
     );
 }

@@ -1,25 +1,27 @@
 //! `span-marker sql` against a real S3-compatible server (moto's, started here with its own
-//! credentials; see `udfs/tests/s3/mod.rs`), the AWS environment set on the child process
+//! credentials; see `udfs/tests/stores/mod.rs`), the AWS environment set on the child process
 //! only: `COPY ... TO 's3://...'` writes an object, queries over it print what the same queries
 //! over a local copy print (the SpanMarker functions included), a second `COPY` to the same
 //! key is refused without `--overwrite`, and a wrong secret is an error naming the URL, never
 //! the secret.
 //!
 //!
-//! `annotate` over `s3://` prefixes (in this process; on a cluster in `cluster.rs`) writes what
-//! local annotation writes, row for row, publishes each object whole, skips finished objects on
-//! a rerun and completes a job whose client was killed, refuses a changed input or other
-//! settings, never replaces an object it did not write, and names a missing bucket or a wrong
-//! secret without showing the secret.
+//! `annotate` over `s3://` prefixes, and over `az://` prefixes of Azure Blob Storage (Azurite),
+//! in this process (on a cluster in `cluster.rs`) writes what local annotation writes, row for
+//! row, publishes each object whole, skips finished objects on a rerun and completes a job whose
+//! client was killed, refuses a changed input or other settings, never replaces an object it did
+//! not write, and names a missing bucket or container or a wrong secret without showing the
+//! secret.
 //!
-//! Where moto is not installed the test prints why and passes; `scripts/setup.sh` installs it.
+//! Where a server is not installed its tests print why and pass; `scripts/setup.sh` installs
+//! them.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
 #[path = "../../tests/common/corpus.rs"]
 mod corpus;
-#[path = "../../udfs/tests/s3/mod.rs"]
-mod s3;
+#[path = "../../udfs/tests/stores/mod.rs"]
+mod stores;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -27,13 +29,15 @@ use std::time::{Duration, Instant};
 
 use corpus::{assert_same_rows, ids, read_all, write_corpus};
 use datafusion::arrow::array::RecordBatch;
+use stores::TestStore;
 
-/// The binary with the AWS environment of `env` and nothing else of AWS's (no profile files).
+/// The binary with the store environment of `env` and nothing else of AWS's or Azure's (no
+/// profile files).
 fn span_marker(env: &[(&'static str, String)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_span-marker"));
-    command.current_dir(s3::repo());
+    command.current_dir(stores::repo());
     for (name, _) in std::env::vars() {
-        if name.starts_with("AWS_") {
+        if name.starts_with("AWS_") || name.starts_with("AZURE_") {
             command.env_remove(name);
         }
     }
@@ -62,7 +66,7 @@ fn ok(output: Output) -> String {
 
 #[test]
 fn sql_reads_and_writes_s3_objects() {
-    let Some(server) = s3::server() else { return };
+    let Some(server) = stores::s3() else { return };
     let env = server.env();
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("texts.parquet").display().to_string();
@@ -158,7 +162,7 @@ fn local_annotation(input: &Path) -> Vec<RecordBatch> {
 }
 
 /// Asserts that the objects `{prefix}{name}` hold the rows and entities of `want`'s files.
-fn assert_same_objects(server: &s3::S3Server, prefix: &str, want: &[(String, Vec<RecordBatch>)]) {
+fn assert_same_objects(server: &dyn TestStore, prefix: &str, want: &[(String, Vec<RecordBatch>)]) {
     for (name, local) in want {
         assert_same_rows(name, &server.batches(&format!("{prefix}{name}")), local);
     }
@@ -167,7 +171,7 @@ fn assert_same_objects(server: &s3::S3Server, prefix: &str, want: &[(String, Vec
 /// Two corpus files, row 5 of the second unannotatable, in `dir/in/` and uploaded under
 /// `{prefix}in/`; with their local annotations.
 fn corpus(
-    server: &s3::S3Server,
+    server: &dyn TestStore,
     dir: &Path,
     prefix: &str,
     rows: &[usize],
@@ -187,14 +191,14 @@ fn corpus(
         .collect()
 }
 
-#[test]
-fn annotation_reads_and_writes_s3_objects_as_local_annotation_writes_files() {
-    let Some(server) = s3::server() else { return };
+/// `annotate` over `server`'s objects, as the module says.
+fn annotation_round_trip(server: &dyn TestStore) {
     let env = server.env();
+    let url = |key: &str| server.url(key);
     let dir = tempfile::tempdir().unwrap();
     let want = corpus(server, dir.path(), "job/", &[150, 90]);
 
-    let out = annotate(&env, "s3://corpus/job/in/", "s3://corpus/job/out/", &[]);
+    let out = annotate(&env, &url("job/in/"), &url("job/out/"), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stderr(&out);
     assert!(text.contains("annotated 2 files (240 rows)"), "{text}");
@@ -220,12 +224,7 @@ fn annotation_reads_and_writes_s3_objects_as_local_annotation_writes_files() {
 
     // A rerun skips what is done and rewrites nothing.
     let before = server.read("job/out/part-1.parquet").unwrap();
-    let out = annotate(
-        &env,
-        "s3://corpus/job/in/*.parquet",
-        "s3://corpus/job/out",
-        &[],
-    );
+    let out = annotate(&env, &url("job/in/*.parquet"), &url("job/out"), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stderr(&out);
     assert!(text.contains("annotated 0 files (0 rows)"), "{text}");
@@ -235,8 +234,8 @@ fn annotation_reads_and_writes_s3_objects_as_local_annotation_writes_files() {
     // Other settings on the same output: refused, naming the difference.
     let out = annotate(
         &env,
-        "s3://corpus/job/in/",
-        "s3://corpus/job/out/",
+        &url("job/in/"),
+        &url("job/out/"),
         &["--threshold", "0.7"],
     );
     assert!(!out.status.success());
@@ -250,11 +249,11 @@ fn annotation_reads_and_writes_s3_objects_as_local_annotation_writes_files() {
     let changed = dir.path().join("changed.parquet");
     write_corpus(&changed, 40, &[]);
     server.upload(&changed, "job/in/part-0.parquet");
-    let out = annotate(&env, "s3://corpus/job/in/", "s3://corpus/job/out/", &[]);
+    let out = annotate(&env, &url("job/in/"), &url("job/out/"), &[]);
     assert!(!out.status.success());
     let text = stderr(&out);
     assert!(
-        text.contains("s3://corpus/job/in/part-0.parquet") && text.contains("changed since"),
+        text.contains(&url("job/in/part-0.parquet")) && text.contains("changed since"),
         "{text}"
     );
 
@@ -263,10 +262,10 @@ fn annotation_reads_and_writes_s3_objects_as_local_annotation_writes_files() {
     let foreign = dir.path().join("foreign");
     std::fs::write(&foreign, b"someone else's").unwrap();
     server.upload(&foreign, "foreign/part-1.parquet");
-    let out = annotate(&env, "s3://corpus/job/in/", "s3://corpus/foreign/", &[]);
+    let out = annotate(&env, &url("job/in/"), &url("foreign/"), &[]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("s3://corpus/foreign/part-1.parquet")
+        stderr(&out).contains(&url("foreign/part-1.parquet"))
             && stderr(&out).contains("was not written by this annotation job"),
         "{}",
         stderr(&out)
@@ -280,7 +279,7 @@ fn annotation_reads_and_writes_s3_objects_as_local_annotation_writes_files() {
     let local_out = dir.path().join("local-out");
     let out = annotate(
         &env,
-        "s3://corpus/job/out/part-1.parquet",
+        &url("job/out/part-1.parquet"),
         &local_out.to_string_lossy(),
         &["--output-column", "again"],
     );
@@ -292,7 +291,7 @@ fn annotation_reads_and_writes_s3_objects_as_local_annotation_writes_files() {
     let out = annotate(
         &env,
         &dir.path().join("in").to_string_lossy(),
-        "s3://corpus/from-local/",
+        &url("from-local/"),
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -300,8 +299,22 @@ fn annotation_reads_and_writes_s3_objects_as_local_annotation_writes_files() {
 }
 
 #[test]
+fn annotation_reads_and_writes_s3_objects_as_local_annotation_writes_files() {
+    let Some(server) = stores::s3() else { return };
+    annotation_round_trip(server);
+}
+
+#[test]
+fn annotation_reads_and_writes_azure_blobs_as_local_annotation_writes_files() {
+    let Some(server) = stores::azure() else {
+        return;
+    };
+    annotation_round_trip(server);
+}
+
+#[test]
 fn annotation_into_a_missing_bucket_or_with_a_wrong_secret_names_the_url_not_the_secret() {
-    let Some(server) = s3::server() else { return };
+    let Some(server) = stores::s3() else { return };
     let env = server.env();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.parquet");
@@ -339,8 +352,49 @@ fn annotation_into_a_missing_bucket_or_with_a_wrong_secret_names_the_url_not_the
 }
 
 #[test]
+fn annotation_into_a_missing_container_or_with_a_wrong_key_names_the_url_not_the_key() {
+    let Some(server) = stores::azure() else {
+        return;
+    };
+    let env = server.env();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.parquet");
+    write_corpus(&input, 10, &[]);
+    let input = input.to_string_lossy().into_owned();
+
+    let out = annotate(&env, &input, "az://no-such-container/out/", &[]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("az://no-such-container") && text.contains("ContainerNotFound"),
+        "{text}"
+    );
+
+    let wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXkh";
+    let bad_env: Vec<_> = env
+        .iter()
+        .map(|(k, v)| match *k {
+            "AZURE_STORAGE_ACCOUNT_KEY" => (*k, wrong.to_owned()),
+            _ => (*k, v.clone()),
+        })
+        .collect();
+    let out = annotate(&bad_env, &input, &server.url("wrong-key/"), &[]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains(&server.url("wrong-key")) && text.contains("403"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(wrong) && !text.contains(&server.key),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
 fn a_client_killed_during_an_annotation_into_s3_leaves_no_half_object_and_a_rerun_completes_it() {
-    let Some(server) = s3::server() else { return };
+    let Some(server) = stores::s3() else { return };
     let env = server.env();
     let dir = tempfile::tempdir().unwrap();
     let want = corpus(server, dir.path(), "killed/", &[1500; 5]);

@@ -1,13 +1,18 @@
-//! Object stores: tables whose path is a URL (`s3://bucket/key`), read and written through
-//! DataFusion's [`object_store`](datafusion::object_store) as DataFusion itself does.
+//! Object stores: tables whose path is a URL (`s3://bucket/key`, `az://container/key`), read and written through DataFusion's
+//! [`object_store`](datafusion::object_store) as DataFusion itself does.
 //!
 //! Every session this crate and the command line make comes from here
 //! ([`session_context`], [`runtime_env`], and [`enable_url_table`] for tables named by path in
 //! SQL): their runtime's [`StoreRegistry`] serves `file://` (local paths) as DataFusion's
-//! default registry does, and, with the `s3` feature, `s3://bucket/...` (and `s3a://`)
-//! through one Amazon S3 client per bucket, made on first use and kept for the process.
+//! default registry does, and, with the features of the same name, one client per bucket or
+//! container, made on first use and kept for the process:
 //!
-//! Credentials, region and endpoint come from the standard AWS environment, read once
+//! | feature | URLs | settings from |
+//! |---|---|---|
+//! | `s3` | `s3://bucket/key`, `s3a://` (Amazon S3 and S3-compatible servers) | `AWS_*`, `~/.aws` profiles |
+//! | `azure` | `az://container/key`, `azure://`, `abfs[s]://container@account.dfs.core.windows.net/key` | `AZURE_*` |
+//!
+//! S3 credentials, region and endpoint come from the standard AWS environment, read once
 //! ([`S3Settings::from_env`]): `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_SESSION_TOKEN`, `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_ENDPOINT_URL` for
 //! S3-compatible servers (an `http://` endpoint is allowed without `AWS_ALLOW_HTTP`), the
@@ -15,17 +20,16 @@
 //! static keys, region and `endpoint_url` of the profile named by `AWS_PROFILE` (`default`
 //! otherwise) in `~/.aws/credentials` and `~/.aws/config`. The environment wins over the
 //! profile. Profiles that get their credentials from a role, SSO or a process are refused with
-//! a message saying how to export the credentials. Credentials are never taken from a command
-//! line, never logged, and never shown: settings print their secrets as `******`, and a store
-//! error that quotes a secret (an S3 error body quoting the session token) has it replaced.
+//! a message saying how to export the credentials. Azure reads its standard environment the
+//! same way (`AzureSettings::from_env`).
+//! Credentials are never taken from a command line, never logged, and never shown: settings
+//! print their secrets as `******`, and a store error that quotes a secret (an S3 error body
+//! quoting the session token) has it replaced.
 //!
-//! Errors from an S3 store name the object as `s3://bucket/key`, and a table named by URL in
-//! SQL that cannot be listed says why (a missing bucket, refused credentials) where
+//! Errors from a cloud store name the object by URL (`s3://bucket/key`), and a table named by
+//! URL in SQL that cannot be listed says why (a missing bucket, refused credentials) where
 //! DataFusion's own URL tables say only that the table was not found. Globs work in store
 //! URLs too: `FROM 's3://bucket/data/*.parquet'`.
-//!
-//! Google Cloud Storage (`gs://`) and Azure (`az://`, `abfss://`) are the next features of this
-//! kind; this build names them as unsupported.
 //!
 //! ```no_run
 //! # async fn demo() -> datafusion::error::Result<()> {
@@ -65,18 +69,33 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+#[cfg(feature = "azure")]
+mod azure;
+#[cfg(any(feature = "s3", feature = "azure"))]
+mod cloud;
 #[cfg(feature = "s3")]
 mod s3;
+#[cfg(feature = "azure")]
+pub use azure::AzureSettings;
 #[cfg(feature = "s3")]
 pub use s3::S3Settings;
 
-/// The URL schemes this build serves besides local paths.
-pub fn schemes() -> &'static [&'static str] {
-    if cfg!(feature = "s3") {
-        &["file", "s3", "s3a"]
-    } else {
-        &["file"]
-    }
+/// The cloud stores, each with the feature that builds it and the URL schemes it serves.
+const STORES: [(&str, bool, &[&str]); 2] = [
+    ("s3", cfg!(feature = "s3"), &["s3", "s3a"]),
+    (
+        "azure",
+        cfg!(feature = "azure"),
+        &["az", "azure", "abfs", "abfss"],
+    ),
+];
+
+/// The URL schemes this build serves besides local paths (`file`).
+pub fn schemes() -> Vec<&'static str> {
+    let cloud = STORES.iter().filter(|(_, built, _)| *built);
+    std::iter::once("file")
+        .chain(cloud.flat_map(|(_, _, schemes)| schemes.iter().copied()))
+        .collect()
 }
 
 /// The scheme of `location` when it is a URL (`s3` of `s3://bucket/key`); `None` for a local
@@ -116,7 +135,7 @@ pub fn local_path(location: &str) -> std::result::Result<Option<std::path::PathB
 }
 
 /// Checks that this build can read and write `location`: a local path, or a URL of a scheme it
-/// serves that names its bucket. The message says what is wrong (`gs://` needs a feature this
+/// serves that names its bucket. The message says what is wrong (`az://` needs a feature this
 /// build leaves out).
 pub fn check_location(location: &str) -> std::result::Result<(), String> {
     let Some(scheme) = url_scheme(location) else {
@@ -127,10 +146,12 @@ pub fn check_location(location: &str) -> std::result::Result<(), String> {
         return Err(unsupported_scheme(&scheme));
     }
     let url = Url::parse(location).map_err(|e| format!("{location} is not a valid URL: {e}"))?;
-    if !url.username().is_empty() || url.password().is_some() {
+    // `abfss://container@account.dfs.core.windows.net/...` names its container as a user.
+    let container_as_user = matches!(scheme.as_str(), "abfs" | "abfss");
+    if (!url.username().is_empty() && !container_as_user) || url.password().is_some() {
         return Err(format!(
             "{scheme}://...: credentials do not go in URLs (they would be shown and sent on); \
-             set them in the AWS environment or profile"
+             set them in the store's environment (AWS_*, AZURE_*)"
         ));
     }
     if scheme != "file" && url.host_str().is_none_or(str::is_empty) {
@@ -142,91 +163,139 @@ pub fn check_location(location: &str) -> std::result::Result<(), String> {
 }
 
 fn unsupported_scheme(scheme: &str) -> String {
-    let feature = match scheme {
-        "s3" | "s3a" => Some("s3"),
-        "gs" | "gcs" => Some("gcs"),
-        "az" | "azure" | "abfs" | "abfss" | "adl" => Some("azure"),
-        _ => None,
-    };
-    match feature {
-        Some("s3") => format!(
-            "{scheme}:// URLs need span-marker-udfs' `s3` feature, which this build leaves out"
+    let store = STORES
+        .iter()
+        .find(|(_, _, schemes)| schemes.contains(&scheme));
+    match store {
+        Some((feature, _, _)) => format!(
+            "{scheme}:// URLs need span-marker-udfs' `{feature}` feature, which this build leaves \
+             out"
         ),
-        Some(store) => format!(
-            "{scheme}:// URLs are not supported yet (they would need a `{store}` feature; S3 and \
-             S3-compatible stores are served with the `s3` feature)"
+        None if matches!(scheme, "gs" | "gcs") => format!(
+            "{scheme}:// URLs (Google Cloud Storage) are not supported yet; S3 (s3://) and Azure \
+             (az://) are"
         ),
-        None => format!(
-            "{scheme}:// URLs are not supported: give a local path{}",
-            if cfg!(feature = "s3") {
-                " or an s3:// URL"
+        None => {
+            let served: Vec<String> = schemes()
+                .iter()
+                .filter(|s| **s != "file")
+                .map(|s| format!("{s}://"))
+                .collect();
+            let urls = if served.is_empty() {
+                String::new()
             } else {
-                ""
-            }
-        ),
+                format!(" or a URL of {}", served.join(", "))
+            };
+            format!("{scheme}:// URLs are not supported: give a local path{urls}")
+        }
     }
 }
 
 /// DataFusion's object store registry with the stores of this build: local files as
 /// DataFusion's default registry serves them, stores registered explicitly
-/// ([`RuntimeEnv::register_object_store`]) first, and with the `s3` feature an S3 store per
-/// bucket, made on first use from [`S3Settings`] and kept.
+/// ([`RuntimeEnv::register_object_store`]) first, and with the `s3` and `azure` features a store
+/// per bucket (or container), made on first use from that store's settings and kept.
+///
+/// ```
+/// use span_marker_udfs::store::StoreRegistry;
+///
+/// // The settings of every store from the environment, read now (errors wait for first use).
+/// let registry = std::sync::Arc::new(StoreRegistry::from_env());
+/// let ctx = datafusion::prelude::SessionContext::new_with_config_rt(
+///     Default::default(),
+///     span_marker_udfs::store::runtime_env_with(registry),
+/// );
+/// # drop(ctx);
+/// ```
 #[derive(Debug)]
 pub struct StoreRegistry {
-    /// Local files and explicitly registered stores; made S3 stores are kept here too.
+    /// Local files and explicitly registered stores.
     stores: DefaultObjectStoreRegistry,
     #[cfg(feature = "s3")]
     s3: std::result::Result<S3Settings, String>,
-    /// Serialises making stores, so that each bucket gets one client.
-    #[cfg(feature = "s3")]
-    making: std::sync::Mutex<()>,
+    #[cfg(feature = "azure")]
+    azure: AzureSettings,
+    /// The stores made, by root URL (`s3://bucket`; with its user, as in
+    /// `abfss://container@account.dfs.core.windows.net`, which DataFusion's registry would
+    /// take for the account's other containers): one client per bucket.
+    #[cfg(any(feature = "s3", feature = "azure"))]
+    made: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl Default for StoreRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl StoreRegistry {
-    /// A registry whose S3 settings come from the environment ([`S3Settings::from_env`]);
-    /// settings that cannot be read (a missing `AWS_PROFILE`) are an error when an `s3://`
-    /// URL is first used, not before.
+    /// A registry whose stores' settings come from the environment ([`S3Settings::from_env`],
+    /// `AzureSettings::from_env`); S3 settings that cannot be read (a
+    /// missing `AWS_PROFILE`) are an error when an `s3://` URL is first used, not before.
     pub fn from_env() -> Self {
         Self {
-            stores: DefaultObjectStoreRegistry::new(),
             #[cfg(feature = "s3")]
             s3: S3Settings::from_env(),
-            #[cfg(feature = "s3")]
-            making: std::sync::Mutex::new(()),
+            #[cfg(feature = "azure")]
+            azure: AzureSettings::from_env(),
+            ..Self::new()
         }
     }
 
-    /// A registry with the given S3 settings, the environment left unread (tests, embedding
-    /// programs with their own configuration).
-    #[cfg(feature = "s3")]
-    pub fn with_s3(settings: S3Settings) -> Self {
+    /// A registry with every store's default settings, the environment left unread: set them
+    /// with `with_s3` and `with_azure` (tests, programs with their own configuration).
+    pub fn new() -> Self {
         Self {
             stores: DefaultObjectStoreRegistry::new(),
-            s3: Ok(settings),
-            making: std::sync::Mutex::new(()),
+            #[cfg(feature = "s3")]
+            s3: Ok(S3Settings::new()),
+            #[cfg(feature = "azure")]
+            azure: AzureSettings::new(),
+            #[cfg(any(feature = "s3", feature = "azure"))]
+            made: Default::default(),
         }
     }
 
+    /// This registry with `settings` for `s3://` URLs.
     #[cfg(feature = "s3")]
-    fn s3_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
-        let _making = self.making.lock().unwrap_or_else(|e| e.into_inner());
-        if let Ok(store) = self.stores.get_store(url) {
-            return Ok(store);
+    pub fn with_s3(self, settings: S3Settings) -> Self {
+        Self {
+            s3: Ok(settings),
+            ..self
+        }
+    }
+
+    /// This registry with `settings` for `az://`, `azure://` and `abfs[s]://` URLs.
+    #[cfg(feature = "azure")]
+    pub fn with_azure(self, settings: AzureSettings) -> Self {
+        Self {
+            azure: settings,
+            ..self
+        }
+    }
+
+    /// The store of the bucket `url` names, made by `make` from the bucket's name and root URL
+    /// (`s3://bucket`) the first time it is asked for.
+    #[cfg(any(feature = "s3", feature = "azure"))]
+    fn cloud_store(
+        &self,
+        url: &Url,
+        make: impl FnOnce(&str, &str) -> DfResult<Arc<dyn ObjectStore>>,
+    ) -> DfResult<Arc<dyn ObjectStore>> {
+        let root = &url[..url::Position::BeforePath];
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = made.get(root) {
+            return Ok(store.clone());
         }
         let bucket = url.host_str().unwrap_or_default();
-        let root = format!("{}://{bucket}", url.scheme());
         if bucket.is_empty() {
             return Err(store_error(format!(
                 "{url} names no bucket ({}://BUCKET/KEY)",
                 url.scheme()
             )));
         }
-        let settings = self
-            .s3
-            .as_ref()
-            .map_err(|message| store_error(format!("{root}: {message}")))?;
-        let store = settings.store(bucket, &root)?;
-        self.stores.register_store(url, store.clone());
+        let store = make(bucket, root)?;
+        made.insert(root.to_owned(), store.clone());
         Ok(store)
     }
 }
@@ -254,7 +323,16 @@ impl ObjectStoreRegistry for StoreRegistry {
         }
         match url.scheme() {
             #[cfg(feature = "s3")]
-            "s3" | "s3a" => self.s3_store(url),
+            "s3" | "s3a" => self.cloud_store(url, |bucket, root| {
+                let settings = self.s3.as_ref();
+                let settings =
+                    settings.map_err(|message| store_error(format!("{root}: {message}")))?;
+                settings.store(bucket, root)
+            }),
+            #[cfg(feature = "azure")]
+            "az" | "azure" | "abfs" | "abfss" => {
+                self.cloud_store(url, |_, root| self.azure.store(root))
+            }
             scheme => Err(store_error(format!(
                 "{url}: {}",
                 unsupported_scheme(&scheme.to_ascii_lowercase())
@@ -495,17 +573,28 @@ mod tests {
     fn locations_are_checked() {
         assert!(check_location("data/train.parquet").is_ok());
         assert!(check_location("file:///tmp/x.parquet").is_ok());
-        let gcs = check_location("gs://bucket/x.parquet").unwrap_err();
-        assert!(gcs.contains("`gcs` feature"), "{gcs}");
         let odd = check_location("ftp://host/x.parquet").unwrap_err();
         assert!(odd.contains("not supported"), "{odd}");
+        let gcs = check_location("gs://bucket/x.parquet").unwrap_err();
+        assert!(gcs.contains("Google Cloud Storage"), "{gcs}");
+        if cfg!(feature = "azure") {
+            let hadoop = "abfss://container@account.dfs.core.windows.net/x.parquet";
+            assert!(check_location(hadoop).is_ok());
+            let secret = check_location("abfss://container:k3y@account.dfs.core.windows.net/x");
+            assert!(secret
+                .unwrap_err()
+                .contains("credentials do not go in URLs"));
+        } else {
+            let azure = check_location("az://container/x.parquet").unwrap_err();
+            assert!(azure.contains("`azure` feature"), "{azure}");
+        }
         if cfg!(feature = "s3") {
             assert!(check_location("s3://bucket/x.parquet").is_ok());
             let no_bucket = check_location("s3:///x.parquet").unwrap_err();
             assert!(no_bucket.contains("names no bucket"), "{no_bucket}");
             let secret = check_location("s3://AKID:s3cr3t@bucket/x.parquet").unwrap_err();
             assert!(
-                !secret.contains("s3cr3t") && secret.contains("AWS"),
+                !secret.contains("s3cr3t") && secret.contains("AWS_*"),
                 "{secret}"
             );
         } else {
@@ -532,10 +621,10 @@ mod tests {
     fn unserved_schemes_are_named_by_the_registry() {
         let registry = StoreRegistry::from_env();
         let error = registry
-            .get_store(&Url::parse("gs://bucket/x").unwrap())
+            .get_store(&Url::parse("hdfs://cluster/x").unwrap())
             .unwrap_err()
             .to_string();
-        assert!(error.contains("gs://"), "{error}");
+        assert!(error.contains("hdfs://"), "{error}");
         assert!(registry.get_store(&Url::parse("file:///").unwrap()).is_ok());
     }
 }

@@ -1,14 +1,16 @@
-//! Tables in object storage, against a real S3-compatible server (moto's, started here with its
-//! own credentials; see `s3/mod.rs`): SQL over `s3://` Parquet (one object and a glob) equals
-//! the same query over the local files row for row, table sources and pipelines read `s3://`
-//! Parquet, CSV and JSON lines as they read the local files, `COPY ... TO 's3://...'` writes an
-//! object that reads back equal, and wrong credentials and a missing bucket are errors that name
-//! the URL and never the secret. Checks that need no server come first.
+//! Tables in object storage, against real servers started here (see `stores/mod.rs`): an
+//! S3-compatible server (moto's, with its own credentials) and Azure Blob Storage (Azurite, with
+//! an account and key of its own). On each: SQL over Parquet
+//! objects (one object and a glob) equals the same query over the local files row for row,
+//! table sources and pipelines read Parquet, CSV and JSON lines objects as they read the local
+//! files, `COPY ... TO '<url>'` writes an object that reads back equal; wrong credentials and a
+//! missing bucket or container are errors that name the URL and never the secret. Checks that
+//! need no server come first.
 //!
-//! Where moto is not installed the server tests print why and pass; `scripts/setup.sh`
-//! installs it.
+//! Where a server is not installed its tests print why and pass; `scripts/setup.sh` installs
+//! them.
 
-mod s3;
+mod stores;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,18 +28,18 @@ use span_marker::Labels;
 use span_marker_udfs::dataset::AnnotatedRows;
 use span_marker_udfs::pipeline::Pipeline;
 use span_marker_udfs::sources::TableSource;
-use span_marker_udfs::store::{self, S3Settings, StoreRegistry};
+use span_marker_udfs::store::{self, StoreRegistry};
+use stores::TestStore;
 
 const LABELS: [&str; 9] = [
     "O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC",
 ];
 
-/// A session whose stores reach the test server with `settings`, with URL tables.
-fn session(settings: S3Settings) -> SessionContext {
-    let registry = Arc::new(StoreRegistry::with_s3(settings));
+/// A session whose stores are `registry`'s, with URL tables.
+fn session(registry: StoreRegistry) -> SessionContext {
     store::enable_url_table(SessionContext::new_with_config_rt(
         SessionConfig::new(),
-        store::runtime_env_with(registry),
+        store::runtime_env_with(Arc::new(registry)),
     ))
 }
 
@@ -50,7 +52,7 @@ fn local_session() -> SessionContext {
 /// `dir` (`train.parquet`, `train.csv`, `train.jsonl`), and the Parquet file's rows split in two
 /// (`parts/part-0.parquet`, `parts/part-1.parquet`).
 fn write_tables(dir: &Path) {
-    let sentences = read_conll(s3::repo().join("examples/data/train.txt")).unwrap();
+    let sentences = read_conll(stores::repo().join("examples/data/train.txt")).unwrap();
     let labels = Labels::new(LABELS).unwrap();
     let parquet = |path: &Path, sentences: &[span_marker::train::ConllSentence]| {
         let mut tokens = ListBuilder::new(StringBuilder::new());
@@ -94,9 +96,9 @@ fn write_tables(dir: &Path) {
     std::fs::write(dir.join("train.jsonl"), json).unwrap();
 }
 
-/// Uploads the files under `dir` (relative names) to `s3://corpus/{prefix}/...`.
-async fn upload(ctx: &SessionContext, dir: &Path, prefix: &str, names: &[&str]) {
-    let root = ObjectStoreUrl::parse("s3://corpus").unwrap();
+/// Uploads the files under `dir` (relative names) to `{root}/{prefix}/...` (`root`: `s3://corpus`).
+async fn upload(ctx: &SessionContext, root: &str, dir: &Path, prefix: &str, names: &[&str]) {
+    let root = ObjectStoreUrl::parse(root).unwrap();
     let bucket = ctx.runtime_env().object_store(root).unwrap();
     for name in names {
         let bytes = std::fs::read(dir.join(name)).unwrap();
@@ -135,10 +137,11 @@ fn urls_in_sources_are_checked_without_a_server() {
     };
     check("s3://corpus/train.parquet", None).unwrap();
     check("s3://corpus/train", Some("csv")).unwrap();
+    check("az://corpus/train.parquet", None).unwrap();
     let (key, message) = check("gs://corpus/train.parquet", None).unwrap_err();
     assert_eq!(key, "path");
     assert!(
-        message.contains("gs://") && message.contains("feature"),
+        message.contains("gs://") && message.contains("not supported"),
         "{message}"
     );
     let (_, message) = check("s3://corpus/train.txt", Some("conll")).unwrap_err();
@@ -188,15 +191,16 @@ fn pipelines_leave_urls_as_they_are() {
     assert!(error.contains("training.output_dir"), "{error}");
 }
 
-#[tokio::test]
-async fn sql_over_s3_parquet_equals_the_local_files() {
-    let Some(server) = s3::server() else { return };
+/// SQL over `server`'s Parquet objects (one object, a glob, a prefix) equals SQL over the
+/// local files.
+async fn sql_equals_the_local_files(server: &dyn TestStore) {
+    let root = server.root();
     let dir = tempfile::tempdir().unwrap();
     write_tables(dir.path());
-    let ctx = session(server.settings());
+    let ctx = session(server.registry());
     let parts = ["parts/part-0.parquet", "parts/part-1.parquet"];
-    upload(&ctx, dir.path(), "sql", &["train.parquet"]).await;
-    upload(&ctx, dir.path(), "sql", &parts).await;
+    upload(&ctx, &root, dir.path(), "sql", &["train.parquet"]).await;
+    upload(&ctx, &root, dir.path(), "sql", &parts).await;
     let local = local_session();
     let query = |from: &str| {
         format!(
@@ -208,7 +212,7 @@ async fn sql_over_s3_parquet_equals_the_local_files() {
     let expected = table(&local, &query(&local_file)).await;
     assert!(expected.lines().count() > 10, "{expected}");
     assert_eq!(
-        table(&ctx, &query("s3://corpus/sql/train.parquet")).await,
+        table(&ctx, &query(&format!("{root}/sql/train.parquet"))).await,
         expected
     );
     // A glob over several objects, as over the local files.
@@ -217,35 +221,37 @@ async fn sql_over_s3_parquet_equals_the_local_files() {
     };
     let local_glob = format!("{}/parts/*.parquet", dir.path().display());
     assert_eq!(
-        table(&ctx, &summary("s3://corpus/sql/parts/*.parquet")).await,
+        table(&ctx, &summary(&format!("{root}/sql/parts/*.parquet"))).await,
         table(&local, &summary(&local_glob)).await
     );
     assert_eq!(
-        table(&ctx, &summary("s3://corpus/sql/parts/")).await,
+        table(&ctx, &summary(&format!("{root}/sql/parts/"))).await,
         table(&local, &summary(&local_glob)).await
     );
     // No object under a prefix: said, not "table not found".
+    let none = format!("{root}/sql/none/*.parquet");
     let error = ctx
-        .sql("SELECT * FROM 's3://corpus/sql/none/*.parquet'")
+        .sql(&format!("SELECT * FROM '{none}'"))
         .await
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("s3://corpus/sql/none/*.parquet") && error.contains("no object"),
+        error.contains(&none) && error.contains("no object"),
         "{error}"
     );
 }
 
-#[tokio::test]
-async fn sources_read_s3_objects_as_local_files() {
-    let Some(server) = s3::server() else { return };
+/// Table sources and pipelines read `server`'s objects as they read the local files.
+async fn sources_read_objects_as_local_files(server: &dyn TestStore) {
+    let root = server.root();
     let dir = tempfile::tempdir().unwrap();
     write_tables(dir.path());
-    let ctx = session(server.settings());
+    let ctx = session(server.registry());
     let files = ["train.parquet", "train.csv", "train.jsonl"];
-    upload(&ctx, dir.path(), "sources", &files).await;
+    upload(&ctx, &root, dir.path(), "sources", &files).await;
     upload(
         &ctx,
+        &root,
         dir.path(),
         "sources",
         &["parts/part-0.parquet", "parts/part-1.parquet"],
@@ -253,7 +259,7 @@ async fn sources_read_s3_objects_as_local_files() {
     .await;
     let local = local_session();
     for file in files {
-        let url = format!("s3://corpus/sources/{file}");
+        let url = format!("{root}/sources/{file}");
         let remote = TableSource::file(&url).read(&ctx).await.unwrap();
         assert_eq!(remote.source, url);
         let expected = TableSource::file(dir.path().join(file))
@@ -267,9 +273,9 @@ async fn sources_read_s3_objects_as_local_files() {
         assert_eq!(rows.tokens.len(), 7, "{file}");
     }
     // A query over a glob of objects.
-    let query = TableSource::query(
-        "SELECT * FROM 's3://corpus/sources/parts/*.parquet' ORDER BY cardinality(tokens), tokens",
-    );
+    let query = TableSource::query(format!(
+        "SELECT * FROM '{root}/sources/parts/*.parquet' ORDER BY cardinality(tokens), tokens",
+    ));
     let local_query = TableSource::query(format!(
         "SELECT * FROM '{}/parts/*.parquet' ORDER BY cardinality(tokens), tokens",
         dir.path().display()
@@ -282,8 +288,10 @@ async fn sources_read_s3_objects_as_local_files() {
     let file = dir.path().join("job.toml");
     std::fs::write(
         &file,
-        "[sources.train]\npath = \"s3://corpus/sources/train.parquet\"\n\
-         [model]\nencoder = \"bert-base-cased\"\n[training]\noutput_dir = \"model\"\n",
+        format!(
+            "[sources.train]\npath = \"{root}/sources/train.parquet\"\n\
+             [model]\nencoder = \"bert-base-cased\"\n[training]\noutput_dir = \"model\"\n"
+        ),
     )
     .unwrap();
     let pipeline = Pipeline::from_file(&file).unwrap();
@@ -295,13 +303,12 @@ async fn sources_read_s3_objects_as_local_files() {
     assert_eq!(content(remote), content(expected));
 }
 
-#[tokio::test]
-async fn copy_to_s3_writes_an_object_that_reads_back_equal() {
-    let Some(server) = s3::server() else { return };
+/// `COPY ... TO` an object of `server` writes an object that reads back equal.
+async fn copy_writes_an_object_that_reads_back_equal(server: &dyn TestStore) {
     let dir = tempfile::tempdir().unwrap();
     write_tables(dir.path());
-    let ctx = session(server.settings());
-    let url = "s3://corpus/copy/out.parquet";
+    let ctx = session(server.registry());
+    let url = &server.url("copy/out.parquet");
     assert!(!store::exists(&ctx, url).await.unwrap());
     let local_file = dir.path().join("train.parquet").display().to_string();
     table(
@@ -319,13 +326,42 @@ async fn copy_to_s3_writes_an_object_that_reads_back_equal() {
     assert!(remote.tokens.iter().all(|t| t.len() > 3));
 }
 
+macro_rules! on_every_store {
+    ($check:ident: $s3:ident, $azure:ident) => {
+        #[tokio::test]
+        async fn $s3() {
+            let Some(server) = stores::s3() else { return };
+            $check(server).await;
+        }
+
+        #[tokio::test]
+        async fn $azure() {
+            let Some(server) = stores::azure() else {
+                return;
+            };
+            $check(server).await;
+        }
+    };
+}
+
+on_every_store!(sql_equals_the_local_files:
+    sql_over_s3_parquet_equals_the_local_files,
+    sql_over_azure_blobs_equals_the_local_files);
+on_every_store!(sources_read_objects_as_local_files:
+    sources_read_s3_objects_as_local_files,
+    sources_read_azure_blobs_as_local_files);
+on_every_store!(copy_writes_an_object_that_reads_back_equal:
+    copy_to_s3_writes_an_object_that_reads_back_equal,
+    copy_to_azure_writes_a_blob_that_reads_back_equal);
+
 #[tokio::test]
 async fn wrong_credentials_and_missing_buckets_are_clear_errors() {
-    let Some(server) = s3::server() else { return };
+    let Some(server) = stores::s3() else { return };
     let dir = tempfile::tempdir().unwrap();
     write_tables(dir.path());
     upload(
-        &session(server.settings()),
+        &session(server.registry()),
+        &server.root(),
         dir.path(),
         "errors",
         &["train.parquet"],
@@ -346,7 +382,9 @@ async fn wrong_credentials_and_missing_buckets_are_clear_errors() {
     };
     let url = "s3://corpus/errors/train.parquet";
     // A wrong secret: the signature does not match.
-    let ctx = session(server.settings_with(&server.access_key_id, wrong_secret));
+    let ctx = session(
+        StoreRegistry::new().with_s3(server.settings_with(&server.access_key_id, wrong_secret)),
+    );
     let error = TableSource::file(url).read(&ctx).await.unwrap_err();
     check(error.to_string(), url, &["SignatureDoesNotMatch"]);
     let error = ctx
@@ -357,15 +395,17 @@ async fn wrong_credentials_and_missing_buckets_are_clear_errors() {
     let error = store::exists(&ctx, url).await.unwrap_err();
     check(error.to_string(), url, &["SignatureDoesNotMatch"]);
     // A session token the server does not know.
-    let ctx = session(server.settings().with_session_token(token));
+    let ctx = session(StoreRegistry::new().with_s3(server.settings().with_session_token(token)));
     let error = TableSource::file(url).read(&ctx).await.unwrap_err();
     check(error.to_string(), url, &["InvalidToken"]);
     // An unknown key id.
-    let ctx = session(server.settings_with("AKIDNOTAKEY0000000", wrong_secret));
+    let ctx = session(
+        StoreRegistry::new().with_s3(server.settings_with("AKIDNOTAKEY0000000", wrong_secret)),
+    );
     let error = TableSource::file(url).read(&ctx).await.unwrap_err();
     check(error.to_string(), url, &["InvalidAccessKeyId", "403"]);
     // A bucket that does not exist.
-    let ctx = session(server.settings());
+    let ctx = session(server.registry());
     let missing = "s3://no-such-bucket/train.parquet";
     let error = TableSource::file(missing).read(&ctx).await.unwrap_err();
     check(
@@ -392,4 +432,58 @@ async fn wrong_credentials_and_missing_buckets_are_clear_errors() {
         "s3://corpus/errors/none.parquet",
         &["not found", "NoSuchKey", "no such object"],
     );
+}
+
+#[tokio::test]
+async fn azure_wrong_keys_and_missing_containers_are_clear_errors() {
+    let Some(server) = stores::azure() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_tables(dir.path());
+    let root = server.root();
+    let ctx = session(server.registry());
+    upload(&ctx, &root, dir.path(), "errors", &["train.parquet"]).await;
+    // A key of the right form that is not the account's.
+    let wrong_key = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXkh";
+    let check = |error: String, names: &str, says: &[&str]| {
+        assert!(error.contains(names), "should name {names}: {error}");
+        assert!(
+            says.iter().any(|s| error.contains(s)),
+            "should say one of {says:?}: {error}"
+        );
+        for hidden in [server.key.as_str(), wrong_key] {
+            assert!(!error.contains(hidden), "shows a secret: {error}");
+        }
+    };
+    let url = server.url("errors/train.parquet");
+    let wrong = session(StoreRegistry::new().with_azure(server.settings_with(wrong_key)));
+    let error = TableSource::file(&url).read(&wrong).await.unwrap_err();
+    check(
+        error.to_string(),
+        &url,
+        &["AuthorizationFailure", "AuthenticationFailed", "403"],
+    );
+    let error = store::exists(&wrong, &url).await.unwrap_err();
+    check(
+        error.to_string(),
+        &url,
+        &["AuthorizationFailure", "AuthenticationFailed", "403"],
+    );
+    // A container that does not exist.
+    let missing = "az://no-such-container/train.parquet";
+    let error = TableSource::file(missing).read(&ctx).await.unwrap_err();
+    check(error.to_string(), missing, &["ContainerNotFound", "404"]);
+    let error = ctx
+        .sql(&format!("SELECT * FROM '{missing}'"))
+        .await
+        .unwrap_err();
+    check(
+        error.to_string(),
+        "no-such-container",
+        &["ContainerNotFound", "404"],
+    );
+    // A missing blob in a container that exists.
+    let error = store::exists(&ctx, &server.url("errors/none.parquet")).await;
+    assert!(!error.unwrap());
 }
