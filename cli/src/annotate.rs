@@ -45,8 +45,9 @@ pub struct AnnotateArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The Parquet corpus: a local file, or (with --cluster, or where the input or the output
-    /// is an object-store URL such as s3://bucket/corpus/) a directory or prefix of Parquet
-    /// files, a glob such as 'corpus/part-*.parquet', or one file.
+    /// is an object-store URL such as s3://bucket/corpus/ or az://container/corpus/) a
+    /// directory or prefix of Parquet files, a glob such as 'corpus/part-*.parquet', or one
+    /// file.
     #[arg(long, required_unless_present_any = ["sample", "dataset"], conflicts_with = "dataset")]
     input: Option<String>,
     /// Annotate a split of a Hub dataset (one Parquet file; not with --cluster).

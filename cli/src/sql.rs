@@ -1,7 +1,7 @@
 //! `span-marker sql`: DataFusion with the SpanMarker functions; files are tables by path, and
 //! objects by URL (`FROM 's3://bucket/data/*.parquet'`, `COPY ... TO 's3://bucket/out.parquet'`,
-//! credentials from the AWS environment: `span_marker_udfs::store`). With `--cluster`, the
-//! statements run on a Ballista cluster.
+//! `az://container/...` too; credentials from the AWS or Azure environment:
+//! `span_marker_udfs::store`). With `--cluster`, the statements run on a Ballista cluster.
 
 use clap::Args;
 use std::io::Write;

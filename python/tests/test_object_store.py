@@ -1,9 +1,10 @@
 """Corpora in object storage from Python: Polars reads `s3://` with its `storage_options` and the
 expression runs over what it read; a DataFusion session with an S3 store registered runs the
 SQL functions over `s3://` tables; and `span-marker annotate` writes `s3://` outputs that Polars
-reads back. Each equals the same work on the local file, row for row. Against moto's S3 server,
-started here with its own credentials (tests/fixtures/s3_server.py; skipped, saying why, where
-moto is not installed: `bash scripts/setup.sh` installs it)."""
+reads back; the same for Azure Blob Storage (`az://`) through Polars and the command line. Each
+equals the same work on the local file, row for row. Against moto's S3 server and Azurite,
+started here with their own credentials (tests/fixtures/s3_server.py, azure_server.py; skipped,
+saying why, where they are not installed: `bash scripts/setup.sh` installs them)."""
 
 from __future__ import annotations
 
@@ -123,6 +124,81 @@ def test_annotate_writes_s3_outputs_that_polars_reads(s3, corpus, span_marker_bi
     annotated = pl.read_parquet(written)
     local = pl.read_parquet(corpus).with_columns(
         pl.col("tokens").span_marker.predict(TINY_MODEL).alias("entities")
+    )
+    assert annotated["id"].to_list() == local["id"].to_list()
+    assert_same_entities(annotated["entities"].to_list(), local["entities"].to_list())
+
+
+@pytest.fixture(scope="module")
+def azure():
+    pytest.importorskip(
+        "azure.storage.blob",
+        reason="azure-storage-blob is not installed (run `bash scripts/setup.sh`)",
+    )
+    if not (REPO / ".venv-python").exists() or not os.path.isdir(
+        os.path.join(sys.prefix, "azurite")
+    ):
+        pytest.skip("Azurite is not installed (run `bash scripts/setup.sh`)")
+    from azure.storage.blob import BlobServiceClient
+
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "tests/fixtures/azure_server.py"), "corpus"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    info = json.loads(server.stdout.readline())
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName={info['account']};"
+        f"AccountKey={info['key']};BlobEndpoint={info['endpoint']};"
+    )
+    info["container"] = BlobServiceClient.from_connection_string(
+        connection
+    ).get_container_client("corpus")
+    info["options"] = {
+        "account_name": info["account"],
+        "account_key": info["key"],
+        "endpoint": info["endpoint"],
+        "allow_http": "true",
+    }
+    yield info
+    server.stdin.close()
+    server.wait(timeout=30)
+
+
+def test_polars_reads_azure_and_annotate_writes_blobs_that_polars_reads(
+    azure, sentences, span_marker_bin, tmp_path
+):
+    path = tmp_path / "corpus.parquet"
+    sentences.head(60).select("id", "tokens").write_parquet(path)
+    azure["container"].upload_blob("py/corpus.parquet", path.read_bytes())
+    expr = pl.col("tokens").span_marker.predict(TINY_MODEL).alias("entities")
+    local = pl.read_parquet(path).with_columns(expr)
+    assert sum(len(e) for e in local["entities"].to_list()) > 20
+    remote = (
+        pl.scan_parquet("az://corpus/py/corpus.parquet", storage_options=azure["options"])
+        .with_columns(expr)
+        .collect()
+    )
+    assert remote["id"].to_list() == local["id"].to_list()
+    assert_same_entities(remote["entities"].to_list(), local["entities"].to_list())
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
+    env.update(
+        AZURE_STORAGE_ACCOUNT_NAME=azure["account"],
+        AZURE_STORAGE_ACCOUNT_KEY=azure["key"],
+        AZURE_STORAGE_ENDPOINT=azure["endpoint"],
+    )
+    subprocess.run(
+        [span_marker_bin, "annotate", "--input", "az://corpus/py/corpus.parquet"]
+        + ["--output", "az://corpus/py/annotated/", "--model", TINY_MODEL, "--show", "0"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    annotated = pl.read_parquet(
+        "az://corpus/py/annotated/corpus.parquet", storage_options=azure["options"]
     )
     assert annotated["id"].to_list() == local["id"].to_list()
     assert_same_entities(annotated["entities"].to_list(), local["entities"].to_list())

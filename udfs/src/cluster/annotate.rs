@@ -1,7 +1,7 @@
 //! Annotation of many Parquet files, each into an output of its own: a directory of files (or
 //! a prefix of objects) in, a directory (or prefix) out, one output per input under the same
-//! name. Inputs and outputs are local paths or object-store URLs (`s3://bucket/corpus/`, see
-//! [`crate::store`]), in any mix.
+//! name. Inputs and outputs are local paths or object-store URLs (`s3://bucket/corpus/`,
+//! `az://container/corpus/`, see [`crate::store`]), in any mix.
 //!
 //! Each input file is one query (`SELECT *, span_marker_predict(column)` written with
 //! `COPY ... TO`), one task reading the file whole, so its rows keep their order. On a
@@ -12,9 +12,9 @@
 //! An output is written under a staging name in the output's `.span-marker-staging/` and
 //! published under its final name by a copy that never replaces anything
 //! ([`copy_if_not_exists`](datafusion::object_store::ObjectStoreExt::copy_if_not_exists): a
-//! hard link on a file system, a multipart copy completed with `If-None-Match: *` on S3), so
-//! each output appears complete or not at all, and an object the job did not write is never
-//! replaced. A task that an executor loses is run again elsewhere and writes its staging
+//! hard link on a file system, a multipart copy completed with `If-None-Match: *` on S3, a blob
+//! copy with `If-None-Match: *` on Azure), so each output appears complete or not at all, and an
+//! object the job did not write is never replaced. A task that an executor loses is run again elsewhere and writes its staging
 //! object again; nothing is visible until the client publishes.
 //!
 //! The output's manifest (`.span-marker-annotate.json`) records the job (the model's weights
