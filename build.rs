@@ -28,12 +28,13 @@ fn main() {
 }
 
 fn compile_shim(lib_dir: &Path) {
-    const SOURCES: [&str; 5] = [
+    const SOURCES: [&str; 6] = [
         "csrc/guard.cpp",
         "csrc/autocast.cpp",
         "csrc/quantized.cpp",
         "csrc/fused.cpp",
         "csrc/attention.cpp",
+        "csrc/optim.cpp",
     ];
     println!("cargo:rerun-if-changed=csrc/guard.h");
     for source in SOURCES {

@@ -9,8 +9,10 @@
 #   bash scripts/bench.sh conll      # real sentences: CoNLL-2003 from $CONLL2003_DIR, the
 #                                    # tiny fixture, the bundled MiniLM model and a BERT-base
 #                                    # shape in float32, int8 and (where the CPU has it) bf16,
-#                                    # a 2 x 128 shape in float32, and training pretrained
-#                                    # MiniLM (part of `all` when the data is there)
+#                                    # a 2 x 128 shape in float32, training pretrained
+#                                    # MiniLM, and whole `span-marker train` processes of the
+#                                    # three shapes with their phases (part of `all` when the
+#                                    # data is there)
 #
 # Inference runs check that the entities equal Python's (int8 and bf16 runs count the
 # sentences that agree), print the model FLOP rate against a float32 matmul peak measured in
@@ -160,4 +162,15 @@ PY
   run "training, MiniLM, CoNLL-2003 train sentences, shuffled batches (F1 on the test split)" \
     --model "$init" --data "$conll/train.txt" --sentences 2000 --batch-size 16 \
     --learning-rate 1e-4 --train-steps 164 --repeat 2 --eval-data "$conll/test.txt"
+  # Whole `span-marker train` processes against Python's trainer.train(), one epoch of the
+  # first CoNLL-2003 training sentences, with where the Rust run's time went, per shape.
+  cargo build --release -p span-marker-cli
+  train_run() {
+    echo
+    "$python" scripts/bench_train.py --bin "$CARGO_TARGET_DIR/release/span-marker" \
+      --data "$conll/train.txt" --batch-size 16 "$@"
+  }
+  train_run --label "2 x 128 BERT shape (random weights)" --model "$tiny128" --sentences 4000
+  train_run --label "MiniLM (6 x 384)" --model "$init" --sentences 2000 --learning-rate 1e-4
+  train_run --label "BERT-base shape (random weights)" --model "$base" --sentences 200
 fi

@@ -56,6 +56,22 @@ extern "C" {
     ) -> *mut C_tensor;
     fn span_marker_int8_free(packed: *mut c_void);
 
+    // optim.cpp
+    fn span_marker_fused_adamw(
+        param: *const C_tensor,
+        grad: *const C_tensor,
+        exp_avg: *const C_tensor,
+        exp_avg_sq: *const C_tensor,
+        step: *const C_tensor,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        grad_scale: *const C_tensor,
+        error: *mut *mut c_char,
+    ) -> i32;
+
     // attention.cpp
     fn span_marker_marker_attention(
         qkv: *const C_tensor,
@@ -97,6 +113,48 @@ fn tensor(op: &str, call: impl FnOnce(*mut *mut c_char) -> *mut C_tensor) -> Res
 
 fn optional(tensor: Option<&Tensor>) -> *const C_tensor {
     tensor.map_or(std::ptr::null(), Tensor::as_ptr)
+}
+
+/// The moments and hyperparameters of one [`fused_adamw`] step.
+pub(crate) struct AdamWStep<'a> {
+    pub exp_avg: &'a Tensor,
+    pub exp_avg_sq: &'a Tensor,
+    /// A float scalar tensor holding this step's number, counted from 1.
+    pub step: &'a Tensor,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+    /// What the gradients are divided by first (gradient clipping's inverse factor).
+    pub grad_scale: Option<&'a Tensor>,
+}
+
+/// libtorch's fused AdamW step (`torch.optim.AdamW(fused=True)`) of `param` from `grad`, in
+/// place on `param` and the moments.
+pub(crate) fn fused_adamw(param: &Tensor, grad: &Tensor, step: &AdamWStep<'_>) -> Result<()> {
+    let mut message = std::ptr::null_mut();
+    // SAFETY: every tensor outlives the call; the shim writes through them in place.
+    let status = unsafe {
+        span_marker_fused_adamw(
+            param.as_ptr(),
+            grad.as_ptr(),
+            step.exp_avg.as_ptr(),
+            step.exp_avg_sq.as_ptr(),
+            step.step.as_ptr(),
+            step.lr,
+            step.beta1,
+            step.beta2,
+            step.weight_decay,
+            step.eps,
+            optional(step.grad_scale),
+            &mut message,
+        )
+    };
+    match status {
+        0 => Ok(()),
+        _ => Err(error("fused AdamW step", message)),
+    }
 }
 
 /// Picks bfloat16 (`true`) or float16 as CUDA autocast's type; `false` if libtorch refused.

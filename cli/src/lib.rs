@@ -29,6 +29,7 @@ macro_rules! note {
 /// (`span-marker predict ... | head`) ends the process quietly, as it ends other command-line
 /// tools, instead of making every later print fail.
 pub fn init() {
+    let _ = STARTED.set(std::time::Instant::now());
     #[cfg(unix)]
     // SAFETY: resets one signal's disposition to the default at start-up, before any thread.
     unsafe {
@@ -52,6 +53,13 @@ pub fn init() {
         .init();
     span_marker::device::tune_host_allocator();
     report_bugs_as_errors();
+}
+
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Seconds since [`init`] (the start of `main`); 0 when it was not called.
+pub fn seconds_since_start() -> f64 {
+    STARTED.get().map_or(0.0, |t| t.elapsed().as_secs_f64())
 }
 
 /// Undoes [`init`]'s default handling of `SIGPIPE` for commands that talk over sockets (the

@@ -103,7 +103,9 @@ fn train_pipeline(file: PathBuf, args: TrainArgs) -> CliResult {
     override_arguments(&mut pipeline.training, &args);
     pipeline.validate()?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let report = runtime.block_on(pipeline.run(args.resume.as_deref()))?;
+    let before_training = span_marker_cli::seconds_since_start();
+    let mut report = runtime.block_on(pipeline.run(args.resume.as_deref()))?;
+    report.phases.startup += before_training;
     let metrics = serde_json::to_string_pretty(&report.metrics)?;
     span_marker::atomic::write(
         &report.output_dir.join("pipeline_metrics.json"),
@@ -114,7 +116,20 @@ fn train_pipeline(file: PathBuf, args: TrainArgs) -> CliResult {
         "model, metrics and training curves saved to {}",
         report.output_dir.display()
     );
+    note_time(&report);
     Ok(())
+}
+
+/// `time: <phases>; <FLOPs> model FLOPs, <rate> GFLOP/s over the run` on standard error.
+fn note_time(report: &training::TrainReport) {
+    let seconds = report.phases.total().max(1e-9);
+    span_marker_cli::note!(
+        "time: {}; {:.3e} model FLOPs (matrix products as run, backward as twice the forward), \
+         {:.1} GFLOP/s over the run",
+        report.phases,
+        report.model_flops,
+        report.model_flops / seconds / 1e9
+    );
 }
 
 /// `train` without a pipeline file: CoNLL files and flags.
@@ -163,12 +178,16 @@ fn train_conll(args: TrainArgs) -> CliResult {
         labels: args.labels,
         settings: args.settings,
     };
-    let report = training::run(spec, training, train, eval, test, args.resume)?;
+    let before_training = span_marker_cli::seconds_since_start();
+    let mut report = training::run(spec, training, train, eval, test, args.resume)?;
+    // The process's start-up and the data's reading come before the run's own start-up.
+    report.phases.startup += before_training;
     writeln!(
         span_marker_cli::stdout(),
         "{}",
-        serde_json::Value::Object(report.metrics)
+        serde_json::Value::Object(std::mem::take(&mut report.metrics))
     )?;
     span_marker_cli::note!("model saved to {}", report.output_dir.display());
+    note_time(&report);
     Ok(())
 }

@@ -19,6 +19,7 @@ pub mod args;
 pub mod data;
 pub mod evaluate;
 pub mod optim;
+mod phases;
 #[cfg(feature = "plots")]
 mod plot;
 mod publish;
@@ -28,4 +29,5 @@ pub mod trainer;
 pub use args::{HubStrategy, Integration, IntervalStrategy, ReportTo, TrainingArguments};
 pub use data::{read_conll, ConllSentence, NerDataset, NerExample};
 pub use evaluate::{evaluate, Evaluation};
+pub use phases::PhaseTimes;
 pub use trainer::{check_output_dir, TrainOutput, Trainer, TrainerState};

@@ -35,10 +35,11 @@ impl Schedule {
 
 /// Decoupled-weight-decay Adam over named variables.
 ///
-/// The variables are re-pointed at views of one contiguous buffer, and the moments live in
-/// buffers of the same layout, so that an update is a handful of whole-buffer operations
-/// instead of several per variable (which dominates for small encoders). The arithmetic is
-/// `torch.optim.AdamW`'s, element by element.
+/// The variables are re-pointed at views of one contiguous buffer, those with weight decay
+/// first, and the moments live in buffers of the same layout, so that an update is libtorch's
+/// fused AdamW step (`torch.optim.AdamW(fused=True)`, transformers' default) over two slices
+/// of it: one pass over weights, gradients and moments instead of several operations per
+/// variable. The arithmetic is `torch.optim.AdamW`'s, element by element.
 pub struct AdamW {
     names: Vec<String>,
     params: Vec<Tensor>,
@@ -47,10 +48,15 @@ pub struct AdamW {
     flat: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    /// 1 where weight decay applies, 0 elsewhere.
-    decay_mask: Tensor,
+    /// Where the variables without weight decay start in the flat buffers.
+    decay_end: i64,
     /// The gradients of the current step, gathered once.
     flat_grad: Option<Tensor>,
+    /// What the gradients of this step are divided by in the update (clipping's inverse
+    /// factor), on the device.
+    grad_scale: Option<Tensor>,
+    /// The number of the step being taken, as the fused step reads it (a float scalar).
+    step_number: Tensor,
     beta1: f64,
     beta2: f64,
     eps: f64,
@@ -75,13 +81,18 @@ impl AdamW {
         weight_decay: f64,
     ) -> Self {
         let mut variables: Vec<(String, Tensor)> = variables.into_iter().collect();
-        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        // Decayed variables first, each group by name.
+        variables.sort_by(|a, b| (!decays(&a.0), &a.0).cmp(&(!decays(&b.0), &b.0)));
         let mut spans = Vec::with_capacity(variables.len());
         let mut offset = 0;
-        for (_, param) in &variables {
+        let mut decay_end = 0;
+        for (name, param) in &variables {
             let numel = param.numel() as i64;
             spans.push((offset, numel));
             offset += numel;
+            if decays(name) {
+                decay_end = offset;
+            }
         }
         let pieces: Vec<Tensor> = variables
             .iter()
@@ -91,18 +102,6 @@ impl AdamW {
             Tensor::zeros([0], (tch::Kind::Float, tch::Device::Cpu))
         } else {
             Tensor::cat(&pieces, 0)
-        };
-        let masks: Vec<Tensor> = variables
-            .iter()
-            .map(|(name, p)| {
-                let value = if decays(name) { 1.0 } else { 0.0 };
-                Tensor::full([p.numel() as i64], value, (p.kind(), p.device()))
-            })
-            .collect();
-        let decay_mask = if masks.is_empty() {
-            flat.zeros_like()
-        } else {
-            Tensor::cat(&masks, 0)
         };
         let (mut names, mut params) = (Vec::new(), Vec::new());
         tch::no_grad(|| {
@@ -116,12 +115,14 @@ impl AdamW {
         Self {
             exp_avg: flat.zeros_like(),
             exp_avg_sq: flat.zeros_like(),
+            step_number: Tensor::zeros([], (tch::Kind::Float, flat.device())),
             names,
             params,
             spans,
             flat,
-            decay_mask,
+            decay_end,
             flat_grad: None,
+            grad_scale: None,
             beta1,
             beta2,
             eps,
@@ -157,6 +158,7 @@ impl AdamW {
     /// Sets all gradients to zero.
     pub fn zero_grad(&mut self) {
         self.flat_grad = None;
+        self.grad_scale = None;
         for param in &self.params {
             let mut grad = param.grad();
             if grad.defined() {
@@ -165,15 +167,15 @@ impl AdamW {
         }
     }
 
-    /// Scales gradients so that their global L2 norm is at most `max_norm` (as
+    /// Scales this step's gradients so that their global L2 norm is at most `max_norm` (as
     /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping, as a scalar tensor
     /// on the device. Everything happens there: the step never waits for the norm to reach the
-    /// host (gradients under the limit are multiplied by exactly 1).
+    /// host. The scaling itself is done by the update, as it reads the gradients (gradients
+    /// under the limit are divided by exactly 1).
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
-        let grads = self.grads();
-        let total = grads.norm();
+        let total = self.grads().norm();
         let coef = (total.full_like(max_norm) / (&total + 1e-6)).clamp_max(1.0);
-        let _ = grads.g_mul_(&coef);
+        self.grad_scale = Some(coef.reciprocal().to_kind(tch::Kind::Float));
         total
     }
 
@@ -184,25 +186,41 @@ impl AdamW {
         bool::try_from(grads.isfinite().all()).unwrap_or(false)
     }
 
-    /// One update with learning rate `lr`, exactly as `torch.optim.AdamW` (non-amsgrad).
-    pub fn step(&mut self, lr: f64) {
+    /// One update with learning rate `lr`, exactly as `torch.optim.AdamW` (non-amsgrad):
+    /// libtorch's fused step over the decayed variables, then over the others.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
         self.steps += 1;
-        let bias1 = 1.0 - self.beta1.powi(self.steps as i32);
-        let bias2_sqrt = (1.0 - self.beta2.powi(self.steps as i32)).sqrt();
         let grad = self.grads().shallow_clone();
+        let _ = self.step_number.fill_(self.steps as f64);
+        let total = self.flat.size()[0];
+        let groups = [
+            (0, self.decay_end, self.weight_decay),
+            (self.decay_end, total - self.decay_end, 0.0),
+        ];
         tch::no_grad(|| {
-            if self.weight_decay != 0.0 {
-                let factor = 1.0 - (&self.decay_mask * (lr * self.weight_decay));
-                let _ = self.flat.g_mul_(&factor);
+            for (start, length, weight_decay) in groups {
+                if length == 0 {
+                    continue;
+                }
+                let slice = |t: &Tensor| t.narrow(0, start, length);
+                crate::ffi::fused_adamw(
+                    &slice(&self.flat),
+                    &slice(&grad),
+                    &crate::ffi::AdamWStep {
+                        exp_avg: &slice(&self.exp_avg),
+                        exp_avg_sq: &slice(&self.exp_avg_sq),
+                        step: &self.step_number,
+                        lr,
+                        beta1: self.beta1,
+                        beta2: self.beta2,
+                        weight_decay,
+                        eps: self.eps,
+                        grad_scale: self.grad_scale.as_ref(),
+                    },
+                )?;
             }
-            let _ = self.exp_avg.lerp_(&grad, 1.0 - self.beta1);
-            let _ = self
-                .exp_avg_sq
-                .g_mul_scalar_(self.beta2)
-                .addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
-            let denom = self.exp_avg_sq.sqrt() / bias2_sqrt + self.eps;
-            let _ = self.flat.addcdiv_(&(&self.exp_avg * (-lr / bias1)), &denom);
-        });
+            Ok(())
+        })
     }
 
     /// Updates done so far.
@@ -292,7 +310,7 @@ mod tests {
             1e-8,
             0.1,
         );
-        opt.step(0.01);
+        opt.step(0.01).unwrap();
         let got: Vec<f32> = p.detach().try_into().unwrap();
         let want = [1.0 * (1.0 - 0.001) - 0.01, -2.0 * (1.0 - 0.001) + 0.01];
         for (g, w) in got.iter().zip(want) {
@@ -303,17 +321,51 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_the_max_norm() {
-        let p = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
-        (&p * Tensor::from_slice(&[3.0f32, 4.0]))
-            .sum(Kind::Float)
-            .backward();
-        let mut opt = AdamW::new([("w".to_owned(), p.shallow_clone())], 0.9, 0.999, 1e-8, 0.0);
-        assert!((f64::try_from(opt.clip_grad_norm(1.0)).unwrap() - 5.0).abs() < 1e-6);
-        let clipped: Vec<f32> = opt.grads().shallow_clone().try_into().unwrap();
-        assert!((clipped[0] - 0.6).abs() < 1e-5 && (clipped[1] - 0.8).abs() < 1e-5);
-        // Under the limit, gradients stay exactly as they are.
-        let _ = opt.clip_grad_norm(10.0);
-        let unchanged: Vec<f32> = opt.grads().shallow_clone().try_into().unwrap();
-        assert_eq!(unchanged, clipped);
+        let moments = |max_norm: f64| {
+            let p = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
+            (&p * Tensor::from_slice(&[3.0f32, 4.0]))
+                .sum(Kind::Float)
+                .backward();
+            let mut opt = AdamW::new([("w".to_owned(), p.shallow_clone())], 0.9, 0.999, 1e-8, 0.0);
+            let norm = f64::try_from(opt.clip_grad_norm(max_norm)).unwrap();
+            assert!((norm - 5.0).abs() < 1e-6);
+            opt.step(0.01).unwrap();
+            // After one step the first moment is (1 - beta1) times the gradient used.
+            let state: BTreeMap<String, Tensor> = opt.state().into_iter().collect();
+            let m: Vec<f32> = (&state["w.exp_avg"] / 0.1).try_into().unwrap();
+            m
+        };
+        let clipped = moments(1.0);
+        assert!(
+            (clipped[0] - 0.6).abs() < 1e-5 && (clipped[1] - 0.8).abs() < 1e-5,
+            "{clipped:?}"
+        );
+        // Under the limit, gradients stay as they are.
+        let unclipped = moments(10.0);
+        assert!(
+            (unclipped[0] - 3.0).abs() < 1e-5 && (unclipped[1] - 4.0).abs() < 1e-5,
+            "{unclipped:?}"
+        );
+    }
+
+    #[test]
+    fn only_decayed_variables_decay() {
+        // With zero gradients the moments stay 0 and the update is the decay alone.
+        let weight = Tensor::from_slice(&[2.0f32]).set_requires_grad(true);
+        let bias = Tensor::from_slice(&[2.0f32]).set_requires_grad(true);
+        ((&weight + &bias) * 0.0).sum(Kind::Float).backward();
+        let mut opt = AdamW::new(
+            [
+                ("layer.bias".to_owned(), bias.shallow_clone()),
+                ("layer.weight".to_owned(), weight.shallow_clone()),
+            ],
+            0.9,
+            0.999,
+            1e-8,
+            0.5,
+        );
+        opt.step(0.1).unwrap();
+        assert!((f64::try_from(weight.detach()).unwrap() - 2.0 * (1.0 - 0.05)).abs() < 1e-6);
+        assert_eq!(f64::try_from(bias.detach()).unwrap(), 2.0);
     }
 }

@@ -34,6 +34,7 @@ use crate::train::args::{IntervalStrategy, TrainingArguments};
 use crate::train::data::NerDataset;
 use crate::train::evaluate::{evaluate_prepared, prepare as encode_split, Evaluation, Prepared};
 use crate::train::optim::{AdamW, Schedule};
+use crate::train::phases::PhaseTimes;
 use crate::train::publish::HubPublisher;
 use crate::train::tensorboard::{self, EventWriter};
 
@@ -203,6 +204,12 @@ pub struct TrainOutput {
     pub metrics: Map<String, Value>,
     /// The last evaluation, if any.
     pub last_evaluation: Option<Evaluation>,
+    /// Where the run's wall time went (`startup` left at 0: the caller knows it).
+    pub phases: PhaseTimes,
+    /// The matrix products' floating-point operations of the training steps as run: the
+    /// forward passes counted, each backward pass as twice its forward (evaluations during the
+    /// run counted the same way).
+    pub model_flops: f64,
 }
 
 /// Trains a [`SpanMarkerModel`] in place.
@@ -272,9 +279,15 @@ impl<'m> Trainer<'m> {
         resume_from: Option<&str>,
     ) -> Result<TrainOutput> {
         let started = Instant::now();
+        let flops_before = self.model.flops_executed();
         let mut run = self.prepare(train, eval, resume_from)?;
+        run.phases.prepare = started.elapsed().as_secs_f64();
         self.run_epochs(&mut run)?;
-        self.finish(run, started)
+        let model_flops = 3.0 * (self.model.flops_executed() - flops_before) as f64;
+        Ok(TrainOutput {
+            model_flops,
+            ..self.finish(run, started)?
+        })
     }
 
     /// Checks and encodes the data, plans the steps, restores the checkpoint to resume from and
@@ -355,6 +368,7 @@ impl<'m> Trainer<'m> {
             loss_sum: Tensor::scalar_tensor(state.loss_since_log, (Kind::Double, self.device)),
             steps_at_start: state.global_step,
             last_evaluation: None,
+            phases: PhaseTimes::default(),
             plan,
             train,
             eval,
@@ -388,16 +402,24 @@ impl<'m> Trainer<'m> {
                 if (index + 1) % accum != 0 && !end_of_epoch {
                     continue;
                 }
-                self.update(run);
+                let started = Instant::now();
+                self.update(run)?;
+                run.phases.optimizer += started.elapsed().as_secs_f64();
                 let position = StepPosition {
                     epoch,
                     batches_done: index + 1,
                     end_of_epoch,
                     epoch_progress: epoch as f64 + (index + 1) as f64 / batches.len() as f64,
                 };
+                let started = Instant::now();
                 self.log_loss_if_due(run, &position)?;
+                let logged = Instant::now();
                 self.evaluate_if_due(run, &position)?;
+                let evaluated = Instant::now();
                 self.save_if_due(run, &position)?;
+                run.phases.logging += (logged - started).as_secs_f64();
+                run.phases.evaluation += (evaluated - logged).as_secs_f64();
+                run.phases.checkpoints += evaluated.elapsed().as_secs_f64();
             }
         }
         Ok(())
@@ -416,17 +438,27 @@ impl<'m> Trainer<'m> {
             .iter()
             .map(|&i| run.train.encoded.samples[i].clone())
             .collect();
-        let inputs = collate(&run.train.encoded.windows, &picked, &run.spec, self.device)?;
+        let inputs = run.phases.time(
+            |p| &mut p.collate,
+            || collate(&run.train.encoded.windows, &picked, &run.spec, self.device),
+        )?;
         let model = &*self.model;
-        let loss = model
-            .forward_with(&inputs, &run.forward)?
+        let loss = run
+            .phases
+            .time(
+                |p| &mut p.forward,
+                || model.forward_with(&inputs, &run.forward),
+            )?
             .loss
             .ok_or_else(|| Error::Config("a training batch without labels".into()))?
             / self.args.gradient_accumulation_steps as f64;
-        match &run.scaler {
-            Some(s) => (&loss * s.scale).backward(),
-            None => loss.backward(),
-        }
+        run.phases.time(
+            |p| &mut p.backward,
+            || match &run.scaler {
+                Some(s) => (&loss * s.scale).backward(),
+                None => loss.backward(),
+            },
+        );
         // Summed on the device and read back only to log or save: a read every step would
         // make each step wait for the device. Summed in float64 in step order, it is the very
         // number a host sum would be.
@@ -437,7 +469,7 @@ impl<'m> Trainer<'m> {
 
     /// One optimizer step from the accumulated gradients (skipped when float16 gradients
     /// overflowed), at the schedule's learning rate.
-    fn update(&self, run: &mut Run) {
+    fn update(&self, run: &mut Run) -> Result<()> {
         let finite = match &mut run.scaler {
             Some(s) => s.unscale(&mut run.optimizer),
             None => true,
@@ -449,7 +481,7 @@ impl<'m> Trainer<'m> {
                 run.grad_norm = Some(run.optimizer.clip_grad_norm(self.args.max_grad_norm));
             }
             run.optimizer
-                .step(run.plan.schedule.lr(run.state.global_step));
+                .step(run.plan.schedule.lr(run.state.global_step))?;
             // The optimizer writes the weights through views of one flat buffer, which leaves
             // the variables' version counters as they were: the derived forms of the maps that
             // evaluation runs on (fused, int8) could not see the step, so they go.
@@ -459,6 +491,7 @@ impl<'m> Trainer<'m> {
         run.state.global_step += 1;
         run.state.steps_since_log += 1;
         run.progress.set_step(run.state.global_step);
+        Ok(())
     }
 
     /// Logs the mean loss since the last record when the logging strategy says so.
@@ -562,6 +595,7 @@ impl<'m> Trainer<'m> {
     /// Logs the run's metrics, loads the best model back when asked, and saves the model with
     /// its card and the training curves.
     fn finish(&mut self, run: Run, started: Instant) -> Result<TrainOutput> {
+        let finishing = Instant::now();
         let Run {
             lock,
             mut state,
@@ -571,6 +605,7 @@ impl<'m> Trainer<'m> {
             steps_at_start,
             last_evaluation,
             mut board,
+            mut phases,
             ..
         } = run;
         progress.finish();
@@ -617,11 +652,15 @@ impl<'m> Trainer<'m> {
             publisher.training_ended(&args.output_dir)?;
         }
         drop(lock);
+        phases.finish = finishing.elapsed().as_secs_f64();
+        tracing::info!(%phases, "where the training time went");
         Ok(TrainOutput {
             global_step: state.global_step,
             train_loss,
             metrics,
             last_evaluation,
+            phases,
+            model_flops: 0.0,
         })
     }
 
@@ -879,6 +918,8 @@ struct Run {
     grad_norm: Option<Tensor>,
     /// What each training sample adds to `total_flos`.
     flos_per_sample: f64,
+    /// Where the wall time went so far.
+    phases: PhaseTimes,
 }
 
 /// Where an optimizer step fell in its epoch.

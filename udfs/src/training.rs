@@ -2,10 +2,12 @@
 //! Polars: build the model from an encoder (or continue a SpanMarker model), train, evaluate,
 //! save, and report the metrics.
 
+use std::time::Instant;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use span_marker::model::LoadOptions;
-use span_marker::train::{NerDataset, Trainer, TrainingArguments};
+use span_marker::train::{NerDataset, PhaseTimes, Trainer, TrainingArguments};
 use span_marker::{Labels, ModelSettings, SpanMarkerModel};
 
 use crate::dataset::{resolve_labels, AnnotatedRows};
@@ -34,6 +36,11 @@ pub struct TrainReport {
     pub output_dir: std::path::PathBuf,
     /// Training metrics (`train_loss`, `train_runtime`, ...), the last `eval_*` and `test_*`.
     pub metrics: Map<String, Value>,
+    /// Where the time went: `startup` is the checks and the model's loading here, `evaluation`
+    /// includes the final evaluations.
+    pub phases: PhaseTimes,
+    /// The training steps' matrix-product operations (`TrainOutput::model_flops`).
+    pub model_flops: f64,
 }
 
 /// Trains `spec` on `train`, evaluating on `eval` as the arguments say and at the end, and on
@@ -70,6 +77,7 @@ fn run_here(
     test: Option<&AnnotatedRows>,
     resume: Option<&str>,
 ) -> Result<TrainReport> {
+    let started = Instant::now();
     let splits: Vec<&AnnotatedRows> = [Some(train), eval, test].into_iter().flatten().collect();
     let labels = resolve_labels(spec.labels.as_deref(), &splits)?;
     // Check every split against the labels before any weights are loaded.
@@ -98,18 +106,32 @@ fn run_here(
     let test_set = test_set.map(to_model).transpose()?;
     let output_dir = args.output_dir.clone();
     let mut trainer = Trainer::new(&mut model, args)?;
+    let startup = started.elapsed().as_secs_f64();
     let output = trainer.train(&train_set, eval_set.as_ref(), resume)?;
     let mut metrics = output.metrics;
+    let model_flops = output.model_flops;
+    let mut phases = PhaseTimes {
+        startup,
+        ..output.phases
+    };
     // The final model on the evaluation data, whatever the evaluation schedule was.
-    if let Some(eval_set) = &eval_set {
-        metrics.extend(trainer.evaluate(eval_set, "eval")?.to_record());
-    }
-    if let Some(test_set) = test_set {
-        metrics.extend(trainer.evaluate(&test_set, "test")?.to_record());
-    }
+    phases.time(
+        |p| &mut p.evaluation,
+        || -> Result<()> {
+            if let Some(eval_set) = &eval_set {
+                metrics.extend(trainer.evaluate(eval_set, "eval")?.to_record());
+            }
+            if let Some(test_set) = test_set {
+                metrics.extend(trainer.evaluate(&test_set, "test")?.to_record());
+            }
+            Ok(())
+        },
+    )?;
     Ok(TrainReport {
         output_dir,
         metrics,
+        phases,
+        model_flops,
     })
 }
 
