@@ -103,9 +103,7 @@ fn train_pipeline(file: PathBuf, args: TrainArgs) -> CliResult {
     override_arguments(&mut pipeline.training, &args);
     pipeline.validate()?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let before_training = span_marker_cli::seconds_since_start();
     let mut report = runtime.block_on(pipeline.run(args.resume.as_deref()))?;
-    report.phases.startup += before_training;
     let metrics = serde_json::to_string_pretty(&report.metrics)?;
     span_marker::atomic::write(
         &report.output_dir.join("pipeline_metrics.json"),
@@ -116,12 +114,16 @@ fn train_pipeline(file: PathBuf, args: TrainArgs) -> CliResult {
         "model, metrics and training curves saved to {}",
         report.output_dir.display()
     );
-    note_time(&report);
+    note_time(&mut report);
     Ok(())
 }
 
-/// `time: <phases>; <FLOPs> model FLOPs, <rate> GFLOP/s over the run` on standard error.
-fn note_time(report: &training::TrainReport) {
+/// `time: <phases>; <FLOPs> model FLOPs, <rate> GFLOP/s over the run` on standard error, the
+/// start-up being all of the process's time until now that no other phase counts (starting,
+/// reading the data, loading the model).
+fn note_time(report: &mut training::TrainReport) {
+    let others = report.phases.total() - report.phases.startup;
+    report.phases.startup = (span_marker_cli::seconds_since_start() - others).max(0.0);
     let seconds = report.phases.total().max(1e-9);
     span_marker_cli::note!(
         "time: {}; {:.3e} model FLOPs (matrix products as run, backward as twice the forward), \
@@ -178,16 +180,13 @@ fn train_conll(args: TrainArgs) -> CliResult {
         labels: args.labels,
         settings: args.settings,
     };
-    let before_training = span_marker_cli::seconds_since_start();
     let mut report = training::run(spec, training, train, eval, test, args.resume)?;
-    // The process's start-up and the data's reading come before the run's own start-up.
-    report.phases.startup += before_training;
     writeln!(
         span_marker_cli::stdout(),
         "{}",
         serde_json::Value::Object(std::mem::take(&mut report.metrics))
     )?;
     span_marker_cli::note!("model saved to {}", report.output_dir.display());
-    note_time(&report);
+    note_time(&mut report);
     Ok(())
 }

@@ -167,11 +167,13 @@ impl AdamW {
         }
     }
 
-    /// Scales this step's gradients so that their global L2 norm is at most `max_norm` (as
+    /// Makes this step's update use gradients whose global L2 norm is at most `max_norm` (as
     /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping, as a scalar tensor
     /// on the device. Everything happens there: the step never waits for the norm to reach the
-    /// host. The scaling itself is done by the update, as it reads the gradients (gradients
-    /// under the limit are divided by exactly 1).
+    /// host. The gradients themselves are left as they are: the next [`step`](Self::step)
+    /// divides them by the inverse factor as it reads them (by exactly 1 under the limit), and
+    /// [`zero_grad`](Self::zero_grad) forgets the factor. Call it after any
+    /// [`unscale_grads`](Self::unscale_grads) of the step; a second call replaces the first.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
         let total = self.grads().norm();
         let coef = (total.full_like(max_norm) / (&total + 1e-6)).clamp_max(1.0);

@@ -24,7 +24,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PhaseTimes {
     /// Before the trainer: the process starting, the model and the data loading (set by the
-    /// caller that knows; 0 otherwise).
+    /// caller that knows: `span-marker train` counts all of the process's time that no other
+    /// phase counts; 0 otherwise).
     pub startup: f64,
     /// Checking and encoding the data (tokenizing, building the spans), restoring a checkpoint,
     /// setting up the optimizer and the log.

@@ -147,7 +147,7 @@ pub fn check_location(location: &str) -> std::result::Result<(), String> {
     }
     let url = Url::parse(location).map_err(|e| format!("{location} is not a valid URL: {e}"))?;
     // `abfss://container@account.dfs.core.windows.net/...` names its container as a user.
-    let container_as_user = matches!(scheme.as_str(), "abfs" | "abfss");
+    let container_as_user = matches!(scheme.as_str(), "az" | "abfs" | "abfss");
     if (!url.username().is_empty() && !container_as_user) || url.password().is_some() {
         return Err(format!(
             "{scheme}://...: credentials do not go in URLs (they would be shown and sent on); \
@@ -171,10 +171,6 @@ fn unsupported_scheme(scheme: &str) -> String {
             "{scheme}:// URLs need span-marker-udfs' `{feature}` feature, which this build leaves \
              out"
         ),
-        None if matches!(scheme, "gs" | "gcs") => format!(
-            "{scheme}:// URLs (Google Cloud Storage) are not supported yet; S3 (s3://) and Azure \
-             (az://) are"
-        ),
         None => {
             let served: Vec<String> = schemes()
                 .iter()
@@ -186,7 +182,12 @@ fn unsupported_scheme(scheme: &str) -> String {
             } else {
                 format!(" or a URL of {}", served.join(", "))
             };
-            format!("{scheme}:// URLs are not supported: give a local path{urls}")
+            let what = if matches!(scheme, "gs" | "gcs") {
+                " (Google Cloud Storage) are not supported yet"
+            } else {
+                " are not supported"
+            };
+            format!("{scheme}:// URLs{what}: give a local path{urls}")
         }
     }
 }
@@ -304,22 +305,41 @@ fn store_error(message: String) -> DataFusionError {
     DataFusionError::Configuration(message)
 }
 
+/// Stores of URLs that name a user (`abfss://container@account...`) are kept by their whole
+/// root: DataFusion's registry keys by scheme and host alone, and would answer for the
+/// account's other containers.
 impl ObjectStoreRegistry for StoreRegistry {
     fn register_store(
         &self,
         url: &Url,
         store: Arc<dyn ObjectStore>,
     ) -> Option<Arc<dyn ObjectStore>> {
+        #[cfg(any(feature = "s3", feature = "azure"))]
+        if !url.username().is_empty() {
+            let root = url[..url::Position::BeforePath].to_owned();
+            let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+            return made.insert(root, store);
+        }
         self.stores.register_store(url, store)
     }
 
     fn deregister_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
+        #[cfg(any(feature = "s3", feature = "azure"))]
+        {
+            let root = &url[..url::Position::BeforePath];
+            let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(store) = made.remove(root) {
+                return Ok(store);
+            }
+        }
         self.stores.deregister_store(url)
     }
 
     fn get_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
-        if let Ok(store) = self.stores.get_store(url) {
-            return Ok(store);
+        if url.username().is_empty() {
+            if let Ok(store) = self.stores.get_store(url) {
+                return Ok(store);
+            }
         }
         match url.scheme() {
             #[cfg(feature = "s3")]
@@ -580,6 +600,7 @@ mod tests {
         if cfg!(feature = "azure") {
             let hadoop = "abfss://container@account.dfs.core.windows.net/x.parquet";
             assert!(check_location(hadoop).is_ok());
+            assert!(check_location("az://container@account.blob.core.windows.net/x").is_ok());
             let secret = check_location("abfss://container:k3y@account.dfs.core.windows.net/x");
             assert!(secret
                 .unwrap_err()
@@ -626,5 +647,22 @@ mod tests {
             .to_string();
         assert!(error.contains("hdfs://"), "{error}");
         assert!(registry.get_store(&Url::parse("file:///").unwrap()).is_ok());
+    }
+
+    #[cfg(feature = "azure")]
+    #[test]
+    fn stores_of_urls_with_a_user_answer_for_their_own_container_only() {
+        let registry = StoreRegistry::new();
+        let one = Url::parse("abfss://one@account.dfs.core.windows.net/").unwrap();
+        let other = Url::parse("abfss://other@account.dfs.core.windows.net/").unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(datafusion::object_store::memory::InMemory::new());
+        registry.register_store(&one, store.clone());
+        assert!(Arc::ptr_eq(&registry.get_store(&one).unwrap(), &store));
+        // The other container gets a store of its own (made from the settings), not `one`'s.
+        if let Ok(made) = registry.get_store(&other) {
+            assert!(!Arc::ptr_eq(&made, &store));
+        }
+        assert!(registry.deregister_store(&one).is_ok());
     }
 }

@@ -61,19 +61,22 @@ impl AzureSettings {
     /// `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_SAS_TOKEN`, a service principal's
     /// `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET` and `AZURE_TENANT_ID`, workload identity
     /// (`AZURE_FEDERATED_TOKEN_FILE`), `AZURE_STORAGE_ENDPOINT`, `AZURE_STORAGE_USE_EMULATOR`
-    /// (Azurite; `AZURITE_BLOB_STORAGE_URL` moves it) and the other `AZURE_*` variables. An
-    /// `http://` endpoint allows plain HTTP.
+    /// (Azurite; `AZURITE_BLOB_STORAGE_URL` moves it), the managed identity's
+    /// `IDENTITY_ENDPOINT` (App Service, Functions, Container Apps) and the other `AZURE_*`
+    /// variables. An `http://` endpoint allows plain HTTP.
     pub fn from_env() -> Self {
         let vars: HashMap<String, String> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, _)| k.starts_with("AZURE_"))
+            .filter(|(k, _)| k.starts_with("AZURE_") || k == "IDENTITY_ENDPOINT")
             .collect();
         Self::from_vars(&vars)
     }
 
     fn from_vars(vars: &HashMap<String, String>) -> Self {
         let mut settings = Self::new();
-        settings.options.push_env(vars, "AZURE_");
+        settings
+            .options
+            .push_env(vars, &["AZURE_", "IDENTITY_ENDPOINT"], |_, _| true);
         settings.allowing_http_endpoints()
     }
 
@@ -147,6 +150,7 @@ mod tests {
             ("AZURE_STORAGE_ACCOUNT_NAME", "corpora"),
             ("AZURE_STORAGE_ACCOUNT_KEY", "a2V5LWJ5dGVzLWhlcmU="),
             ("AZURE_STORAGE_ENDPOINT", "http://127.0.0.1:10000/corpora"),
+            ("IDENTITY_ENDPOINT", "http://169.254.130.1/msi/token"),
             ("AZURE_UNRELATED", "x"),
         ]
         .iter()
@@ -162,6 +166,10 @@ mod tests {
                 .options
                 .get(AzureConfigKey::Client(ClientConfigKey::AllowHttp)),
             Some("true")
+        );
+        assert_eq!(
+            settings.options.get(AzureConfigKey::MsiEndpoint),
+            Some("http://169.254.130.1/msi/token")
         );
         let shown = format!("{settings:?}");
         assert!(

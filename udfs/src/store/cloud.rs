@@ -60,16 +60,26 @@ impl<K: Copy + PartialEq + AsRef<str> + FromStr> Options<K> {
         Ok(())
     }
 
-    /// The variables of `vars` that start with `prefix` and name an option (lower-cased, as
-    /// object_store's `from_env` reads them), in name order, empty values left out.
-    pub(super) fn push_env(&mut self, vars: &HashMap<String, String>, prefix: &str) {
+    /// The variables of `vars` that start with one of `prefixes` and name an option
+    /// (lower-cased, as object_store's `from_env` reads them) that `keep` keeps, in name order,
+    /// empty values left out.
+    pub(super) fn push_env(
+        &mut self,
+        vars: &HashMap<String, String>,
+        prefixes: &[&str],
+        keep: impl Fn(&str, &K) -> bool,
+    ) {
         let sorted: BTreeMap<_, _> = vars
             .iter()
-            .filter(|(name, value)| name.starts_with(prefix) && !value.is_empty())
+            .filter(|(name, value)| {
+                prefixes.iter().any(|p| name.starts_with(p)) && !value.is_empty()
+            })
             .collect();
         for (name, value) in sorted {
             if let Ok(key) = name.to_ascii_lowercase().parse::<K>() {
-                self.push(key, value.clone());
+                if keep(name, &key) {
+                    self.push(key, value.clone());
+                }
             }
         }
     }

@@ -117,25 +117,17 @@ impl S3Settings {
         if let Some(endpoint) = profile.as_ref().and_then(|p| p.get("endpoint_url")) {
             settings.options.push(AmazonS3ConfigKey::Endpoint, endpoint);
         }
-        // The rest of the environment as object_store's `from_env` reads it, in a fixed order.
-        let sorted: BTreeMap<_, _> = vars.iter().collect();
-        for (name, value) in sorted {
-            if matches!(name.as_str(), "AWS_REGION" | "AWS_DEFAULT_REGION") || value.is_empty() {
-                continue;
-            }
-            if let Ok(key) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
-                let credential = matches!(
-                    key,
-                    AmazonS3ConfigKey::AccessKeyId
-                        | AmazonS3ConfigKey::SecretAccessKey
-                        | AmazonS3ConfigKey::Token
-                );
-                if credential && !env_credentials {
-                    continue;
-                }
-                settings.options.push(key, value.clone());
-            }
-        }
+        // The rest of the environment as object_store's `from_env` reads it, in a fixed order:
+        // the region is settled above, and credentials come whole from one place.
+        settings.options.push_env(vars, &["AWS_"], |name, key| {
+            let credential = matches!(
+                key,
+                AmazonS3ConfigKey::AccessKeyId
+                    | AmazonS3ConfigKey::SecretAccessKey
+                    | AmazonS3ConfigKey::Token
+            );
+            !matches!(name, "AWS_REGION" | "AWS_DEFAULT_REGION") && (env_credentials || !credential)
+        });
         Ok(settings.allowing_http_endpoints())
     }
 

@@ -85,6 +85,9 @@ fn start(script: &str, check: &str, what: &str) -> Option<(Fixture, serde_json::
         let _ = child.kill();
         panic!("the {what} test server did not start ({e}): printed {line:?}")
     });
+    if let Some(error) = info["error"].as_str() {
+        panic!("the {what} test server did not start: {error}");
+    }
     let fixture = Fixture {
         _stdin: Mutex::new(stdin),
         _child: Mutex::new(child),
