@@ -120,6 +120,18 @@ async fn table(ctx: &SessionContext, query: &str) -> String {
     pretty_format_batches(&batches).unwrap().to_string()
 }
 
+/// Asserts that `error` names `names`, says one of `says`, and quotes none of `hidden`.
+fn assert_clear_error(error: &str, names: &str, says: &[&str], hidden: &[&str]) {
+    assert!(error.contains(names), "should name {names}: {error}");
+    assert!(
+        says.iter().any(|s| error.contains(s)),
+        "should say one of {says:?}: {error}"
+    );
+    for secret in hidden {
+        assert!(!error.contains(secret), "shows a secret: {error}");
+    }
+}
+
 /// What a source read, less the name it gives its rows.
 fn content(rows: AnnotatedRows) -> AnnotatedRows {
     AnnotatedRows {
@@ -371,14 +383,7 @@ async fn wrong_credentials_and_missing_buckets_are_clear_errors() {
     let wrong_secret = "wrong-secret-Kx7Qp2";
     let token = "session-token-Zr9Lm4";
     let check = |error: String, names: &str, says: &[&str]| {
-        assert!(error.contains(names), "should name {names}: {error}");
-        assert!(
-            says.iter().any(|s| error.contains(s)),
-            "should say one of {says:?}: {error}"
-        );
-        for hidden in [secret.as_str(), wrong_secret, token] {
-            assert!(!error.contains(hidden), "shows a secret: {error}");
-        }
+        assert_clear_error(&error, names, says, &[secret.as_str(), wrong_secret, token]);
     };
     let url = "s3://corpus/errors/train.parquet";
     // A wrong secret: the signature does not match.
@@ -447,14 +452,7 @@ async fn azure_wrong_keys_and_missing_containers_are_clear_errors() {
     // A key of the right form that is not the account's.
     let wrong_key = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXkh";
     let check = |error: String, names: &str, says: &[&str]| {
-        assert!(error.contains(names), "should name {names}: {error}");
-        assert!(
-            says.iter().any(|s| error.contains(s)),
-            "should say one of {says:?}: {error}"
-        );
-        for hidden in [server.key.as_str(), wrong_key] {
-            assert!(!error.contains(hidden), "shows a secret: {error}");
-        }
+        assert_clear_error(&error, names, says, &[server.key.as_str(), wrong_key]);
     };
     let url = server.url("errors/train.parquet");
     let wrong = session(StoreRegistry::new().with_azure(server.settings_with(wrong_key)));
