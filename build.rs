@@ -9,7 +9,9 @@
 //! It also compiles the C++ shims of `csrc/` (each behind the one error guard of `guard.h`;
 //! their Rust side is `src/ffi.rs`): the autocast controls (`autocast.cpp`), the
 //! dynamic int8 linear layers of `--precision int8` (`quantized.cpp`), the fused float32
-//! maps of CPU inference (`fused.cpp`) and its SpanMarker attention (`attention.cpp`). They are
+//! maps of CPU inference (`fused.cpp`), the SpanMarker attention of CPU inference and training
+//! (`attention.cpp`, with its backward pass), the hidden states' dropout (`dropout.cpp`) and the
+//! fused AdamW step (`optim.cpp`). They are
 //! always optimised (a debug build's tests would otherwise crawl through the attention loops),
 //! and built with OpenMP so that `at::parallel_for` runs on libtorch's threads. That needs the
 //! very OpenMP runtime libtorch loads (a second one would bring a second thread team, blind to
@@ -28,8 +30,9 @@ fn main() {
 }
 
 fn compile_shim(lib_dir: &Path) {
-    const SOURCES: [&str; 6] = [
+    const SOURCES: [&str; 7] = [
         "csrc/guard.cpp",
+        "csrc/dropout.cpp",
         "csrc/autocast.cpp",
         "csrc/quantized.cpp",
         "csrc/fused.cpp",

@@ -5,13 +5,17 @@ twice: `span-marker train` as a whole process (start-up, data reading, model loa
 the final save), timed from outside, and Python `span_marker` 1.8.1 inside `trainer.train()`
 only (as transformers times it), with the same settings and threads. Prints both wall times,
 their ratio, the Rust run's phases (`time:` line of `span-marker train`) and its model FLOP rate
-(the matrix products as run) against the float32 matmul peak measured here.
+(the matrix products as run) against the float32 matmul peak measured here. With `--eval`, every
+trained model (Rust's and Python's, one per seed) is scored by the same evaluator
+(`span-marker evaluate`, at parity with Python's) on the first `--eval-sentences` sentences of
+that file, and the F1 of each seed is printed per side.
 
 Run from the repository root with the project's venv (`bash scripts/setup.sh`) and a release
 build of the command line:
 
     .venv-python scripts/bench_train.py --model MODEL_DIR --data $CONLL2003_DIR/train.txt \
-        --sentences 4000 --batch-size 16 [--bin target/release/span-marker] [--seeds 1]
+        --sentences 4000 --batch-size 16 [--bin target/release/span-marker] [--seeds 1] \
+        [--eval $CONLL2003_DIR/dev.txt --eval-sentences 1000]
 """
 
 import argparse
@@ -87,12 +91,28 @@ def python_run(args, data: Path, seed: int) -> dict:
         started = time.perf_counter()
         result = trainer.train()
         wall = time.perf_counter() - started
+        out = Path(tmp) / "out"
+        model.save_pretrained(out)
+        f1 = evaluate(args, out)
     return {
         "wall": wall,
         "train_runtime": result.metrics["train_runtime"],
         "threads": torch.get_num_threads(),
         "optim": training_args.optim,
+        "f1": f1,
     }
+
+
+def evaluate(args, model: Path):
+    """The overall F1 of `model` on the evaluation sentences, or None without `--eval`."""
+    if args.eval_data is None:
+        return None
+    command = [args.bin, "evaluate", "--model", str(model), "--data", str(args.eval_data)]
+    command += ["--format", "conll"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"span-marker evaluate failed:\n{done.stderr}")
+    return json.loads(done.stdout)["overall_f1"]
 
 
 def rust_run(args, data: Path, seed: int) -> dict:
@@ -113,14 +133,15 @@ def rust_run(args, data: Path, seed: int) -> dict:
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"span-marker train failed:\n{done.stderr}")
+        if done.returncode != 0:
+            sys.exit(f"span-marker train failed:\n{done.stderr}")
+        f1 = evaluate(args, Path(tmp) / "out")
     time_line = next(
         (line[len("time: ") :] for line in done.stderr.splitlines() if line.startswith("time: ")),
         "",
     )
     phases, _, flops = time_line.partition("; ")
-    return {"wall": wall, "phases": phases, "model_flops": float(flops.split()[0])}
+    return {"wall": wall, "phases": phases, "model_flops": float(flops.split()[0]), "f1": f1}
 
 
 def peak_gflops() -> float:
@@ -147,11 +168,17 @@ def main() -> None:
     parser.add_argument("--bin", default=os.environ.get("SPAN_MARKER_BIN", "target/release/span-marker"))
     parser.add_argument("--label", default="")
     parser.add_argument("--rust-only", action="store_true", help="skip the Python run")
+    parser.add_argument("--eval", type=Path, help="a CoNLL file to score every trained model on")
+    parser.add_argument("--eval-sentences", type=int, default=1000)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.txt"
         count = first_sentences(args.data, args.sentences, data)
+        args.eval_data = None
+        if args.eval is not None:
+            args.eval_data = Path(tmp) / "eval.txt"
+            eval_count = first_sentences(args.eval, args.eval_sentences, args.eval_data)
         rust = [rust_run(args, data, seed) for seed in range(args.seeds)]
         python = [] if args.rust_only else [python_run(args, data, seed) for seed in range(args.seeds)]
     rust_wall = statistics.median(r["wall"] for r in rust)
@@ -168,6 +195,12 @@ def main() -> None:
         python_wall = statistics.median(p["wall"] for p in python)
         print(f"python: {python_wall:8.1f} s inside trainer.train() (optim {python[0]['optim']})")
         print(f"ratio:  {python_wall / rust_wall:8.2f}x")
+    if args.eval_data is not None:
+        scores = lambda runs: ", ".join(f"{r['f1']:.4f}" for r in runs)  # noqa: E731
+        print(f"F1 on the first {eval_count} sentences of {args.eval.name}, seeds 0..{args.seeds - 1}:")
+        print(f"        rust   {scores(rust)} (mean {statistics.mean(r['f1'] for r in rust):.4f})")
+        if python:
+            print(f"        python {scores(python)} (mean {statistics.mean(p['f1'] for p in python):.4f})")
     print(f"        roofline: {flops / rust_wall / 1e9:.1f} GFLOP/s of model FLOPs (matrix products "
           f"as run, backward as twice the forward) over the whole process = "
           f"{100 * flops / rust_wall / 1e9 / peak:.0f}% of the float32 matmul peak measured here "

@@ -56,6 +56,15 @@ extern "C" {
     ) -> *mut C_tensor;
     fn span_marker_int8_free(packed: *mut c_void);
 
+    // dropout.cpp
+    fn span_marker_dropout_add(
+        x: *const C_tensor,
+        residual: *const C_tensor,
+        p: f64,
+        seed: i64,
+        error: *mut *mut c_char,
+    ) -> *mut C_tensor;
+
     // optim.cpp
     fn span_marker_fused_adamw(
         param: *const C_tensor,
@@ -80,6 +89,17 @@ extern "C" {
         pairs: *const C_tensor,
         heads: i64,
         padded_length: i64,
+        error: *mut *mut c_char,
+    ) -> *mut C_tensor;
+    fn span_marker_marker_attention_train(
+        qkv: *const C_tensor,
+        num_tokens: *const C_tensor,
+        start: *const C_tensor,
+        pairs: *const C_tensor,
+        heads: i64,
+        padded_length: i64,
+        p: f64,
+        seed: i64,
         error: *mut *mut c_char,
     ) -> *mut C_tensor;
 }
@@ -289,7 +309,9 @@ impl Int8Linear {
 
 /// The direct SpanMarker attention's `[R, H]` float32 context rows from `[R, 3H]` float32
 /// query-key-value rows (see `csrc/attention.cpp` and
-/// [`MarkerAttention`](crate::model::attention::MarkerAttention)).
+/// [`MarkerAttention`](crate::model::attention::MarkerAttention)). With `training`, the
+/// training form: a libtorch autograd function whose gradient reaches `qkv`, with dropout on the
+/// attention weights.
 pub(crate) fn marker_attention(
     qkv: &Tensor,
     num_tokens: &Tensor,
@@ -297,17 +319,54 @@ pub(crate) fn marker_attention(
     pairs: &Tensor,
     heads: i64,
     padded_length: i64,
+    training: Option<AttentionDropout>,
 ) -> Result<Tensor> {
     // SAFETY: every tensor outlives the call.
     tensor("marker attention", |error| unsafe {
-        span_marker_marker_attention(
-            qkv.as_ptr(),
-            num_tokens.as_ptr(),
-            start.as_ptr(),
-            pairs.as_ptr(),
-            heads,
-            padded_length,
-            error,
-        )
+        match training {
+            None => span_marker_marker_attention(
+                qkv.as_ptr(),
+                num_tokens.as_ptr(),
+                start.as_ptr(),
+                pairs.as_ptr(),
+                heads,
+                padded_length,
+                error,
+            ),
+            Some(AttentionDropout { p, seed }) => span_marker_marker_attention_train(
+                qkv.as_ptr(),
+                num_tokens.as_ptr(),
+                start.as_ptr(),
+                pairs.as_ptr(),
+                heads,
+                padded_length,
+                p,
+                seed as i64,
+                error,
+            ),
+        }
     })
+}
+
+/// `dropout(x, p) + residual` (none without `residual`) on the CPU, its mask a function of
+/// `seed`, as a libtorch autograd function (`csrc/dropout.cpp`; see
+/// [`dropout`](crate::model::dropout)).
+pub(crate) fn dropout_add(
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    p: f64,
+    seed: u64,
+) -> Result<Tensor> {
+    // SAFETY: both tensors outlive the call.
+    tensor("dropout", |error| unsafe {
+        span_marker_dropout_add(x.as_ptr(), optional(residual), p, seed as i64, error)
+    })
+}
+
+/// The training form of [`marker_attention`]: dropout with probability `p` (0 for none) on
+/// the attention weights, its mask a function of `seed`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttentionDropout {
+    pub p: f64,
+    pub seed: u64,
 }

@@ -215,16 +215,22 @@ struct Embeddings {
 impl Embeddings {
     /// The first layer's input rows for `input_ids` and `position_ids` rows, with dropout `p`
     /// when `train`.
-    fn forward(&self, input_ids: &Tensor, position_ids: &Tensor, p: f64, train: bool) -> Tensor {
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        p: f64,
+        train: bool,
+    ) -> Result<Tensor> {
         // Token type 0 for every token: add its embedding row by broadcasting.
         let x = self.word.forward(input_ids)
             + self.token_type.ws.get(0)
             + self.position.forward(position_ids);
-        let x = dropout(&self.norm.forward(&x), p, train);
-        match &self.project {
+        let x = dropout(&self.norm.forward(&x), p, train)?;
+        Ok(match &self.project {
             Some(project) => project.forward(&x),
             None => x,
-        }
+        })
     }
 }
 
@@ -458,7 +464,7 @@ impl Encoder {
             &rows.input(position_ids),
             s.hidden_dropout_prob,
             train,
-        );
+        )?;
         // The derived forms run in their own type (standard maps follow autocast, if any).
         let mut x = match maps.form {
             MapForm::Standard => x,

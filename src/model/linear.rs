@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use tch::nn;
 use tch::{Kind, Tensor};
 
-use super::dropout::dropout;
+use super::dropout::dropout_add;
 use crate::error::Result;
 use crate::ffi::{self, Int8Linear, PostOp};
 
@@ -187,7 +187,7 @@ impl Linear {
             "only the standard maps carry gradients"
         );
         match self {
-            Self::Standard(_) => Ok(dropout(&self.forward(x)?, p, train) + residual),
+            Self::Standard(_) => dropout_add(&self.forward(x)?, Some(residual), p, train),
             Self::Fused((weight, bias)) => {
                 ffi::fused_linear_add(x, residual, weight, bias.as_ref())
             }

@@ -107,13 +107,13 @@ impl SpanMarkerModel {
         let hidden = self
             .encoder
             .forward(ids, positions, &batch_plan, maps, train)?;
-        let hidden = dropout::dropout(&hidden, self.dropout, train);
+        let hidden = dropout::dropout(&hidden, self.dropout, train)?;
         let features = head::marker_features(
             &hidden,
             &batch.start_marker_indices,
             &batch.num_marker_pairs,
         );
-        let features = dropout::dropout(&features, self.dropout, train);
+        let features = dropout::dropout(&features, self.dropout, train)?;
         let logits = self.classifier.forward(&features);
         let labels = self.labels().num_reduced() as i64;
         self.flops

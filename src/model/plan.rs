@@ -17,10 +17,12 @@
 //! | predict | CPU, `int8` | `Int8` | direct | always | yes | no | yes |
 //! | evaluate (labelled) | as predict | as predict | direct | always | yes | no | no (the loss is the reference's mean of batch means) |
 //! | predict, evaluate | CUDA, or CPU without oneDNN | `Standard` | by shape | when worth it | yes | `bf16`, `fp16` | no |
-//! | train | any | `Standard` | by shape | when worth it | no | `bf16`, `fp16` | no |
+//! | train | CPU | `Standard` | direct | always | no | `bf16` | no |
+//! | train | CUDA | `Standard` | by shape | when worth it | no | `bf16`, `fp16` | no |
 //!
 //! - *direct*: one C++ task per sample and head scores each query against only the keys it may
-//!   see ([`MarkerAttention::Direct`]); it has no gradient.
+//!   see ([`MarkerAttention::Direct`]); in training its own backward pass gives the
+//!   query-key-value rows their gradient, with dropout on the attention weights.
 //! - *by shape*: the structured form for batches of at least 256 positions whose text is at
 //!   most an eighth of them, and whenever dropout runs on the CPU; the dense form otherwise
 //!   ([`MarkerAttention::new`]).
@@ -65,7 +67,7 @@ pub enum AttentionRule {
     Dense,
     /// Always the structured form.
     Structured,
-    /// The direct CPU kernel (inference only).
+    /// The direct CPU kernel (with its own backward pass in training).
     Direct,
 }
 
@@ -126,9 +128,18 @@ impl ForwardPlan {
             _ => MapForm::Standard,
         };
         if maps == MapForm::Standard {
+            let autocast =
+                matches!(precision, Precision::BFloat16 | Precision::Float16).then_some(precision);
+            if train && device == Device::Cpu {
+                return Ok(Self {
+                    attention: AttentionRule::Direct,
+                    skip_padding: PaddingRule::Always,
+                    autocast,
+                    ..Self::standard(train)
+                });
+            }
             return Ok(Self {
-                autocast: matches!(precision, Precision::BFloat16 | Precision::Float16)
-                    .then_some(precision),
+                autocast,
                 ..Self::standard(train)
             });
         }
