@@ -163,14 +163,16 @@ PY
     --model "$init" --data "$conll/train.txt" --sentences 2000 --batch-size 16 \
     --learning-rate 1e-4 --train-steps 164 --repeat 2 --eval-data "$conll/test.txt"
   # Whole `span-marker train` processes against Python's trainer.train(), one epoch of the
-  # first CoNLL-2003 training sentences, with where the Rust run's time went, per shape.
+  # first CoNLL-2003 training sentences, with where the Rust run's time went, per shape, and
+  # every trained model's F1 on the first 1,000 validation sentences (three seeds a side for the
+  # two smaller shapes; one for BERT-base, whose Python run alone takes minutes).
   cargo build --release -p span-marker-cli
   train_run() {
     echo
     "$python" scripts/bench_train.py --bin "$CARGO_TARGET_DIR/release/span-marker" \
-      --data "$conll/train.txt" --batch-size 16 "$@"
+      --data "$conll/train.txt" --batch-size 16 --eval "$conll/dev.txt" --eval-sentences 1000 "$@"
   }
-  train_run --label "2 x 128 BERT shape (random weights)" --model "$tiny128" --sentences 4000
-  train_run --label "MiniLM (6 x 384)" --model "$init" --sentences 2000 --learning-rate 1e-4
+  train_run --label "2 x 128 BERT shape (random weights)" --model "$tiny128" --sentences 4000 --seeds 3
+  train_run --label "MiniLM (6 x 384)" --model "$init" --sentences 2000 --learning-rate 1e-4 --seeds 3
   train_run --label "BERT-base shape (random weights)" --model "$base" --sentences 200
 fi

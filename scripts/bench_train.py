@@ -112,7 +112,7 @@ def evaluate(args, model: Path):
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"span-marker evaluate failed:\n{done.stderr}")
-    return json.loads(done.stdout)["overall_f1"]
+    return json.loads(done.stdout)["test_overall_f1"]
 
 
 def rust_run(args, data: Path, seed: int) -> dict:
